@@ -1,0 +1,10 @@
+//! CPU kernels, one file per op family.
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod gemm;
+pub mod loss;
+pub mod norm;
+pub mod reduce;
+pub mod rope;
+pub mod strided;

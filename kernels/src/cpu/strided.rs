@@ -1,0 +1,1 @@
+//! Strided copies and broadcasting binary maps.
