@@ -1,1 +1,18 @@
-//! placeholder
+//! The tape-based autograd of the cola stack.
+//!
+//! A [`Tape`] records one forward pass as nodes (an [`Op`] with its attributes, input vars, output var).
+//! [`Tape::backward`] walks them in reverse, applying one rule per op (`backward.rs`). Parameters are leaves
+//! whose gradients are reported by id and summed across passes in a [`GradStore`]. Because every node can
+//! replay its forward from its inputs, a value can be released after forward and rebuilt in backward: the
+//! [`Policy`] decides which.
+pub mod backward;
+pub mod error;
+pub mod op;
+pub mod ops;
+pub mod param;
+pub mod tape;
+
+pub use error::{AutogradError, Result};
+pub use op::{Needs, Op};
+pub use param::{GradStore, ParamId, Parameter};
+pub use tape::{Gradients, Node, Policy, Retention, SlotKind, Tape, Var};

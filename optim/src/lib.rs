@@ -1,1 +1,1 @@
-//! placeholder
+//! Optimizers (AdamW), learning-rate schedules and gradient clipping.

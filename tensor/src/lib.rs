@@ -1,1 +1,21 @@
-//! placeholder
+//! Tensors of the cola stack: element types, devices, strided layouts with zero-copy views, shared
+//! storage, and the forward ops (each a thin, checked wrapper over a `cola_kernels` CPU kernel).
+pub mod device;
+pub mod display;
+pub mod dtype;
+pub mod error;
+pub mod layout;
+pub mod ops;
+pub mod rng;
+pub mod storage;
+pub mod tensor;
+
+pub use device::Device;
+pub use dtype::DType;
+pub use error::{Result, TensorError};
+pub use half::bf16;
+pub use layout::{Layout, Shape};
+pub use ops::elementwise::{BinaryOp, UnaryOp};
+pub use rng::Rng;
+pub use storage::{CpuFloat, Element};
+pub use tensor::Tensor;

@@ -1,0 +1,158 @@
+//! The recorded ops: an enum carrying each op's attributes, its forward (the replayable definition) and
+//! what its backward rule needs. The rules themselves are in `backward.rs`.
+use cola_tensor::{BinaryOp, Result, Shape, Tensor, UnaryOp};
+use std::sync::Arc;
+
+/// One differentiable op with its attributes. Token ids and targets are attributes, not inputs: they carry
+/// no gradient.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast.
+    Matmul,
+    Binary(BinaryOp),
+    Unary(UnaryOp),
+    /// `scale * x + shift`.
+    Affine {
+        scale: f64,
+        shift: f64,
+    },
+    Sum {
+        axes: Vec<isize>,
+        keepdim: bool,
+    },
+    Mean {
+        axes: Vec<isize>,
+        keepdim: bool,
+    },
+    Reshape {
+        shape: Shape,
+    },
+    Permute {
+        perm: Vec<usize>,
+    },
+    Narrow {
+        axis: isize,
+        start: usize,
+        len: usize,
+    },
+    BroadcastTo {
+        shape: Shape,
+    },
+    Concat {
+        axis: isize,
+    },
+    /// Inputs x `[..., d]` and weight `[d]`.
+    RmsNorm {
+        eps: f64,
+    },
+    /// Input `[batch, seq, heads, head_dim]`.
+    Rope {
+        positions: Arc<[u32]>,
+        theta: f64,
+    },
+    /// Inputs q, k, v `[batch, seq, heads, head_dim]`.
+    Attention {
+        scale: f64,
+    },
+    /// Input: the table `[vocab, dim]`.
+    Embedding {
+        ids: Arc<[u32]>,
+        ids_shape: Shape,
+        pad_id: Option<u32>,
+    },
+    /// Input: logits `[..., vocab]`; output a scalar.
+    CrossEntropy {
+        targets: Arc<[u32]>,
+        ignore_id: Option<u32>,
+    },
+}
+
+/// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Needs {
+    /// Bit i set: backward reads input i.
+    pub inputs: u32,
+    pub output: bool,
+}
+
+impl Needs {
+    const NOTHING: Needs = Needs { inputs: 0, output: false };
+    const ALL_INPUTS: Needs = Needs { inputs: u32::MAX, output: false };
+
+    pub fn input(&self, i: usize) -> bool {
+        i < 32 && self.inputs & (1 << i) != 0
+    }
+}
+
+impl Op {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Matmul => "matmul",
+            Op::Binary(b) => b.name(),
+            Op::Unary(u) => u.name(),
+            Op::Affine { .. } => "affine",
+            Op::Sum { .. } => "sum",
+            Op::Mean { .. } => "mean",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Narrow { .. } => "narrow",
+            Op::BroadcastTo { .. } => "broadcast_to",
+            Op::Concat { .. } => "concat",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::Rope { .. } => "rope",
+            Op::Attention { .. } => "attention",
+            Op::Embedding { .. } => "embedding",
+            Op::CrossEntropy { .. } => "cross_entropy",
+        }
+    }
+
+    /// Computes the op's output from its inputs. Recording and replay both call this, so a replayed value
+    /// is bit-identical to the recorded one.
+    pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
+        let x = inputs[0];
+        match self {
+            Op::Matmul => x.matmul(inputs[1]),
+            Op::Binary(op) => x.binary(*op, inputs[1]),
+            Op::Unary(op) => x.unary(*op),
+            Op::Affine { scale, shift } => x.affine(*scale, *shift),
+            Op::Sum { axes, keepdim } => x.sum(axes, *keepdim),
+            Op::Mean { axes, keepdim } => x.mean(axes, *keepdim),
+            Op::Reshape { shape } => x.reshape(shape),
+            Op::Permute { perm } => x.permute(perm),
+            Op::Narrow { axis, start, len } => x.narrow(*axis, *start, *len),
+            Op::BroadcastTo { shape } => x.broadcast_to(shape),
+            Op::Concat { axis } => {
+                let parts: Vec<Tensor> = inputs.iter().map(|&t| t.clone()).collect();
+                Tensor::concat(&parts, *axis)
+            }
+            Op::RmsNorm { eps } => x.rms_norm(inputs[1], *eps),
+            Op::Rope { positions, theta } => x.rope(positions, *theta),
+            Op::Attention { scale } => Tensor::attention(x, inputs[1], inputs[2], *scale),
+            Op::Embedding { ids, ids_shape, .. } => Tensor::embedding(x, ids, ids_shape),
+            Op::CrossEntropy { targets, ignore_id } => x.cross_entropy(targets, *ignore_id),
+        }
+    }
+
+    /// What backward reads. Everything else can be released as soon as forward no longer needs it.
+    pub fn needs(&self) -> Needs {
+        match self {
+            Op::Matmul | Op::RmsNorm { .. } | Op::Attention { .. } => Needs::ALL_INPUTS,
+            Op::Binary(BinaryOp::Add | BinaryOp::Sub) => Needs::NOTHING,
+            Op::Binary(BinaryOp::Mul | BinaryOp::Div) => Needs::ALL_INPUTS,
+            Op::Unary(UnaryOp::Exp) => Needs { inputs: 0, output: true },
+            Op::Unary(UnaryOp::Log | UnaryOp::Silu) => Needs { inputs: 1, output: false },
+            Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
+            Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
+            Op::Affine { .. }
+            | Op::Sum { .. }
+            | Op::Mean { .. }
+            | Op::Reshape { .. }
+            | Op::Permute { .. }
+            | Op::Narrow { .. }
+            | Op::BroadcastTo { .. }
+            | Op::Concat { .. }
+            | Op::Rope { .. }
+            | Op::Embedding { .. } => Needs::NOTHING,
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! The tape: slots hold values, nodes record how each non-leaf value was made.
+//!
+//! Forward ops run eagerly and append a node (op, input vars, output var). Backward walks the nodes in
+//! reverse. Before it starts, every value that no backward rule reads is released, and so is every value
+//! the retention policy marks `Recompute`; a rule that needs a released value gets it back by replaying
+//! the recorded forward ops from the values still held. Every value is released after its last use.
+use crate::backward::{backward, Context};
+use crate::error::{AutogradError, Result};
+use crate::op::Op;
+use crate::param::{ParamId, Parameter};
+use cola_tensor::{Shape, Tensor};
+use smallvec::SmallVec;
+use std::collections::BTreeMap;
+
+/// Handle of a value on a tape (an index into its slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Var(pub(crate) usize);
+
+impl Var {
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// What a value is, as far as retention policies care. Model code marks values; policies decide.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SlotKind {
+    /// A leaf that is not a parameter (data, or a tensor whose gradient a test wants).
+    Input,
+    Parameter(ParamId),
+    /// The input of a decoder layer (the residual stream entering it).
+    LayerInput,
+    /// A residual-stream value inside a layer (after the attention residual add).
+    Residual,
+    /// A rank-r code `silu(x @ A)` of a CoLA layer.
+    LowRankCode,
+    Other,
+}
+
+/// Whether a value survives from forward to backward or is rebuilt by replay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    Keep,
+    Recompute,
+}
+
+/// Maps a value's kind to its retention. Leaves are always kept: they cannot be replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Keep every value backward reads.
+    #[default]
+    KeepAll,
+    /// Recompute every non-leaf value (the extreme that tests the replay mechanism).
+    RecomputeAll,
+}
+
+impl Policy {
+    pub fn retention(self, kind: SlotKind) -> Retention {
+        match (self, kind) {
+            (_, SlotKind::Input | SlotKind::Parameter(_)) => Retention::Keep,
+            (Policy::KeepAll, _) => Retention::Keep,
+            (Policy::RecomputeAll, _) => Retention::Recompute,
+        }
+    }
+}
+
+struct Slot {
+    value: Option<Tensor>,
+    shape: Shape,
+    producer: Option<usize>,
+    kind: SlotKind,
+    requires_grad: bool,
+}
+
+/// One recorded op application.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub op: Op,
+    pub inputs: SmallVec<[Var; 3]>,
+    pub output: Var,
+}
+
+/// Gradients from one backward pass: of leaf vars that require a gradient, and of the parameters among them.
+#[derive(Clone, Debug, Default)]
+pub struct Gradients {
+    leaves: BTreeMap<Var, Tensor>,
+    params: Vec<(ParamId, Tensor)>,
+}
+
+impl Gradients {
+    /// Gradient of a leaf var (`None` when no path from the loss reaches it).
+    pub fn get(&self, var: Var) -> Option<&Tensor> {
+        self.leaves.get(&var)
+    }
+
+    /// Gradients of the parameters recorded on the tape, in recording order.
+    pub fn params(&self) -> impl Iterator<Item = (&ParamId, &Tensor)> {
+        self.params.iter().map(|(id, t)| (id, t))
+    }
+
+    pub fn param(&self, id: ParamId) -> Option<&Tensor> {
+        self.params.iter().find(|(p, _)| *p == id).map(|(_, t)| t)
+    }
+}
+
+/// A recording of one forward pass.
+#[derive(Default)]
+pub struct Tape {
+    nodes: Vec<Node>,
+    slots: Vec<Slot>,
+    grad_disabled: bool,
+    policy: Policy,
+    backward_done: bool,
+}
+
+impl Tape {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_policy(policy: Policy) -> Self {
+        Tape { policy, ..Self::default() }
+    }
+
+    pub fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    fn push_slot(
+        &mut self,
+        value: Tensor,
+        producer: Option<usize>,
+        kind: SlotKind,
+        requires_grad: bool,
+    ) -> Var {
+        let shape = value.shape().into();
+        self.slots.push(Slot { value: Some(value), shape, producer, kind, requires_grad });
+        Var(self.slots.len() - 1)
+    }
+
+    /// A leaf; with `requires_grad` backward reports its gradient.
+    pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
+        self.push_slot(value, None, SlotKind::Input, requires_grad)
+    }
+
+    /// A leaf that needs no gradient (data).
+    pub fn constant(&mut self, value: Tensor) -> Var {
+        self.leaf(value, false)
+    }
+
+    /// A parameter as a leaf that requires a gradient; its gradient is reported under its id.
+    pub fn param(&mut self, param: &Parameter) -> Var {
+        self.push_slot(param.value().clone(), None, SlotKind::Parameter(param.id()), true)
+    }
+
+    /// Marks what a value is (for retention policies). Leaves keep their kind.
+    pub fn mark(&mut self, var: Var, kind: SlotKind) -> Result<()> {
+        let slot = self.slot_mut(var)?;
+        if slot.producer.is_some() {
+            slot.kind = kind;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with recording off: ops compute values but add no nodes, and their outputs need no gradient.
+    pub fn no_grad<R>(&mut self, f: impl FnOnce(&mut Tape) -> R) -> R {
+        let before = std::mem::replace(&mut self.grad_disabled, true);
+        let out = f(self);
+        self.grad_disabled = before;
+        out
+    }
+
+    pub fn is_grad_enabled(&self) -> bool {
+        !self.grad_disabled
+    }
+
+    fn slot(&self, var: Var) -> Result<&Slot> {
+        self.slots.get(var.0).ok_or(AutogradError::UnknownVar { var: var.0, slots: self.slots.len() })
+    }
+
+    fn slot_mut(&mut self, var: Var) -> Result<&mut Slot> {
+        let slots = self.slots.len();
+        self.slots.get_mut(var.0).ok_or(AutogradError::UnknownVar { var: var.0, slots })
+    }
+
+    /// The value of a var (an error once backward has released it).
+    pub fn value(&self, var: Var) -> Result<&Tensor> {
+        self.slot(var)?.value.as_ref().ok_or(AutogradError::ValueReleased { var: var.0 })
+    }
+
+    pub fn shape(&self, var: Var) -> Result<&[usize]> {
+        Ok(&self.slot(var)?.shape)
+    }
+
+    pub fn requires_grad(&self, var: Var) -> Result<bool> {
+        Ok(self.slot(var)?.requires_grad)
+    }
+
+    pub fn kind(&self, var: Var) -> Result<SlotKind> {
+        Ok(self.slot(var)?.kind)
+    }
+
+    /// The recorded nodes, in forward order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// Runs `op` on the values of `inputs` and records it when a gradient can flow through it.
+    pub fn record(&mut self, op: Op, inputs: &[Var]) -> Result<Var> {
+        let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
+        let out = op.forward(&values)?;
+        let mut requires_grad = false;
+        for &v in inputs {
+            requires_grad |= self.slot(v)?.requires_grad;
+        }
+        if self.grad_disabled || !requires_grad {
+            return Ok(self.push_slot(out, None, SlotKind::Other, false));
+        }
+        let node = self.nodes.len();
+        let output = self.push_slot(out, Some(node), SlotKind::Other, true);
+        self.nodes.push(Node { op, inputs: inputs.into(), output });
+        Ok(output)
+    }
+
+    /// Recomputes a released value by replaying its producer (and, recursively, whatever it needs).
+    /// Returns the vars it rebuilt, so the caller can release them after their last use.
+    fn rematerialize(&mut self, var: Var, rebuilt: &mut Vec<Var>) -> Result<()> {
+        if self.slot(var)?.value.is_some() {
+            return Ok(());
+        }
+        let node = self.slot(var)?.producer.ok_or(AutogradError::ValueReleased { var: var.0 })?;
+        let (op, inputs) = (self.nodes[node].op.clone(), self.nodes[node].inputs.clone());
+        for &input in &inputs {
+            self.rematerialize(input, rebuilt)?;
+        }
+        let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
+        let value = op.forward(&values)?;
+        self.slots[var.0].value = Some(value);
+        rebuilt.push(var);
+        Ok(())
+    }
+
+    /// For each slot, the earliest node whose backward reads its value (`None`: no backward reads it).
+    fn last_uses(&self) -> Vec<Option<usize>> {
+        let mut last = vec![None; self.slots.len()];
+        for (n, node) in self.nodes.iter().enumerate() {
+            let needs = node.op.needs();
+            let read = node.inputs.iter().enumerate().filter(|(i, _)| needs.input(*i)).map(|(_, v)| *v);
+            for v in read.chain(needs.output.then_some(node.output)) {
+                last[v.0].get_or_insert(n);
+            }
+        }
+        last
+    }
+
+    /// Back-propagates from the scalar `loss`: returns the gradients of the leaves that require one.
+    /// Releases every recorded value on the way; a tape runs backward once.
+    pub fn backward(&mut self, loss: Var) -> Result<Gradients> {
+        if self.backward_done {
+            return Err(AutogradError::BackwardTwice);
+        }
+        let loss_slot = self.slot(loss)?;
+        if loss_slot.shape.iter().product::<usize>() != 1 {
+            return Err(AutogradError::NotScalar { shape: loss_slot.shape.to_vec() });
+        }
+        if !loss_slot.requires_grad {
+            return Err(AutogradError::NoGradPath { var: loss.0 });
+        }
+        let seed = Tensor::ones(&loss_slot.shape, self.value(loss)?.dtype());
+        self.backward_done = true;
+
+        let last_use = self.last_uses();
+        for (s, slot) in self.slots.iter_mut().enumerate() {
+            let is_leaf = slot.producer.is_none();
+            let recompute = self.policy.retention(slot.kind) == Retention::Recompute && !is_leaf;
+            if last_use[s].is_none() || recompute {
+                slot.value = None;
+            }
+        }
+
+        let mut grads: Vec<Option<Tensor>> = vec![None; self.slots.len()];
+        grads[loss.0] = Some(seed);
+        let mut rebuilt: Vec<Var> = Vec::new();
+        for n in (0..self.nodes.len()).rev() {
+            let node = self.nodes[n].clone();
+            let Some(grad) = grads[node.output.0].take() else { continue };
+            let needs = node.op.needs();
+            for (i, &input) in node.inputs.iter().enumerate() {
+                if needs.input(i) {
+                    self.rematerialize(input, &mut rebuilt)?;
+                }
+            }
+            if needs.output {
+                self.rematerialize(node.output, &mut rebuilt)?;
+            }
+            let input_grads = {
+                let slots = &self.slots;
+                let ctx = Context {
+                    inputs: node
+                        .inputs
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| if needs.input(i) { slots[v.0].value.as_ref() } else { None })
+                        .collect(),
+                    input_shapes: node.inputs.iter().map(|v| &slots[v.0].shape[..]).collect(),
+                    output: if needs.output { slots[node.output.0].value.as_ref() } else { None },
+                    grad: &grad,
+                    wants: node.inputs.iter().map(|v| slots[v.0].requires_grad).collect(),
+                };
+                backward(&node.op, &ctx)?
+            };
+            for (&input, g) in node.inputs.iter().zip(input_grads) {
+                let Some(g) = g else { continue };
+                let acc = &mut grads[input.0];
+                *acc = Some(match acc.take() {
+                    Some(prev) => prev.add(&g)?,
+                    None => g,
+                });
+            }
+            // Release what no earlier node's backward reads.
+            for &input in node.inputs.iter().chain(std::iter::once(&node.output)) {
+                if last_use[input.0].is_none_or(|u| u >= n) {
+                    self.slots[input.0].value = None;
+                }
+            }
+            rebuilt.retain(|v| {
+                let done = last_use[v.0].is_none_or(|u| u >= n);
+                if done {
+                    self.slots[v.0].value = None;
+                }
+                !done
+            });
+        }
+
+        let mut out = Gradients::default();
+        for (s, slot) in self.slots.iter().enumerate() {
+            if slot.producer.is_some() || !slot.requires_grad {
+                continue;
+            }
+            if let Some(g) = grads[s].take() {
+                if let SlotKind::Parameter(id) = slot.kind {
+                    out.params.push((id, g.clone()));
+                }
+                out.leaves.insert(Var(s), g);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,81 @@
+//! Fused causal attention on `[batch, seq, heads, head_dim]` (no transposes to a head-major layout).
+use super::{check_rank, in_compute_dtype, in_compute_dtype1, match_float};
+use crate::error::{Result, TensorError};
+use crate::Tensor;
+use cola_kernels::cpu::attention::{attention_backward, attention_forward, AttentionDims, AttentionGrads};
+use cola_kernels::Float;
+
+fn dims(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttentionDims> {
+    for (t, what) in [(q, "q"), (k, "k"), (v, "v")] {
+        check_rank(op, t, 4, what)?;
+    }
+    let (qs, ks) = (q.shape(), k.shape());
+    let mismatch = |lhs: &[usize], rhs: &[usize], reason| TensorError::ShapeMismatch {
+        op,
+        lhs: lhs.to_vec(),
+        rhs: rhs.to_vec(),
+        reason,
+    };
+    if k.shape() != v.shape() {
+        return Err(mismatch(ks, v.shape(), "k and v must have the same shape"));
+    }
+    if qs[0] != ks[0] || qs[2] != ks[2] || qs[3] != ks[3] {
+        return Err(mismatch(qs, ks, "q and k must agree in batch, heads and head_dim"));
+    }
+    if qs[1] > ks[1] {
+        return Err(mismatch(qs, ks, "q may not be longer than k (causal attention against a prefix)"));
+    }
+    Ok(AttentionDims { batch: qs[0], heads: qs[2], q_len: qs[1], kv_len: ks[1], head_dim: qs[3] })
+}
+
+impl Tensor {
+    /// Causal attention: `softmax(scale * q k^T + mask) v` per batch and head; q `[b, sq, h, hd]`,
+    /// k and v `[b, skv, h, hd]` with `sq <= skv` (query i sits at position `i + skv - sq`).
+    pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        let dims = dims("attention", q, k, v)?;
+        in_compute_dtype1("attention", [q, k, v], |[q, k, v]| {
+            match_float!("attention", q.dtype(), T => {
+                let (qd, kd, vd) = (q.contiguous_data::<T>()?, k.contiguous_data::<T>()?, v.contiguous_data::<T>()?);
+                let mut out = vec![T::ZERO; qd.len()];
+                if !out.is_empty() {
+                    attention_forward(&qd, &kd, &vd, dims, T::from_f64(scale), &mut out);
+                }
+                Ok(Tensor::from_compute(out, q.shape()))
+            })
+        })
+    }
+
+    /// Gradients `[grad_q, grad_k, grad_v]` of [`Tensor::attention`]; probabilities are recomputed.
+    pub fn attention_backward(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        grad_out: &Tensor,
+        scale: f64,
+    ) -> Result<Vec<Tensor>> {
+        let dims = dims("attention_backward", q, k, v)?;
+        super::check_same_shape("attention_backward", q, grad_out)?;
+        in_compute_dtype("attention_backward", [q, k, v, grad_out], |[q, k, v, g]| {
+            match_float!("attention_backward", q.dtype(), T => {
+                let (qd, kd, vd, gd) = (
+                    q.contiguous_data::<T>()?,
+                    k.contiguous_data::<T>()?,
+                    v.contiguous_data::<T>()?,
+                    g.contiguous_data::<T>()?,
+                );
+                let mut gq = vec![T::ZERO; qd.len()];
+                let mut gk = vec![T::ZERO; kd.len()];
+                let mut gv = vec![T::ZERO; vd.len()];
+                if !gq.is_empty() {
+                    let grads = AttentionGrads { q: &mut gq, k: &mut gk, v: &mut gv };
+                    attention_backward(&qd, &kd, &vd, &gd, dims, T::from_f64(scale), grads);
+                }
+                Ok(vec![
+                    Tensor::from_compute(gq, q.shape()),
+                    Tensor::from_compute(gk, k.shape()),
+                    Tensor::from_compute(gv, v.shape()),
+                ])
+            })
+        })
+    }
+}

@@ -1,0 +1,183 @@
+//! Elementwise ops: broadcasting binary arithmetic, scalar arithmetic and unary functions.
+use super::{in_compute_dtype1, match_float};
+use crate::error::Result;
+use crate::layout::broadcast_shapes;
+use crate::storage::CpuFloat;
+use crate::Tensor;
+use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
+use cola_kernels::cpu::strided::{binary_map, unary_map};
+use cola_kernels::Float;
+
+/// The four broadcasting binary ops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl BinaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            BinaryOp::Add => "add",
+            BinaryOp::Sub => "sub",
+            BinaryOp::Mul => "mul",
+            BinaryOp::Div => "div",
+        }
+    }
+
+    #[inline(always)]
+    fn apply<T: Float>(self, a: T, b: T) -> T {
+        match self {
+            BinaryOp::Add => a + b,
+            BinaryOp::Sub => a - b,
+            BinaryOp::Mul => a * b,
+            BinaryOp::Div => a / b,
+        }
+    }
+}
+
+/// The pure unary functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnaryOp {
+    Neg,
+    Exp,
+    Log,
+    Silu,
+}
+
+impl UnaryOp {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnaryOp::Neg => "neg",
+            UnaryOp::Exp => "exp",
+            UnaryOp::Log => "log",
+            UnaryOp::Silu => "silu",
+        }
+    }
+}
+
+fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
+    let (la, lb) = (a.layout().broadcast_to(&shape)?, b.layout().broadcast_to(&shape)?);
+    let (a, b) = (a.with_layout(la), b.with_layout(lb));
+    let mut out = vec![T::ZERO; shape.iter().product()];
+    if !out.is_empty() {
+        // Each operation is its own monomorphised loop so the compiler can vectorise it.
+        let (va, vb) = (a.strided::<T>()?, b.strided::<T>()?);
+        match op {
+            BinaryOp::Add => binary_map(va, vb, &shape, &mut out, |x, y| BinaryOp::Add.apply(x, y)),
+            BinaryOp::Sub => binary_map(va, vb, &shape, &mut out, |x, y| BinaryOp::Sub.apply(x, y)),
+            BinaryOp::Mul => binary_map(va, vb, &shape, &mut out, |x, y| BinaryOp::Mul.apply(x, y)),
+            BinaryOp::Div => binary_map(va, vb, &shape, &mut out, |x, y| BinaryOp::Div.apply(x, y)),
+        }
+    }
+    Ok(Tensor::from_compute(out, &shape))
+}
+
+fn map_t<T: CpuFloat>(a: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
+    let mut out = vec![T::ZERO; a.numel()];
+    if !out.is_empty() {
+        unary_map(a.strided::<T>()?, a.shape(), &mut out, f);
+    }
+    Ok(Tensor::from_compute(out, a.shape()))
+}
+
+fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
+    match op {
+        UnaryOp::Neg => map_t::<T>(a, |x| -x),
+        UnaryOp::Exp => map_t::<T>(a, |x| x.exp()),
+        UnaryOp::Log => map_t::<T>(a, |x| x.ln()),
+        UnaryOp::Silu => {
+            let x = a.contiguous_data::<T>()?;
+            let mut y = vec![T::ZERO; x.len()];
+            silu_forward(&x, &mut y);
+            Ok(Tensor::from_compute(y, a.shape()))
+        }
+    }
+}
+
+impl Tensor {
+    /// Broadcasting `self (op) other`.
+    pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        in_compute_dtype1(
+            op.name(),
+            [self, other],
+            |[a, b]| match_float!(op.name(), a.dtype(), T => binary_t::<T>(op, &a, &b)),
+        )
+    }
+
+    pub fn add(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Add, other)
+    }
+
+    pub fn sub(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Sub, other)
+    }
+
+    pub fn mul(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Mul, other)
+    }
+
+    pub fn div(&self, other: &Tensor) -> Result<Tensor> {
+        self.binary(BinaryOp::Div, other)
+    }
+
+    pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        in_compute_dtype1(
+            op.name(),
+            [self],
+            |[a]| match_float!(op.name(), a.dtype(), T => unary_t::<T>(op, &a)),
+        )
+    }
+
+    pub fn neg(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Neg)
+    }
+
+    pub fn exp(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Exp)
+    }
+
+    /// Natural logarithm.
+    pub fn log(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Log)
+    }
+
+    /// `x * sigmoid(x)`.
+    pub fn silu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Silu)
+    }
+
+    /// `scale * x + shift`, elementwise (scalar add, sub, multiply and divide are special cases).
+    pub fn affine(&self, scale: f64, shift: f64) -> Result<Tensor> {
+        in_compute_dtype1("affine", [self], |[a]| {
+            match_float!("affine", a.dtype(), T => {
+                let (s, b) = (T::from_f64(scale), T::from_f64(shift));
+                map_t::<T>(&a, move |x| s * x + b)
+            })
+        })
+    }
+
+    pub fn add_scalar(&self, value: f64) -> Result<Tensor> {
+        self.affine(1.0, value)
+    }
+
+    pub fn mul_scalar(&self, value: f64) -> Result<Tensor> {
+        self.affine(value, 0.0)
+    }
+
+    /// Gradient of silu: `grad_y * s * (1 + x (1 - s))` with `s = sigmoid(x)`; shapes must match.
+    pub fn silu_backward(x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        super::check_same_shape("silu_backward", x, grad_y)?;
+        in_compute_dtype1("silu_backward", [x, grad_y], |[x, g]| {
+            match_float!("silu_backward", x.dtype(), T => {
+                let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
+                let mut out = vec![T::ZERO; xd.len()];
+                silu_backward(&xd, &gd, &mut out);
+                Ok(Tensor::from_compute(out, x.shape()))
+            })
+        })
+    }
+}

@@ -1,0 +1,65 @@
+//! Fused cross-entropy over the last dim of logits, mean over targets that are not ignored.
+use super::{in_compute_dtype1, match_float};
+use crate::error::{Result, TensorError};
+use crate::Tensor;
+use cola_kernels::cpu::loss::{cross_entropy_backward, cross_entropy_forward};
+use cola_kernels::Float;
+
+/// Checks logits `[..., vocab]` against one target per row; returns `vocab`.
+fn check(op: &'static str, logits: &Tensor, targets: &[u32], ignore_id: Option<u32>) -> Result<usize> {
+    let vocab = logits.shape().last().copied().unwrap_or(0);
+    if logits.rank() == 0 || vocab == 0 {
+        return Err(TensorError::InvalidArgument {
+            op,
+            reason: format!("logits of shape {:?} have no classes", logits.shape()),
+        });
+    }
+    let rows = logits.numel() / vocab;
+    if targets.len() != rows {
+        return Err(TensorError::InvalidArgument {
+            op,
+            reason: format!(
+                "{} targets for logits of shape {:?} ({rows} rows)",
+                targets.len(),
+                logits.shape()
+            ),
+        });
+    }
+    if let Some(&bad) = targets.iter().find(|&&t| Some(t) != ignore_id && t as usize >= vocab) {
+        return Err(TensorError::IndexOutOfRange { op, index: bad as usize, size: vocab });
+    }
+    Ok(vocab)
+}
+
+impl Tensor {
+    /// Mean over rows whose target is not `ignore_id` of `-log softmax(logits[row])[target]`; a scalar.
+    /// When every target is ignored the loss is 0 (and so is its gradient), not NaN.
+    pub fn cross_entropy(&self, targets: &[u32], ignore_id: Option<u32>) -> Result<Tensor> {
+        let vocab = check("cross_entropy", self, targets, ignore_id)?;
+        in_compute_dtype1("cross_entropy", [self], |[logits]| {
+            match_float!("cross_entropy", logits.dtype(), T => {
+                let ld = logits.contiguous_data::<T>()?;
+                let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
+                Ok(Tensor::from_compute(vec![loss], &[]))
+            })
+        })
+    }
+
+    /// Gradient of [`Tensor::cross_entropy`] w.r.t. the logits, scaled by the loss gradient `grad_loss`.
+    pub fn cross_entropy_backward(
+        logits: &Tensor,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        grad_loss: f64,
+    ) -> Result<Tensor> {
+        let vocab = check("cross_entropy_backward", logits, targets, ignore_id)?;
+        in_compute_dtype1("cross_entropy_backward", [logits], |[logits]| {
+            match_float!("cross_entropy_backward", logits.dtype(), T => {
+                let ld = logits.contiguous_data::<T>()?;
+                let mut g = vec![T::ZERO; ld.len()];
+                cross_entropy_backward(&ld, vocab, targets, ignore_id, T::from_f64(grad_loss), &mut g);
+                Ok(Tensor::from_compute(g, logits.shape()))
+            })
+        })
+    }
+}

@@ -1,0 +1,53 @@
+//! RMSNorm over the last dim: `y = x / sqrt(mean(x^2) + eps) * weight`.
+use super::{in_compute_dtype, in_compute_dtype1, match_float};
+use crate::error::{Result, TensorError};
+use crate::Tensor;
+use cola_kernels::cpu::norm::{rms_norm_backward, rms_norm_forward};
+use cola_kernels::Float;
+
+fn check(op: &'static str, x: &Tensor, weight: &Tensor) -> Result<usize> {
+    let d = x.shape().last().copied().unwrap_or(0);
+    if x.rank() == 0 || weight.shape() != [d] {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: x.shape().to_vec(),
+            rhs: weight.shape().to_vec(),
+            reason: "weight must be [d] for x of shape [..., d]",
+        });
+    }
+    Ok(d)
+}
+
+impl Tensor {
+    /// RMSNorm of `x: [..., d]` with `weight: [d]`.
+    pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let d = check("rms_norm", self, weight)?;
+        in_compute_dtype1("rms_norm", [self, weight], |[x, w]| {
+            match_float!("rms_norm", x.dtype(), T => {
+                let (xd, wd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?);
+                let mut y = vec![T::ZERO; xd.len()];
+                if d > 0 {
+                    rms_norm_forward(&xd, &wd, d, T::from_f64(eps), &mut y);
+                }
+                Ok(Tensor::from_compute(y, x.shape()))
+            })
+        })
+    }
+
+    /// Gradients `[grad_x, grad_weight]` of [`Tensor::rms_norm`] given the output gradient.
+    pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, grad_y: &Tensor, eps: f64) -> Result<Vec<Tensor>> {
+        let d = check("rms_norm_backward", x, weight)?;
+        super::check_same_shape("rms_norm_backward", x, grad_y)?;
+        in_compute_dtype("rms_norm_backward", [x, weight, grad_y], |[x, w, g]| {
+            match_float!("rms_norm_backward", x.dtype(), T => {
+                let (xd, wd, gd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
+                let mut gx = vec![T::ZERO; xd.len()];
+                let mut gw = vec![T::ZERO; d];
+                if d > 0 {
+                    rms_norm_backward(&xd, &wd, &gd, d, T::from_f64(eps), &mut gx, &mut gw);
+                }
+                Ok(vec![Tensor::from_compute(gx, x.shape()), Tensor::from_compute(gw, &[d])])
+            })
+        })
+    }
+}

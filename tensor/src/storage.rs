@@ -1,0 +1,100 @@
+//! Owned element buffers. A tensor shares its storage through an `Arc`; views share, ops allocate.
+use crate::{DType, Device};
+use half::bf16;
+
+/// Host memory, one variant per dtype.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CpuStorage {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    BF16(Vec<bf16>),
+}
+
+/// Where the elements live. The CUDA backend will add its variant here.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+impl CpuStorage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            CpuStorage::F32(_) => DType::F32,
+            CpuStorage::F64(_) => DType::F64,
+            CpuStorage::BF16(_) => DType::BF16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            CpuStorage::F32(v) => v.len(),
+            CpuStorage::F64(v) => v.len(),
+            CpuStorage::BF16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Storage {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Storage::Cpu(s) => s.dtype(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self {
+            Storage::Cpu(_) => Device::Cpu,
+        }
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        match self {
+            Storage::Cpu(s) => s.len() * s.dtype().size_in_bytes(),
+        }
+    }
+}
+
+/// A type that can be stored in a tensor (f32, f64, bf16).
+pub trait Element: Copy + Send + Sync + std::fmt::Debug + 'static {
+    const DTYPE: DType;
+    fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    fn into_storage(data: Vec<Self>) -> CpuStorage;
+    fn into_f64(self) -> f64;
+    fn of_f64(x: f64) -> Self;
+}
+
+macro_rules! impl_element {
+    ($t:ty, $variant:ident, $to:expr, $from:expr) => {
+        impl Element for $t {
+            const DTYPE: DType = DType::$variant;
+            fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn into_storage(data: Vec<Self>) -> CpuStorage {
+                CpuStorage::$variant(data)
+            }
+            fn into_f64(self) -> f64 {
+                $to(self)
+            }
+            fn of_f64(x: f64) -> Self {
+                $from(x)
+            }
+        }
+    };
+}
+
+impl_element!(f32, F32, |x: f32| x as f64, |x: f64| x as f32);
+impl_element!(f64, F64, |x: f64| x, |x: f64| x);
+impl_element!(bf16, BF16, |x: bf16| x.to_f64(), bf16::from_f64);
+
+/// An element type the CPU computes in: the kernels' [`cola_kernels::Float`] plus storage access.
+pub trait CpuFloat: Element + cola_kernels::Float {}
+impl CpuFloat for f32 {}
+impl CpuFloat for f64 {}
