@@ -72,6 +72,13 @@ struct Slot {
     requires_grad: bool,
 }
 
+impl Slot {
+    /// True for a non-leaf value the policy releases after forward (rebuilt by replay when needed).
+    fn is_recomputed(&self, policy: Policy) -> bool {
+        self.producer.is_some() && policy.retention(self.kind) == Retention::Recompute
+    }
+}
+
 /// One recorded op application.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -93,7 +100,8 @@ impl Gradients {
         self.leaves.get(&var)
     }
 
-    /// Gradients of the parameters recorded on the tape, in recording order.
+    /// Gradients of the parameters recorded on the tape, in recording order; one per parameter, summed over
+    /// its leaves when it was recorded more than once.
     pub fn params(&self) -> impl Iterator<Item = (&ParamId, &Tensor)> {
         self.params.iter().map(|(id, t)| (id, t))
     }
@@ -240,7 +248,8 @@ impl Tape {
         Ok(())
     }
 
-    /// For each slot, the earliest node whose backward reads its value (`None`: no backward reads it).
+    /// For each slot, the earliest node whose backward reads its value (`None`: no backward reads it),
+    /// either directly or to replay a released value that the node's backward reads.
     fn last_uses(&self) -> Vec<Option<usize>> {
         let mut last = vec![None; self.slots.len()];
         for (n, node) in self.nodes.iter().enumerate() {
@@ -248,6 +257,17 @@ impl Tape {
             let read = node.inputs.iter().enumerate().filter(|(i, _)| needs.input(*i)).map(|(_, v)| *v);
             for v in read.chain(needs.output.then_some(node.output)) {
                 last[v.0].get_or_insert(n);
+            }
+        }
+        // Replaying a released value reads its producer's inputs at the same node. Walking the nodes in
+        // reverse visits every consumer of a value before its producer, so needs propagate transitively.
+        for node in self.nodes.iter().rev() {
+            let Some(n) = last[node.output.0] else { continue };
+            if self.slots[node.output.0].is_recomputed(self.policy) {
+                for &input in &node.inputs {
+                    let earliest = &mut last[input.0];
+                    *earliest = Some(earliest.map_or(n, |u: usize| u.min(n)));
+                }
             }
         }
         last
@@ -270,10 +290,8 @@ impl Tape {
         self.backward_done = true;
 
         let last_use = self.last_uses();
-        for (s, slot) in self.slots.iter_mut().enumerate() {
-            let is_leaf = slot.producer.is_none();
-            let recompute = self.policy.retention(slot.kind) == Retention::Recompute && !is_leaf;
-            if last_use[s].is_none() || recompute {
+        for (slot, last) in self.slots.iter_mut().zip(&last_use) {
+            if last.is_none() || slot.is_recomputed(self.policy) {
                 slot.value = None;
             }
         }
@@ -319,12 +337,12 @@ impl Tape {
             }
             // Release what no earlier node's backward reads.
             for &input in node.inputs.iter().chain(std::iter::once(&node.output)) {
-                if last_use[input.0].is_none_or(|u| u >= n) {
+                if last_use[input.0].map_or(true, |u| u >= n) {
                     self.slots[input.0].value = None;
                 }
             }
             rebuilt.retain(|v| {
-                let done = last_use[v.0].is_none_or(|u| u >= n);
+                let done = last_use[v.0].map_or(true, |u| u >= n);
                 if done {
                     self.slots[v.0].value = None;
                 }
@@ -339,7 +357,11 @@ impl Tape {
             }
             if let Some(g) = grads[s].take() {
                 if let SlotKind::Parameter(id) = slot.kind {
-                    out.params.push((id, g.clone()));
+                    // A parameter recorded more than once (a tied weight) gets the sum over its leaves.
+                    match out.params.iter_mut().find(|(p, _)| *p == id) {
+                        Some((_, sum)) => *sum = sum.add(&g)?,
+                        None => out.params.push((id, g.clone())),
+                    }
                 }
                 out.leaves.insert(Var(s), g);
             }

@@ -162,14 +162,16 @@ impl Tensor {
     pub fn contiguous_data<T: Element>(&self) -> Result<Cow<'_, [T]>> {
         let view = self.strided::<T>()?;
         let n = self.numel();
+        if n == 0 {
+            // An empty view may sit on an empty buffer with any strides: there is nothing to read.
+            return Ok(Cow::Owned(Vec::new()));
+        }
         if self.is_contiguous() {
             let start = self.layout.offset();
             return Ok(Cow::Borrowed(&view.data[start..start + n]));
         }
         let mut out = vec![view.data[view.offset]; n];
-        if n > 0 {
-            copy_strided(view, self.shape(), &mut out);
-        }
+        copy_strided(view, self.shape(), &mut out);
         Ok(Cow::Owned(out))
     }
 

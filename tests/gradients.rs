@@ -1,0 +1,458 @@
+//! Gradient properties of every differentiable op: the backward rules agree with central finite differences
+//! of `L = sum(out * R)` (R random, fixed) on random small f64 inputs, contiguous or laid out as views.
+//! Whole-graph properties (networks, accumulation, replay, `no_grad`) are in `composite.rs`.
+//!
+//! Tolerance: `|analytic - numeric| <= 1e-6 * max(1, |numeric|)`, justified at `common::TOLERANCE`.
+mod common;
+
+use cola::autograd::{Result, Tape, Var};
+use cola::tensor::{BinaryOp, Rng, Tensor};
+use common::{
+    any_view, broadcastable, check_gradients, check_gradients_skipping, elementwise_composite, input,
+    permutation, random_shape_with_numel, Dist, View,
+};
+use proptest::prelude::*;
+
+/// Cases per property: a case runs 2 forward passes per input element (at most ~200 elements), about 0.1 ms
+/// on these shapes, so 256 cases of 30 properties take about a second.
+const CASES: u32 = 256;
+
+/// Shapes of rank 0..=3 with dims 1..=4 (at most 64 elements).
+fn any_shape() -> impl Strategy<Value = Vec<usize>> {
+    prop::collection::vec(1usize..=4, 0..=3)
+}
+
+fn normal() -> Dist {
+    Dist::Normal(1.0)
+}
+
+/// Checks one broadcasting binary op of operands derived from `out_shape` (see `common::broadcastable`).
+fn check_binary(
+    op: BinaryOp,
+    out_shape: &[usize],
+    (drop_a, ones_a, view_a): (usize, u8, View),
+    (drop_b, ones_b, view_b): (usize, u8, View),
+    seed: u64,
+) {
+    let mut rng = Rng::new(seed);
+    let sa = broadcastable(out_shape, drop_a, ones_a);
+    let sb = broadcastable(out_shape, drop_b, ones_b);
+    let a = input(&sa, view_a, normal(), &mut rng);
+    let denominator = if op == BinaryOp::Div { Dist::AwayFromZero } else { normal() };
+    let b = input(&sb, view_b, denominator, &mut rng);
+    check_gradients(&format!("{} {sa:?} {sb:?}", op.name()), &[a, b], &move |t, x| {
+        Ok(vec![match op {
+            BinaryOp::Add => t.add(x[0], x[1])?,
+            BinaryOp::Sub => t.sub(x[0], x[1])?,
+            BinaryOp::Mul => t.mul(x[0], x[1])?,
+            BinaryOp::Div => t.div(x[0], x[1])?,
+        }])
+    });
+}
+
+/// Strategy of one binary operand: leading dims to drop, dims to set to 1, layout.
+fn operand() -> impl Strategy<Value = (usize, u8, View)> {
+    (0usize..=3, any::<u8>(), any_view())
+}
+
+/// Checks a one-input graph on a random input of `shape`.
+fn check_unary(what: &str, shape: &[usize], view: View, dist: Dist, seed: u64, graph: &common::Graph) {
+    let x = input(shape, view, dist, &mut Rng::new(seed));
+    check_gradients(&format!("{what} {shape:?} {view:?}"), &[x], graph);
+}
+
+fn matmul(t: &mut Tape, x: &[Var]) -> Result<Vec<Var>> {
+    Ok(vec![t.matmul(x[0], x[1])?])
+}
+
+/// Checks `a @ b` for operands of the given logical shapes.
+fn check_matmul(sa: &[usize], sb: &[usize], va: View, vb: View, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let a = input(sa, va, normal(), &mut rng);
+    let b = input(sb, vb, normal(), &mut rng);
+    check_gradients(&format!("matmul {sa:?} ({va:?}) @ {sb:?} ({vb:?})"), &[a, b], &matmul);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    #[test]
+    fn matmul_2d(
+        (m, k, n) in (1usize..=5, 1usize..=5, 1usize..=5),
+        (va, vb) in (any_view(), any_view()),
+        seed: u64,
+    ) {
+        check_matmul(&[m, k], &[k, n], va, vb, seed);
+    }
+
+    /// Batch dims broadcast: each operand's batch shape drops leading dims and/or has size-1 dims.
+    #[test]
+    fn matmul_batched_broadcast(
+        batch in prop::collection::vec(1usize..=3, 0..=2),
+        (m, k, n) in (1usize..=3, 1usize..=4, 1usize..=3),
+        (drop_a, ones_a, va) in operand(),
+        (drop_b, ones_b, vb) in operand(),
+        seed: u64,
+    ) {
+        let mut sa = broadcastable(&batch, drop_a, ones_a);
+        let mut sb = broadcastable(&batch, drop_b, ones_b);
+        sa.extend([m, k]);
+        sb.extend([k, n]);
+        check_matmul(&sa, &sb, va, vb, seed);
+    }
+
+    /// Operands transposed inside the graph (a recorded `t`) rather than as leaf views.
+    #[test]
+    fn matmul_recorded_transpose(
+        (m, k, n) in (1usize..=4, 1usize..=4, 1usize..=4),
+        batch in 0usize..=2,
+        (ta, tb) in (any::<bool>(), any::<bool>()),
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let lead: Vec<usize> = if batch > 0 { vec![batch] } else { vec![] };
+        let sa: Vec<usize> = lead.iter().copied().chain(if ta { [k, m] } else { [m, k] }).collect();
+        let sb: Vec<usize> = lead.iter().copied().chain(if tb { [n, k] } else { [k, n] }).collect();
+        let a = input(&sa, View::Contiguous, normal(), &mut rng);
+        let b = input(&sb, View::Contiguous, normal(), &mut rng);
+        check_gradients(&format!("matmul t={ta} {sa:?} @ t={tb} {sb:?}"), &[a, b], &move |t, x| {
+            let a = if ta { t.t(x[0])? } else { x[0] };
+            let b = if tb { t.t(x[1])? } else { x[1] };
+            Ok(vec![t.matmul(a, b)?])
+        });
+    }
+
+    #[test]
+    fn add_broadcast(out in any_shape(), a in operand(), b in operand(), seed: u64) {
+        check_binary(BinaryOp::Add, &out, a, b, seed);
+    }
+
+    #[test]
+    fn sub_broadcast(out in any_shape(), a in operand(), b in operand(), seed: u64) {
+        check_binary(BinaryOp::Sub, &out, a, b, seed);
+    }
+
+    #[test]
+    fn mul_broadcast(out in any_shape(), a in operand(), b in operand(), seed: u64) {
+        check_binary(BinaryOp::Mul, &out, a, b, seed);
+    }
+
+    /// Denominators have magnitude in (0.5, 2), so `a / b^2` stays O(1) and finite differences are accurate.
+    #[test]
+    fn div_broadcast(out in any_shape(), a in operand(), b in operand(), seed: u64) {
+        check_binary(BinaryOp::Div, &out, a, b, seed);
+    }
+
+    #[test]
+    fn affine(
+        shape in any_shape(),
+        view in any_view(),
+        (scale, shift) in (-3.0f64..3.0, -3.0f64..3.0),
+        seed: u64,
+    ) {
+        check_unary("affine", &shape, view, normal(), seed, &move |t, x| {
+            Ok(vec![t.affine(x[0], scale, shift)?])
+        });
+    }
+
+    #[test]
+    fn add_scalar(shape in any_shape(), view in any_view(), value in -3.0f64..3.0, seed: u64) {
+        check_unary("add_scalar", &shape, view, normal(), seed, &move |t, x| {
+            Ok(vec![t.add_scalar(x[0], value)?])
+        });
+    }
+
+    #[test]
+    fn mul_scalar(shape in any_shape(), view in any_view(), value in -3.0f64..3.0, seed: u64) {
+        check_unary("mul_scalar", &shape, view, normal(), seed, &move |t, x| {
+            Ok(vec![t.mul_scalar(x[0], value)?])
+        });
+    }
+
+    #[test]
+    fn neg(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("neg", &shape, view, normal(), seed, &|t, x| Ok(vec![t.neg(x[0])?]));
+    }
+
+    #[test]
+    fn exp(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("exp", &shape, view, normal(), seed, &|t, x| Ok(vec![t.exp(x[0])?]));
+    }
+
+    /// Inputs in (0.2, 5): away from the pole at 0.
+    #[test]
+    fn log(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("log", &shape, view, Dist::Uniform(0.2, 5.0), seed, &|t, x| Ok(vec![t.log(x[0])?]));
+    }
+
+    #[test]
+    fn silu(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("silu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.silu(x[0])?]));
+    }
+
+    /// Random subsets of axes (empty = all), some given as negative axes, with and without keepdim.
+    #[test]
+    fn sum(shape in any_shape(), view in any_view(), mask: u8, negative: bool, keepdim: bool, seed: u64) {
+        let axes = reduce_axes(shape.len(), mask, negative);
+        check_unary(&format!("sum {axes:?} keepdim={keepdim}"), &shape, view, normal(), seed,
+            &move |t, x| Ok(vec![t.sum(x[0], &axes, keepdim)?]));
+    }
+
+    #[test]
+    fn mean(shape in any_shape(), view in any_view(), mask: u8, negative: bool, keepdim: bool, seed: u64) {
+        let axes = reduce_axes(shape.len(), mask, negative);
+        check_unary(&format!("mean {axes:?} keepdim={keepdim}"), &shape, view, normal(), seed,
+            &move |t, x| Ok(vec![t.mean(x[0], &axes, keepdim)?]));
+    }
+
+    /// Reshape to a random shape of the same size; views of non-contiguous inputs take the copy path.
+    #[test]
+    fn reshape(shape in any_shape(), view in any_view(), seed: u64) {
+        let mut rng = Rng::new(seed ^ 0xA5A5);
+        let target = random_shape_with_numel(shape.iter().product(), &mut rng);
+        let label = format!("reshape to {target:?}");
+        check_unary(&label, &shape, view, normal(), seed, &move |t, x| Ok(vec![t.reshape(x[0], &target)?]));
+    }
+
+    /// A permuted result is a strided view; a following op (here exp) must read it correctly too.
+    #[test]
+    fn permute(shape in any_shape(), view in any_view(), seed: u64) {
+        let perm = permutation(shape.len(), &mut Rng::new(seed ^ 0xA5A5));
+        check_unary(&format!("permute {perm:?}"), &shape, view, normal(), seed, &move |t, x| {
+            let p = t.permute(x[0], &perm)?;
+            Ok(vec![p, t.exp(p)?])
+        });
+    }
+
+    #[test]
+    fn transpose(
+        shape in prop::collection::vec(1usize..=4, 1..=3),
+        view in any_view(),
+        (a, b, negative) in (any::<usize>(), any::<usize>(), any::<bool>()),
+        seed: u64,
+    ) {
+        let rank = shape.len() as isize;
+        let (a, b) = ((a % shape.len()) as isize, (b % shape.len()) as isize);
+        let (a, b) = if negative { (a - rank, b - rank) } else { (a, b) };
+        check_unary(&format!("transpose {a} {b}"), &shape, view, normal(), seed, &move |t, x| {
+            let p = t.transpose(x[0], a, b)?;
+            Ok(vec![t.silu(p)?])
+        });
+    }
+
+    /// Also empty narrows (len 0), whose gradient is all zeros.
+    #[test]
+    fn narrow(
+        shape in prop::collection::vec(1usize..=4, 1..=3),
+        view in any_view(),
+        (axis, start, len) in (any::<usize>(), any::<usize>(), any::<usize>()),
+        seed: u64,
+    ) {
+        let axis = axis % shape.len();
+        let start = start % shape[axis];
+        let len = len % (shape[axis] - start + 1);
+        check_unary(&format!("narrow axis {axis} {start}+{len}"), &shape, view, normal(), seed,
+            &move |t, x| Ok(vec![t.narrow(x[0], axis as isize, start, len)?]));
+    }
+
+    #[test]
+    fn broadcast_to(target in any_shape(), (drop, ones, view) in operand(), seed: u64) {
+        let shape = broadcastable(&target, drop, ones);
+        check_unary(&format!("broadcast_to {target:?}"), &shape, view, normal(), seed,
+            &move |t, x| Ok(vec![t.broadcast_to(x[0], &target)?]));
+    }
+
+    #[test]
+    fn concat(
+        base in prop::collection::vec(1usize..=3, 1..=3),
+        sizes in prop::collection::vec(1usize..=3, 1..=3),
+        views in prop::collection::vec(any_view(), 3),
+        axis: usize,
+        negative: bool,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let ax = axis % base.len();
+        let inputs: Vec<Tensor> = sizes.iter().zip(&views).map(|(&s, &v)| {
+            let mut shape = base.clone();
+            shape[ax] = s;
+            input(&shape, v, normal(), &mut rng)
+        }).collect();
+        let axis = if negative { ax as isize - base.len() as isize } else { ax as isize };
+        check_gradients(&format!("concat axis {axis} of {sizes:?}"), &inputs, &move |t, x| {
+            Ok(vec![t.concat(x, axis)?])
+        });
+    }
+
+    /// Pieces (some possibly empty) are separate outputs, each weighted by its own R.
+    #[test]
+    fn split(
+        shape in prop::collection::vec(1usize..=4, 1..=3),
+        view in any_view(),
+        axis: usize,
+        cuts in prop::collection::vec(any::<usize>(), 0..=3),
+        seed: u64,
+    ) {
+        let axis = axis % shape.len();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (shape[axis] + 1)).collect();
+        points.push(0);
+        points.push(shape[axis]);
+        points.sort_unstable();
+        let sizes: Vec<usize> = points.windows(2).map(|w| w[1] - w[0]).collect();
+        check_unary(&format!("split axis {axis} into {sizes:?}"), &shape, view, normal(), seed,
+            &move |t, x| t.split(x[0], &sizes, axis as isize));
+    }
+
+    /// Gradients of x (`[..., d]`, any layout) and of the weight.
+    #[test]
+    fn rms_norm(
+        lead in prop::collection::vec(1usize..=3, 0..=2),
+        d in 1usize..=6,
+        (vx, vw) in (any_view(), any_view()),
+        eps in prop_oneof![Just(1e-6), Just(1e-3), Just(0.1)],
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let mut shape = lead.clone();
+        shape.push(d);
+        let x = input(&shape, vx, normal(), &mut rng);
+        let w = input(&[d], vw, normal(), &mut rng).add_scalar(1.0).unwrap();
+        check_gradients(&format!("rms_norm {shape:?} eps {eps}"), &[x, w], &move |t, x| {
+            Ok(vec![t.rms_norm(x[0], x[1], eps)?])
+        });
+    }
+
+    /// Random (unsorted, repeated, large) positions and theta.
+    #[test]
+    fn rope(
+        (batch, seq, heads, half) in (1usize..=2, 1usize..=3, 1usize..=2, 1usize..=4),
+        view in any_view(),
+        positions in prop::collection::vec(0u32..5000, 3),
+        theta in prop_oneof![Just(10000.0), 2.0f64..20000.0],
+        seed: u64,
+    ) {
+        let shape = [batch, seq, heads, 2 * half];
+        let positions = positions[..seq].to_vec();
+        check_unary(&format!("rope {positions:?} theta {theta}"), &shape, view, normal(), seed,
+            &move |t, x| Ok(vec![t.rope(x[0], &positions, theta)?]));
+    }
+
+    /// Causal attention with `q_len <= kv_len` (queries at the end of the key sequence).
+    #[test]
+    fn attention(
+        (batch, heads, head_dim, kv_len) in (1usize..=2, 1usize..=2, 1usize..=4, 1usize..=4),
+        q_len in 1usize..=4,
+        views in prop::collection::vec(any_view(), 3),
+        scale in 0.2f64..1.5,
+        seed: u64,
+    ) {
+        let q_len = q_len.min(kv_len);
+        let mut rng = Rng::new(seed);
+        let q = input(&[batch, q_len, heads, head_dim], views[0], normal(), &mut rng);
+        let k = input(&[batch, kv_len, heads, head_dim], views[1], normal(), &mut rng);
+        let v = input(&[batch, kv_len, heads, head_dim], views[2], normal(), &mut rng);
+        let what = format!("attention q {:?} kv {:?} scale {scale}", q.shape(), k.shape());
+        check_gradients(&what, &[q, k, v], &move |t, x| Ok(vec![t.attention(x[0], x[1], x[2], scale)?]));
+    }
+
+    /// With a pad id present in the ids, the pad row's gradient is exactly zero (and is left out of the
+    /// finite-difference comparison, since the forward does read that row).
+    #[test]
+    fn embedding(
+        (vocab, dim) in (1usize..=6, 1usize..=4),
+        ids_shape in prop::collection::vec(1usize..=3, 1..=2),
+        view in any_view(),
+        with_pad: bool,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let n: usize = ids_shape.iter().product();
+        let mut ids: Vec<u32> = (0..n).map(|_| rng.below(vocab as u64) as u32).collect();
+        let pad = with_pad.then(|| rng.below(vocab as u64) as u32);
+        if let Some(p) = pad {
+            ids[0] = p;
+        }
+        let table = input(&[vocab, dim], view, normal(), &mut rng);
+        let what = format!("embedding ids {ids:?} pad {pad:?}");
+        let pad_row = pad.map(|p| p as usize);
+        let ids2 = ids.clone();
+        let grads = check_gradients_skipping(&what, &[table], &|_, j| Some(j / dim) == pad_row, &move |t, x| {
+            Ok(vec![t.embedding(x[0], &ids2, &ids_shape, pad)?])
+        });
+        if let Some(p) = pad_row {
+            let g = grads[0].to_vec_f64();
+            let row = &g[p * dim..(p + 1) * dim];
+            prop_assert!(row.iter().all(|&x| x.to_bits() == 0), "pad row gradient {g:?}");
+        }
+    }
+
+    /// Ignored targets: `None`, an id inside the vocabulary, or one outside it (like -100). Rows whose
+    /// target is ignored get exactly zero gradient.
+    #[test]
+    fn cross_entropy(
+        lead in prop::collection::vec(1usize..=3, 0..=2),
+        vocab in 1usize..=6,
+        ignore_kind in 0u8..3,
+        view in any_view(),
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let rows: usize = lead.iter().product();
+        let ignore_id = match ignore_kind {
+            0 => None,
+            1 => Some(rng.below(vocab as u64) as u32),
+            _ => Some(vocab as u32 + 3),
+        };
+        let targets: Vec<u32> = (0..rows).map(|_| match ignore_id {
+            Some(id) if rng.below(3) == 0 => id,
+            _ => rng.below(vocab as u64) as u32,
+        }).collect();
+        let mut shape = lead.clone();
+        shape.push(vocab);
+        let logits = input(&shape, view, Dist::Normal(2.0), &mut rng);
+        let what = format!("cross_entropy {shape:?} targets {targets:?} ignore {ignore_id:?}");
+        let t2 = targets.clone();
+        let grads = check_gradients(&what, &[logits], &move |t, x| {
+            Ok(vec![t.cross_entropy(x[0], &t2, ignore_id)?])
+        });
+        let g = grads[0].to_vec_f64();
+        for (row, &target) in targets.iter().enumerate() {
+            if Some(target) == ignore_id {
+                let row_grad = &g[row * vocab..(row + 1) * vocab];
+                prop_assert!(row_grad.iter().all(|&x| x.to_bits() == 0), "ignored row {row}: {row_grad:?}");
+            }
+        }
+    }
+
+    /// One var feeding several ops (gradients summed at the fan-out), a chain of mixed ops, two outputs.
+    #[test]
+    fn fan_out_composite(shape in prop::collection::vec(1usize..=4, 1..=3), view in any_view(), seed: u64) {
+        let mut rng = Rng::new(seed);
+        let x = input(&shape, view, normal(), &mut rng);
+        let y = input(&shape, View::Contiguous, Dist::AwayFromZero, &mut rng);
+        check_gradients(&format!("fan-out {shape:?}"), &[x, y], &elementwise_composite);
+    }
+}
+
+/// Axes from a bit mask (empty = all axes), optionally as negative indices.
+fn reduce_axes(rank: usize, mask: u8, negative: bool) -> Vec<isize> {
+    (0..rank)
+        .filter(|d| mask >> d & 1 == 1)
+        .map(|d| if negative { d as isize - rank as isize } else { d as isize })
+        .collect()
+}
+
+#[test]
+fn matmul_fixed_broadcast_shapes() {
+    let cases: [(&[usize], &[usize]); 5] = [
+        (&[2, 3, 4], &[4, 5]),
+        (&[1, 3, 4], &[2, 4, 5]),
+        (&[3, 4], &[2, 4, 5]),
+        (&[2, 1, 3, 4], &[3, 4, 2]),
+        (&[2, 3, 1, 4], &[1, 4, 3]),
+    ];
+    for (i, (sa, sb)) in cases.into_iter().enumerate() {
+        check_matmul(sa, sb, View::Contiguous, View::Contiguous, i as u64);
+        check_matmul(sa, sb, View::Transposed, View::Narrowed, 100 + i as u64);
+    }
+}
