@@ -337,12 +337,12 @@ impl Tape {
             }
             // Release what no earlier node's backward reads.
             for &input in node.inputs.iter().chain(std::iter::once(&node.output)) {
-                if last_use[input.0].map_or(true, |u| u >= n) {
+                if last_use[input.0].is_none_or(|u| u >= n) {
                     self.slots[input.0].value = None;
                 }
             }
             rebuilt.retain(|v| {
-                let done = last_use[v.0].map_or(true, |u| u >= n);
+                let done = last_use[v.0].is_none_or(|u| u >= n);
                 if done {
                     self.slots[v.0].value = None;
                 }

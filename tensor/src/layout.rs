@@ -115,7 +115,7 @@ impl Layout {
     /// A view of `len` entries of `dim` starting at `start`.
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<Layout> {
         let size = self.shape[dim];
-        if start.checked_add(len).map_or(true, |end| end > size) {
+        if start.checked_add(len).is_none_or(|end| end > size) {
             return Err(TensorError::IndexOutOfRange {
                 op: "narrow",
                 index: start.saturating_add(len),

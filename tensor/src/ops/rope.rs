@@ -9,7 +9,7 @@ fn dims(op: &'static str, x: &Tensor, positions: &[u32]) -> Result<RopeDims> {
     check_rank(op, x, 4, "x ([batch, seq, heads, head_dim])")?;
     let s = x.shape();
     let dims = RopeDims { batch: s[0], seq: s[1], heads: s[2], head_dim: s[3] };
-    if dims.head_dim % 2 != 0 {
+    if !dims.head_dim.is_multiple_of(2) {
         return Err(TensorError::InvalidArgument {
             op,
             reason: format!("head_dim {} must be even", dims.head_dim),
