@@ -1,1 +1,28 @@
-//! Layers of LLaMA-CoLA (ColaLinear, attention, MLP, decoder block, model); built on the tape.
+//! Layers of LLaMA-CoLA, built on the tape: CoLA's low-rank projection `y = silu(x @ A) @ B` and the dense
+//! baseline, RMSNorm, embedding, rotary causal attention, the gated MLP, the pre-norm decoder block and the
+//! model with its next-token loss; the paper's presets; safetensors checkpoints in the reference's layout.
+pub mod attention;
+pub mod block;
+pub mod checkpoint;
+pub mod config;
+pub mod embedding;
+pub mod error;
+pub mod init;
+pub mod linear;
+pub mod mlp;
+pub mod model;
+pub mod module;
+pub mod norm;
+
+pub use attention::Attention;
+pub use block::Block;
+pub use checkpoint::{load_safetensors, save_safetensors, save_safetensors_as, WEIGHTS_FILE};
+pub use config::{LlamaConfig, PRESET_NAMES};
+pub use embedding::Embedding;
+pub use error::{NnError, Result};
+pub use init::Init;
+pub use linear::{cola_init_std, ColaLinear, Linear, Projection, DENSE_INIT_STD};
+pub use mlp::Mlp;
+pub use model::{next_token_targets, Llama};
+pub use module::{Module, ParamCounts, ParamKind};
+pub use norm::RmsNorm;

@@ -1,0 +1,69 @@
+//! The pre-norm decoder block: `h = x + attn(rmsnorm(x))`, `y = h + mlp(rmsnorm(h))`.
+use crate::attention::Attention;
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::init::Init;
+use crate::mlp::Mlp;
+use crate::module::{Module, ParamKind};
+use crate::norm::RmsNorm;
+use cola_autograd::{Parameter, SlotKind, Tape, Var};
+use cola_tensor::DType;
+
+#[derive(Clone, Debug)]
+pub struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    /// Layer `index`, its parameters named `model.layers.{index}.*`.
+    pub fn new(index: usize, config: &LlamaConfig, dtype: DType, init: &mut Init) -> Self {
+        let name = format!("model.layers.{index}");
+        let d = config.d_model;
+        let input_layernorm = RmsNorm::new(&format!("{name}.input_layernorm"), d, config.norm_eps, dtype);
+        let self_attn = Attention::new(&format!("{name}.self_attn"), config, dtype, init);
+        let post_attention_layernorm =
+            RmsNorm::new(&format!("{name}.post_attention_layernorm"), d, config.norm_eps, dtype);
+        let mlp = Mlp::new(&format!("{name}.mlp"), config, dtype, init);
+        Block { input_layernorm, self_attn, post_attention_layernorm, mlp }
+    }
+
+    pub fn attention(&self) -> &Attention {
+        &self.self_attn
+    }
+
+    pub fn mlp(&self) -> &Mlp {
+        &self.mlp
+    }
+
+    /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`. Marks `x` as [`SlotKind::LayerInput`] and `h`
+    /// as [`SlotKind::Residual`]: with the rank-r codes, the values CoLA-M keeps.
+    pub fn forward(&self, tape: &mut Tape, x: Var, positions: &[u32]) -> Result<Var> {
+        tape.mark(x, SlotKind::LayerInput)?;
+        let normed = self.input_layernorm.forward(tape, x)?;
+        let attended = self.self_attn.forward(tape, normed, positions)?;
+        let h = tape.add(x, attended)?;
+        tape.mark(h, SlotKind::Residual)?;
+        let normed = self.post_attention_layernorm.forward(tape, h)?;
+        let mixed = self.mlp.forward(tape, normed)?;
+        Ok(tape.add(h, mixed)?)
+    }
+}
+
+impl Module for Block {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Parameter, ParamKind)) {
+        self.input_layernorm.visit(f);
+        self.self_attn.visit(f);
+        self.post_attention_layernorm.visit(f);
+        self.mlp.visit(f);
+    }
+
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Parameter, ParamKind)) {
+        self.input_layernorm.visit_mut(f);
+        self.self_attn.visit_mut(f);
+        self.post_attention_layernorm.visit_mut(f);
+        self.mlp.visit_mut(f);
+    }
+}

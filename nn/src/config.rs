@@ -1,0 +1,197 @@
+//! Model hyper-parameters and the presets of the CoLA paper (COLA.md section 4).
+use crate::error::{NnError, Result};
+use crate::module::{ParamCounts, ParamKind};
+
+/// Shapes and constants of a LLaMA(-CoLA) model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub ffn_dim: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    /// Width `r` of every CoLA bottleneck; `None` gives dense projections (the full-rank baseline).
+    pub rank: Option<usize>,
+    /// Whether the MLP applies its own SiLU to the gate: `down(silu(gate(x)) * up(x))`, otherwise
+    /// `down(gate(x) * up(x))` (the reference's `only_lr_act = !mlp_gate_silu`).
+    pub mlp_gate_silu: bool,
+    pub rope_theta: f64,
+    pub norm_eps: f64,
+    pub max_seq_len: usize,
+    pub pad_id: u32,
+}
+
+/// Preset names accepted by [`LlamaConfig::preset`].
+pub const PRESET_NAMES: [&str; 12] = [
+    "cola-tiny",
+    "cola-60m",
+    "cola-130m",
+    "cola-350m",
+    "cola-1b",
+    "cola-7b",
+    "full-tiny",
+    "full-60m",
+    "full-130m",
+    "full-350m",
+    "full-1b",
+    "full-7b",
+];
+
+/// `(size, d_model, ffn_dim, n_layers, n_heads, rank, CoLA keeps the MLP gate SiLU)` of COLA.md's table.
+const SIZES: [(&str, usize, usize, usize, usize, usize, bool); 5] = [
+    ("60m", 512, 1376, 8, 8, 128, true),
+    ("130m", 768, 2048, 12, 12, 256, true),
+    ("350m", 1024, 2736, 24, 16, 256, false),
+    ("1b", 2048, 5461, 24, 32, 512, false),
+    ("7b", 4096, 11008, 32, 32, 1024, false),
+];
+
+impl LlamaConfig {
+    /// A preset by name: `cola-{60m,130m,350m,1b,7b}` (vocab 32000, sequence length 256), the same shapes
+    /// with dense projections as `full-*`, and `cola-tiny` / `full-tiny` for tests.
+    ///
+    /// The MLP gate SiLU follows the paper for CoLA (kept for 60m/130m, dropped for 350m+). The `full-*`
+    /// baselines are plain LLaMA, which always keeps it.
+    pub fn preset(name: &str) -> Result<LlamaConfig> {
+        let unknown = || NnError::UnknownPreset { name: name.to_string(), valid: PRESET_NAMES.join(", ") };
+        let (family, size) = name.split_once('-').ok_or_else(unknown)?;
+        let cola = match family {
+            "cola" => true,
+            "full" => false,
+            _ => return Err(unknown()),
+        };
+        let mut config = if size == "tiny" {
+            LlamaConfig {
+                vocab_size: 64,
+                d_model: 32,
+                ffn_dim: 48,
+                n_layers: 2,
+                n_heads: 4,
+                rank: Some(8),
+                mlp_gate_silu: true,
+                max_seq_len: 16,
+                ..LlamaConfig::base()
+            }
+        } else {
+            let &(_, d, f, layers, heads, r, gate_silu) =
+                SIZES.iter().find(|s| s.0 == size).ok_or_else(unknown)?;
+            LlamaConfig {
+                d_model: d,
+                ffn_dim: f,
+                n_layers: layers,
+                n_heads: heads,
+                rank: Some(r),
+                mlp_gate_silu: gate_silu,
+                ..LlamaConfig::base()
+            }
+        };
+        if !cola {
+            config.rank = None;
+            config.mlp_gate_silu = true;
+        }
+        Ok(config)
+    }
+
+    /// The constants shared by every preset (COLA.md section 3); shapes are the 60m ones.
+    fn base() -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 32000,
+            d_model: 512,
+            ffn_dim: 1376,
+            n_layers: 8,
+            n_heads: 8,
+            rank: Some(128),
+            mlp_gate_silu: true,
+            rope_theta: 10000.0,
+            norm_eps: 1e-6,
+            max_seq_len: 256,
+            pad_id: 0,
+        }
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads.max(1)
+    }
+
+    pub fn is_cola(&self) -> bool {
+        self.rank.is_some()
+    }
+
+    /// Checks the shapes can build a model: positive sizes, `d_model` divisible by `n_heads` into an even
+    /// `head_dim` (RoPE rotates pairs), `rank > 0`, `pad_id < vocab_size`.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |reason: String| Err(NnError::InvalidConfig { reason });
+        let sizes = [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("ffn_dim", self.ffn_dim),
+            ("n_layers", self.n_layers),
+            ("n_heads", self.n_heads),
+            ("max_seq_len", self.max_seq_len),
+        ];
+        if let Some((field, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+            return invalid(format!("{field} must be positive"));
+        }
+        if self.d_model % self.n_heads != 0 {
+            return invalid(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
+        }
+        if self.head_dim() % 2 != 0 {
+            return invalid(format!(
+                "head_dim {} (d_model {} / n_heads {}) must be even for RoPE",
+                self.head_dim(),
+                self.d_model,
+                self.n_heads
+            ));
+        }
+        if self.rank == Some(0) {
+            return invalid("rank must be positive (use None for dense projections)".into());
+        }
+        if self.pad_id as usize >= self.vocab_size {
+            return invalid(format!("pad_id {} is not below vocab_size {}", self.pad_id, self.vocab_size));
+        }
+        if !(self.norm_eps > 0.0 && self.rope_theta > 0.0) {
+            return invalid(format!(
+                "norm_eps {} and rope_theta {} must be positive",
+                self.norm_eps, self.rope_theta
+            ));
+        }
+        Ok(())
+    }
+
+    /// Every parameter of the model as `(checkpoint name, in-memory shape, role)`, in the model's
+    /// parameter order, computed from the config alone (no allocation of the tensors).
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>, ParamKind)> {
+        let (d, f, v) = (self.d_model, self.ffn_dim, self.vocab_size);
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d], ParamKind::Table)];
+        let projection = |out: &mut Vec<_>, name: String, fan_in: usize, fan_out: usize| match self.rank {
+            Some(r) => {
+                out.push((format!("{name}.cola_a"), vec![fan_in, r], ParamKind::LowRank));
+                out.push((format!("{name}.cola_b"), vec![r, fan_out], ParamKind::LowRank));
+            }
+            None => out.push((format!("{name}.weight"), vec![fan_in, fan_out], ParamKind::Dense)),
+        };
+        for i in 0..self.n_layers {
+            let layer = format!("model.layers.{i}");
+            out.push((format!("{layer}.input_layernorm.weight"), vec![d], ParamKind::Vector));
+            for p in ["q", "k", "v", "o"] {
+                projection(&mut out, format!("{layer}.self_attn.{p}_proj"), d, d);
+            }
+            out.push((format!("{layer}.post_attention_layernorm.weight"), vec![d], ParamKind::Vector));
+            projection(&mut out, format!("{layer}.mlp.gate_proj"), d, f);
+            projection(&mut out, format!("{layer}.mlp.up_proj"), d, f);
+            projection(&mut out, format!("{layer}.mlp.down_proj"), f, d);
+        }
+        out.push(("model.norm.weight".to_string(), vec![d], ParamKind::Vector));
+        out.push(("lm_head.weight".to_string(), vec![d, v], ParamKind::Dense));
+        out
+    }
+
+    /// Parameter counts from the shapes alone (usable for presets too large to allocate).
+    pub fn param_counts(&self) -> ParamCounts {
+        let mut counts = ParamCounts::default();
+        for (_, shape, kind) in self.parameter_shapes() {
+            counts.add(kind, shape.iter().product());
+        }
+        counts
+    }
+}

@@ -1,0 +1,194 @@
+//! Projections of a decoder block: the dense `Linear` of the full-rank baseline and CoLA's low-rank
+//! auto-encoder `ColaLinear` (COLA.md sections 1 and 5).
+use crate::error::Result;
+use crate::init::Init;
+use crate::module::{Module, ParamKind};
+use cola_autograd::{Parameter, SlotKind, Tape, Var};
+use cola_tensor::DType;
+
+/// Standard deviation of the dense and embedding initialisation.
+pub const DENSE_INIT_STD: f64 = 0.02;
+
+/// `y = x @ W`, no bias. `x: [..., in]`, `W: [in, out]`, `y: [..., out]`. Stored on disk as `[out, in]`.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Parameter,
+}
+
+impl Linear {
+    /// A weight named `{name}.weight`, entries i.i.d. Normal(0, 0.02^2) under [`Init::Random`].
+    pub fn new(name: &str, in_features: usize, out_features: usize, dtype: DType, init: &mut Init) -> Self {
+        let value = init.normal(&[in_features, out_features], DENSE_INIT_STD, dtype);
+        Linear { weight: Parameter::new(format!("{name}.weight"), value) }
+    }
+
+    pub fn weight(&self) -> &Parameter {
+        &self.weight
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.weight.value().shape()[0]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.value().shape()[1]
+    }
+
+    /// `[..., in] -> [..., out]`.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let w = tape.param(&self.weight);
+        Ok(tape.matmul(x, w)?)
+    }
+}
+
+impl Module for Linear {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Parameter, ParamKind)) {
+        f(&self.weight, ParamKind::Dense);
+    }
+
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Parameter, ParamKind)) {
+        f(&mut self.weight, ParamKind::Dense);
+    }
+}
+
+/// Init std of both CoLA factors: `s = (r (in + out))^(-1/4)`, so that `A B` has entry std
+/// `1 / sqrt(in + out)`.
+pub fn cola_init_std(rank: usize, in_features: usize, out_features: usize) -> f64 {
+    ((rank * (in_features + out_features)) as f64).powf(-0.25)
+}
+
+/// CoLA's low-rank projection `y = silu(x @ A) @ B`: `x: [..., in]`, `A: [in, r]`, `B: [r, out]`,
+/// `y: [..., out]`. The rank-r code `silu(x @ A)` is marked [`SlotKind::LowRankCode`]: it is what CoLA-M
+/// keeps for backward.
+#[derive(Clone, Debug)]
+pub struct ColaLinear {
+    a: Parameter,
+    b: Parameter,
+}
+
+impl ColaLinear {
+    /// Factors named `{name}.cola_a` and `{name}.cola_b`, entries i.i.d. Normal(0, s^2) with
+    /// `s = cola_init_std(rank, in, out)`; A is drawn first.
+    pub fn new(
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        rank: usize,
+        dtype: DType,
+        init: &mut Init,
+    ) -> Self {
+        let std = cola_init_std(rank, in_features, out_features);
+        let a = init.normal(&[in_features, rank], std, dtype);
+        let b = init.normal(&[rank, out_features], std, dtype);
+        ColaLinear {
+            a: Parameter::new(format!("{name}.cola_a"), a),
+            b: Parameter::new(format!("{name}.cola_b"), b),
+        }
+    }
+
+    /// `A: [in, r]`.
+    pub fn a(&self) -> &Parameter {
+        &self.a
+    }
+
+    /// `B: [r, out]`.
+    pub fn b(&self) -> &Parameter {
+        &self.b
+    }
+
+    pub fn rank(&self) -> usize {
+        self.a.value().shape()[1]
+    }
+
+    pub fn in_features(&self) -> usize {
+        self.a.value().shape()[0]
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.b.value().shape()[1]
+    }
+
+    /// `[..., in] -> [..., out]`.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let a = tape.param(&self.a);
+        let pre = tape.matmul(x, a)?;
+        let code = tape.silu(pre)?;
+        tape.mark(code, SlotKind::LowRankCode)?;
+        let b = tape.param(&self.b);
+        Ok(tape.matmul(code, b)?)
+    }
+}
+
+impl Module for ColaLinear {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Parameter, ParamKind)) {
+        f(&self.a, ParamKind::LowRank);
+        f(&self.b, ParamKind::LowRank);
+    }
+
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Parameter, ParamKind)) {
+        f(&mut self.a, ParamKind::LowRank);
+        f(&mut self.b, ParamKind::LowRank);
+    }
+}
+
+/// One projection of a decoder block: dense (full-rank baseline) or CoLA, as the config's `rank` says.
+#[derive(Clone, Debug)]
+pub enum Projection {
+    Dense(Linear),
+    Cola(ColaLinear),
+}
+
+impl Projection {
+    /// `ColaLinear` when `rank` is `Some(r)`, `Linear` when `None`.
+    pub fn new(
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        rank: Option<usize>,
+        dtype: DType,
+        init: &mut Init,
+    ) -> Self {
+        match rank {
+            Some(r) => Projection::Cola(ColaLinear::new(name, in_features, out_features, r, dtype, init)),
+            None => Projection::Dense(Linear::new(name, in_features, out_features, dtype, init)),
+        }
+    }
+
+    /// `[..., in] -> [..., out]`.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        match self {
+            Projection::Dense(p) => p.forward(tape, x),
+            Projection::Cola(p) => p.forward(tape, x),
+        }
+    }
+
+    pub fn in_features(&self) -> usize {
+        match self {
+            Projection::Dense(p) => p.in_features(),
+            Projection::Cola(p) => p.in_features(),
+        }
+    }
+
+    pub fn out_features(&self) -> usize {
+        match self {
+            Projection::Dense(p) => p.out_features(),
+            Projection::Cola(p) => p.out_features(),
+        }
+    }
+}
+
+impl Module for Projection {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Parameter, ParamKind)) {
+        match self {
+            Projection::Dense(p) => p.visit(f),
+            Projection::Cola(p) => p.visit(f),
+        }
+    }
+
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Parameter, ParamKind)) {
+        match self {
+            Projection::Dense(p) => p.visit_mut(f),
+            Projection::Cola(p) => p.visit_mut(f),
+        }
+    }
+}

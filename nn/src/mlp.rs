@@ -1,0 +1,62 @@
+//! The gated MLP: `down(silu(gate(x)) * up(x))`, or `down(gate(x) * up(x))` when the CoLA layers' own
+//! SiLUs supply the non-linearity (COLA.md section 2, `only_lr_act`).
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::init::Init;
+use crate::linear::Projection;
+use crate::module::{Module, ParamKind};
+use cola_autograd::{Parameter, Tape, Var};
+use cola_tensor::DType;
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    gate_proj: Projection,
+    up_proj: Projection,
+    down_proj: Projection,
+    gate_silu: bool,
+}
+
+impl Mlp {
+    /// Projections `{name}.gate_proj`, `{name}.up_proj` (`d_model -> ffn_dim`) and `{name}.down_proj`
+    /// (`ffn_dim -> d_model`), created in that order.
+    pub fn new(name: &str, config: &LlamaConfig, dtype: DType, init: &mut Init) -> Self {
+        let (d, f, r) = (config.d_model, config.ffn_dim, config.rank);
+        let gate_proj = Projection::new(&format!("{name}.gate_proj"), d, f, r, dtype, init);
+        let up_proj = Projection::new(&format!("{name}.up_proj"), d, f, r, dtype, init);
+        let down_proj = Projection::new(&format!("{name}.down_proj"), f, d, r, dtype, init);
+        Mlp { gate_proj, up_proj, down_proj, gate_silu: config.mlp_gate_silu }
+    }
+
+    pub fn gate_silu(&self) -> bool {
+        self.gate_silu
+    }
+
+    pub fn projections(&self) -> [&Projection; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
+    /// `[..., d_model] -> [..., d_model]` through an `[..., ffn_dim]` intermediate.
+    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+        let mut gate = self.gate_proj.forward(tape, x)?;
+        if self.gate_silu {
+            gate = tape.silu(gate)?;
+        }
+        let up = self.up_proj.forward(tape, x)?;
+        let hidden = tape.mul(gate, up)?;
+        self.down_proj.forward(tape, hidden)
+    }
+}
+
+impl Module for Mlp {
+    fn visit<'a>(&'a self, f: &mut dyn FnMut(&'a Parameter, ParamKind)) {
+        for p in [&self.gate_proj, &self.up_proj, &self.down_proj] {
+            p.visit(f);
+        }
+    }
+
+    fn visit_mut<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Parameter, ParamKind)) {
+        for p in [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj] {
+            p.visit_mut(f);
+        }
+    }
+}
