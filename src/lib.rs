@@ -10,5 +10,7 @@ pub use cola_nn as nn;
 pub use cola_optim as optim;
 pub use cola_tensor as tensor;
 
+pub mod data;
+
 pub use cola_autograd::{GradStore, Parameter, Tape, Var};
 pub use cola_tensor::{DType, Device, Rng, Tensor};
