@@ -7,12 +7,16 @@
 //! [`Policy`] decides which.
 pub mod backward;
 pub mod error;
+pub mod memory;
 pub mod op;
 pub mod ops;
 pub mod param;
+pub mod policy;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
 pub use op::{Needs, Op};
 pub use param::{GradStore, ParamId, Parameter};
-pub use tape::{Gradients, Node, Policy, Retention, SlotKind, Tape, Var};
+pub use memory::MemoryStats;
+pub use policy::{Policy, Retention, SlotKind};
+pub use tape::{Gradients, Node, Tape, Var};

@@ -1,13 +1,17 @@
 //! The tape: slots hold values, nodes record how each non-leaf value was made.
 //!
-//! Forward ops run eagerly and append a node (op, input vars, output var). Backward walks the nodes in
-//! reverse. Before it starts, every value that no backward rule reads is released, and so is every value
-//! the retention policy marks `Recompute`; a rule that needs a released value gets it back by replaying
-//! the recorded forward ops from the values still held. Every value is released after its last use.
+//! Forward ops run eagerly and append a node (op, input vars, output var). Values the retention policy
+//! marks `Recompute` are released when the decoder layer that made them ends ([`Tape::layer`]); before
+//! backward starts, so is every value no backward rule reads. Whoever needs a released value (a backward
+//! rule, or a later forward op) gets it back by replaying the recorded forward ops from the values still
+//! held; rebuilt values are cached until their last use. Backward walks the nodes in reverse and releases
+//! every value after its last use.
 use crate::backward::{backward, Context};
 use crate::error::{AutogradError, Result};
+use crate::memory::{MemoryMeter, MemoryStats};
 use crate::op::Op;
 use crate::param::{ParamId, Parameter};
+use crate::policy::{Policy, Retention, SlotKind};
 use cola_tensor::{Shape, Tensor};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -22,60 +26,20 @@ impl Var {
     }
 }
 
-/// What a value is, as far as retention policies care. Model code marks values; policies decide.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SlotKind {
-    /// A leaf that is not a parameter (data, or a tensor whose gradient a test wants).
-    Input,
-    Parameter(ParamId),
-    /// The input of a decoder layer (the residual stream entering it).
-    LayerInput,
-    /// A residual-stream value inside a layer (after the attention residual add).
-    Residual,
-    /// A rank-r code `silu(x @ A)` of a CoLA layer.
-    LowRankCode,
-    Other,
-}
-
-/// Whether a value survives from forward to backward or is rebuilt by replay.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Retention {
-    Keep,
-    Recompute,
-}
-
-/// Maps a value's kind to its retention. Leaves are always kept: they cannot be replayed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Policy {
-    /// Keep every value backward reads.
-    #[default]
-    KeepAll,
-    /// Recompute every non-leaf value (the extreme that tests the replay mechanism).
-    RecomputeAll,
-}
-
-impl Policy {
-    pub fn retention(self, kind: SlotKind) -> Retention {
-        match (self, kind) {
-            (_, SlotKind::Input | SlotKind::Parameter(_)) => Retention::Keep,
-            (Policy::KeepAll, _) => Retention::Keep,
-            (Policy::RecomputeAll, _) => Retention::Recompute,
-        }
-    }
-}
-
 struct Slot {
     value: Option<Tensor>,
     shape: Shape,
     producer: Option<usize>,
     kind: SlotKind,
     requires_grad: bool,
+    /// Recorded inside a decoder layer ([`Tape::layer`]).
+    in_layer: bool,
 }
 
 impl Slot {
-    /// True for a non-leaf value the policy releases after forward (rebuilt by replay when needed).
+    /// True for a recorded value the policy releases after its layer (rebuilt by replay when needed).
     fn is_recomputed(&self, policy: Policy) -> bool {
-        self.producer.is_some() && policy.retention(self.kind) == Retention::Recompute
+        self.producer.is_some() && policy.retention(self.kind, self.in_layer) == Retention::Recompute
     }
 }
 
@@ -119,6 +83,9 @@ pub struct Tape {
     grad_disabled: bool,
     policy: Policy,
     backward_done: bool,
+    layer_depth: usize,
+    meter: MemoryMeter,
+    stats: MemoryStats,
 }
 
 impl Tape {
@@ -142,8 +109,26 @@ impl Tape {
         requires_grad: bool,
     ) -> Var {
         let shape = value.shape().into();
-        self.slots.push(Slot { value: Some(value), shape, producer, kind, requires_grad });
+        if producer.is_none() && matches!(kind, SlotKind::Input | SlotKind::Parameter(_)) {
+            self.meter.add_leaf(&value);
+        }
+        self.meter.hold(&value);
+        let in_layer = self.layer_depth > 0;
+        self.slots.push(Slot { value: Some(value), shape, producer, kind, requires_grad, in_layer });
         Var(self.slots.len() - 1)
+    }
+
+    /// Stores a (re)computed value in its slot.
+    fn put(&mut self, var: Var, value: Tensor) {
+        self.meter.hold(&value);
+        self.slots[var.0].value = Some(value);
+    }
+
+    /// Drops a slot's value (it can be rebuilt by replay when the slot was recorded).
+    fn release(&mut self, var: Var) {
+        if let Some(value) = self.slots[var.0].value.take() {
+            self.meter.release(&value);
+        }
     }
 
     /// A leaf; with `requires_grad` backward reports its gradient.
@@ -176,6 +161,35 @@ impl Tape {
         let out = f(self);
         self.grad_disabled = before;
         out
+    }
+
+    /// Records the ops of one decoder layer. When `f` returns, the values it recorded that the policy marks
+    /// `Recompute` are released, so forward holds at most one layer's intermediates beyond what is kept.
+    pub fn layer<R>(&mut self, f: impl FnOnce(&mut Tape) -> R) -> R {
+        let first = self.slots.len();
+        self.layer_depth += 1;
+        let out = f(self);
+        self.layer_depth -= 1;
+        for s in first..self.slots.len() {
+            if self.slots[s].is_recomputed(self.policy) {
+                self.release(Var(s));
+            }
+        }
+        out
+    }
+
+    /// Activation memory of this tape so far (complete once backward has run).
+    pub fn memory_stats(&self) -> MemoryStats {
+        let mut stats = self.stats;
+        if !self.backward_done {
+            stats.forward_peak_bytes = self.meter.peak;
+        }
+        stats
+    }
+
+    /// Activation bytes held right now.
+    pub fn held_bytes(&self) -> usize {
+        self.meter.current
     }
 
     pub fn is_grad_enabled(&self) -> bool {
@@ -215,6 +229,14 @@ impl Tape {
 
     /// Runs `op` on the values of `inputs` and records it when a gradient can flow through it.
     pub fn record(&mut self, op: Op, inputs: &[Var]) -> Result<Var> {
+        if !self.backward_done {
+            // A value released at the end of its layer is rebuilt when a later forward op reads it.
+            let mut rebuilt = Vec::new();
+            for &v in inputs {
+                self.slot(v)?;
+                self.rematerialize(v, &mut rebuilt)?;
+            }
+        }
         let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
         let out = op.forward(&values)?;
         let mut requires_grad = false;
@@ -243,7 +265,7 @@ impl Tape {
         }
         let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
         let value = op.forward(&values)?;
-        self.slots[var.0].value = Some(value);
+        self.put(var, value);
         rebuilt.push(var);
         Ok(())
     }
@@ -290,11 +312,16 @@ impl Tape {
         self.backward_done = true;
 
         let last_use = self.last_uses();
-        for (slot, last) in self.slots.iter_mut().zip(&last_use) {
-            if last.is_none() || slot.is_recomputed(self.policy) {
-                slot.value = None;
+        self.stats.forward_peak_bytes = self.meter.peak;
+        for s in 0..self.slots.len() {
+            if last_use[s].is_none() || self.slots[s].is_recomputed(self.policy) {
+                self.release(Var(s));
             }
         }
+        self.stats.saved_bytes = self.meter.current;
+        self.meter.reset_peak();
+        let mut grad_bytes = 0usize;
+        let mut backward_peak = self.meter.current;
 
         let mut grads: Vec<Option<Tensor>> = vec![None; self.slots.len()];
         grads[loss.0] = Some(seed);
@@ -327,28 +354,34 @@ impl Tape {
                 };
                 backward(&node.op, &ctx)?
             };
+            grad_bytes -= grad.size_in_bytes().min(grad_bytes);
             for (&input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };
                 let acc = &mut grads[input.0];
                 *acc = Some(match acc.take() {
                     Some(prev) => prev.add(&g)?,
-                    None => g,
+                    None => {
+                        grad_bytes += g.size_in_bytes();
+                        g
+                    }
                 });
             }
+            backward_peak = backward_peak.max(self.meter.peak + grad_bytes);
+            self.meter.reset_peak();
             // Release what no earlier node's backward reads.
             for &input in node.inputs.iter().chain(std::iter::once(&node.output)) {
                 if last_use[input.0].is_none_or(|u| u >= n) {
-                    self.slots[input.0].value = None;
+                    self.release(input);
                 }
             }
-            rebuilt.retain(|v| {
-                let done = last_use[v.0].is_none_or(|u| u >= n);
-                if done {
-                    self.slots[v.0].value = None;
-                }
-                !done
-            });
+            let (done, pending): (Vec<Var>, Vec<Var>) =
+                rebuilt.iter().partition(|v| last_use[v.0].is_none_or(|u| u >= n));
+            for v in done {
+                self.release(v);
+            }
+            rebuilt = pending;
         }
+        self.stats.backward_peak_bytes = backward_peak;
 
         let mut out = Gradients::default();
         for (s, slot) in self.slots.iter().enumerate() {

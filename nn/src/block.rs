@@ -38,17 +38,23 @@ impl Block {
         &self.mlp
     }
 
-    /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`. Marks `x` as [`SlotKind::LayerInput`] and `h`
-    /// as [`SlotKind::Residual`]: with the rank-r codes, the values CoLA-M keeps.
+    /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`, recorded as one layer of the tape (so a
+    /// retention policy can release its intermediates when it ends). Marks `x` as
+    /// [`SlotKind::LayerInput`], `h` as [`SlotKind::Residual`] and the output as [`SlotKind::LayerOutput`]:
+    /// with the rank-r codes, the values CoLA-M keeps.
     pub fn forward(&self, tape: &mut Tape, x: Var, positions: &[u32]) -> Result<Var> {
-        tape.mark(x, SlotKind::LayerInput)?;
-        let normed = self.input_layernorm.forward(tape, x)?;
-        let attended = self.self_attn.forward(tape, normed, positions)?;
-        let h = tape.add(x, attended)?;
-        tape.mark(h, SlotKind::Residual)?;
-        let normed = self.post_attention_layernorm.forward(tape, h)?;
-        let mixed = self.mlp.forward(tape, normed)?;
-        Ok(tape.add(h, mixed)?)
+        tape.layer(|tape| {
+            tape.mark(x, SlotKind::LayerInput)?;
+            let normed = self.input_layernorm.forward(tape, x)?;
+            let attended = self.self_attn.forward(tape, normed, positions)?;
+            let h = tape.add(x, attended)?;
+            tape.mark(h, SlotKind::Residual)?;
+            let normed = self.post_attention_layernorm.forward(tape, h)?;
+            let mixed = self.mlp.forward(tape, normed)?;
+            let y = tape.add(h, mixed)?;
+            tape.mark(y, SlotKind::LayerOutput)?;
+            Ok(y)
+        })
     }
 }
 

@@ -52,9 +52,18 @@ impl Storage {
     }
 
     pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+
+    /// Number of elements in the buffer.
+    pub fn len(&self) -> usize {
         match self {
-            Storage::Cpu(s) => s.len() * s.dtype().size_in_bytes(),
+            Storage::Cpu(s) => s.len(),
         }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -62,6 +71,7 @@ impl Storage {
 pub trait Element: Copy + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: DType;
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
+    fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
     fn into_storage(data: Vec<Self>) -> CpuStorage;
     fn into_f64(self) -> f64;
     fn of_f64(x: f64) -> Self;
@@ -72,6 +82,12 @@ macro_rules! impl_element {
         impl Element for $t {
             const DTYPE: DType = DType::$variant;
             fn slice(storage: &CpuStorage) -> Option<&[Self]> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]> {
                 match storage {
                     CpuStorage::$variant(v) => Some(v),
                     _ => None,

@@ -148,6 +148,21 @@ impl Tensor {
         }
     }
 
+    /// The elements as a mutable row-major slice, for in-place updates (optimizer steps). Makes the storage
+    /// contiguous and unshared first, so no other tensor observes the change.
+    pub(crate) fn data_mut<T: Element>(&mut self) -> Result<&mut [T]> {
+        if T::DTYPE != self.dtype() {
+            return Err(TensorError::DTypeMismatch { op: "data_mut", lhs: self.dtype(), rhs: T::DTYPE });
+        }
+        let whole = self.layout.offset() == 0 && self.numel() == self.storage.len();
+        if !self.is_contiguous() || !whole {
+            *self = self.copy_contiguous();
+        }
+        let dtype = self.dtype();
+        let Storage::Cpu(storage) = Arc::make_mut(&mut self.storage);
+        T::slice_mut(storage).ok_or(TensorError::DTypeMismatch { op: "data_mut", lhs: dtype, rhs: T::DTYPE })
+    }
+
     /// The raw storage slice and layout as a strided view (fails if `T` is not the dtype).
     pub(crate) fn strided<T: Element>(&self) -> Result<Strided<'_, T>> {
         let data = T::slice(self.cpu_storage()).ok_or(TensorError::DTypeMismatch {
@@ -215,6 +230,11 @@ impl Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
+        self.copy_contiguous()
+    }
+
+    /// A fresh contiguous copy with storage of its own.
+    fn copy_contiguous(&self) -> Tensor {
         fn copy<T: Element>(t: &Tensor) -> CpuStorage {
             // The dtype matches by construction, so `contiguous_data` cannot fail here.
             T::into_storage(t.contiguous_data::<T>().map(Cow::into_owned).unwrap_or_default())
@@ -258,6 +278,16 @@ impl Tensor {
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         check_device("to_device", device)?;
         Ok(self.clone())
+    }
+
+    /// Identity of the storage buffer (equal for tensors that share it), for memory accounting.
+    pub fn storage_key(&self) -> usize {
+        Arc::as_ptr(&self.storage) as usize
+    }
+
+    /// Bytes of the whole storage buffer this tensor views.
+    pub fn storage_bytes(&self) -> usize {
+        self.storage.size_in_bytes()
     }
 
     /// True when both tensors view the same storage buffer.

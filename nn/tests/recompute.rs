@@ -1,0 +1,88 @@
+//! Retention policies on the real model: every policy gives bit-identical gradients to keeping everything,
+//! and CoLA-M keeps exactly `2 d + 7 r` values per token per decoder layer.
+use cola_autograd::{Gradients, MemoryStats, Policy, Tape};
+use cola_nn::{Llama, LlamaConfig};
+use cola_tensor::{DType, Rng};
+
+fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| 1 + rng.below(vocab as u64 - 1) as u32).collect()
+}
+
+fn run(model: &Llama, ids: &[u32], batch: usize, seq: usize, policy: Policy) -> (Vec<u8>, Gradients, MemoryStats) {
+    let mut tape = Tape::with_policy(policy);
+    let loss = model.loss(&mut tape, ids, batch, seq).unwrap();
+    let bits = tape.value(loss).unwrap().to_vec_f64()[0].to_le_bytes().to_vec();
+    let grads = tape.backward(loss).unwrap();
+    (bits, grads, tape.memory_stats())
+}
+
+fn policies(preset: &str) -> Vec<Policy> {
+    let mut out = vec![Policy::Block, Policy::RecomputeAll];
+    if preset.starts_with("cola") {
+        out.push(Policy::ColaM);
+    }
+    out
+}
+
+#[test]
+fn every_policy_gives_bit_identical_loss_and_gradients() {
+    for preset in ["cola-tiny", "full-tiny"] {
+        for dtype in [DType::F32, DType::F64] {
+            let config = LlamaConfig::preset(preset).unwrap();
+            let model = Llama::with_dtype(config, dtype, &mut Rng::new(7)).unwrap();
+            let (batch, seq) = (2, 12);
+            let mut ids = random_ids(64, batch * seq, 8);
+            ids[20..].fill(0);
+            let (loss, reference, _) = run(&model, &ids, batch, seq, Policy::KeepAll);
+            for policy in policies(preset) {
+                let (l, grads, _) = run(&model, &ids, batch, seq, policy);
+                assert_eq!(l, loss, "{preset} {dtype} {policy:?}: loss");
+                for p in model.parameters() {
+                    let (a, b) = (reference.param(p.id()).unwrap(), grads.param(p.id()).unwrap());
+                    assert_eq!(a.to_vec_f64(), b.to_vec_f64(), "{preset} {dtype} {policy:?}: {}", p.name());
+                }
+            }
+        }
+    }
+}
+
+/// Saved bytes per token of one decoder layer: the difference between models of `layers + 1` and `layers`.
+fn saved_per_layer_per_token(preset: &str, policy: Policy) -> f64 {
+    let (batch, seq) = (2, 16);
+    let ids = random_ids(64, batch * seq, 3);
+    let mut saved = Vec::new();
+    for layers in [2, 3] {
+        let config = LlamaConfig { n_layers: layers, ..LlamaConfig::preset(preset).unwrap() };
+        let model = Llama::new(config, &mut Rng::new(1)).unwrap();
+        saved.push(run(&model, &ids, batch, seq, policy).2.saved_bytes as f64);
+    }
+    (saved[1] - saved[0]) / (batch * seq) as f64
+}
+
+#[test]
+fn cola_m_keeps_exactly_2d_plus_7r_values_per_token_per_layer() {
+    let config = LlamaConfig::preset("cola-tiny").unwrap();
+    let (d, r) = (config.d_model as f64, config.rank.unwrap() as f64);
+    let cola_m = saved_per_layer_per_token("cola-tiny", Policy::ColaM);
+    assert_eq!(cola_m, 4.0 * (2.0 * d + 7.0 * r), "bytes per token per layer (f32)");
+    // Vanilla checkpointing keeps the layer input alone.
+    assert_eq!(saved_per_layer_per_token("cola-tiny", Policy::Block), 4.0 * d);
+    assert_eq!(saved_per_layer_per_token("full-tiny", Policy::Block), 4.0 * d);
+    // Keeping everything backward reads costs much more.
+    let none = saved_per_layer_per_token("cola-tiny", Policy::KeepAll);
+    assert!(none > 2.0 * cola_m, "none {none} vs cola-m {cola_m}");
+}
+
+#[test]
+fn forward_peak_of_cola_m_stays_below_keeping_everything() {
+    let config = LlamaConfig { n_layers: 4, ..LlamaConfig::preset("cola-tiny").unwrap() };
+    let model = Llama::new(config, &mut Rng::new(2)).unwrap();
+    let ids = random_ids(64, 2 * 16, 4);
+    let none = run(&model, &ids, 2, 16, Policy::KeepAll).2;
+    let cola_m = run(&model, &ids, 2, 16, Policy::ColaM).2;
+    assert!(cola_m.forward_peak_bytes < none.forward_peak_bytes, "{cola_m:?} vs {none:?}");
+    assert!(cola_m.saved_bytes < none.saved_bytes);
+    assert!(cola_m.backward_peak_bytes < none.backward_peak_bytes, "{cola_m:?} vs {none:?}");
+    assert!(none.saved_bytes <= none.forward_peak_bytes);
+}
