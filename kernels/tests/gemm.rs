@@ -1,12 +1,17 @@
-//! GEMM against a naive f64 triple loop, over shapes that cross every block size of the blocked kernel
-//! (MR = 6, NR = 8 (f32) / 4 (f64), MC = 144 / 72, KC = 256, NC = 2048), all transpose combinations and
-//! narrowed views; plus batched/broadcast parity and thread-count determinism.
+//! GEMM against a naive f64 triple loop, over shapes that cross every block size of every micro-kernel
+//! path (portable MR x NR = 6 x 8 (f32) / 6 x 4 (f64); AVX2 6 x 16 / 6 x 8; AVX-512 12 x 32 / 12 x 16;
+//! KC = 256 or 128; row blocks of 48 and 72 to 288 rows; B panels narrowed to 8 MiB), all transpose
+//! combinations and narrowed views; each SIMD path against the portable path on the same inputs (paths
+//! this CPU lacks are skipped with a printed notice); batched/broadcast parity; thread-count determinism
+//! on every path.
 //!
 //! Tolerances: the reference sums in f64, so its own error is negligible. The blocked kernel sums k
 //! products in order in T; for random-sign data the rounding error grows like sqrt(k) * eps * sum|a||b|,
 //! about 3e-6 (f32) and 6e-15 (f64) at k = 600, so bounds of 1e-5 and 1e-12 relative to
-//! `|alpha| sum|a||b| + |beta c|` leave a wide margin yet catch any wrong or missing term.
-use cola_kernels::cpu::gemm::{gemm, gemm_batched, BatchRef, Dims, MatRef};
+//! `|alpha| sum|a||b| + |beta c|` leave a wide margin yet catch any wrong or missing term. Two paths
+//! differ by at most the sum of their errors (FMA or not, other depth blocks), so they are compared within
+//! twice those bounds.
+use cola_kernels::cpu::gemm::{gemm, gemm_batched, gemm_with_path, BatchRef, Dims, KernelPath, MatRef};
 use cola_kernels::Float;
 use proptest::prelude::*;
 
@@ -86,22 +91,29 @@ fn initial_c<T: Float>(len: usize, beta: f64, rng: &mut Rng) -> Vec<T> {
     (0..len).map(|_| T::from_f64(if beta == 0.0 { f64::NAN } else { rng.uniform() })).collect()
 }
 
-/// Runs one gemm and checks every element against the f64 reference within `tol * magnitude`.
-fn check_against_reference<T: Float>(
+/// Runs one gemm (on `path`, or the selected path when `None`) and checks every element against the f64
+/// reference within `tol * magnitude`; returns C.
+fn check_path<T: Float>(
+    path: Option<KernelPath>,
     dims: Dims,
     layouts: (Layout, Layout),
-    alpha: f64,
-    beta: f64,
+    (alpha, beta): (f64, f64),
     seed: u64,
     tol: f64,
-) -> Result<(), TestCaseError> {
+) -> Result<Vec<T>, TestCaseError> {
     let Dims { m, n, k } = dims;
     let mut rng = Rng(seed);
     let a = Stored::<T>::random(m, k, layouts.0, &mut rng);
     let b = Stored::<T>::random(k, n, layouts.1, &mut rng);
     let c0 = initial_c::<T>(m * n, beta, &mut rng);
     let mut c = c0.clone();
-    gemm(dims, T::from_f64(alpha), a.view(), b.view(), T::from_f64(beta), &mut c);
+    let (alpha_t, beta_t) = (T::from_f64(alpha), T::from_f64(beta));
+    match path {
+        None => gemm(dims, alpha_t, a.view(), b.view(), beta_t, &mut c),
+        Some(path) => gemm_with_path(path, dims, alpha_t, a.view(), b.view(), beta_t, &mut c)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?,
+    }
+    let label = path.map_or("selected", KernelPath::name);
     for i in 0..m {
         for j in 0..n {
             let (mut sum, mut magnitude) = (0.0, 0.0);
@@ -115,12 +127,24 @@ fn check_against_reference<T: Float>(
             let got = c[i * n + j].to_f64();
             prop_assert!(
                 (got - expected).abs() <= bound,
-                "{} {dims:?} {layouts:?} alpha={alpha} beta={beta}: C[{i}][{j}] = {got}, expected {expected} (bound {bound})",
+                "{} {label} {dims:?} {layouts:?} alpha={alpha} beta={beta}: C[{i}][{j}] = {got}, expected {expected} (bound {bound})",
                 T::NAME
             );
         }
     }
-    Ok(())
+    Ok(c)
+}
+
+/// [`check_path`] on the selected path.
+fn check_against_reference<T: Float>(
+    dims: Dims,
+    layouts: (Layout, Layout),
+    alpha: f64,
+    beta: f64,
+    seed: u64,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    check_path::<T>(None, dims, layouts, (alpha, beta), seed, tol).map(drop)
 }
 
 /// Shapes biased to cross block boundaries while keeping the naive reference cheap: at most one
@@ -159,24 +183,36 @@ proptest! {
     }
 }
 
+/// Exact block boundaries of every path and their neighbours (tile edges, KC = 128 / 256, 48-row A
+/// groups, row blocks, B panels of 4080 / 4096 columns, a B panel narrowed by a long k), every transpose
+/// combination, both types.
+const BOUNDARY_SHAPES: [(usize, usize, usize); 20] = [
+    (1, 1, 1),
+    (6, 8, 256),
+    (7, 9, 257),
+    (5, 3, 255),
+    (6, 16, 128),
+    (12, 32, 129),
+    (11, 31, 127),
+    (48, 17, 16),
+    (49, 33, 3),
+    (144, 8, 16),
+    (145, 17, 3),
+    (72, 4, 513),
+    (73, 5, 2),
+    (289, 3, 7),
+    (3, 2048, 2),
+    (2, 4081, 5),
+    (1, 4097, 3),
+    (13, 300, 260),
+    (7, 300, 8200),
+    (25, 40, 385),
+];
+
 /// Exact block boundaries and their neighbours, every transpose combination, both types.
 #[test]
 fn gemm_matches_reference_at_block_boundaries() {
-    let shapes = [
-        (1, 1, 1),
-        (6, 8, 256),
-        (7, 9, 257),
-        (5, 3, 255),
-        (144, 8, 16),
-        (145, 17, 3),
-        (72, 4, 513),
-        (73, 5, 2),
-        (289, 3, 7),
-        (3, 2048, 2),
-        (2, 2049, 5),
-        (1, 4097, 3),
-        (13, 300, 260),
-    ];
+    let shapes = BOUNDARY_SHAPES;
     for (index, &(m, n, k)) in shapes.iter().enumerate() {
         for combo in 0..4 {
             let layout = |transposed| Layout { transposed, pad: index % 3, offset: index % 4 };
@@ -286,8 +322,9 @@ proptest! {
     }
 }
 
-/// The same product in pools of 1, 2 and 3 threads: tiles are split differently, bits must not change.
-fn check_thread_count_independence<T: Float>(dims: Dims, layouts: (Layout, Layout)) {
+/// The same product on `path` in pools of 1, 2 and 3 threads: tiles are split differently, bits must
+/// not change.
+fn check_thread_count_independence<T: Float>(path: KernelPath, dims: Dims, layouts: (Layout, Layout)) {
     let mut rng = Rng(7);
     let a = Stored::<T>::random(dims.m, dims.k, layouts.0, &mut rng);
     let b = Stored::<T>::random(dims.k, dims.n, layouts.1, &mut rng);
@@ -295,21 +332,189 @@ fn check_thread_count_independence<T: Float>(dims: Dims, layouts: (Layout, Layou
     let run = |threads| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
         let mut c = c0.clone();
-        pool.install(|| gemm(dims, T::from_f64(1.25), a.view(), b.view(), T::from_f64(0.5), &mut c));
+        let (alpha, beta) = (T::from_f64(1.25), T::from_f64(0.5));
+        pool.install(|| gemm_with_path(path, dims, alpha, a.view(), b.view(), beta, &mut c))
+            .expect("path checked available");
         bits(&c)
     };
     let single = run(1);
     for threads in [2, 3] {
-        assert!(run(threads) == single, "{} {dims:?}: {threads} threads differ from 1", T::NAME);
+        assert!(
+            run(threads) == single,
+            "{} {} {dims:?}: {threads} threads differ from 1",
+            T::NAME,
+            path.name()
+        );
     }
+}
+
+/// The paths this CPU can run; prints a notice for each one it cannot.
+fn available_paths() -> Vec<KernelPath> {
+    let (available, lacking): (Vec<_>, Vec<_>) = KernelPath::ALL.into_iter().partition(|p| p.is_available());
+    for path in lacking {
+        println!("skipped: CPU lacks {}", path.name());
+    }
+    available
 }
 
 #[test]
 fn gemm_is_bit_identical_across_thread_counts() {
     let plain = Layout { transposed: false, pad: 0, offset: 0 };
     let transposed = Layout { transposed: true, pad: 1, offset: 3 };
-    check_thread_count_independence::<f32>(Dims { m: 301, n: 203, k: 700 }, (plain, transposed));
-    check_thread_count_independence::<f32>(Dims { m: 5, n: 3000, k: 300 }, (transposed, plain));
-    check_thread_count_independence::<f64>(Dims { m: 150, n: 97, k: 530 }, (transposed, transposed));
-    check_thread_count_independence::<f64>(Dims { m: 3, n: 2500, k: 260 }, (plain, plain));
+    for path in available_paths() {
+        check_thread_count_independence::<f32>(path, Dims { m: 301, n: 203, k: 700 }, (plain, transposed));
+        check_thread_count_independence::<f32>(path, Dims { m: 5, n: 3000, k: 300 }, (transposed, plain));
+        check_thread_count_independence::<f32>(path, Dims { m: 40, n: 150, k: 5000 }, (transposed, plain));
+        check_thread_count_independence::<f32>(path, Dims { m: 700, n: 40, k: 300 }, (plain, plain));
+        check_thread_count_independence::<f64>(
+            path,
+            Dims { m: 150, n: 97, k: 530 },
+            (transposed, transposed),
+        );
+        check_thread_count_independence::<f64>(path, Dims { m: 3, n: 2500, k: 260 }, (plain, plain));
+    }
+}
+
+/// One SIMD path against the portable path on the same inputs: both within the reference bound, and
+/// within twice it of each other.
+fn check_simd_against_portable<T: Float>(
+    path: KernelPath,
+    dims: Dims,
+    layouts: (Layout, Layout),
+    scalars: (f64, f64),
+    seed: u64,
+    tol: f64,
+) -> Result<(), TestCaseError> {
+    let simd = check_path::<T>(Some(path), dims, layouts, scalars, seed, tol)?;
+    let portable = check_path::<T>(Some(KernelPath::Portable), dims, layouts, scalars, seed, tol)?;
+    // The inputs are regenerated from the seed, so the magnitudes match those of the reference check.
+    let mut rng = Rng(seed);
+    let a = Stored::<T>::random(dims.m, dims.k, layouts.0, &mut rng);
+    let b = Stored::<T>::random(dims.k, dims.n, layouts.1, &mut rng);
+    let c0 = initial_c::<T>(dims.m * dims.n, scalars.1, &mut rng);
+    for (index, (x, y)) in simd.iter().zip(&portable).enumerate() {
+        let (i, j) = (index / dims.n, index % dims.n);
+        let magnitude: f64 = (0..dims.k).map(|p| (a.get(i, p) * b.get(p, j)).abs()).sum();
+        let old = if scalars.1 == 0.0 { 0.0 } else { (scalars.1 * c0[index].to_f64()).abs() };
+        let bound = 2.0 * tol * (scalars.0.abs() * magnitude + old);
+        prop_assert!(
+            (x.to_f64() - y.to_f64()).abs() <= bound,
+            "{} {} vs portable {dims:?} {layouts:?}: C[{i}][{j}] = {x} vs {y} (bound {bound})",
+            T::NAME,
+            path.name()
+        );
+    }
+    Ok(())
+}
+
+/// The SIMD paths (AVX2+FMA, AVX-512F) this CPU has.
+fn simd_paths() -> Vec<KernelPath> {
+    available_paths().into_iter().filter(|&path| path != KernelPath::Portable).collect()
+}
+
+/// Shapes around the SIMD tiles and blocks: tile edges (6 x 16, 12 x 32), KC = 128 / 256, 48-row groups.
+fn simd_shape() -> impl Strategy<Value = Dims> {
+    prop_oneof![
+        (1..=30usize, 1..=40usize, 1..=20usize),
+        (40..=60usize, 1..=70usize, 120..=140usize),
+        (1..=14usize, 1..=66usize, 250..=520usize),
+        (130..=300usize, 10..=40usize, 1..=12usize),
+    ]
+    .prop_map(|(m, n, k)| Dims { m, n, k })
+}
+
+#[test]
+fn simd_paths_match_portable_at_block_boundaries() {
+    let paths = simd_paths();
+    for (index, &(m, n, k)) in BOUNDARY_SHAPES.iter().enumerate() {
+        for combo in 0..4 {
+            let layout = |transposed| Layout { transposed, pad: index % 3, offset: index % 4 };
+            let layouts = (layout(combo & 1 == 1), layout(combo & 2 == 2));
+            let (dims, seed) = (Dims { m, n, k }, (index * 4 + combo) as u64);
+            for &path in &paths {
+                check_simd_against_portable::<f32>(path, dims, layouts, (1.5, 0.0), seed, 1e-5).unwrap();
+                check_simd_against_portable::<f64>(path, dims, layouts, (-1.0, 0.5), seed, 1e-12).unwrap();
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn simd_paths_match_portable_f32(
+        dims in simd_shape(), layouts in (layout(), layout()), scalars in scalars(), seed in any::<u64>()
+    ) {
+        for path in simd_paths() {
+            check_simd_against_portable::<f32>(path, dims, layouts, scalars, seed, 1e-5)?;
+        }
+    }
+
+    #[test]
+    fn simd_paths_match_portable_f64(
+        dims in simd_shape(), layouts in (layout(), layout()), scalars in scalars(), seed in any::<u64>()
+    ) {
+        for path in simd_paths() {
+            check_simd_against_portable::<f64>(path, dims, layouts, scalars, seed, 1e-12)?;
+        }
+    }
+}
+
+#[test]
+fn unavailable_path_is_an_error() {
+    let data = [1.0f32; 4];
+    let view = MatRef { data: &data, offset: 0, row_stride: 2, col_stride: 1 };
+    let mut c = [0.0f32; 4];
+    for path in KernelPath::ALL {
+        let result = gemm_with_path(path, Dims { m: 2, n: 2, k: 2 }, 1.0, view, view, 0.0, &mut c);
+        assert_eq!(result.is_ok(), path.is_available(), "{}", path.name());
+        if result.is_ok() {
+            assert_eq!(c, [2.0; 4]);
+        }
+    }
+    assert!(KernelPath::selected().is_available());
+}
+
+/// `[batch, m, k] @ [k, n]` with B shared: the batch runs as one GEMM of `batch * m` rows; bits equal
+/// per-item calls.
+#[test]
+fn batch_of_stacked_rows_equals_per_item_gemm() {
+    for (batch, m, n, k) in [(4, 50, 40, 70), (3, 7, 33, 300), (8, 1, 17, 9)] {
+        for a_transposed in [false, true] {
+            let mut rng = Rng(batch as u64);
+            // A's batch items stacked along rows: one (batch * m) x k matrix.
+            let layout = Layout { transposed: a_transposed, pad: 2, offset: 1 };
+            let a = Stored::<f32>::random(batch * m, k, layout, &mut rng);
+            let b = Stored::<f32>::random(k, n, Layout { transposed: false, pad: 1, offset: 0 }, &mut rng);
+            let a_offsets: Vec<usize> = (0..batch).map(|i| a.offset + i * m * a.row_stride).collect();
+            let b_offsets = vec![b.offset; batch];
+            let c0 = initial_c::<f32>(batch * m * n, 1.0, &mut rng);
+            let mut c = c0.clone();
+            let a_batch = BatchRef {
+                data: &a.data,
+                offsets: &a_offsets,
+                row_stride: a.row_stride,
+                col_stride: a.col_stride,
+            };
+            let b_batch = BatchRef {
+                data: &b.data,
+                offsets: &b_offsets,
+                row_stride: b.row_stride,
+                col_stride: b.col_stride,
+            };
+            gemm_batched(Dims { m, n, k }, 0.5, a_batch, b_batch, 2.0, &mut c);
+            let mut expected = c0;
+            for (item, c_item) in expected.chunks_mut(m * n).enumerate() {
+                let a_item = MatRef {
+                    data: &a.data,
+                    offset: a_offsets[item],
+                    row_stride: a.row_stride,
+                    col_stride: a.col_stride,
+                };
+                gemm(Dims { m, n, k }, 0.5, a_item, b.view(), 2.0, c_item);
+            }
+            assert_eq!(bits(&c), bits(&expected), "batch {batch} m {m} transposed {a_transposed}");
+        }
+    }
 }

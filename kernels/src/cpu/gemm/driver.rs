@@ -1,0 +1,366 @@
+//! The blocked loop nest and its split over threads.
+//!
+//! For each column panel of C, B's panel is packed for the whole depth, every KC depth block one after
+//! the other (in parallel, in groups of slivers); then the panel is cut into tasks (row blocks, and
+//! column chunks when there are too few row blocks to feed every thread), and each task walks the depth
+//! blocks in order, packing its rows of A and running the micro-kernel over its tiles. So a panel costs
+//! two parallel regions whatever the depth, not two per depth block: with a long k (the weight gradients,
+//! k = tokens) a wake-up and a barrier per block would cost several percent, more on a busy machine.
+//! Tasks are handed out dynamically to one worker per thread, each with its own A buffer, so a core slowed
+//! by other load simply takes fewer tasks; which worker runs a task never changes how it is computed.
+use super::kernel::{Kernel, Update};
+use super::pack::PanelSource;
+use super::{Dims, MatRef, PARALLEL_MIN_VOLUME};
+use crate::Float;
+use rayon::prelude::*;
+use std::any::Any;
+use std::cell::RefCell;
+use std::mem::size_of;
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+/// Largest `mr * nr` of any micro-kernel, so the edge scratch tile can live on the stack.
+const MAX_TILE: usize = 12 * 32;
+
+/// Row blocks handed to separate tasks are at least this many MR slivers tall, so the B panel each task
+/// streams is reused by enough rows.
+const MIN_TASK_SLIVERS: usize = 4;
+
+/// Column chunks handed to separate tasks are at least this many NR slivers wide, so the A block each
+/// task packs for itself is amortised over enough columns.
+const MIN_CHUNK_SLIVERS: usize = 4;
+
+/// A task's part of the packed B panel up to this size stays in L2 (half of a Zen 3 core's 512 KiB),
+/// so A can be packed in small groups that each meet the whole panel.
+const B_PANEL_L2_BYTES: usize = 256 << 10;
+
+/// Upper bound on the packed B panel (all depth blocks), which sits in L3 while the tasks run; the panel
+/// is narrowed (never below one sliver) so that `k x width` fits.
+const B_PANEL_BYTES: usize = 8 << 20;
+
+/// Slivers packed together in one pass: a parallel packing task of B; the unit of A packed between
+/// micro-kernel calls (8 slivers of 6 rows are 3 whole cache lines of a transposed f32 A's rows).
+const PACK_GROUP_SLIVERS: usize = 8;
+
+/// Everything about one product except C: `C = alpha * A @ B + beta * C`.
+#[derive(Clone, Copy)]
+pub(super) struct Product<'a, T> {
+    pub(super) dims: Dims,
+    pub(super) alpha: T,
+    pub(super) a: MatRef<'a, T>,
+    pub(super) b: MatRef<'a, T>,
+    pub(super) beta: T,
+}
+
+/// Packing buffers: B's packed panel and one A buffer per worker.
+#[derive(Default)]
+pub(super) struct Workspace<T> {
+    a_packs: Vec<Vec<T>>,
+    b_pack: Vec<T>,
+}
+
+thread_local! {
+    /// Each calling thread's workspaces (one per element type), kept between calls so a GEMM neither
+    /// allocates nor zero-fills its packing buffers (a few MiB) every time.
+    static WORKSPACES: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's cached workspace for `T`. The workspace is taken out of the cache for the
+/// call, so a nested call on the same thread (a rayon worker running another GEMM while it waits) finds
+/// none and uses a fresh one.
+pub(super) fn with_workspace<T: Float, R>(f: impl FnOnce(&mut Workspace<T>) -> R) -> R {
+    let cached = WORKSPACES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let index = cache.iter().position(|workspace| workspace.is::<Workspace<T>>())?;
+        Some(cache.swap_remove(index))
+    });
+    let mut workspace: Box<Workspace<T>> = cached.and_then(|any| any.downcast().ok()).unwrap_or_default();
+    let result = f(&mut workspace);
+    WORKSPACES.with(|cache| cache.borrow_mut().push(workspace));
+    result
+}
+
+/// `buf[start..start + len]` with `start` on a 64-byte boundary (a cache line, the widest vector), so
+/// packed slivers never straddle lines needlessly. Grows `buf` as needed.
+fn aligned<T: Float>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
+    let line = 64 / size_of::<T>();
+    if buf.len() < len + line {
+        buf.resize(len + line, T::ZERO);
+    }
+    let misalignment = (buf.as_ptr() as usize % 64) / size_of::<T>();
+    let start = (line - misalignment) % line;
+    &mut buf[start..start + len]
+}
+
+/// A rectangle of C owned by one task: `c_rows[i]` is row `rows.start + i` of C restricted to the
+/// panel columns `cols` (relative to the panel start; `cols.start` is a multiple of nr).
+struct Task<'c, T> {
+    rows: Range<usize>,
+    cols: Range<usize>,
+    c_rows: Vec<&'c mut [T]>,
+}
+
+/// Everything a task needs about one panel: B packed for every depth block, block after block.
+struct PanelStep<'a, T> {
+    kernel: Kernel<T>,
+    a: PanelSource<'a, T>,
+    k: usize,
+    /// Slivers across the panel (each depth block of `b_pack` holds this many).
+    slivers: usize,
+    b_pack: &'a [T],
+    alpha: T,
+    beta: T,
+}
+
+impl<T: Float> PanelStep<'_, T> {
+    /// Runs the task over every depth block in order (the fixed summation order of each element).
+    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<T>) {
+        let Kernel { nr, kc, .. } = self.kernel;
+        for pc in (0..self.k).step_by(kc) {
+            let depth = pc..(pc + kc).min(self.k);
+            let update = match pc {
+                0 if self.beta == T::ZERO => Update::Overwrite,
+                0 => Update::Scale(self.beta),
+                _ => Update::Accumulate,
+            };
+            let b_pack = &self.b_pack[self.slivers * nr * pc..][..self.slivers * nr * depth.len()];
+            let step = BlockStep { kernel: self.kernel, a: self.a, depth, b_pack, alpha: self.alpha, update };
+            step.run(task, a_buf);
+        }
+    }
+}
+
+/// Everything a task needs about one (panel, depth block) pair.
+struct BlockStep<'a, T> {
+    kernel: Kernel<T>,
+    a: PanelSource<'a, T>,
+    depth: Range<usize>,
+    b_pack: &'a [T],
+    alpha: T,
+    update: Update<T>,
+}
+
+impl<T: Float> BlockStep<'_, T> {
+    /// Runs the micro-kernel over the task's tiles, packing A a group of slivers at a time just before
+    /// their first use.
+    ///
+    /// Narrow tasks (the task's part of the packed B panel fits in L2): each A group meets every B sliver
+    /// before the next group is packed; per B sliver, the group's slivers run in turn, so the B sliver
+    /// stays in L1 and the A group in L1/L2 (BLIS with a 48-row A block, B's panel in L2). Wide tasks: the
+    /// whole A block is packed during the first B sliver's pass and then streams from L2 for every other
+    /// B sliver, B sliver outermost (BLIS as usual).
+    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<T>) {
+        let Kernel { mr, nr, .. } = self.kernel;
+        let kc = self.depth.len();
+        let group_rows = PACK_GROUP_SLIVERS * mr;
+        let narrow = task.cols.len().next_multiple_of(nr) * kc * size_of::<T>() <= B_PANEL_L2_BYTES;
+        let a_len = if narrow { group_rows.min(task.rows.len()) } else { task.rows.len() };
+        let a_pack = aligned(a_buf, a_len.div_ceil(mr) * mr * kc);
+        let mut scratch = [T::ZERO; MAX_TILE];
+        let mut scratch: Vec<&mut [T]> = scratch[..mr * nr].chunks_exact_mut(nr).collect();
+        let cols = task.cols.clone().step_by(nr);
+        let groups = task.rows.len().div_ceil(group_rows);
+        for g in 0..groups {
+            let start = task.rows.start + g * group_rows;
+            let rows = start..(start + group_rows).min(task.rows.end);
+            let slivers = rows.len().div_ceil(mr);
+            let group = if narrow {
+                &mut a_pack[..slivers * mr * kc]
+            } else {
+                &mut a_pack[g * group_rows * kc..][..slivers * mr * kc]
+            };
+            (self.kernel.pack_a)(self.a, rows, self.depth.clone(), group);
+            let group = &*group;
+            for col in cols.clone().take(if narrow { cols.len() } else { 1 }) {
+                for (s, a_sliver) in group.chunks_exact(mr * kc).enumerate() {
+                    self.tile(task, g * PACK_GROUP_SLIVERS + s, col, a_sliver, &mut scratch);
+                }
+            }
+        }
+        if !narrow {
+            for col in cols.skip(1) {
+                for (s, a_sliver) in a_pack.chunks_exact(mr * kc).enumerate() {
+                    self.tile(task, s, col, a_sliver, &mut scratch);
+                }
+            }
+        }
+    }
+
+    /// One tile: A sliver `s` of the task times the B sliver at panel column `col`, into C.
+    fn tile(&self, task: &mut Task<'_, T>, s: usize, col: usize, a_sliver: &[T], scratch: &mut [&mut [T]]) {
+        let Kernel { mr, nr, .. } = self.kernel;
+        let kc = self.depth.len();
+        let b_sliver = &self.b_pack[(col / nr) * nr * kc..][..nr * kc];
+        let local = col - task.cols.start;
+        let cols_live = nr.min(task.cols.end - col);
+        let row0 = s * mr;
+        let c_tile = &mut task.c_rows[row0..(row0 + mr).min(task.rows.len())];
+        if c_tile.len() == mr && cols_live == nr {
+            self.kernel.tile(a_sliver, b_sliver, c_tile, local, self.alpha, self.update);
+            return;
+        }
+        // Edge tile: the same micro-kernel on a scratch copy, so edge elements round exactly as they
+        // would in a full tile.
+        for (scratch_row, c_row) in scratch.iter_mut().zip(c_tile.iter()) {
+            scratch_row[..cols_live].copy_from_slice(&c_row[local..local + cols_live]);
+        }
+        self.kernel.tile(a_sliver, b_sliver, scratch, 0, self.alpha, self.update);
+        for (c_row, scratch_row) in c_tile.iter_mut().zip(scratch.iter()) {
+            c_row[local..local + cols_live].copy_from_slice(&scratch_row[..cols_live]);
+        }
+    }
+}
+
+/// `parts` nearly equal ranges covering `0..units` (sizes differ by at most one), scaled by `unit` and
+/// clipped to `end`.
+fn balanced(units: usize, parts: usize, unit: usize, end: usize) -> Vec<Range<usize>> {
+    (0..parts)
+        .map(|p| (p * units / parts * unit).min(end)..((p + 1) * units / parts * unit).min(end))
+        .collect()
+}
+
+/// Splits the panel `panel` of C into tasks: row blocks of at most about MC rows, at least two per thread
+/// and a multiple of `threads` in number, down to MIN_TASK_SLIVERS slivers each; NR-aligned column chunks
+/// as well only when even such rows cannot feed two tasks per thread (tiny m), since every column chunk
+/// packs the same rows of A again while row blocks share nothing. Task sizes never affect results, only
+/// who computes what.
+fn split_panel<'c, T>(
+    c: &'c mut [T],
+    dims: Dims,
+    kernel: &Kernel<T>,
+    panel: Range<usize>,
+    threads: usize,
+) -> Vec<Mutex<Task<'c, T>>> {
+    let (mr, nr) = (kernel.mr, kernel.nr);
+    let (m, width) = (dims.m, panel.len());
+    let row_slivers = m.div_ceil(mr);
+    let wanted = if threads > 1 { 2 * threads } else { 1 };
+    let row_parts = m.div_ceil(kernel.mc).max(wanted).next_multiple_of(threads);
+    let row_parts = row_parts.min((row_slivers / MIN_TASK_SLIVERS).max(1));
+    let col_slivers = width.div_ceil(nr);
+    let col_parts = if row_parts < wanted {
+        wanted.div_ceil(row_parts).min((col_slivers / MIN_CHUNK_SLIVERS).max(1))
+    } else {
+        1
+    };
+    let col_ranges = balanced(col_slivers, col_parts, nr, width);
+    let mut c_rows = c.chunks_mut(dims.n);
+    let mut tasks = Vec::with_capacity(row_parts * col_parts);
+    for rows in balanced(row_slivers, row_parts, mr, m) {
+        let mut chunks: Vec<Task<'c, T>> = col_ranges
+            .iter()
+            .map(|cols| Task {
+                rows: rows.clone(),
+                cols: cols.clone(),
+                c_rows: Vec::with_capacity(rows.len()),
+            })
+            .collect();
+        for row in c_rows.by_ref().take(rows.len()) {
+            let mut rest = &mut row[panel.clone()];
+            for chunk in &mut chunks {
+                let (head, tail) = std::mem::take(&mut rest).split_at_mut(chunk.cols.len());
+                chunk.c_rows.push(head);
+                rest = tail;
+            }
+        }
+        tasks.extend(chunks.into_iter().map(Mutex::new));
+    }
+    tasks
+}
+
+/// Runs every task once: one worker per A buffer pulls task indices from a shared counter.
+fn run_tasks<T: Float>(tasks: &[Mutex<Task<'_, T>>], a_packs: &mut [Vec<T>], step: &PanelStep<'_, T>) {
+    let next = AtomicUsize::new(0);
+    let work = |a_buf: &mut Vec<T>| {
+        while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
+            step.run(&mut task.lock().unwrap_or_else(PoisonError::into_inner), a_buf);
+        }
+    };
+    match a_packs {
+        [only] => work(only),
+        _ => a_packs.par_iter_mut().for_each(work),
+    }
+}
+
+/// `C = beta * C`, with `beta == 0` writing zeros: the result when `k == 0` or `alpha == 0`.
+fn scale_c<T: Float>(beta: T, c: &mut [T]) {
+    if beta == T::ZERO {
+        c.fill(T::ZERO);
+    } else if beta != T::ONE {
+        c.iter_mut().for_each(|x| *x *= beta);
+    }
+}
+
+/// Panics with the operand's name when a view reaches past its slice: a caller bug, never user input.
+fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let last = (rows - 1)
+        .saturating_mul(view.row_stride)
+        .saturating_add((cols - 1).saturating_mul(view.col_stride))
+        .saturating_add(view.offset);
+    assert!(
+        last < view.data.len(),
+        "gemm: {name} ({rows} x {cols}) reaches index {last} of {}",
+        view.data.len()
+    );
+}
+
+/// The blocked GEMM; `threads == 1` runs on the calling thread.
+pub(super) fn gemm_on<T: Float>(
+    kernel: &Kernel<T>,
+    product: Product<'_, T>,
+    c: &mut [T],
+    threads: usize,
+    workspace: &mut Workspace<T>,
+) {
+    let Product { dims, alpha, a, b, beta } = product;
+    let Dims { m, n, k } = dims;
+    assert_eq!(c.len(), m * n, "gemm: C has {} elements, expected {m} x {n}", c.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 || alpha == T::ZERO {
+        scale_c(beta, c);
+        return;
+    }
+    check_extent("A", a, m, k);
+    check_extent("B", b, k, n);
+    let volume = m.saturating_mul(n).saturating_mul(k);
+    let threads = if volume < PARALLEL_MIN_VOLUME { 1 } else { threads.max(1) };
+    let Kernel { nr, kc, .. } = *kernel;
+    let (a_src, b_src) = (PanelSource::lhs(a), PanelSource::rhs(b));
+    let width = (B_PANEL_BYTES / (k * size_of::<T>()) / nr * nr).clamp(nr, kernel.nc);
+    workspace.a_packs.resize_with(threads, Vec::new);
+    let Workspace { a_packs, b_pack: b_buf } = workspace;
+    let a_packs = &mut a_packs[..threads];
+    for jc in (0..n).step_by(width) {
+        let panel = jc..(jc + width).min(n);
+        let slivers = panel.len().div_ceil(nr);
+        let b_pack = aligned(b_buf, slivers * nr * k);
+        let mut jobs = Vec::new();
+        let mut rest = &mut *b_pack;
+        for pc in (0..k).step_by(kc) {
+            let depth = pc..(pc + kc).min(k);
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut(slivers * nr * depth.len());
+            rest = tail;
+            for (g, group) in block.chunks_mut(PACK_GROUP_SLIVERS * nr * depth.len()).enumerate() {
+                let first = panel.start + g * PACK_GROUP_SLIVERS * nr;
+                jobs.push((depth.clone(), first..(first + PACK_GROUP_SLIVERS * nr).min(panel.end), group));
+            }
+        }
+        let pack_b = |(depth, lanes, group): (Range<usize>, Range<usize>, &mut [T])| {
+            (kernel.pack_b)(b_src, lanes, depth, group);
+        };
+        if threads > 1 {
+            jobs.into_par_iter().for_each(pack_b);
+        } else {
+            jobs.into_iter().for_each(pack_b);
+        }
+        let tasks = split_panel(&mut *c, dims, kernel, panel, threads);
+        let step = PanelStep { kernel: *kernel, a: a_src, k, slivers, b_pack, alpha, beta };
+        run_tasks(&tasks, a_packs, &step);
+    }
+}

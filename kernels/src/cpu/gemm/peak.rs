@@ -1,0 +1,40 @@
+//! The ceiling a GEMM can approach on each path: independent f32 FMA chains in registers, no memory
+//! traffic. Benchmarks time [`fma_probe`] next to the GEMM (`cargo bench --bench gemm -- fma_peak`).
+use super::kernel::{KernelPath, PathUnavailable};
+use std::hint::black_box;
+
+/// Runs `steps` rounds of independent f32 multiply-add chains with the register shape of `path`'s
+/// micro-kernel (AVX2: 12 chains of 8 lanes; AVX-512: 24 of 16; portable: 12 of 4, plain multiply and
+/// add as the portable kernel compiles them; each chain is `acc = acc * x + y`, so nothing can be hoisted)
+/// and returns the floating-point operations performed.
+pub fn fma_probe(path: KernelPath, steps: usize) -> Result<u64, PathUnavailable> {
+    if !path.is_available() {
+        return Err(PathUnavailable { path });
+    }
+    let (x, y) = (black_box(1.000_000_1f32), black_box(0.999_999_9f32));
+    let (sink, flops_per_step) = match path {
+        KernelPath::Portable => (portable_probe(steps, x, y), 12 * 4 * 2),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 and FMA (checked above).
+        KernelPath::Avx2Fma => (unsafe { super::x86::fma_probe_avx2(steps, x, y) }, 12 * 8 * 2),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX-512F (checked above).
+        KernelPath::Avx512F => (unsafe { super::x86::fma_probe_avx512(steps, x, y) }, 24 * 16 * 2),
+        #[cfg(not(target_arch = "x86_64"))]
+        KernelPath::Avx2Fma | KernelPath::Avx512F => return Err(PathUnavailable { path }),
+    };
+    black_box(sink);
+    Ok(steps as u64 * flops_per_step)
+}
+
+fn portable_probe(steps: usize, x: f32, y: f32) -> f32 {
+    let mut acc = [[0.0f32; 4]; 12];
+    for _ in 0..steps {
+        for chain in acc.iter_mut() {
+            for lane in chain.iter_mut() {
+                *lane = *lane * x + y;
+            }
+        }
+    }
+    acc.iter().flatten().sum()
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Our GEMM against numpy (OpenBLAS) on the same shapes, in the same run.
+#
+#   scripts/bench_gemm_vs_numpy.sh [ROUNDS]        (default 3 rounds)
+#
+# Each round times every case on our side, then on numpy's, so both see the same machine load; the table
+# gives per case the median GFLOP/s of each side over the rounds and the ratio ours/numpy of the medians,
+# then the geometric mean and the lowest ratio (and each round's geometric mean, to show the spread).
+# Threads: both sides use every core (nproc) unless RAYON_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise.
+# PEAK=1 also prints the ceiling: the FMA peak of our micro-kernel path on one thread and on all threads
+# (`cargo bench --bench gemm -- fma_peak`, criterion's "elem/s" = FLOP/s).
+# numpy is installed into local/venv on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+venv=local/venv
+if ! "$venv/bin/python" -c "import numpy" 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet numpy
+fi
+threads=$(nproc)
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-$threads}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
+cargo build --release --example bench_gemm >&2
+bin=target/release/examples/bench_gemm
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$bin" --list >"$work/cases"
+echo "threads: ours $RAYON_NUM_THREADS, numpy/OpenBLAS $OPENBLAS_NUM_THREADS; $rounds rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+for round in $(seq "$rounds"); do
+  "$bin" --gemm-only >"$work/round$round"
+  "$venv/bin/python" scripts/numpy_gemm.py time <"$work/cases" >>"$work/round$round"
+done
+"$venv/bin/python" scripts/numpy_gemm.py table "$work"/round* <"$work/cases"
+if [ "${PEAK:-0}" = 1 ]; then
+  cargo bench --bench gemm -- fma_peak 2>/dev/null | grep -E '^fma_peak/|thrpt:' | grep -v '%' | paste - -
+fi
