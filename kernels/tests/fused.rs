@@ -1,18 +1,22 @@
-//! Fused CPU kernels (silu, rmsnorm, rope, attention, cross-entropy, embedding) checked against naive f64
-//! compositions written here, against central finite differences of their own forward, in f32 against f64,
-//! and for bit-identical results across rayon pools of different sizes.
+//! Fused CPU kernels (silu, gated product, rmsnorm, rope, attention, cross-entropy, embedding, AdamW)
+//! checked against naive f64 compositions written here, against central finite differences of their own
+//! forward, in f32 against f64, for bit-identical results across rayon pools of different sizes, and for
+//! bit-identical results between every SIMD level the CPU supports and the portable path.
 //!
 //! Tolerances: f64 kernels vs f64 references 1e-12 (only summation order differs); finite differences 1e-6
 //! (step 1e-5: truncation ~h^2 = 1e-10, cancellation ~1e-16/h = 1e-11); f32 vs f64 1e-5 (a few f32 ulps
 //! through short sums). Each bound is relative to `|want| + max(1, max|want|)`: inputs are O(1), so
 //! rounding is bounded on that scale, and an entry that cancels to near zero is judged on the scale of
 //! the terms that cancelled, not on its own tiny magnitude.
+use cola_kernels::cpu::adamw::{adamw_step, AdamWStep};
 use cola_kernels::cpu::attention::{attention_backward, attention_forward, AttentionDims, AttentionGrads};
 use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
 use cola_kernels::cpu::embedding::{embedding_backward, embedding_forward};
+use cola_kernels::cpu::gated::{gated_backward, gated_forward, GateActivation};
 use cola_kernels::cpu::loss::{cross_entropy_backward, cross_entropy_forward};
 use cola_kernels::cpu::norm::{rms_norm_backward, rms_norm_forward};
 use cola_kernels::cpu::rope::{rope_backward, rope_forward, RopeDims};
+use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::Float;
 use proptest::prelude::*;
 
@@ -97,6 +101,27 @@ fn silu_grad<T: Float>(x: &[T], g: &[T]) -> Vec<T> {
     silu_backward(x, g, &mut dx);
     dx
 }
+fn gated<T: Float>(g: &[T], u: &[T], act: GateActivation) -> Vec<T> {
+    let mut y = vec![T::from_f64(7.0); g.len()];
+    gated_forward(g, u, act, &mut y);
+    y
+}
+fn gated_grad<T: Float>(g: &[T], u: &[T], dy: &[T], act: GateActivation) -> [Vec<T>; 2] {
+    let [mut dg, mut du] = [(); 2].map(|_| vec![T::from_f64(7.0); g.len()]);
+    gated_backward(g, u, dy, act, &mut dg, &mut du);
+    [dg, du]
+}
+/// Runs `steps` AdamW steps (step numbers 1, 2, ...) with gradient `grads[t]` at step t; returns
+/// `[param, m, v]`.
+fn adamw<T: Float>(p: &[T], grads: &[Vec<T>], lr: f64, wd: f64) -> [Vec<T>; 3] {
+    let (mut p, mut m, mut v) = (p.to_vec(), vec![T::ZERO; p.len()], vec![T::ZERO; p.len()]);
+    for (t, g) in grads.iter().enumerate() {
+        let hyper =
+            AdamWStep { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, step: t as u64 + 1 };
+        adamw_step(&mut p, g, &mut m, &mut v, hyper);
+    }
+    [p, m, v]
+}
 fn rms<T: Float>(x: &[T], w: &[T]) -> Vec<T> {
     let mut y = vec![T::ZERO; x.len()];
     rms_norm_forward(x, w, w.len(), T::from_f64(EPS), &mut y);
@@ -146,6 +171,31 @@ fn embed_grad<T: Float>(g: &[T], dim: usize, ids: &[u32], pad: Option<u32>, rows
 
 fn sigmoid(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
+}
+fn silu_ref(x: f64) -> f64 {
+    x * sigmoid(x)
+}
+/// `(act(g), act'(g))`.
+fn gate_ref(g: f64, act: GateActivation) -> (f64, f64) {
+    match act {
+        GateActivation::Silu => (silu_ref(g), sigmoid(g) + g * sigmoid(g) * sigmoid(-g)),
+        GateActivation::Identity => (g, 1.0),
+    }
+}
+/// Textbook AdamW (Loshchilov & Hutter, decoupled weight decay) with explicit bias-corrected moments.
+fn adamw_ref(p: &[f64], grads: &[Vec<f64>], lr: f64, wd: f64) -> [Vec<f64>; 3] {
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+    let (mut p, mut m, mut v) = (p.to_vec(), vec![0.0; p.len()], vec![0.0; p.len()]);
+    for (t, g) in grads.iter().enumerate() {
+        let t = t as i32 + 1;
+        for i in 0..p.len() {
+            m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+            v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+            let (m_hat, v_hat) = (m[i] / (1.0 - b1.powi(t)), v[i] / (1.0 - b2.powi(t)));
+            p[i] -= lr * (m_hat / (v_hat.sqrt() + eps) + wd * p[i]);
+        }
+    }
+    [p, m, v]
 }
 /// Returns `(y, dx, dw)` of RMSNorm; dx through the explicit Jacobian
 /// `dy_j/dx_k = w_j (r d_jk - r^3 x_j x_k / n)`.
@@ -420,6 +470,45 @@ proptest! {
         prop_assert!(pad_row.iter().all(|&v| v == 0.0), "pad row has gradient");
         assert_close("f32 dw", &to64(&embed_grad(&to32(&g), dim, &ids, pad, rows)), &dw_pad, F32_TOL);
     }
+
+    #[test]
+    fn gated_product_matches_reference_and_finite_differences(n in 1usize..40, silu: bool, seed: u64) {
+        let act = if silu { GateActivation::Silu } else { GateActivation::Identity };
+        let mut rng = Rng(seed);
+        let (g, u, dy) = (rng.values(n, 6.0), rng.values(n, 2.0), rng.values(n, 1.0));
+        let want: Vec<f64> = g.iter().zip(&u).map(|(&g, &u)| gate_ref(g, act).0 * u).collect();
+        assert_close("y", &gated(&g, &u, act), &want, REF_TOL);
+        let dg_ref: Vec<f64> = (0..n).map(|i| dy[i] * u[i] * gate_ref(g[i], act).1).collect();
+        let du_ref: Vec<f64> = (0..n).map(|i| dy[i] * gate_ref(g[i], act).0).collect();
+        let [dg, du] = gated_grad(&g, &u, &dy, act);
+        assert_close("dg", &dg, &dg_ref, REF_TOL);
+        assert_close("du", &du, &du_ref, REF_TOL);
+        assert_close("dg fd", &finite_diff(&g, |g| project(&gated(g, &u, act), &dy)), &dg, FD_TOL);
+        assert_close("du fd", &finite_diff(&u, |u| project(&gated(&g, u, act), &dy)), &du, FD_TOL);
+        let [g32, u32_, dy32] = [&g, &u, &dy].map(|x| to32(x));
+        assert_close("f32 y", &to64(&gated(&g32, &u32_, act)), &want, F32_TOL);
+        let [dg32, du32] = gated_grad(&g32, &u32_, &dy32, act);
+        assert_close("f32 dg", &to64(&dg32), &dg, F32_TOL);
+        assert_close("f32 du", &to64(&du32), &du, F32_TOL);
+    }
+
+    /// Several steps against the textbook equations, with and without weight decay; f32 against f64.
+    #[test]
+    fn adamw_matches_reference(n in 1usize..40, steps in 1usize..6, decay: bool, seed: u64) {
+        let (lr, wd) = (0.01, if decay { 0.1 } else { 0.0 });
+        let mut rng = Rng(seed);
+        let p = rng.values(n, 1.0);
+        let grads: Vec<Vec<f64>> = (0..steps).map(|_| rng.values(n, 1.0)).collect();
+        let got = adamw(&p, &grads, lr, wd);
+        for ((name, got), want) in ["param", "m", "v"].iter().zip(&got).zip(adamw_ref(&p, &grads, lr, wd)) {
+            assert_close(name, got, &want, REF_TOL);
+        }
+        let grads32: Vec<Vec<f32>> = grads.iter().map(|g| to32(g)).collect();
+        let got32 = adamw(&to32(&p), &grads32, lr, wd);
+        for ((name, got32), want) in ["param", "m", "v"].iter().zip(got32).zip(&got) {
+            assert_close(&format!("f32 {name}"), &to64(&got32), want, F32_TOL);
+        }
+    }
 }
 
 #[test]
@@ -432,6 +521,25 @@ fn cross_entropy_counts_only_targets_not_ignored() {
     assert_eq!(cross_entropy_forward(&x, vocab, &[9; 4], ignore), 0.0);
     assert!(ce_grad(&x, vocab, &[9; 4], ignore, 1.0).iter().all(|&v| v == 0.0));
     assert_eq!(cross_entropy_forward::<f64>(&[], vocab, &[], ignore), 0.0);
+}
+
+/// Logits of -inf (masked vocabulary entries, here a whole 2048-entry chunk and a few scattered ones)
+/// have probability 0 and gradient 0; the loss and the other gradients are the reference's.
+#[test]
+fn cross_entropy_handles_masked_logits() {
+    let (rows, vocab) = (3, 5000);
+    let (mut x, t, _) = ce_problem(21, rows, vocab, false);
+    x[..2048].fill(f64::NEG_INFINITY);
+    for j in (3000..5000).step_by(7) {
+        x[vocab + j] = f64::NEG_INFINITY;
+    }
+    let t: Vec<u32> = t.iter().map(|&id| id.max(2048)).collect();
+    let (loss_ref, grad_ref) = ce_ref(&x, vocab, &t, None, 1.0);
+    assert_close("loss", &[cross_entropy_forward(&x, vocab, &t, None)], &[loss_ref], REF_TOL);
+    assert_close("grad", &ce_grad(&x, vocab, &t, None, 1.0), &grad_ref, REF_TOL);
+    let x32 = to32(&x);
+    assert_close("f32 loss", &[cross_entropy_forward(&x32, vocab, &t, None) as f64], &[loss_ref], F32_TOL);
+    assert_close("f32 grad", &to64(&ce_grad(&x32, vocab, &t, None, 1.0)), &grad_ref, F32_TOL);
 }
 
 /// Degenerate shapes allowed by the documented preconditions neither panic nor leave stale outputs.
@@ -454,72 +562,172 @@ fn empty_shapes_are_handled() {
     assert!(ce_grad::<f32>(&[], 5, &[], None, 1.0).is_empty());
     assert!(embed::<f32>(&[1.0; 6], 3, &[]).is_empty());
     assert_eq!(embed_grad::<f32>(&[], 3, &[], None, 2), vec![0.0; 6]);
+    assert!(gated::<f32>(&[], &[], GateActivation::Silu).is_empty());
+    assert!(gated_grad::<f64>(&[], &[], &[], GateActivation::Identity).iter().all(Vec::is_empty));
+    assert!(adamw::<f32>(&[], &[vec![]], 0.1, 0.1).iter().all(Vec::is_empty));
 }
 
-/// Every kernel on inputs above the parallel threshold (multi-block rmsnorm reduction, column-blocked
-/// embedding backward, parallel heads and scatter): f64 results match the references, and f32 and f64
-/// results are bit-identical between rayon pools of 1 and 3 threads.
+/// `simd::exp_f32` against the correctly rounded `e^x` (f64 `exp` rounded to f32): within 2 ulp on a sweep
+/// of every 1009th f32 in `[-86.9, 88.72]` (where results are normal), an absolute error below `2.4e-38`
+/// further down (the flush-to-zero range), and the documented special values.
 #[test]
-fn large_inputs_are_correct_and_identical_across_thread_counts() {
-    let mut rng = Rng(11);
-    let x = rng.values(100_003, 6.0);
-    let (rows, dim) = (700, 130);
-    let (xn, gn, wn) = (rng.values(rows * dim, 2.0), rng.values(rows * dim, 1.0), rng.values(dim, 1.5));
-    let rd = RopeDims { batch: 3, seq: 41, heads: 6, head_dim: 48 };
-    let (xr, pos) = (rng.values(3 * 41 * 6 * 48, 1.0), rng.ids(41, 4096));
-    let ad = AttentionDims { batch: 3, heads: 4, q_len: 100, kv_len: 128, head_dim: 32 };
-    let [q, k, v, ga] = attention_problem(12, ad);
-    let (xl, t, ignore) = ce_problem(13, 97, 1000, true);
-    let (ew, eg, ids) = (rng.values(50 * 200, 1.0), rng.values(300 * 200, 1.0), rng.ids(300, 50));
-
-    let (_, dx_ref, dw_ref) = rms_ref(&xn, &wn, &gn);
-    assert_close("rms dx", &rms_grad(&xn, &wn, &gn).0, &dx_ref, REF_TOL);
-    assert_close("rms dw", &rms_grad(&xn, &wn, &gn).1, &dw_ref, REF_TOL);
-    assert_close("rope", &rope(&xr, rd, &pos, false), &rope_ref(&xr, rd, &pos, false), REF_TOL);
-    let [o_ref, dq_ref, dk_ref, dv_ref] = attention_ref(&q, &k, &v, &ga, ad);
-    assert_close("attention", &attention(&q, &k, &v, ad), &o_ref, REF_TOL);
-    for (got, want) in attention_grad(&q, &k, &v, &ga, ad).iter().zip([&dq_ref, &dk_ref, &dv_ref]) {
-        assert_close("attention grad", got, want, REF_TOL);
+fn exp_f32_is_within_two_ulp() {
+    let exact = |x: f32| (x as f64).exp() as f32;
+    let ulps = |x: f32| (simd::exp_f32(x).to_bits() as i64 - exact(x).to_bits() as i64).abs();
+    let (lo, hi) = (-86.9f32, 88.72f32);
+    let positive = (0..=hi.to_bits()).step_by(1009).map(f32::from_bits);
+    let negative = (0..=lo.to_bits() & 0x7fff_ffff).step_by(1009).map(|b| -f32::from_bits(b));
+    let (worst, at) = positive.chain(negative).map(|x| (ulps(x), x)).max_by_key(|&(u, _)| u).unwrap();
+    assert!(worst <= 2, "exp_f32 is {worst} ulp off at x = {x}", x = at);
+    for x in (0..1000).map(|i| -87.6 + 0.7 * i as f32 / 1000.0) {
+        let err = (simd::exp_f32(x) as f64 - (x as f64).exp()).abs();
+        assert!(err < 2.4e-38, "exp_f32({x}) is {err:e} off");
     }
-    let (loss_ref, dl_ref) = ce_ref(&xl, 1000, &t, ignore, 1.0);
-    assert_close("ce", &[cross_entropy_forward(&xl, 1000, &t, ignore)], &[loss_ref], REF_TOL);
-    assert_close("ce grad", &ce_grad(&xl, 1000, &t, ignore, 1.0), &dl_ref, REF_TOL);
-    let pad = Some(ids[0]);
-    let dw_want = embed_grad_ref(&eg, 200, &ids, pad, 50);
-    assert_close("embedding grad", &embed_grad(&eg, 200, &ids, pad, 50), &dw_want, REF_TOL);
+    assert_eq!(simd::exp_f32(0.0), 1.0);
+    assert_eq!(simd::exp_f32(f32::INFINITY), f32::INFINITY);
+    assert_eq!(simd::exp_f32(88.73), f32::INFINITY);
+    assert_eq!(simd::exp_f32(f32::NEG_INFINITY), 0.0);
+    assert_eq!(simd::exp_f32(-1000.0), 0.0);
+    assert!(simd::exp_f32(f32::NAN).is_nan());
+}
 
-    fn all_outputs<T: Float>(
-        inputs: &[&[f64]],
-        rd: RopeDims,
-        pos: &[u32],
-        ad: AttentionDims,
-        t: &[u32],
-        ids: &[u32],
-    ) -> Vec<u64> {
-        let c = |i: usize| -> Vec<T> { inputs[i].iter().map(|&v| T::from_f64(v)).collect() };
-        let [x, xn, gn, wn, xr, q, k, v, ga, xl, ew, eg] = std::array::from_fn(c);
-        let ignore = Some(1000);
-        let mut outs = vec![silu(&x), silu_grad(&x, &x), rms(&xn, &wn), rope(&xr, rd, pos, false)];
+/// Inputs above the parallel thresholds (multi-block rmsnorm reduction, column-blocked embedding
+/// backward, parallel heads and scatter), with lengths that leave vector tails everywhere, plus a small
+/// attention problem whose head dim and lengths are not multiples of the tile.
+struct Problem {
+    x: Vec<f64>,
+    up: Vec<f64>,
+    dy: Vec<f64>,
+    xn: Vec<f64>,
+    gn: Vec<f64>,
+    wn: Vec<f64>,
+    xr: Vec<f64>,
+    pos: Vec<u32>,
+    rd: RopeDims,
+    attention: [(AttentionDims, [Vec<f64>; 4]); 2],
+    ce: (Vec<f64>, Vec<u32>, Option<u32>),
+    embedding: (Vec<f64>, Vec<f64>, Vec<u32>),
+    adamw: (Vec<f64>, Vec<Vec<f64>>),
+}
+
+const CE_VOCAB: usize = 1000;
+const EMBED_DIM: usize = 200;
+
+impl Problem {
+    fn new() -> Self {
+        let mut rng = Rng(11);
+        let (x, up, dy) = (rng.values(100_003, 6.0), rng.values(100_003, 2.0), rng.values(100_003, 1.0));
+        let (rows, dim) = (700, 130);
+        let (xn, gn, wn) = (rng.values(rows * dim, 2.0), rng.values(rows * dim, 1.0), rng.values(dim, 1.5));
+        let rd = RopeDims { batch: 3, seq: 41, heads: 6, head_dim: 48 };
+        let (xr, pos) = (rng.values(3 * 41 * 6 * 48, 1.0), rng.ids(41, 4096));
+        let ad = AttentionDims { batch: 3, heads: 4, q_len: 100, kv_len: 128, head_dim: 32 };
+        let odd = AttentionDims { batch: 2, heads: 3, q_len: 30, kv_len: 37, head_dim: 5 };
+        let attention = [(ad, attention_problem(12, ad)), (odd, attention_problem(14, odd))];
+        let ce = ce_problem(13, 97, CE_VOCAB, true);
+        let embedding = (rng.values(50 * EMBED_DIM, 1.0), rng.values(300 * EMBED_DIM, 1.0), rng.ids(300, 50));
+        let adamw = (rng.values(70_001, 1.0), (0..3).map(|_| rng.values(70_001, 1.0)).collect());
+        Self { x, up, dy, xn, gn, wn, xr, pos, rd, attention, ce, embedding, adamw }
+    }
+
+    /// Every kernel's outputs in `T`, as f64 bit patterns.
+    fn outputs<T: Float>(&self) -> Vec<u64> {
+        let c = |v: &[f64]| -> Vec<T> { v.iter().map(|&v| T::from_f64(v)).collect() };
+        let (x, up, dy) = (c(&self.x), c(&self.up), c(&self.dy));
+        let (xn, gn, wn, xr) = (c(&self.xn), c(&self.gn), c(&self.wn), c(&self.xr));
+        let (rd, pos) = (self.rd, &self.pos);
+        let mut outs = vec![silu(&x), silu_grad(&x, &dy), rms(&xn, &wn), rope(&xr, rd, pos, false)];
         let (dx, dw) = rms_grad(&xn, &wn, &gn);
-        outs.extend([dx, dw, rope(&xr, rd, pos, true), attention(&q, &k, &v, ad)]);
-        outs.extend(attention_grad(&q, &k, &v, &ga, ad));
-        outs.push(vec![cross_entropy_forward(&xl, 1000, t, ignore)]);
-        outs.push(ce_grad(&xl, 1000, t, ignore, T::ONE));
-        outs.push(embed(&ew, 200, ids));
-        outs.push(embed_grad(&eg, 200, ids, Some(ids[0]), 50));
+        outs.extend([dx, dw, rope(&xr, rd, pos, true)]);
+        for act in [GateActivation::Silu, GateActivation::Identity] {
+            outs.push(gated(&x, &up, act));
+            outs.extend(gated_grad(&x, &up, &dy, act));
+        }
+        for (ad, inputs) in &self.attention {
+            let [q, k, v, g] = inputs.each_ref().map(|x| c(x));
+            outs.push(attention(&q, &k, &v, *ad));
+            outs.extend(attention_grad(&q, &k, &v, &g, *ad));
+        }
+        let (xl, t, ignore) = (c(&self.ce.0), &self.ce.1, self.ce.2);
+        outs.push(vec![cross_entropy_forward(&xl, CE_VOCAB, t, ignore)]);
+        outs.push(ce_grad(&xl, CE_VOCAB, t, ignore, T::ONE));
+        let (ew, eg, ids) = (c(&self.embedding.0), c(&self.embedding.1), &self.embedding.2);
+        outs.push(embed(&ew, EMBED_DIM, ids));
+        outs.push(embed_grad(&eg, EMBED_DIM, ids, Some(ids[0]), 50));
+        let grads: Vec<Vec<T>> = self.adamw.1.iter().map(|g| c(g)).collect();
+        outs.extend(adamw(&c(&self.adamw.0), &grads, 0.01, 0.1));
         outs.iter().flatten().map(|v| v.to_f64().to_bits()).collect()
     }
-    let inputs: [&[f64]; 12] = [&x, &xn, &gn, &wn, &xr, &q, &k, &v, &ga, &xl, &ew, &eg];
+}
+
+/// Every kernel on [`Problem`]: f64 results match the references, and f32 and f64 results are
+/// bit-identical between rayon pools of 1 and 3 threads.
+#[test]
+fn large_inputs_are_correct_and_identical_across_thread_counts() {
+    let pb = Problem::new();
+    let (xn, gn, wn, xr, rd, pos) = (&pb.xn, &pb.gn, &pb.wn, &pb.xr, pb.rd, &pb.pos);
+    let (_, dx_ref, dw_ref) = rms_ref(xn, wn, gn);
+    assert_close("rms dx", &rms_grad(xn, wn, gn).0, &dx_ref, REF_TOL);
+    assert_close("rms dw", &rms_grad(xn, wn, gn).1, &dw_ref, REF_TOL);
+    assert_close("rope", &rope(xr, rd, pos, false), &rope_ref(xr, rd, pos, false), REF_TOL);
+    for (ad, [q, k, v, ga]) in &pb.attention {
+        let [o_ref, dq_ref, dk_ref, dv_ref] = attention_ref(q, k, v, ga, *ad);
+        assert_close("attention", &attention(q, k, v, *ad), &o_ref, REF_TOL);
+        for (got, want) in attention_grad(q, k, v, ga, *ad).iter().zip([&dq_ref, &dk_ref, &dv_ref]) {
+            assert_close("attention grad", got, want, REF_TOL);
+        }
+    }
+    let (xl, t, ignore) = &pb.ce;
+    let (loss_ref, dl_ref) = ce_ref(xl, CE_VOCAB, t, *ignore, 1.0);
+    assert_close("ce", &[cross_entropy_forward(xl, CE_VOCAB, t, *ignore)], &[loss_ref], REF_TOL);
+    assert_close("ce grad", &ce_grad(xl, CE_VOCAB, t, *ignore, 1.0), &dl_ref, REF_TOL);
+    let (_, eg, ids) = &pb.embedding;
+    let pad = Some(ids[0]);
+    let dw_want = embed_grad_ref(eg, EMBED_DIM, ids, pad, 50);
+    assert_close("embedding grad", &embed_grad(eg, EMBED_DIM, ids, pad, 50), &dw_want, REF_TOL);
+    let (p, grads) = &pb.adamw;
+    for (got, want) in adamw(p, grads, 0.01, 0.1).iter().zip(adamw_ref(p, grads, 0.01, 0.1)) {
+        assert_close("adamw", got, &want, REF_TOL);
+    }
+
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        pool.install(|| {
-            (
-                all_outputs::<f32>(&inputs, rd, &pos, ad, &t, &ids),
-                all_outputs::<f64>(&inputs, rd, &pos, ad, &t, &ids),
-            )
-        })
+        pool.install(|| (pb.outputs::<f32>(), pb.outputs::<f64>()))
     };
     let (one, three) = (run(1), run(3));
     assert!(one.0 == three.0, "f32 results differ between 1 and 3 threads");
     assert!(one.1 == three.1, "f64 results differ between 1 and 3 threads");
+}
+
+/// Lifts the SIMD level cap when dropped, so a failing assertion does not leave it set.
+struct LevelCap;
+
+impl Drop for LevelCap {
+    fn drop(&mut self) {
+        simd::set_max_level(None);
+    }
+}
+
+/// Every SIMD level this CPU supports gives the same bits as the portable path on every kernel, in f32
+/// and f64 (the levels run the same operations in the same order; see `cpu::simd`). Levels the CPU lacks
+/// are skipped with a notice. Other tests may run meanwhile on a capped level, which is harmless for the
+/// same reason.
+#[test]
+fn simd_levels_match_the_portable_path_bit_for_bit() {
+    let pb = Problem::new();
+    let _cap = LevelCap;
+    simd::set_max_level(Some(Level::Portable));
+    assert_eq!(Level::active(), Level::Portable);
+    let portable = (pb.outputs::<f32>(), pb.outputs::<f64>());
+    for level in [Level::Avx2, Level::Avx512] {
+        if !level.is_supported() {
+            println!("skipped: this CPU lacks {level:?}; that path was not compared with the portable one");
+            continue;
+        }
+        simd::set_max_level(Some(level));
+        assert_eq!(Level::active(), level);
+        let got = (pb.outputs::<f32>(), pb.outputs::<f64>());
+        assert!(got.0 == portable.0, "f32 results differ between {level:?} and the portable path");
+        assert!(got.1 == portable.1, "f64 results differ between {level:?} and the portable path");
+    }
 }

@@ -8,12 +8,18 @@
 //!     `dQ = scale dS K`,  `dK = scale dS^T Q`.
 //!
 //! Work is split over (batch, head) pairs. Their rows are interleaved in the `[batch, seq, heads, head_dim]`
-//! layout, so each pair computes into its own contiguous scratch block and the blocks are scattered into
-//! place afterwards; every accumulation runs in a fixed order inside one pair, so the result does not depend
-//! on the number of threads.
-use super::elementwise::{axpy, dot};
+//! layout, so each pair gathers its rows into contiguous (and, for keys, transposed) buffers, computes into
+//! its own scratch block, and the blocks are scattered into place afterwards. Inside a pair, query rows go
+//! in blocks whose products run as register-tiled micro-kernels (`blocks.rs`); every accumulation runs in
+//! a fixed order inside one pair, so the result does not depend on the number of threads or on the SIMD
+//! level.
+mod blocks;
+
+use super::simd::{multiversion, Isa, Level};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
+use blocks::{accumulate_transposed, interleave, interleave_rows, score_gradients, scores, weighted_rows};
+use blocks::{Block, Rows, Tile, MAX_TILE, ROWS};
 use rayon::prelude::*;
 
 /// Shapes: q is `[batch, q_len, heads, head_dim]`, k and v are `[batch, kv_len, heads, head_dim]`,
@@ -43,23 +49,24 @@ impl AttentionDims {
 
 /// `out[b, i, h] = sum_j softmax_j(scale * q[b,i,h] . k[b,j,h]) v[b,j,h]`, out shaped like q.
 pub fn attention_forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: AttentionDims, scale: T, out: &mut [T]) {
-    let block = dims.q_len * dims.head_dim;
+    let width = padded(dims.head_dim);
+    let block = dims.q_len * width;
     if block == 0 || dims.batch * dims.heads == 0 {
         return;
     }
+    let isa = Isa::active();
     let mut scratch = vec![T::ZERO; dims.batch * dims.heads * block];
-    for_each_head(&mut scratch, block, dims, |head, o| {
-        let view = HeadView::new(dims, head);
-        let k_t = view.transposed(k);
-        let mut p = vec![T::ZERO; dims.kv_len];
-        for (i, o_i) in o.chunks_exact_mut(dims.head_dim).enumerate() {
-            let n = view.probabilities(view.q_row(q, i), &k_t, i, scale, &mut p);
-            o_i.fill(T::ZERO);
-            for (j, &p_ij) in p[..n].iter().enumerate() {
-                axpy(p_ij, view.kv_row(v, j), o_i);
-            }
-        }
-    });
+    let inputs = [q, k, v];
+    // Tiles of 16 fit AVX2's registers, 32 AVX-512's. The portable path (slow in any case) takes 32 too,
+    // so that the tests, which compare every level with it bit for bit, also compare the two tilings.
+    match isa.level() {
+        Level::Avx2 => for_each_head(&mut scratch, block, dims, |pair, o| {
+            forward_pair(isa, Tile::<16>, inputs, dims, pair, scale, o)
+        }),
+        _ => for_each_head(&mut scratch, block, dims, |pair, o| {
+            forward_pair(isa, Tile::<32>, inputs, dims, pair, scale, o)
+        }),
+    }
     scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
 }
 
@@ -81,42 +88,107 @@ pub fn attention_backward<T: Float>(
     grads: AttentionGrads<'_, T>,
 ) {
     let AttentionDims { q_len, kv_len, head_dim, .. } = dims;
-    // Scratch block of one pair: dQ `[q_len, head_dim]`, then dK and dV `[kv_len, head_dim]` each.
-    let (dk_at, dv_at) = (q_len * head_dim, (q_len + kv_len) * head_dim);
-    let block = (q_len + 2 * kv_len) * head_dim;
-    if block == 0 || dims.batch * dims.heads == 0 {
+    // Scratch block of one pair, rows padded to `width`: dQ `[q_len, width]`, then dK and dV
+    // `[kv_len, width]` each.
+    let width = padded(head_dim);
+    let (dk_at, dv_at) = (q_len * width, (q_len + kv_len) * width);
+    let block = (q_len + 2 * kv_len) * width;
+    if head_dim == 0 || block == 0 || dims.batch * dims.heads == 0 {
         return;
     }
+    let isa = Isa::active();
     let mut scratch = vec![T::ZERO; dims.batch * dims.heads * block];
-    for_each_head(&mut scratch, block, dims, |head, grads| {
-        let view = HeadView::new(dims, head);
-        let (dq, dkv) = grads.split_at_mut(dk_at);
-        let (dk, dv) = dkv.split_at_mut(dv_at - dk_at);
-        let (k_t, v_t) = (view.transposed(k), view.transposed(v));
-        let mut p = vec![T::ZERO; kv_len];
-        let mut dp = vec![T::ZERO; kv_len];
-        for (i, dq_i) in dq.chunks_exact_mut(head_dim).enumerate() {
-            let q_i = view.q_row(q, i);
-            let n = view.probabilities(q_i, &k_t, i, scale, &mut p);
-            let (p, dp) = (&p[..n], &mut dp[..n]);
-            let do_i = view.q_row(grad_out, i);
-            times_transposed(do_i, &v_t, kv_len, dp);
-            let row_dot = dot(p, dp);
-            let rows = dk.chunks_exact_mut(head_dim).zip(dv.chunks_exact_mut(head_dim));
-            for (j, ((dk_j, dv_j), (&p_ij, &dp_ij))) in rows.zip(p.iter().zip(dp.iter())).enumerate() {
-                let ds_ij = p_ij * (dp_ij - row_dot);
-                axpy(ds_ij, view.kv_row(k, j), dq_i);
-                axpy(scale * ds_ij, q_i, dk_j);
-                axpy(p_ij, do_i, dv_j);
-            }
-            for x in dq_i.iter_mut() {
-                *x *= scale;
-            }
-        }
-    });
+    let inputs = [q, k, v, grad_out];
+    match isa.level() {
+        Level::Avx2 => for_each_head(&mut scratch, block, dims, |pair, grads| {
+            backward_pair(isa, Tile::<16>, inputs, dims, pair, scale, grads)
+        }),
+        _ => for_each_head(&mut scratch, block, dims, |pair, grads| {
+            backward_pair(isa, Tile::<32>, inputs, dims, pair, scale, grads)
+        }),
+    }
     scatter_heads(&scratch, block, 0, q_len, dims, grads.q);
     scatter_heads(&scratch, block, dk_at, kv_len, dims, grads.k);
     scatter_heads(&scratch, block, dv_at, kv_len, dims, grads.v);
+}
+
+/// `n` rounded up to a whole number of tiles: the row stride of every per-pair buffer.
+fn padded(n: usize) -> usize {
+    n.div_ceil(MAX_TILE) * MAX_TILE
+}
+
+multiversion! {
+    /// Forward of one (batch, head) pair into its `[q_len, padded(head_dim)]` block `out`; `inputs` is
+    /// `[q, k, v]`.
+    ///
+    /// Query rows go in blocks of `ROWS`: their scores against all visible keys (tiles of `W` keys,
+    /// summed over the head dim in order), the softmax of each row, then the weighted sum of value rows
+    /// (summed over keys in order). Every output element is computed by the same sequence of operations
+    /// a row-at-a-time loop would use; the blocking only decides which ones share a register load.
+    fn forward_pair[T: Float, const W: usize](
+        isa: Isa,
+        tile: Tile<W>,
+        inputs: [&[T]; 3],
+        dims: AttentionDims,
+        pair: usize,
+        scale: T,
+        out: &mut [T],
+    ) {
+        let [q, k, v] = inputs;
+        let view = HeadView::new(dims, pair);
+        let (width, keys) = (view.width, view.keys);
+        let (qs, k_t, vs) = (view.rows(q, dims.q_len), view.transposed(k), view.rows(v, dims.kv_len));
+        let mut block = Block::new(width, keys);
+        for (b, out) in out.chunks_mut(ROWS * width).enumerate() {
+            let rows = Rows::new(b * ROWS, out.len() / width, dims.kv_len - dims.q_len);
+            block.probabilities(isa, tile, &rows, &qs, &k_t, scale);
+            interleave(&rows, &block.scores, keys, &mut block.coef);
+            weighted_rows(isa, tile, &rows, &block.coef, &vs, width, out);
+        }
+    }
+}
+
+multiversion! {
+    /// Backward of one (batch, head) pair into its scratch block `dQ | dK | dV`; `inputs` is
+    /// `[q, k, v, grad_out]`. Per block of query rows: P recomputed, `dP = dO V^T`,
+    /// `dS = P * (dP - rowsum(P * dP))`, then `dQ = scale dS K`, `dK += scale dS^T Q`, `dV += P^T dO`,
+    /// every sum in the order of a row-at-a-time loop.
+    fn backward_pair[T: Float, const W: usize](
+        isa: Isa,
+        tile: Tile<W>,
+        inputs: [&[T]; 4],
+        dims: AttentionDims,
+        pair: usize,
+        scale: T,
+        grads: &mut [T],
+    ) {
+        let [q, k, v, grad_out] = inputs;
+        let view = HeadView::new(dims, pair);
+        let (head_dim, width, keys) = (dims.head_dim, view.width, view.keys);
+        let (qs, dos) = (view.rows(q, dims.q_len), view.rows(grad_out, dims.q_len));
+        let (ks, k_t, v_t) = (view.rows(k, dims.kv_len), view.transposed(k), view.transposed(v));
+        let (dq, dkv) = grads.split_at_mut(dims.q_len * width);
+        let (dk, dv) = dkv.split_at_mut(dims.kv_len * width);
+        dk.fill(T::ZERO);
+        dv.fill(T::ZERO);
+        let mut block = Block::new(width, keys);
+        let mut dp = vec![T::ZERO; ROWS * keys];
+        let [mut ds_t, mut scaled_ds_t] = [(); 2].map(|_| vec![T::ZERO; keys * ROWS]);
+        for (b, dq) in dq.chunks_mut(ROWS * width).enumerate() {
+            let rows = Rows::new(b * ROWS, dq.len() / width, dims.kv_len - dims.q_len);
+            block.probabilities(isa, tile, &rows, &qs, &k_t, scale);
+            interleave_rows(&rows, &dos, width, head_dim, &mut block.a_t);
+            scores(isa, tile, &rows, &block.a_t, &v_t, keys, &mut dp);
+            score_gradients(isa, &rows, &block.scores, &dp, keys, scale, [&mut ds_t, &mut scaled_ds_t]);
+            weighted_rows(isa, tile, &rows, &ds_t, &ks, width, dq);
+            for x in dq.iter_mut() {
+                *x *= scale;
+            }
+            interleave(&rows, &block.scores, keys, &mut block.coef);
+            accumulate_transposed(isa, tile, &rows, &scaled_ds_t, &qs, width, dk);
+            accumulate_transposed(isa, tile, &rows, &block.coef, &dos, width, dv);
+        }
+    }
 }
 
 /// Row addressing of one (batch, head) pair inside the interleaved layout.
@@ -124,74 +196,52 @@ struct HeadView {
     batch: usize,
     head: usize,
     dims: AttentionDims,
+    /// `head_dim` rounded up to whole tiles: the row stride of gathered rows and outputs.
+    width: usize,
+    /// `kv_len` rounded up to whole tiles: the row stride of transposed and score buffers.
+    keys: usize,
 }
 
 impl HeadView {
+    #[inline(always)]
     fn new(dims: AttentionDims, pair: usize) -> Self {
-        Self { batch: pair / dims.heads, head: pair % dims.heads, dims }
+        let (width, keys) = (padded(dims.head_dim), padded(dims.kv_len));
+        Self { batch: pair / dims.heads, head: pair % dims.heads, dims, width, keys }
     }
 
-    /// Row i of this pair in a `[batch, q_len, heads, head_dim]` tensor.
-    #[inline]
-    fn q_row<'a, T>(&self, x: &'a [T], i: usize) -> &'a [T] {
+    /// This pair's `len` rows of a `[batch, len, heads, head_dim]` tensor, gathered into `[len, width]`
+    /// with zero padding.
+    #[inline(always)]
+    fn rows<T: Float>(&self, x: &[T], len: usize) -> Vec<T> {
         let d = &self.dims;
-        let start = ((self.batch * d.q_len + i) * d.heads + self.head) * d.head_dim;
-        &x[start..start + d.head_dim]
+        let mut out = vec![T::ZERO; len * self.width];
+        for (i, row) in out.chunks_exact_mut(self.width).enumerate() {
+            let start = ((self.batch * len + i) * d.heads + self.head) * d.head_dim;
+            row[..d.head_dim].copy_from_slice(&x[start..start + d.head_dim]);
+        }
+        out
     }
 
-    /// Row j of this pair in a `[batch, kv_len, heads, head_dim]` tensor.
-    #[inline]
-    fn kv_row<'a, T>(&self, x: &'a [T], j: usize) -> &'a [T] {
-        let d = &self.dims;
-        let start = ((self.batch * d.kv_len + j) * d.heads + self.head) * d.head_dim;
-        &x[start..start + d.head_dim]
-    }
-
-    /// This pair's rows of a `[batch, kv_len, heads, head_dim]` tensor, transposed to `[head_dim, kv_len]`,
-    /// so that a query's dot products with all keys become `head_dim` contiguous multiply-adds over keys
-    /// (vectorisable, no horizontal sums).
+    /// This pair's rows of a `[batch, kv_len, heads, head_dim]` tensor, transposed to `[head_dim, keys]`
+    /// (zero padding), so that the dot products of a query with a tile of keys are `head_dim`
+    /// contiguous multiply-adds over keys (vectorisable, no horizontal sums). Goes a tile of keys at a
+    /// time, so that every store fills a contiguous run of a row of the result.
+    #[inline(always)]
     fn transposed<T: Float>(&self, x: &[T]) -> Vec<T> {
-        let (len, head_dim) = (self.dims.kv_len, self.dims.head_dim);
-        let mut t = vec![T::ZERO; head_dim * len];
-        for j in 0..len {
-            for (c, &x_jc) in self.kv_row(x, j).iter().enumerate() {
-                t[c * len + j] = x_jc;
+        let (d, keys) = (&self.dims, self.keys);
+        let start = |j: usize| ((self.batch * d.kv_len + j) * d.heads + self.head) * d.head_dim;
+        let mut t = vec![T::ZERO; d.head_dim * keys];
+        for j0 in (0..d.kv_len).step_by(MAX_TILE) {
+            let n = MAX_TILE.min(d.kv_len - j0);
+            let rows: [&[T]; MAX_TILE] =
+                std::array::from_fn(|jj| &x[start(j0 + jj.min(n - 1))..][..d.head_dim]);
+            for (c, t_c) in t.chunks_exact_mut(keys).enumerate() {
+                for (t_cj, row) in t_c[j0..j0 + n].iter_mut().zip(&rows) {
+                    *t_cj = row[c];
+                }
             }
         }
         t
-    }
-
-    /// Writes the softmax probabilities of query `q_i` (row i) over its visible keys into `p[..n]` and
-    /// returns n; `k_t` is [`Self::transposed`] of k.
-    fn probabilities<T: Float>(&self, q_i: &[T], k_t: &[T], i: usize, scale: T, p: &mut [T]) -> usize {
-        let n = i + self.dims.kv_len - self.dims.q_len + 1;
-        let p = &mut p[..n];
-        times_transposed(q_i, k_t, self.dims.kv_len, p);
-        let mut max = T::NEG_INFINITY;
-        for s in p.iter_mut() {
-            *s *= scale;
-            max = max.max(*s);
-        }
-        let mut sum = T::ZERO;
-        for s in p.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        let inv_sum = T::ONE / sum;
-        for s in p.iter_mut() {
-            *s *= inv_sum;
-        }
-        n
-    }
-}
-
-/// `out[j] = sum_c a[c] * t[c * len + j]` for `j < out.len()`: the dot products of `a` with the first
-/// `out.len()` rows of a matrix stored transposed (`[a.len(), len]`), summed over c in order.
-fn times_transposed<T: Float>(a: &[T], t: &[T], len: usize, out: &mut [T]) {
-    out.fill(T::ZERO);
-    let n = out.len();
-    for (c, &a_c) in a.iter().enumerate() {
-        axpy(a_c, &t[c * len..c * len + n], out);
     }
 }
 
@@ -210,8 +260,8 @@ fn for_each_head<T: Float>(
     }
 }
 
-/// Copies `rows` rows per pair, found at `offset` inside each pair's `block` of `scratch`, into their
-/// interleaved places in `dst` (`[batch, rows, heads, head_dim]`).
+/// Copies `rows` rows per pair, found at `offset` inside each pair's `block` of `scratch` with row stride
+/// `padded(head_dim)`, into their interleaved places in `dst` (`[batch, rows, heads, head_dim]`).
 fn scatter_heads<T: Float>(
     scratch: &[T],
     block: usize,
@@ -220,7 +270,7 @@ fn scatter_heads<T: Float>(
     dims: AttentionDims,
     dst: &mut [T],
 ) {
-    let (heads, head_dim) = (dims.heads, dims.head_dim);
+    let (heads, head_dim, width) = (dims.heads, dims.head_dim, padded(dims.head_dim));
     let per_batch = rows * heads * head_dim;
     if per_batch == 0 {
         return;
@@ -228,10 +278,10 @@ fn scatter_heads<T: Float>(
     let copy = |b: usize, dst_b: &mut [T]| {
         for h in 0..heads {
             let start = (b * heads + h) * block + offset;
-            let src = &scratch[start..start + rows * head_dim];
-            for (i, src_row) in src.chunks_exact(head_dim).enumerate() {
+            let src = &scratch[start..start + rows * width];
+            for (i, src_row) in src.chunks_exact(width).enumerate() {
                 let at = (i * heads + h) * head_dim;
-                dst_b[at..at + head_dim].copy_from_slice(src_row);
+                dst_b[at..at + head_dim].copy_from_slice(&src_row[..head_dim]);
             }
         }
     };

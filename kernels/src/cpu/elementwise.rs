@@ -1,34 +1,59 @@
 //! Elementwise kernels on contiguous slices: activation functions and their derivatives, plus the
 //! row-splitting and dot-product helpers the fused kernels of this module family share.
+use super::simd::{self, multiversion, Isa};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
 use rayon::prelude::*;
 
-/// `y = x * sigmoid(x)`.
+/// `y = x * sigmoid(x)`, computed as `x / (1 + exp(-x))`.
 pub fn silu_forward<T: Float>(x: &[T], y: &mut [T]) {
-    for_each_row_block(y, 1, 1, |start, ys| {
-        for (yi, &xi) in ys.iter_mut().zip(&x[start..]) {
-            *yi = xi * sigmoid(xi);
-        }
-    });
+    let isa = Isa::active();
+    for_each_row_block(y, 1, 1, |start, ys| silu_forward_block(isa, &x[start..start + ys.len()], ys));
 }
 
 /// `grad_x = grad_y * s * (1 + x * (1 - s))` with `s = sigmoid(x)`.
 pub fn silu_backward<T: Float>(x: &[T], grad_y: &[T], grad_x: &mut [T]) {
+    let isa = Isa::active();
     for_each_row_block(grad_x, 1, 1, |start, gxs| {
-        let inputs = x[start..].iter().zip(&grad_y[start..]);
-        for (gx, (&xi, &gy)) in gxs.iter_mut().zip(inputs) {
-            let s = sigmoid(xi);
-            *gx = gy * s * (T::ONE + xi * (T::ONE - s));
-        }
+        let end = start + gxs.len();
+        silu_backward_block(isa, &x[start..end], &grad_y[start..end], gxs)
     });
+}
+
+multiversion! {
+    fn silu_forward_block[T: Float](isa: Isa, x: &[T], y: &mut [T]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi = silu(xi);
+        }
+    }
+}
+
+multiversion! {
+    fn silu_backward_block[T: Float](isa: Isa, x: &[T], grad_y: &[T], grad_x: &mut [T]) {
+        for (gx, (&xi, &gy)) in grad_x.iter_mut().zip(x.iter().zip(grad_y)) {
+            *gx = gy * silu_slope(xi);
+        }
+    }
+}
+
+/// `x / (1 + exp(-x))` (one rounding fewer than `x * sigmoid(x)`); 0 for large negative x.
+#[inline(always)]
+pub(crate) fn silu<T: Float>(x: T) -> T {
+    x / (T::ONE + simd::exp(-x))
 }
 
 /// `1 / (1 + exp(-x))`; saturates to exactly 0 or 1 for large |x| instead of producing NaN, because
 /// `exp(-x)` overflows to infinity and `1 / inf == 0`.
 #[inline(always)]
-fn sigmoid<T: Float>(x: T) -> T {
-    T::ONE / (T::ONE + (-x).exp())
+pub(crate) fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + simd::exp(-x))
+}
+
+/// `d silu / dx = s * (1 + x * (1 - s))` with `s = sigmoid(x)`.
+#[inline(always)]
+fn silu_slope<T: Float>(x: T) -> T {
+    let s = sigmoid(x);
+    s * (T::ONE + x * (T::ONE - s))
 }
 
 /// Runs `f(first_row, rows)` over contiguous blocks of whole rows of `out` (rows are `row_len` long and
@@ -57,41 +82,9 @@ pub(crate) fn for_each_row_block<T: Send>(
         .for_each(|(block, chunk)| f(block * rows_per_block, chunk));
 }
 
-/// Number of independent accumulators in [`dot`]: enough for the compiler to vectorise the loop
-/// without reassociating a single sequential sum (which it may not do for floats).
-pub(crate) const LANES: usize = 8;
-
-/// `sum_i a[i] * b[i]` over the shorter length, accumulated in `LANES` interleaved partial sums that are
-/// combined in a fixed tree, so the result depends only on the inputs.
-#[inline]
-pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [T::ZERO; LANES];
-    let a_chunks = a.chunks_exact(LANES);
-    let b_chunks = b.chunks_exact(LANES);
-    let mut tail = T::ZERO;
-    for (&x, &y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
-        tail += x * y;
-    }
-    for (xs, ys) in a_chunks.zip(b_chunks) {
-        for ((s, &x), &y) in acc.iter_mut().zip(xs).zip(ys) {
-            *s += x * y;
-        }
-    }
-    combine_lanes(acc) + tail
-}
-
-/// Fixed-order tree sum of the lane accumulators.
+/// `sum_i a[i] * b[i]` over the shorter length, in [`simd::WIDE`] interleaved partial sums combined in
+/// a fixed order, so the result depends only on the inputs.
 #[inline(always)]
-pub(crate) fn combine_lanes<T: Float>(acc: [T; LANES]) -> T {
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
-}
-
-/// `y += alpha * x` over the shorter length.
-#[inline]
-pub(crate) fn axpy<T: Float>(alpha: T, x: &[T], y: &mut [T]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += alpha * xi;
-    }
+pub(crate) fn dot<T: Float>(a: &[T], b: &[T]) -> T {
+    simd::sum_map2(a, b, |x, y| x * y)
 }

@@ -1,16 +1,19 @@
 //! Embedding lookup (gather) and its gradient (scatter-add).
 //!
 //! Forward `out[i] = W[ids[i]]` is linear in W, so `dW[r] = sum_{i: ids[i] = r} grad_out[i]`. Several
-//! positions can share an id, so the backward is parallelised over column ranges of `dim`, never over ids:
-//! each task owns a column range of every row and adds the ids in their original order, so every element
-//! of `dW` sees the same sequence of additions on any number of threads.
+//! positions can share an id, so the backward first groups the positions by id (a stable counting sort:
+//! within a group, positions keep their original order), then gives each row of `dW` to one task, which
+//! adds its positions' gradient rows in that order. Every element of `dW` therefore sees the same
+//! sequence of additions on any number of threads, and every row of `grad_out` and of `dW` is touched
+//! once, contiguously.
 use super::elementwise::for_each_row_block;
+use super::simd::{multiversion, Isa};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
 use rayon::prelude::*;
 
-/// Columns per backward task: 64 f32 are 4 cache lines, so neighbouring tasks rarely share a line.
-const COLUMN_BLOCK: usize = 64;
+/// Rows of `dW` per backward task (most rows of a large vocabulary receive nothing, and cost one check).
+const ROWS_PER_TASK: usize = 256;
 
 /// `out[i] = weight[ids[i]]`, rows of length `dim`. Ids must be `< weight.len() / dim` (checked by caller).
 pub fn embedding_forward<T: Float>(weight: &[T], dim: usize, ids: &[u32], out: &mut [T]) {
@@ -40,50 +43,42 @@ pub fn embedding_backward<T: Float>(
     let out_of_range = ids.iter().find(|&&id| Some(id) != pad_id && id as usize >= rows);
     assert!(out_of_range.is_none(), "embedding id {out_of_range:?} out of range for {rows} rows");
     let counted = || ids.iter().enumerate().filter(|(_, &id)| Some(id) != pad_id);
+    let isa = Isa::active();
 
-    if ids.len().saturating_mul(dim) < PARALLEL_MIN_ELEMS || dim <= COLUMN_BLOCK {
+    if ids.len().saturating_mul(dim) < PARALLEL_MIN_ELEMS {
         for (i, &id) in counted() {
             let dst = &mut grad_weight[id as usize * dim..(id as usize + 1) * dim];
-            for (d, &g) in dst.iter_mut().zip(&grad_out[i * dim..(i + 1) * dim]) {
-                *d += g;
-            }
+            add_into(isa, dst, &grad_out[i * dim..(i + 1) * dim]);
         }
         return;
     }
 
-    let base = SharedMut(grad_weight.as_mut_ptr());
-    (0..dim.div_ceil(COLUMN_BLOCK)).into_par_iter().for_each(|block| {
-        let start = block * COLUMN_BLOCK;
-        let width = COLUMN_BLOCK.min(dim - start);
-        for (i, &id) in counted() {
-            let src = &grad_out[i * dim + start..i * dim + start + width];
-            // SAFETY: `id < rows` (asserted above) and `start + width <= dim`, so the range
-            // `[id * dim + start, id * dim + start + width)` lies inside `grad_weight`, which is exclusively
-            // borrowed for this call. Tasks own disjoint column ranges `[start, start + width)`, so no two
-            // tasks ever create overlapping slices, and within a task the slice dies before the next one.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(id as usize * dim + start), width) };
-            for (d, &g) in dst.iter_mut().zip(src) {
-                *d += g;
-            }
+    // Counting sort of the counted positions by id: `positions[starts[r]..starts[r + 1]]` are the
+    // positions of id r, ascending.
+    let mut starts = vec![0usize; rows + 1];
+    for (_, &id) in counted() {
+        starts[id as usize + 1] += 1;
+    }
+    for r in 0..rows {
+        starts[r + 1] += starts[r];
+    }
+    let (mut next, mut positions) = (starts.clone(), vec![0usize; starts[rows]]);
+    for (i, &id) in counted() {
+        positions[next[id as usize]] = i;
+        next[id as usize] += 1;
+    }
+    grad_weight.par_chunks_mut(dim).with_min_len(ROWS_PER_TASK).enumerate().for_each(|(row, dst)| {
+        for &i in &positions[starts[row]..starts[row + 1]] {
+            add_into(isa, dst, &grad_out[i * dim..(i + 1) * dim]);
         }
     });
 }
 
-/// A raw pointer that tasks owning disjoint ranges of one exclusively borrowed slice may share.
-#[derive(Clone, Copy)]
-struct SharedMut<T>(*mut T);
-
-// SAFETY: the pointer is only dereferenced through disjoint ranges (see `embedding_backward`), and `T: Send`
-// makes writing elements from another thread sound.
-unsafe impl<T: Send> Send for SharedMut<T> {}
-// SAFETY: as above; sharing the wrapper only shares the address, never concurrent access to one element.
-unsafe impl<T: Send> Sync for SharedMut<T> {}
-
-impl<T> SharedMut<T> {
-    /// Accessor, so closures capture the whole `Send + Sync` wrapper rather than its raw-pointer field.
-    #[inline(always)]
-    fn get(self) -> *mut T {
-        self.0
+multiversion! {
+    /// `dst += src` elementwise.
+    fn add_into[T: Float](isa: Isa, dst: &mut [T], src: &[T]) {
+        for (d, &g) in dst.iter_mut().zip(src) {
+            *d += g;
+        }
     }
 }

@@ -5,7 +5,8 @@
 //! the magnitude of the logits. The gradient of the mean over `count` rows is
 //! `(softmax(x) - onehot(t)) / count`. Logits are never converted to probabilities in memory except as
 //! the gradient itself.
-use super::elementwise::{combine_lanes, for_each_row_block, LANES};
+use super::elementwise::for_each_row_block;
+use super::simd::{self, multiversion, Isa, WIDE};
 use crate::Float;
 
 /// Number of rows whose target is not `ignore_id`.
@@ -29,16 +30,11 @@ pub fn cross_entropy_forward<T: Float>(
         return T::ZERO;
     }
     let mut row_loss = vec![T::ZERO; targets.len()];
+    let isa = Isa::active();
     for_each_row_block(&mut row_loss, 1, vocab, |row0, losses| {
-        for (r, loss) in losses.iter_mut().enumerate() {
-            let row = row0 + r;
-            let target = targets[row];
-            if Some(target) != ignore_id {
-                let x = &logits[row * vocab..(row + 1) * vocab];
-                let max = row_max(x);
-                *loss = (max - x[target as usize]) + sum_exp_shifted(x, max).ln();
-            }
-        }
+        let rows = row0..row0 + losses.len();
+        let x = &logits[rows.start * vocab..rows.end * vocab];
+        loss_rows(isa, x, vocab, &targets[rows], ignore_id, losses);
     });
     let total: f64 = targets
         .iter()
@@ -64,43 +60,146 @@ pub fn cross_entropy_backward<T: Float>(
         return;
     }
     let factor = grad_loss / T::from_f64(count as f64);
+    let isa = Isa::active();
     for_each_row_block(grad_logits, vocab, vocab, |row0, grads| {
-        for (r, g) in grads.chunks_exact_mut(vocab).enumerate() {
-            let row = row0 + r;
-            let target = targets[row];
+        let rows = row0..row0 + grads.len() / vocab;
+        let x = &logits[rows.start * vocab..rows.end * vocab];
+        grad_rows(isa, x, vocab, &targets[rows], ignore_id, factor, grads);
+    });
+}
+
+multiversion! {
+    /// Loss of each counted row of `logits` (rows `vocab` long) into `losses`; ignored rows are skipped.
+    fn loss_rows[T: Float](
+        isa: Isa,
+        logits: &[T],
+        vocab: usize,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        losses: &mut [T],
+    ) {
+        for ((x, &target), loss) in logits.chunks_exact(vocab).zip(targets).zip(losses) {
+            if Some(target) != ignore_id {
+                let (max, sum) = log_sum_exp_parts(x);
+                *loss = (max - x[target as usize]) + sum.ln();
+            }
+        }
+    }
+}
+
+/// `(m, s)` with `m = max_j x_j` and `s = sum_j exp(x_j - m)`, in a single pass (the online softmax):
+/// each of `WIDE` lanes keeps the running max of its elements and the sum relative to it, rescaled when
+/// the max grows, with one exponential per element; the lanes are merged in order at the end. One pass
+/// means each logit is read from memory once, while the exponentials overlap the loads.
+#[inline(always)]
+fn log_sum_exp_parts<T: Float>(x: &[T]) -> (T, T) {
+    let (mut max, mut sum) = ([T::NEG_INFINITY; WIDE], [T::ZERO; WIDE]);
+    let chunks = x.chunks_exact(WIDE);
+    let tail = chunks.remainder();
+    for xs in chunks {
+        for ((m, s), &v) in max.iter_mut().zip(sum.iter_mut()).zip(xs) {
+            (*m, *s) = merge_parts((*m, *s), (v, T::ONE));
+        }
+    }
+    let lanes = max.into_iter().zip(sum).fold((T::NEG_INFINITY, T::ZERO), merge_parts);
+    tail.iter().fold(lanes, |parts, &v| merge_parts(parts, (v, T::ONE)))
+}
+
+/// Merges two `(max, sum of exp(x - max))` summaries (a single element x is `(x, 1)`): the result is
+/// relative to the larger max, the other sum scaled by `exp(smaller - larger) <= 1`. A summary of
+/// nothing, `(-inf, 0)`, contributes nothing (`exp(-inf - -inf)` would be NaN); NaN propagates.
+#[inline(always)]
+fn merge_parts<T: Float>((m1, s1): (T, T), (m2, s2): (T, T)) -> (T, T) {
+    let (hi, s_hi, lo, s_lo) = if m2 > m1 { (m2, s2, m1, s1) } else { (m1, s1, m2, s2) };
+    let scale = if lo == T::NEG_INFINITY { T::ZERO } else { simd::exp(lo - hi) };
+    (hi, simd::fma(s_lo, scale, s_hi))
+}
+
+/// Logits per chunk of the gradient: 2048 f32 (8 KB) of logits and of gradient stay in L1 while a chunk is
+/// worked on.
+const CHUNK: usize = 2048;
+
+multiversion! {
+    /// Gradient rows in one pass over memory, chunk by chunk: `exp(x - chunk max)` is written into the
+    /// gradient row (which stays in cache) and summed, in the same loop that finds the max of the next
+    /// chunk, so the loads of one chunk overlap the exponentials of the previous one; then each chunk is
+    /// scaled by `factor * exp(chunk max - max) / sum`. Each logit is read once and exponentiated once.
+    fn grad_rows[T: Float](
+        isa: Isa,
+        logits: &[T],
+        vocab: usize,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        factor: T,
+        grads: &mut [T],
+    ) {
+        let mut chunk_max = Vec::with_capacity(vocab.div_ceil(CHUNK));
+        for ((x, &target), g) in logits.chunks_exact(vocab).zip(targets).zip(grads.chunks_exact_mut(vocab)) {
             if Some(target) == ignore_id {
                 g.fill(T::ZERO);
                 continue;
             }
-            let x = &logits[row * vocab..(row + 1) * vocab];
-            let max = row_max(x);
-            let scale = factor / sum_exp_shifted(x, max);
-            for (gj, &xj) in g.iter_mut().zip(x) {
-                *gj = (xj - max).exp() * scale;
+            chunk_max.clear();
+            chunk_max.push(simd::max(&x[..CHUNK.min(vocab)]));
+            let mut parts = (T::NEG_INFINITY, T::ZERO);
+            for (k, (xc, gc)) in x.chunks(CHUNK).zip(g.chunks_mut(CHUNK)).enumerate() {
+                let next = x.get((k + 1) * CHUNK..).map_or(&[][..], |rest| &rest[..CHUNK.min(rest.len())]);
+                let (sum, next_max) = if chunk_max[k] == T::NEG_INFINITY {
+                    // A chunk of -inf logits has probability 0 (`exp(x - max)` would be NaN).
+                    gc.fill(T::ZERO);
+                    (T::ZERO, simd::max(next))
+                } else {
+                    exp_sum_and_next_max(xc, chunk_max[k], gc, next)
+                };
+                chunk_max.push(next_max);
+                parts = merge_parts(parts, (chunk_max[k], sum));
+            }
+            let (max, factor_over_sum) = (parts.0, factor / parts.1);
+            for (gc, &m) in g.chunks_mut(CHUNK).zip(&chunk_max) {
+                let scale = factor_over_sum * simd::exp(m - max);
+                for gj in gc.iter_mut() {
+                    *gj *= scale;
+                }
             }
             g[target as usize] -= factor;
         }
-    });
-}
-
-#[inline]
-fn row_max<T: Float>(x: &[T]) -> T {
-    x.iter().fold(T::NEG_INFINITY, |m, &v| m.max(v))
-}
-
-/// `sum_j exp(x_j - max)` in `LANES` interleaved partial sums combined in a fixed order (shorter
-/// accumulation chains, so less rounding over a 32k vocabulary).
-fn sum_exp_shifted<T: Float>(x: &[T], max: T) -> T {
-    let mut acc = [T::ZERO; LANES];
-    let chunks = x.chunks_exact(LANES);
-    let mut tail = T::ZERO;
-    for &v in chunks.remainder() {
-        tail += (v - max).exp();
     }
-    for xs in chunks {
-        for (s, &v) in acc.iter_mut().zip(xs) {
-            *s += (v - max).exp();
+}
+
+/// Writes `out[j] = exp(x[j] - shift)` and returns their sum (in `WIDE` lanes, combined in order) and
+/// the max of `next` (`-inf` if empty), both from one loop over the two slices.
+#[inline(always)]
+fn exp_sum_and_next_max<T: Float>(x: &[T], shift: T, out: &mut [T], next: &[T]) -> (T, T) {
+    let (mut sum, mut max) = ([T::ZERO; WIDE], [T::NEG_INFINITY; WIDE]);
+    let both = x.len().min(next.len()) / WIDE * WIDE;
+    let lanes = x[..both].chunks_exact(WIDE).zip(out[..both].chunks_exact_mut(WIDE));
+    for ((xs, os), ns) in lanes.zip(next[..both].chunks_exact(WIDE)) {
+        for ((((s, m), o), &v), &w) in sum.iter_mut().zip(max.iter_mut()).zip(os).zip(xs).zip(ns) {
+            *o = simd::exp(v - shift);
+            *s += *o;
+            *m = if w > *m { w } else { *m };
         }
     }
-    combine_lanes(acc) + tail
+    let total = simd::combine(sum) + exp_shifted_sum(&x[both..], shift, &mut out[both..]);
+    let lane_max = max.iter().fold(T::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    let rest_max = simd::max(&next[both..]);
+    (total, if rest_max > lane_max { rest_max } else { lane_max })
+}
+
+/// Writes `out[j] = exp(x[j] - shift)` and returns their sum, accumulated like `simd::sum_map`.
+#[inline(always)]
+fn exp_shifted_sum<T: Float>(x: &[T], shift: T, out: &mut [T]) -> T {
+    let mut acc = [T::ZERO; WIDE];
+    let split = x.len() / WIDE * WIDE;
+    let (body, tail) = out.split_at_mut(split);
+    for (xs, os) in x.chunks_exact(WIDE).zip(body.chunks_exact_mut(WIDE)) {
+        for ((s, o), &v) in acc.iter_mut().zip(os).zip(xs) {
+            *o = simd::exp(v - shift);
+            *s += *o;
+        }
+    }
+    x[split..].iter().zip(tail).fold(simd::combine(acc), |s, (&v, o)| {
+        *o = simd::exp(v - shift);
+        s + *o
+    })
 }

@@ -6,6 +6,7 @@
 //! which is `y = x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x_{h..}, x_{..h}]`.
 //! A rotation is orthogonal, so the backward is the rotation by `-a`.
 use super::elementwise::for_each_row_block;
+use super::simd::{multiversion, Isa};
 use crate::Float;
 
 /// Shape of a rope operand laid out contiguously as `[batch, seq, heads, head_dim]`.
@@ -34,20 +35,36 @@ pub fn rope_backward<T: Float>(
     rotate(grad_y, dims, positions, theta, -1.0, grad_x);
 }
 
+/// Positions are split as `pos = coarse + fine` with `fine = pos % FINE`, and the rotation by `pos`
+/// composed from the rotations by `coarse` and `fine`, so a run of consecutive positions needs
+/// `FINE + len / FINE` sine-cosine evaluations per frequency instead of `len`.
+const FINE: u32 = 16;
+
 /// Cosine and sine of every (sequence index, pair) angle, `[seq, head_dim / 2]` each.
 ///
-/// Computed in f64 and rounded once, so f32 angles do not lose precision at large positions;
-/// `sin_sign = -1` negates the sines (exactly), giving the inverse rotation.
+/// Computed in f64 and rounded once, so f32 angles do not lose precision at large positions. The angle
+/// `pos * freq` is composed as `coarse * freq + fine * freq` by the angle-addition formulas: the error is
+/// that of rounding the two angles in f64 (as a direct evaluation rounds `pos * freq`) plus a few f64
+/// roundings, far below f32 precision. The coarse factors are recomputed whenever the coarse part changes
+/// along `positions`. `sin_sign = -1` negates the sines (exactly), giving the inverse rotation.
 fn angle_table<T: Float>(positions: &[u32], head_dim: usize, theta: f64, sin_sign: f64) -> (Vec<T>, Vec<T>) {
     let half = head_dim / 2;
     let inv_freq: Vec<f64> = (0..half).map(|i| theta.powf(-((2 * i) as f64) / head_dim as f64)).collect();
-    let mut cos = Vec::with_capacity(positions.len() * half);
-    let mut sin = Vec::with_capacity(positions.len() * half);
+    let rotations =
+        |pos: u32| -> Vec<(f64, f64)> { inv_freq.iter().map(|&f| (pos as f64 * f).sin_cos()).collect() };
+    let fine: Vec<Vec<(f64, f64)>> = (0..FINE).map(rotations).collect();
+    let (mut cos, mut sin) =
+        (Vec::with_capacity(positions.len() * half), Vec::with_capacity(positions.len() * half));
+    let mut coarse: Option<(u32, Vec<(f64, f64)>)> = None;
     for &pos in positions {
-        for &freq in &inv_freq {
-            let angle = pos as f64 * freq;
-            cos.push(T::from_f64(angle.cos()));
-            sin.push(T::from_f64(sin_sign * angle.sin()));
+        let base = pos - pos % FINE;
+        if coarse.as_ref().is_none_or(|(b, _)| *b != base) {
+            coarse = Some((base, rotations(base)));
+        }
+        let coarse_rot = coarse.as_ref().map_or(&[][..], |(_, r)| r);
+        for (&(sin_c, cos_c), &(sin_f, cos_f)) in coarse_rot.iter().zip(&fine[(pos % FINE) as usize]) {
+            cos.push(T::from_f64(cos_c * cos_f - sin_c * sin_f));
+            sin.push(T::from_f64(sin_sign * (sin_c * cos_f + cos_c * sin_f)));
         }
     }
     (cos, sin)
@@ -62,21 +79,40 @@ fn rotate<T: Float>(src: &[T], dims: RopeDims, positions: &[u32], theta: f64, si
         return;
     }
     let (cos, sin) = angle_table::<T>(&positions[..seq], head_dim, theta, sin_sign);
+    let isa = Isa::active();
     for_each_row_block(dst, token_len, token_len, |token0, out| {
         let input = &src[token0 * token_len..token0 * token_len + out.len()];
-        let tokens = input.chunks_exact(token_len).zip(out.chunks_exact_mut(token_len));
+        rotate_tokens(isa, input, out, token0, dims, &cos, &sin);
+    });
+}
+
+multiversion! {
+    /// Rotates consecutive tokens, the first being token `token0` of the whole operand.
+    fn rotate_tokens[T: Float](
+        isa: Isa,
+        x: &[T],
+        y: &mut [T],
+        token0: usize,
+        dims: RopeDims,
+        cos: &[T],
+        sin: &[T],
+    ) {
+        let (seq, head_dim) = (dims.seq, dims.head_dim);
+        let (half, token_len) = (head_dim / 2, dims.heads * head_dim);
+        let tokens = x.chunks_exact(token_len).zip(y.chunks_exact_mut(token_len));
         for (t, (x_tok, y_tok)) in tokens.enumerate() {
             let s = (token0 + t) % seq;
             let (cos_s, sin_s) = (&cos[s * half..(s + 1) * half], &sin[s * half..(s + 1) * half]);
             for (x, y) in x_tok.chunks_exact(head_dim).zip(y_tok.chunks_exact_mut(head_dim)) {
                 let (x_lo, x_hi) = x.split_at(half);
                 let (y_lo, y_hi) = y.split_at_mut(half);
-                for i in 0..half {
-                    let (a, b, c, sn) = (x_lo[i], x_hi[i], cos_s[i], sin_s[i]);
-                    y_lo[i] = a * c - b * sn;
-                    y_hi[i] = b * c + a * sn;
+                let outs = y_lo.iter_mut().zip(y_hi.iter_mut());
+                let ins = x_lo.iter().zip(x_hi).zip(cos_s.iter().zip(sin_s));
+                for ((y_a, y_b), ((&a, &b), (&c, &sn))) in outs.zip(ins) {
+                    *y_a = a * c - b * sn;
+                    *y_b = b * c + a * sn;
                 }
             }
         }
-    });
+    }
 }
