@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod loss;
 pub mod matmul;
+pub mod optim;
 pub mod norm;
 pub mod reduce;
 pub mod rope;

@@ -1,0 +1,119 @@
+//! AdamW (decoupled weight decay) over named parameters, with its state kept by parameter name so that
+//! checkpoints survive a restart (parameter ids are per process).
+use crate::error::{OptimError, Result};
+use cola_autograd::{GradStore, Parameter};
+use cola_tensor::ops::optim::AdamWStep;
+use cola_tensor::Tensor;
+use std::collections::BTreeMap;
+
+/// Hyper-parameters; the defaults are the CoLA recipe's (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on
+/// every parameter).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Exempt RMSNorm weights and the token embedding from weight decay.
+    pub exempt_norms_and_embeddings: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, exempt_norms_and_embeddings: false }
+    }
+}
+
+/// First and second moments of one parameter.
+#[derive(Clone, Debug)]
+struct Moments {
+    m: Tensor,
+    v: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdamW {
+    pub config: AdamWConfig,
+    /// Number of updates applied so far.
+    step: u64,
+    state: BTreeMap<String, Moments>,
+}
+
+/// True for parameters the exemption flag spares from decay: norm weights and the token embedding, by
+/// their checkpoint names.
+fn is_norm_or_embedding(name: &str) -> bool {
+    name.ends_with("norm.weight") || name.contains("embed_tokens")
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        AdamW { config, step: 0, state: BTreeMap::new() }
+    }
+
+    /// Updates applied so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter that has a gradient in `grads`.
+    pub fn step(&mut self, params: &mut [&mut Parameter], grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        for param in params.iter_mut() {
+            let Some(grad) = grads.get(param.id()) else { continue };
+            let decay = self.config.exempt_norms_and_embeddings && is_norm_or_embedding(param.name());
+            let hyper = AdamWStep {
+                lr,
+                beta1: self.config.beta1,
+                beta2: self.config.beta2,
+                eps: self.config.eps,
+                weight_decay: if decay { 0.0 } else { self.config.weight_decay },
+                step: self.step,
+            };
+            let moments = self.state.entry(param.name().to_string()).or_insert_with(|| Moments {
+                m: Tensor::zeros(grad.shape(), grad.dtype()),
+                v: Tensor::zeros(grad.shape(), grad.dtype()),
+            });
+            let mut value = param.value().clone();
+            param.set_value(Tensor::zeros(&[], value.dtype()));
+            // With the old value dropped from the parameter, the update runs in place when nothing else
+            // holds the tensor.
+            let result = Tensor::adamw_step(&mut value, grad, &mut moments.m, &mut moments.v, hyper);
+            param.set_value(value);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// The state as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) for checkpoints.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.state.len());
+        for (name, s) in &self.state {
+            out.push((format!("{name}.exp_avg"), s.m.clone()));
+            out.push((format!("{name}.exp_avg_sq"), s.v.clone()));
+        }
+        out
+    }
+
+    /// Restores the state saved by [`AdamW::state_tensors`] for `params`, and the update count.
+    pub fn load_state(&mut self, params: &[&Parameter], tensors: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
+        let mut state = BTreeMap::new();
+        for p in params {
+            let get = |what: &'static str| -> Result<Tensor> {
+                let key = format!("{}.{what}", p.name());
+                let t = tensors.get(&key).ok_or(OptimError::MissingState { name: p.name().to_string(), what })?;
+                if t.shape() != p.value().shape() {
+                    return Err(OptimError::StateShape {
+                        name: key,
+                        expected: p.value().shape().to_vec(),
+                        got: t.shape().to_vec(),
+                    });
+                }
+                Ok(t.to_dtype(p.value().dtype()))
+            };
+            state.insert(p.name().to_string(), Moments { m: get("exp_avg")?, v: get("exp_avg_sq")? });
+        }
+        self.state = state;
+        self.step = step;
+        Ok(())
+    }
+}
