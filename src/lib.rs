@@ -11,6 +11,7 @@ pub use cola_optim as optim;
 pub use cola_tensor as tensor;
 
 pub mod data;
+pub mod train;
 
 pub use cola_autograd::{GradStore, Parameter, Tape, Var};
 pub use cola_tensor::{DType, Device, Rng, Tensor};

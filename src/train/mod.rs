@@ -1,0 +1,262 @@
+//! Pre-training: the step loop, evaluation, checkpoints and metrics of the CoLA recipe (COLA.md section 6).
+//!
+//! [`run`] does a whole run from a [`TrainConfig`]: it prepares the data ([`crate::data`]), builds or
+//! resumes the model and AdamW, trains with gradient accumulation, clipping and the warmup + cosine
+//! schedule, evaluates, logs `metrics.jsonl` and `loss.png`, and writes atomic checkpoints from which
+//! `--resume` continues bit for bit. [`plan::resolve`] turns command-line [`Options`] into a config,
+//! filling in the preset's recipe and scaling it to a CPU; `examples/llama_cola_350m.rs` is a thin shell
+//! around the two.
+//!
+//! Files: `plan.rs` (defaults and their reasons), `run.rs` (orchestration), `trainer.rs` (one optimizer
+//! step), `eval.rs` (validation loss), `checkpoint.rs` (run state on disk), `metrics.rs` (jsonl + plot),
+//! `progress.rs` (terminal output).
+pub mod checkpoint;
+pub mod eval;
+pub mod metrics;
+pub mod plan;
+mod progress;
+mod run;
+pub mod trainer;
+
+pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
+pub use eval::{evaluate, EvalResult};
+pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
+pub use plan::{recipe, resolve, Options, Recipe};
+pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
+pub use trainer::{StepStats, Trainer};
+
+use crate::data::DataError;
+use cola_autograd::AutogradError;
+use cola_nn::NnError;
+use cola_optim::OptimError;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Where training runs. `Auto` is the CPU until the CUDA backend lands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = TrainError;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(TrainError::Config(format!("unknown device {other:?}; expected auto, cpu or cuda"))),
+        }
+    }
+}
+
+/// Everything a run needs. The serialised part is stored in every checkpoint's `state.json`, so a resumed
+/// run knows how it was started; the `#[serde(skip)]` fields belong to one invocation only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// A preset name of [`cola_nn::LlamaConfig::preset`] (`cola-350m`, `full-60m`, `cola-tiny`, ...).
+    pub model: String,
+    /// Overrides the preset's vocabulary (32000); also the size of a BPE trained on the corpus.
+    pub vocab_size: Option<usize>,
+    pub device: DeviceChoice,
+    /// Parameter and compute dtype; the CPU trains in `f32` only.
+    pub dtype: String,
+    /// Training corpus; `None` is the default Shakespeare corpus.
+    pub data: Option<PathBuf>,
+    /// Validation corpus; `None` holds out 1% of the training corpus.
+    pub val_data: Option<PathBuf>,
+    /// A `tokenizer.json`; `None` trains (once, cached) a byte-level BPE of the model's vocabulary size.
+    pub tokenizer: Option<PathBuf>,
+    /// Total optimizer updates `N` of the schedule.
+    pub steps: u64,
+    /// Warmup updates `W` of the schedule.
+    pub warmup: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Sequences per optimizer update (the global batch).
+    pub batch_size: usize,
+    /// Sequences per forward/backward pass; gradients of the micro-batches of a step are accumulated.
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    /// Seeds the initial weights, the validation split and the data order.
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Evaluate every this many updates (and after the last); 0 never evaluates.
+    pub eval_every: u64,
+    /// Validation tokens per periodic evaluation (whole sequences, at least one).
+    pub eval_tokens: usize,
+    /// Checkpoint every this many updates (and after the last, and on Ctrl-C); 0 only at those times.
+    pub save_every: u64,
+    pub weight_decay: f64,
+    /// `--no-decay-norms-embeddings`: RMSNorm weights and the embedding get no weight decay.
+    pub no_decay_norms_embeddings: bool,
+    /// Global gradient-norm clipping threshold (0.5 in the recipe).
+    pub clip_norm: f64,
+    /// A malformed JSON line is an error (with file and line) instead of being skipped and counted.
+    pub strict: bool,
+    /// The run directory: metrics, plot, tokenizer and `checkpoint-<step>/` folders.
+    pub out: PathBuf,
+    /// A checkpoint folder, or a run directory whose latest checkpoint is used.
+    #[serde(skip)]
+    pub resume: Option<PathBuf>,
+    /// Only evaluate the `resume` checkpoint on the whole validation set, then return.
+    #[serde(skip)]
+    pub eval_only: bool,
+    /// Save and stop once this many updates are done (the schedule still spans `steps`).
+    #[serde(skip)]
+    pub stop_after: Option<u64>,
+    /// Cache root of the data pipeline; `None` is `$COLA_CACHE` or `local/cache`.
+    #[serde(skip)]
+    pub cache_dir: Option<PathBuf>,
+    /// Print progress, notes and a progress bar on stderr.
+    #[serde(skip)]
+    pub verbose: bool,
+    /// Set (by a Ctrl-C handler) to save a checkpoint after the current step and stop.
+    #[serde(skip)]
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl TrainConfig {
+    /// A config for `model` with its recipe (COLA.md section 6) at full scale and the given run
+    /// directory; [`plan::resolve`] is the command line's richer path.
+    pub fn new(model: &str, out: impl Into<PathBuf>) -> Result<TrainConfig> {
+        let recipe = plan::recipe(model)?;
+        Ok(TrainConfig {
+            model: model.to_string(),
+            vocab_size: None,
+            device: DeviceChoice::Auto,
+            dtype: "f32".into(),
+            data: None,
+            val_data: None,
+            tokenizer: None,
+            steps: recipe.total_steps,
+            warmup: recipe.warmup_steps,
+            lr: recipe.peak_lr,
+            batch_size: 512,
+            micro_batch: plan::cpu_micro_batch(model),
+            seq_len: 256,
+            seed: 0,
+            shuffle: true,
+            eval_every: 1000,
+            eval_tokens: plan::DEFAULT_EVAL_TOKENS,
+            save_every: 1000,
+            weight_decay: 0.01,
+            no_decay_norms_embeddings: false,
+            clip_norm: 0.5,
+            strict: false,
+            out: out.into(),
+            resume: None,
+            eval_only: false,
+            stop_after: None,
+            cache_dir: None,
+            verbose: false,
+            interrupt: None,
+        })
+    }
+
+    /// Checks the settings that no lower layer checks, before any work is done.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |reason: String| Err(TrainError::Config(reason));
+        if self.device == DeviceChoice::Cuda {
+            return Err(TrainError::DeviceUnavailable);
+        }
+        if self.dtype != "f32" {
+            return bad(format!(
+                "--dtype {} is not available on the CPU, which trains in f32 (bf16 comes with the CUDA \
+                 backend); use --dtype f32",
+                self.dtype
+            ));
+        }
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.micro_batch == 0 {
+            return bad(format!(
+                "--batch-size ({}) and --micro-batch ({}) must be at least 1",
+                self.batch_size, self.micro_batch
+            ));
+        }
+        if self.seq_len < 2 {
+            return bad(format!(
+                "--seq-len must be at least 2 (the loss predicts the next token), got {}",
+                self.seq_len
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr >= 0.0) {
+            return bad(format!("--lr must be a finite number >= 0, got {}", self.lr));
+        }
+        if self.warmup > self.steps {
+            return bad(format!("--warmup {} is longer than the run (--steps {})", self.warmup, self.steps));
+        }
+        if !(self.clip_norm > 0.0 && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "clip norm {} must be positive and weight decay {} non-negative",
+                self.clip_norm, self.weight_decay
+            ));
+        }
+        if self.eval_only && self.resume.is_none() {
+            return bad("--eval-only needs --resume DIR (the checkpoint to evaluate)".into());
+        }
+        Ok(())
+    }
+}
+
+/// The errors of a run. Each message is one paragraph that names the file, setting or step at fault
+/// and, where there is one, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Nn(#[from] NnError),
+    #[error("optimizer: {0}")]
+    Optim(#[from] OptimError),
+    #[error("autograd: {0}")]
+    Autograd(#[from] AutogradError),
+    #[error("tensor: {0}")]
+    Tensor(#[from] cola_tensor::TensorError),
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(
+        "--device cuda: the CUDA backend is not built yet (a later release adds it); use --device cpu or \
+         --device auto"
+    )]
+    DeviceUnavailable,
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("checkpoint {}: {reason}", .path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error(
+        "training diverged at step {step}: the {what} is {value}, so the update was not applied and nothing \
+         was saved for it. {}. Lower --lr (now {lr:e}) or lengthen --warmup, then resume from the last \
+         checkpoint or start again.",
+        match .last_checkpoint {
+            Some(path) => format!("The last good checkpoint is {}", path.display()),
+            None => "No checkpoint had been saved yet".to_string(),
+        }
+    )]
+    Diverged { step: u64, what: &'static str, value: f64, lr: f64, last_checkpoint: Option<PathBuf> },
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
+        let path = path.into();
+        move |source| TrainError::Io { path, source }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> TrainError {
+        TrainError::Checkpoint { path: path.into(), reason: reason.into() }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, TrainError>;

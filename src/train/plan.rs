@@ -1,0 +1,302 @@
+//! From command-line options to a [`TrainConfig`]: the preset's recipe (COLA.md section 6) fills every
+//! unset value, scaled to what a CPU can show progress on, and every choice the user did not make comes
+//! with a note saying what was chosen and why. On `--resume` the checkpoint's own config is the base, so
+//! a resumed run continues the schedule and data order it started with.
+use super::checkpoint;
+use super::{DeviceChoice, Result, TrainConfig, TrainError};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Validation tokens per periodic evaluation unless `--eval-tokens` says otherwise: 32 sequences of 256
+/// (of the 54 held out of the default corpus), about one training step's compute for cola-350m on a CPU.
+pub const DEFAULT_EVAL_TOKENS: usize = 8192;
+
+/// Sequences per optimizer step on a CPU unless `--batch-size` says otherwise (the paper uses 512): small
+/// enough that a step of the 350m model takes seconds, large enough for a stable loss curve.
+pub const CPU_BATCH_SIZE: usize = 8;
+
+/// The paper's training recipe of one preset size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    pub peak_lr: f64,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+}
+
+/// `(size, peak lr, warmup, total)` of COLA.md section 6; `tiny` (tests only) borrows the 60m rate.
+const RECIPES: [(&str, f64, u64, u64); 6] = [
+    ("tiny", 6e-3, 20, 200),
+    ("60m", 6e-3, 2000, 10000),
+    ("130m", 3e-3, 2000, 20000),
+    ("350m", 3e-3, 6000, 60000),
+    ("1b", 2e-3, 10000, 100000),
+    ("7b", 1e-3, 15000, 150000),
+];
+
+/// The recipe of a preset name (`cola-350m`, `full-60m`, ...); an unknown name is the preset error.
+pub fn recipe(model: &str) -> Result<Recipe> {
+    cola_nn::LlamaConfig::preset(model)?;
+    let size = model.split_once('-').map_or("", |(_, size)| size);
+    let &(_, peak_lr, warmup_steps, total_steps) = RECIPES
+        .iter()
+        .find(|r| r.0 == size)
+        .ok_or_else(|| TrainError::Config(format!("no recipe for {model}")))?;
+    Ok(Recipe { peak_lr, warmup_steps, total_steps })
+}
+
+/// Sequences per forward/backward pass on a CPU: keeps the activations of one pass (all kept for
+/// backward) within a few GiB. Measured for cola-350m: peak memory 5.5 GB at 4 sequences of 256 tokens,
+/// 8.1 GB at 8 (about 0.65 GB per sequence on top of weights, gradients and AdamW state), at the same
+/// tokens/s, so 4 leaves room on a 16 GB machine.
+pub fn cpu_micro_batch(model: &str) -> usize {
+    match model.split_once('-').map_or("", |(_, size)| size) {
+        "350m" => 4,
+        "1b" => 2,
+        "7b" => 1,
+        _ => 8,
+    }
+}
+
+/// The command line, every value optional: `None` means "the recipe's, or the checkpoint's on resume".
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub model: Option<String>,
+    pub vocab_size: Option<usize>,
+    pub device: Option<DeviceChoice>,
+    pub dtype: Option<String>,
+    pub data: Option<PathBuf>,
+    pub val_data: Option<PathBuf>,
+    pub tokenizer: Option<PathBuf>,
+    pub steps: Option<u64>,
+    pub warmup: Option<u64>,
+    pub lr: Option<f64>,
+    pub batch_size: Option<usize>,
+    pub micro_batch: Option<usize>,
+    pub seq_len: Option<usize>,
+    pub seed: Option<u64>,
+    pub no_shuffle: bool,
+    pub eval_every: Option<u64>,
+    pub eval_tokens: Option<usize>,
+    pub save_every: Option<u64>,
+    pub no_decay_norms_embeddings: bool,
+    pub strict: bool,
+    pub out: Option<PathBuf>,
+    pub resume: Option<PathBuf>,
+    pub eval_only: bool,
+    pub stop_after: Option<u64>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The config `options` ask for and notes on each default chosen for the user (to print before the run).
+pub fn resolve(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
+    match &options.resume {
+        Some(path) => resolve_resume(options, path),
+        None => resolve_fresh(options),
+    }
+}
+
+fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
+    let mut notes = Vec::new();
+    if options.eval_only {
+        return Err(TrainError::Config("--eval-only needs --resume DIR (the checkpoint to evaluate)".into()));
+    }
+    let model = options.model.clone().unwrap_or_else(|| "cola-350m".into());
+    let recipe = recipe(&model)?;
+    let out = options.out.clone().unwrap_or_else(|| default_out(&model));
+    let mut config = TrainConfig::new(&model, out)?;
+    config.vocab_size = options.vocab_size;
+    config.device = options.device.unwrap_or(DeviceChoice::Auto);
+    config.dtype = options.dtype.clone().unwrap_or_else(|| "f32".into());
+    config.data = options.data.clone();
+    config.val_data = options.val_data.clone();
+    config.tokenizer = options.tokenizer.clone();
+    config.seq_len = options.seq_len.unwrap_or(256);
+    config.seed = options.seed.unwrap_or(0);
+    config.shuffle = !options.no_shuffle;
+    config.no_decay_norms_embeddings = options.no_decay_norms_embeddings;
+    config.strict = options.strict;
+    config.stop_after = options.stop_after;
+    config.cache_dir = options.cache_dir.clone();
+    config.lr = options.lr.unwrap_or(recipe.peak_lr);
+
+    config.steps = options.steps.unwrap_or(recipe.total_steps);
+    config.warmup = match options.warmup {
+        Some(warmup) => warmup,
+        None if config.steps < recipe.total_steps => {
+            let scaled =
+                (recipe.warmup_steps as f64 * config.steps as f64 / recipe.total_steps as f64).round() as u64;
+            notes.push(format!(
+                "schedule: --steps {} is shorter than the recipe's {} for {model}, so the warmup is scaled \
+                 with it: {} -> {scaled} steps (pass --warmup to choose)",
+                config.steps, recipe.total_steps, recipe.warmup_steps
+            ));
+            scaled
+        }
+        None => recipe.warmup_steps,
+    };
+
+    // Only the CPU exists so far, so every run is scaled to it.
+    let default_micro = cpu_micro_batch(&model);
+    config.batch_size = match options.batch_size {
+        Some(batch) => batch,
+        None => {
+            let micro = options.micro_batch.unwrap_or(default_micro.min(CPU_BATCH_SIZE));
+            notes.push(format!(
+                "batch: {CPU_BATCH_SIZE} sequences x {} tokens per optimizer step in micro-batches of {micro}. \
+                 The paper's 512-sequence batch would make each CPU step {}x slower (minutes, not seconds); \
+                 pass --batch-size 512 for the paper's setting",
+                config.seq_len,
+                512 / CPU_BATCH_SIZE
+            ));
+            CPU_BATCH_SIZE
+        }
+    };
+    config.micro_batch = options.micro_batch.unwrap_or(default_micro).min(config.batch_size).max(1);
+
+    config.eval_every = options.eval_every.unwrap_or_else(|| (config.steps / 20).clamp(10, 500));
+    config.save_every = options.save_every.unwrap_or_else(|| (config.steps / 10).clamp(20, 1000));
+    config.eval_tokens = options.eval_tokens.unwrap_or(DEFAULT_EVAL_TOKENS);
+    if options.eval_every.is_none() || options.save_every.is_none() {
+        // About 20 evaluations and 10 checkpoints per run; a checkpoint of cola-350m with its AdamW
+        // state is 2.2 GB, so not more often than every 20 steps.
+        let steps = config.steps;
+        let eval = match config.eval_every {
+            0 => "no evaluation".to_string(),
+            every if every >= steps => {
+                format!("evaluating {} validation tokens at the end", config.eval_tokens)
+            }
+            every => format!(
+                "evaluating {} validation tokens every {every} steps and at the end",
+                config.eval_tokens
+            ),
+        };
+        let save = match config.save_every {
+            every if every == 0 || every >= steps => String::new(),
+            every => format!("every {every} steps, "),
+        };
+        notes.push(format!(
+            "{eval}; checkpointing {save}at the end and on Ctrl-C (--eval-every, --eval-tokens, --save-every)"
+        ));
+    }
+    Ok((config, notes))
+}
+
+/// `runs/<model>-<UTC date>-<time>`: a fresh directory per run, like a timestamped PyTorch log dir.
+fn default_out(model: &str) -> PathBuf {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rest) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
+    PathBuf::from("runs").join(format!("{model}-{year:04}{month:02}{day:02}-{h:02}{m:02}{s:02}"))
+}
+
+/// The checkpoint's config with the options the user gave on top. Settings that define the trajectory's
+/// identity (model, data, batch, sequence length, seed, order) must match; the others may change, with a
+/// note where that makes the run differ from an uninterrupted one.
+fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainConfig, Vec<String>)> {
+    let dir = checkpoint::locate(path)?;
+    let state = checkpoint::read_state(&dir)?;
+    let mut config = state.config.clone();
+    let verb = if options.eval_only { "loading" } else { "resuming" };
+    let mut notes = vec![format!("{verb} {} at step {} from {}", config.model, state.step, dir.display())];
+    let conflict = |flag: &str, given: String, saved: String| {
+        TrainError::Config(format!(
+            "{flag} {given} differs from the checkpoint's {saved} ({}); a resumed run keeps it. Drop {flag}, \
+             or start a new run without --resume",
+            dir.display()
+        ))
+    };
+    macro_rules! same {
+        ($flag:literal, $field:ident) => {
+            if let Some(given) = &options.$field {
+                if *given != config.$field {
+                    return Err(conflict($flag, format!("{given:?}"), format!("{:?}", config.$field)));
+                }
+            }
+        };
+    }
+    same!("--model", model);
+    same!("--batch-size", batch_size);
+    same!("--seq-len", seq_len);
+    same!("--seed", seed);
+    if options.vocab_size.is_some() && options.vocab_size != config.vocab_size {
+        return Err(conflict(
+            "--vocab-size",
+            format!("{:?}", options.vocab_size),
+            format!("{:?}", config.vocab_size),
+        ));
+    }
+    if options.data.is_some() && options.data != config.data {
+        return Err(conflict("--data", format!("{:?}", options.data), format!("{:?}", config.data)));
+    }
+    if options.no_shuffle && config.shuffle {
+        return Err(conflict("--no-shuffle", "(no shuffle)".into(), "shuffled order".into()));
+    }
+    if let Some(device) = options.device {
+        config.device = device;
+    }
+    if let Some(dtype) = &options.dtype {
+        config.dtype = dtype.clone();
+    }
+    if options.val_data.is_some() {
+        if !options.eval_only && options.val_data != config.val_data {
+            notes.push(
+                "--val-data differs from the original run: validation losses are not comparable".into(),
+            );
+        }
+        config.val_data = options.val_data.clone();
+    }
+    if options.tokenizer.is_some() {
+        notes.push("--tokenizer is ignored on resume: the checkpoint's tokenizer.json is used".into());
+    }
+    let mut changed = Vec::new();
+    if let Some(steps) = options.steps.filter(|&s| s != config.steps) {
+        changed.push(format!("--steps {} -> {steps}", config.steps));
+        config.steps = steps;
+    }
+    if let Some(warmup) = options.warmup.filter(|&w| w != config.warmup) {
+        changed.push(format!("--warmup {} -> {warmup}", config.warmup));
+        config.warmup = warmup;
+    }
+    if let Some(lr) = options.lr.filter(|&lr| lr != config.lr) {
+        changed.push(format!("--lr {} -> {lr}", config.lr));
+        config.lr = lr;
+    }
+    if let Some(micro) = options.micro_batch.filter(|&m| m != config.micro_batch) {
+        changed.push(format!("--micro-batch {} -> {micro} (changes only f32 rounding)", config.micro_batch));
+        config.micro_batch = micro.min(config.batch_size).max(1);
+    }
+    if options.no_decay_norms_embeddings && !config.no_decay_norms_embeddings {
+        changed.push("--no-decay-norms-embeddings switched on".into());
+        config.no_decay_norms_embeddings = true;
+    }
+    if !changed.is_empty() && !options.eval_only {
+        notes.push(format!(
+            "changed on resume: {}; the run no longer matches an uninterrupted one bit for bit",
+            changed.join(", ")
+        ));
+    }
+    config.eval_every = options.eval_every.unwrap_or(config.eval_every);
+    config.eval_tokens = options.eval_tokens.unwrap_or(config.eval_tokens);
+    config.save_every = options.save_every.unwrap_or(config.save_every);
+    config.strict |= options.strict;
+    // Without --out the run goes on in the directory that holds the checkpoint.
+    config.out = match &options.out {
+        Some(out) => out.clone(),
+        None => dir.parent().map_or_else(|| PathBuf::from("."), PathBuf::from),
+    };
+    config.resume = Some(dir);
+    config.eval_only = options.eval_only;
+    config.stop_after = options.stop_after;
+    config.cache_dir = options.cache_dir.clone();
+    Ok((config, notes))
+}

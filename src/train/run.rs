@@ -1,0 +1,410 @@
+//! A whole run: data, model and optimizer (fresh or from a checkpoint), the step loop with its
+//! evaluations, logs and checkpoints, and the `--eval-only` path.
+use super::checkpoint::{self, RngState, RunState};
+use super::eval::{evaluate, EvalResult};
+use super::metrics::{EvalRecord, MetricsLog, StepRecord};
+use super::progress::{format_duration, Progress};
+use super::trainer::{StepError, Trainer};
+use super::{Result, TrainConfig, TrainError};
+use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
+use cola_nn::{Init, Llama, LlamaConfig};
+use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
+use cola_tensor::{DType, Rng};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// What a training run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainSummary {
+    pub out: PathBuf,
+    /// Updates applied in total (including those before a resume).
+    pub steps: u64,
+    /// Train loss of the last update of this invocation.
+    pub last_loss: Option<f64>,
+    pub last_eval: Option<EvalResult>,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// Stopped by the interrupt flag (Ctrl-C) before `steps`.
+    pub interrupted: bool,
+    /// Non-pad input tokens trained on in total.
+    pub tokens: u64,
+    /// Mean training throughput of this invocation (evaluations and saves excluded).
+    pub tokens_per_s: f64,
+}
+
+/// What `--eval-only` measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EvalSummary {
+    pub checkpoint: PathBuf,
+    pub step: u64,
+    pub result: Option<EvalResult>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunOutcome {
+    Trained(TrainSummary),
+    Evaluated(EvalSummary),
+}
+
+/// Sizes rayon's global pool (`--threads`); call before any parallel work.
+pub fn set_threads(threads: usize) -> Result<()> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| TrainError::Config(format!("--threads {threads}: {e}")))
+}
+
+/// Trains (or with `eval_only` evaluates) as `config` says. See the module docs of [`super`].
+pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
+    config.validate()?;
+    let say = |message: &str| {
+        if config.verbose {
+            eprintln!("{message}");
+        }
+    };
+    let resume = match &config.resume {
+        Some(path) => {
+            let dir = checkpoint::locate(path)?;
+            let state = checkpoint::read_state(&dir)?;
+            Some((dir, state))
+        }
+        None => None,
+    };
+    if let (None, Some((step, dir))) = (&resume, checkpoint::list(&config.out).pop()) {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run (checkpoint at step {step}: {}); pass --resume {} to continue it, or \
+             choose another --out",
+            config.out.display(),
+            dir.display(),
+            config.out.display()
+        )));
+    }
+    let mut model_config = LlamaConfig::preset(&config.model)?;
+    if let Some(vocab) = config.vocab_size {
+        model_config.vocab_size = vocab;
+    }
+    // RoPE has no position table: a longer --seq-len needs no other change.
+    model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
+
+    let data_config = DataConfig {
+        data: config.data.clone(),
+        val_data: config.val_data.clone(),
+        // A resumed run reads its token ids with the tokenizer it was trained with.
+        tokenizer: resume
+            .as_ref()
+            .and_then(|(dir, _)| checkpoint::tokenizer_path(dir))
+            .or(config.tokenizer.clone()),
+        vocab_size: model_config.vocab_size,
+        seq_len: config.seq_len,
+        seed: config.seed,
+        shuffle: config.shuffle,
+        strict: config.strict,
+        cache_dir: config.cache_dir.clone(),
+        verbose: config.verbose,
+        ..DataConfig::default()
+    };
+    let dataset = Dataset::prepare(&data_config)?;
+    dataset.check_model_vocab(model_config.vocab_size)?;
+    model_config.pad_id = dataset.pad_id();
+    say(&format!("data: {}", dataset.report()));
+
+    let counts = model_config.param_counts();
+    let millions = |n: usize| n as f64 / 1e6;
+    say(&format!(
+        "model {}: {:.2}M parameters (low-rank {:.2}M, other {:.2}M: embedding, head, norms{}); d_model {}, \
+         {} layers, {} heads, {}",
+        config.model,
+        millions(counts.total),
+        millions(counts.low_rank),
+        millions(counts.other),
+        if model_config.is_cola() { "" } else { ", dense projections" },
+        model_config.d_model,
+        model_config.n_layers,
+        model_config.n_heads,
+        model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
+    ));
+
+    let adamw = AdamW::new(AdamWConfig {
+        weight_decay: config.weight_decay,
+        exempt_norms_and_embeddings: config.no_decay_norms_embeddings,
+        ..AdamWConfig::default()
+    });
+    let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
+    let (model, rng) = match &resume {
+        Some(_) => (Llama::build(model_config, DType::F32, &mut Init::Zeros)?, None),
+        None => {
+            let mut rng = Rng::new(config.seed);
+            (Llama::new(model_config, &mut rng)?, Some(rng))
+        }
+    };
+    let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
+
+    if config.eval_only {
+        let (dir, state) =
+            resume.ok_or_else(|| TrainError::Config("--eval-only needs --resume DIR".into()))?;
+        checkpoint::load(&dir, &state, &mut trainer.model, &mut trainer.optimizer)?;
+        say(&format!("evaluating {} (step {}) on every validation sequence", dir.display(), state.step));
+        let result =
+            evaluate(&trainer.model, dataset.val_batches(config.micro_batch)?, config.micro_batch, None)?;
+        return Ok(RunOutcome::Evaluated(EvalSummary { checkpoint: dir, step: state.step, result }));
+    }
+
+    std::fs::create_dir_all(&config.out).map_err(TrainError::io(&config.out))?;
+    let (rng, data_state, tokens, elapsed, last_checkpoint) = match &resume {
+        Some((dir, state)) => {
+            checkpoint::load(dir, state, &mut trainer.model, &mut trainer.optimizer)?;
+            trainer.step = state.step;
+            if state.threads != rayon::current_num_threads() {
+                say(&format!(
+                    "note: the checkpoint was trained with {} threads, this run has {}: the f32 rounding of \
+                     the matrix products differs, so the run will not match an uninterrupted one bit for bit \
+                     (pass --threads {})",
+                    state.threads,
+                    rayon::current_num_threads(),
+                    state.threads
+                ));
+            }
+            let rng = Rng { seed: state.rng.seed, counter: state.rng.counter };
+            (rng, state.data, state.tokens, state.elapsed_s, Some(dir.clone()))
+        }
+        None => (rng.unwrap_or(Rng::new(config.seed)), DataState::default(), 0, 0.0, None),
+    };
+    let batches = dataset.train_batches_from(config.batch_size, data_state)?;
+    if let Some(path) = dataset.save_tokenizer(&config.out)? {
+        say(&format!("tokenizer: saved to {}", path.display()));
+    }
+    let metrics = MetricsLog::open(&config.out, resume.as_ref().map(|(_, s)| s.step))?;
+    let last_val = resume.as_ref().and_then(|(_, s)| s.last_val_loss);
+    say(&format!(
+        "training: {} updates of {} sequences x {} tokens (micro-batches of {}), peak lr {:e}, warmup {}, \
+         cosine to 10%; AdamW betas 0.9/0.999, eps 1e-8, weight decay {}{}; clip 0.5; {} threads; cpu f32. \
+         Tokens counted are non-pad input tokens.",
+        config.steps,
+        config.batch_size,
+        config.seq_len,
+        config.micro_batch,
+        config.lr,
+        config.warmup,
+        config.weight_decay,
+        if config.no_decay_norms_embeddings { " (not on norms and embedding)" } else { " on all parameters" },
+        rayon::current_num_threads(),
+    ));
+    say(&format!(
+        "run directory: {} (metrics.jsonl, loss.png, tokenizer.json, checkpoint-<step>/); resume with --resume {}",
+        config.out.display(),
+        config.out.display()
+    ));
+    let mut looper = Loop {
+        config,
+        dataset: &dataset,
+        trainer,
+        batches,
+        metrics,
+        rng,
+        tokens,
+        elapsed_before: elapsed,
+        started: Instant::now(),
+        last_checkpoint,
+        last_val,
+        last_eval: None,
+    };
+    looper.train().map(RunOutcome::Trained)
+}
+
+/// The state of the step loop.
+struct Loop<'a> {
+    config: &'a TrainConfig,
+    dataset: &'a Dataset,
+    trainer: Trainer,
+    batches: TrainBatches,
+    metrics: MetricsLog,
+    rng: Rng,
+    tokens: u64,
+    elapsed_before: f64,
+    started: Instant,
+    last_checkpoint: Option<PathBuf>,
+    last_val: Option<f64>,
+    last_eval: Option<EvalResult>,
+}
+
+impl Loop<'_> {
+    fn elapsed(&self) -> f64 {
+        self.elapsed_before + self.started.elapsed().as_secs_f64()
+    }
+
+    fn train(&mut self) -> Result<TrainSummary> {
+        let config = self.config;
+        let start = self.trainer.step;
+        let stop_at = config.stop_after.map_or(config.steps, |s| s.min(config.steps));
+        let progress = Progress::new(config.verbose, start, config.steps);
+        if start >= stop_at {
+            progress.note(&format!("already at step {start} of {stop_at}: nothing to train"));
+        }
+        let interrupted = || config.interrupt.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+        let (mut train_time, mut run_tokens, mut last_loss) = (Duration::ZERO, 0u64, None);
+        let mut was_interrupted = false;
+        while self.trainer.step < stop_at {
+            if interrupted() {
+                was_interrupted = true;
+                break;
+            }
+            if self.trainer.step == start {
+                progress.status("first step...");
+            }
+            let batch = self.batches.next_batch();
+            let began = Instant::now();
+            let stats = match self.trainer.train_step(&batch) {
+                Ok(stats) => stats,
+                Err(StepError::Failed(error)) => return Err(error),
+                Err(StepError::NonFinite(bad)) => {
+                    progress.finish();
+                    return Err(TrainError::Diverged {
+                        step: bad.step + 1,
+                        what: bad.what,
+                        value: bad.value,
+                        lr: bad.lr,
+                        last_checkpoint: self.last_checkpoint.clone(),
+                    });
+                }
+            };
+            let took = began.elapsed();
+            train_time += took;
+            run_tokens += stats.tokens;
+            self.tokens += stats.tokens;
+            last_loss = Some(stats.loss);
+            let tokens_per_s = stats.tokens as f64 / took.as_secs_f64().max(1e-9);
+            let done = self.trainer.step;
+            self.metrics.log_step(StepRecord {
+                step: done,
+                loss: stats.loss,
+                lr: stats.lr,
+                grad_norm: stats.grad_norm,
+                tokens: self.tokens,
+                tokens_per_s,
+                elapsed_s: self.elapsed(),
+            })?;
+            let per_step = train_time.as_secs_f64() / (done - start) as f64;
+            progress.step(&stats, tokens_per_s, Duration::from_secs_f64(per_step * (stop_at - done) as f64));
+            let last = done == stop_at;
+            if config.eval_every > 0 && (done.is_multiple_of(config.eval_every) || done == config.steps) {
+                self.evaluate(&progress)?;
+            }
+            if (config.save_every > 0 && done.is_multiple_of(config.save_every)) || last {
+                self.save(&progress)?;
+            }
+        }
+        if was_interrupted {
+            progress.note(&format!("interrupted at step {}: saving a checkpoint", self.trainer.step));
+            self.save(&progress)?;
+        }
+        progress.finish();
+        let tokens_per_s = run_tokens as f64 / train_time.as_secs_f64().max(1e-9);
+        if config.verbose {
+            let mut line = format!(
+                "{} at step {}/{}: {} tokens in total, {:.0} tokens/s over this session's training time",
+                match (was_interrupted, self.trainer.step < config.steps) {
+                    (true, _) => "stopped",
+                    (false, true) => "paused (--stop-after)",
+                    (false, false) => "done",
+                },
+                self.trainer.step,
+                config.steps,
+                self.tokens,
+                tokens_per_s
+            );
+            if let Some(loss) = last_loss {
+                line += &format!(", last train loss {loss:.4}");
+            }
+            if let Some(val) = self.last_val {
+                line += &format!(", last val loss {val:.4} (ppl {:.2})", val.exp());
+            }
+            if let Some(dir) = &self.last_checkpoint {
+                line += &format!(
+                    "; checkpoint {} (continue with --resume {})",
+                    dir.display(),
+                    config.out.display()
+                );
+            }
+            eprintln!("{line}");
+        }
+        Ok(TrainSummary {
+            out: config.out.clone(),
+            steps: self.trainer.step,
+            last_loss,
+            last_eval: self.last_eval,
+            checkpoint: self.last_checkpoint.clone(),
+            interrupted: was_interrupted,
+            tokens: self.tokens,
+            tokens_per_s,
+        })
+    }
+
+    /// Validation loss over the first `eval_tokens` tokens' worth of validation sequences (always the
+    /// same ones, so the curve compares like with like); logs, plots and reports it.
+    fn evaluate(&mut self, progress: &Progress) -> Result<()> {
+        let config = self.config;
+        progress.status("evaluating...");
+        let began = Instant::now();
+        let sequences = config.eval_tokens.div_ceil(config.seq_len).max(1);
+        let batches = self.dataset.val_batches(config.micro_batch)?;
+        let Some(result) = evaluate(&self.trainer.model, batches, config.micro_batch, Some(sequences))?
+        else {
+            progress.note("eval: no validation targets to evaluate");
+            return Ok(());
+        };
+        let step = self.trainer.step;
+        self.metrics.log_eval(EvalRecord { step, val_loss: result.loss, val_ppl: result.perplexity })?;
+        self.last_val = Some(result.loss);
+        self.last_eval = Some(result);
+        progress.note(&format!(
+            "step {step}: val loss {:.4}, perplexity {:.2} ({} sequences, {} targets, {})",
+            result.loss,
+            result.perplexity,
+            result.sequences,
+            result.targets,
+            format_duration(began.elapsed())
+        ));
+        progress.restore();
+        if let Err(warning) = self.metrics.plot(&format!("{} on {}", config.model, data_name(config))) {
+            progress.note(&format!("warning: {warning}; training goes on"));
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, progress: &Progress) -> Result<()> {
+        progress.status("saving a checkpoint...");
+        let began = Instant::now();
+        let state = RunState::new(
+            self.trainer.step,
+            self.trainer.optimizer.step_count(),
+            self.tokens,
+            self.elapsed(),
+            self.batches.state(),
+            RngState { seed: self.rng.seed, counter: self.rng.counter },
+            self.last_val,
+            self.config.clone(),
+        );
+        let (dir, written) = checkpoint::save(
+            &self.config.out,
+            state,
+            &self.trainer.model,
+            &self.trainer.optimizer,
+            self.dataset.tokenizer(),
+        )?;
+        progress.restore();
+        if written {
+            progress.note(&format!("saved {} ({})", dir.display(), format_duration(began.elapsed())));
+        }
+        self.last_checkpoint = Some(dir);
+        Ok(())
+    }
+}
+
+fn data_name(config: &TrainConfig) -> String {
+    config
+        .data
+        .as_deref()
+        .and_then(Path::file_name)
+        .map_or("Shakespeare".into(), |n| n.to_string_lossy().into_owned())
+}

@@ -1,0 +1,164 @@
+//! One optimizer update of the recipe (COLA.md section 6): the global batch is split into micro-batches,
+//! their gradients are accumulated, the sum is clipped to a global norm of 0.5, and AdamW applies it with
+//! the learning rate `lr(s)` of update number `s` (from 0).
+//!
+//! Accumulation weights each micro-batch's mean loss by its share of the step's non-pad targets:
+//! `loss = sum_i (n_i / N) * mean_loss_i = (1 / N) * sum_t loss_t`, the mean over every target of the
+//! global batch. The accumulated gradient is therefore that of the global batch's token mean whatever the
+//! micro-batch size, also when micro-batches hold different numbers of non-pad targets (padded
+//! documents). When every micro-batch has the same number of targets (always in packed mode) this is the
+//! PyTorch reference's `loss / gradient_accumulation`.
+use super::TrainError;
+use crate::data::Batch;
+use cola_autograd::{GradStore, Tape};
+use cola_nn::Llama;
+use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
+
+/// What one update did.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// The update number `s` this step applied (from 0).
+    pub step: u64,
+    /// Mean next-token loss over the global batch's non-pad targets, before the update.
+    pub loss: f64,
+    pub lr: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Non-pad input tokens of the batch (every position in packed mode).
+    pub tokens: u64,
+    /// Non-pad next-token targets of the batch.
+    pub targets: u64,
+}
+
+/// Why an update was refused; [`super::run`] adds the checkpoint to its message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NonFinite {
+    pub step: u64,
+    pub what: &'static str,
+    pub value: f64,
+    pub lr: f64,
+}
+
+/// The model, its optimizer and schedule, and the update count `step` (updates applied so far).
+pub struct Trainer {
+    pub model: Llama,
+    pub optimizer: AdamW,
+    pub schedule: CosineSchedule,
+    pub micro_batch: usize,
+    pub clip_norm: f64,
+    pub step: u64,
+    grads: GradStore,
+}
+
+/// Error of [`Trainer::train_step`]: a lower layer's, or a non-finite loss or gradient norm.
+pub enum StepError {
+    Failed(TrainError),
+    NonFinite(NonFinite),
+}
+
+macro_rules! step_error_from {
+    ($($error:ty),*) => {$(
+        impl From<$error> for StepError {
+            fn from(error: $error) -> Self {
+                StepError::Failed(error.into())
+            }
+        }
+    )*};
+}
+step_error_from!(
+    cola_nn::NnError,
+    cola_autograd::AutogradError,
+    cola_optim::OptimError,
+    cola_tensor::TensorError
+);
+
+impl Trainer {
+    pub fn new(
+        model: Llama,
+        optimizer: AdamW,
+        schedule: CosineSchedule,
+        micro_batch: usize,
+        clip_norm: f64,
+    ) -> Self {
+        Trainer {
+            model,
+            optimizer,
+            schedule,
+            micro_batch: micro_batch.max(1),
+            clip_norm,
+            step: 0,
+            grads: GradStore::new(),
+        }
+    }
+
+    /// The learning rate of the next update.
+    pub fn next_lr(&self) -> f64 {
+        self.schedule.lr(self.step)
+    }
+
+    /// The gradients of the last [`Trainer::accumulate_gradients`] (cleared by an update).
+    pub fn gradients(&self) -> &GradStore {
+        &self.grads
+    }
+
+    /// Runs forward and backward over the micro-batches of `batch` (the global batch) and leaves the
+    /// accumulated gradient of its token-mean loss in [`Trainer::gradients`]. Returns the loss and the
+    /// counts of non-pad input tokens and targets.
+    pub fn accumulate_gradients(&mut self, batch: &Batch) -> std::result::Result<(f64, u64, u64), StepError> {
+        let pad = self.model.config().pad_id;
+        let (rows, seq) = (batch.rows, batch.seq_len);
+        let targets_of = |start: usize, end: usize| -> u64 {
+            (start..end).map(|r| batch.row(r)[1..].iter().filter(|&&t| t != pad).count() as u64).sum()
+        };
+        let micro_rows: Vec<(usize, usize)> = (0..rows)
+            .step_by(self.micro_batch)
+            .map(|start| (start, (start + self.micro_batch).min(rows)))
+            .collect();
+        let targets: u64 = micro_rows.iter().map(|&(s, e)| targets_of(s, e)).sum();
+        let tokens = batch.tokens.iter().filter(|&&t| t != pad).count() as u64;
+
+        self.grads.clear();
+        let mut loss = 0.0f64;
+        for &(start, end) in &micro_rows {
+            let count = targets_of(start, end);
+            if count == 0 {
+                continue; // all padding: no loss, no gradient
+            }
+            // Exactly 1 when the whole batch is one micro-batch, so that case is the plain mean loss.
+            let weight = count as f64 / targets as f64;
+            let mut tape = Tape::new();
+            let ids = &batch.tokens[start * seq..end * seq];
+            let micro_loss = self.model.loss(&mut tape, ids, end - start, seq)?;
+            let value = tape.value(micro_loss)?.to_scalar()?;
+            if !value.is_finite() {
+                self.grads.clear();
+                let lr = self.next_lr();
+                return Err(StepError::NonFinite(NonFinite { step: self.step, what: "loss", value, lr }));
+            }
+            loss += weight * value;
+            let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(micro_loss, weight)? };
+            let grads = tape.backward(scaled)?;
+            self.grads.accumulate(&grads)?;
+        }
+        Ok((loss, tokens, targets))
+    }
+
+    /// One optimizer update on `batch` (the global batch). A non-finite loss or gradient norm leaves the
+    /// model, optimizer and step count untouched.
+    pub fn train_step(&mut self, batch: &Batch) -> std::result::Result<StepStats, StepError> {
+        let lr = self.next_lr();
+        let (loss, tokens, targets) = self.accumulate_gradients(batch)?;
+        let grad_norm = clip_grad_norm(&mut self.grads, self.clip_norm)?;
+        if !grad_norm.is_finite() {
+            self.grads.clear();
+            let what = "gradient norm";
+            return Err(StepError::NonFinite(NonFinite { step: self.step, what, value: grad_norm, lr }));
+        }
+        let mut params = self.model.parameters_mut();
+        self.optimizer.step(&mut params, &self.grads, lr)?;
+        self.grads.clear();
+        let stats = StepStats { step: self.step, loss, lr, grad_norm, tokens, targets };
+        self.step += 1;
+        Ok(stats)
+    }
+}
