@@ -10,6 +10,7 @@ pub use cola_nn as nn;
 pub use cola_optim as optim;
 pub use cola_tensor as tensor;
 
+pub mod audit;
 pub mod data;
 pub mod train;
 

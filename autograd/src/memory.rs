@@ -10,7 +10,8 @@ pub struct MemoryStats {
     pub forward_peak_bytes: usize,
     /// Bytes held when backward starts, after the policy's releases: what survives forward.
     pub saved_bytes: usize,
-    /// Highest activation bytes plus in-flight gradient bytes during backward.
+    /// Highest activation bytes plus bytes of gradients of non-leaf values in flight during backward
+    /// (gradients of leaves and parameters are the result of the step, not part of this).
     pub backward_peak_bytes: usize,
 }
 

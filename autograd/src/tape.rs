@@ -361,7 +361,10 @@ impl Tape {
                 *acc = Some(match acc.take() {
                     Some(prev) => prev.add(&g)?,
                     None => {
-                        grad_bytes += g.size_in_bytes();
+                        // Gradients of leaves are the step's result (counted by the caller), not working set.
+                        if self.slots[input.0].producer.is_some() {
+                            grad_bytes += g.size_in_bytes();
+                        }
                         g
                     }
                 });

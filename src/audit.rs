@@ -1,0 +1,230 @@
+//! What a preset costs: parameter counts, FLOPs per token (COLA.md section 8) and measured activation
+//! memory under each retention policy. Used by `llama_cola_350m --audit` and `examples/bench_memory.rs`.
+//!
+//! Memory is measured, not modelled: one micro-batch goes through the tape under the policy and the tape's
+//! accounting reports the bytes of activation buffers it holds (see `cola_autograd::MemoryStats`).
+use cola_autograd::{GradStore, MemoryStats, Policy, Tape};
+use cola_nn::{Init, Llama, LlamaConfig, NnError};
+use cola_tensor::{DType, Rng};
+use std::time::Instant;
+
+/// Forward and training (forward + backward = 3x forward) FLOPs per token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FlopsPerToken {
+    pub forward: f64,
+    pub training: f64,
+}
+
+/// COLA.md section 8: per layer full `2 (4 d^2 + 3 d f)`, CoLA `2 (8 r d + 3 r (d + f))`, attention
+/// `4 n d` for sequence length n; the head `2 d V`.
+pub fn flops_per_token(config: &LlamaConfig, seq_len: usize) -> FlopsPerToken {
+    let (d, f, v) = (config.d_model as f64, config.ffn_dim as f64, config.vocab_size as f64);
+    let projections = match config.rank {
+        Some(r) => 2.0 * (8.0 * r as f64 * d + 3.0 * r as f64 * (d + f)),
+        None => 2.0 * (4.0 * d * d + 3.0 * d * f),
+    };
+    let attention = 4.0 * seq_len as f64 * d;
+    let forward = config.n_layers as f64 * (projections + attention) + 2.0 * d * v;
+    FlopsPerToken { forward, training: 3.0 * forward }
+}
+
+/// The policies that apply to a preset: `none` and `block` always, `cola-m` for CoLA models.
+pub fn applicable_policies(config: &LlamaConfig) -> Vec<Policy> {
+    let mut out = vec![Policy::KeepAll, Policy::Block];
+    if config.is_cola() {
+        out.push(Policy::ColaM);
+    }
+    out
+}
+
+/// One training micro-batch measured under one policy (f32 on the CPU).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepMemory {
+    pub policy: Policy,
+    pub tokens: usize,
+    pub activations: MemoryStats,
+    pub param_bytes: usize,
+    /// Parameter gradients (one f32 per parameter).
+    pub grad_bytes: usize,
+    /// AdamW's two moments.
+    pub optimizer_bytes: usize,
+    pub step_seconds: f64,
+}
+
+impl StepMemory {
+    pub fn saved_bytes_per_token(&self) -> f64 {
+        self.activations.saved_bytes as f64 / self.tokens as f64
+    }
+
+    /// Peak of a step: parameters, gradients and optimizer state stay resident; on top, the larger of the
+    /// forward and backward activation peaks (the backward one includes gradients in flight).
+    pub fn peak_step_bytes(&self) -> usize {
+        let resident = self.param_bytes + self.grad_bytes + self.optimizer_bytes;
+        resident + self.activations.forward_peak_bytes.max(self.activations.backward_peak_bytes)
+    }
+}
+
+/// Runs forward and backward of `ids` (`[batch, seq]`) under `policy` and reports memory and time.
+pub fn measure_step(model: &Llama, policy: Policy, ids: &[u32], batch: usize, seq: usize) -> Result<StepMemory, NnError> {
+    let start = Instant::now();
+    let mut tape = Tape::with_policy(policy);
+    let loss = model.loss(&mut tape, ids, batch, seq)?;
+    let grads = tape.backward(loss)?;
+    let mut store = GradStore::new();
+    store.accumulate(&grads)?;
+    let step_seconds = start.elapsed().as_secs_f64();
+    let param_bytes: usize = model.parameters().iter().map(|p| p.value().size_in_bytes()).sum();
+    let grad_bytes: usize = store.iter().map(|(_, g)| g.size_in_bytes()).sum();
+    Ok(StepMemory {
+        policy,
+        tokens: batch * seq,
+        activations: tape.memory_stats(),
+        param_bytes,
+        grad_bytes,
+        optimizer_bytes: 2 * param_bytes,
+        step_seconds,
+    })
+}
+
+/// Token ids for a synthetic micro-batch: uniform over `1..vocab`, no padding.
+pub fn synthetic_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|_| 1 + rng.below(vocab as u64 - 1) as u32).collect()
+}
+
+/// Saved activation bytes per token split into one decoder layer's share and the rest, measured on
+/// zero-initialised copies of `config` with one and two layers (values do not change memory).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PerTokenBytes {
+    pub per_layer: f64,
+    pub non_layer: f64,
+}
+
+impl PerTokenBytes {
+    /// Saved activation bytes of a micro-batch of `tokens` for a model of `layers` layers.
+    pub fn saved_bytes(&self, layers: usize, tokens: usize) -> f64 {
+        (self.per_layer * layers as f64 + self.non_layer) * tokens as f64
+    }
+}
+
+/// Measures [`PerTokenBytes`] for `config` under `policy` with a `batch x seq` micro-batch.
+pub fn per_token_bytes(config: &LlamaConfig, policy: Policy, batch: usize, seq: usize) -> Result<PerTokenBytes, NnError> {
+    let ids = synthetic_ids(config.vocab_size, batch * seq, 1);
+    let mut saved = [0.0; 2];
+    for (i, layers) in [1, 2].into_iter().enumerate() {
+        let small = LlamaConfig { n_layers: layers, ..config.clone() };
+        let model = Llama::build(small, DType::F32, &mut Init::Zeros)?;
+        saved[i] = measure_step(&model, policy, &ids, batch, seq)?.activations.saved_bytes as f64;
+    }
+    let tokens = (batch * seq) as f64;
+    let per_layer = (saved[1] - saved[0]) / tokens;
+    Ok(PerTokenBytes { per_layer, non_layer: saved[0] / tokens - per_layer })
+}
+
+/// Bytes as a short human string (MiB / GiB).
+pub fn human_bytes(bytes: f64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    if bytes >= GIB {
+        format!("{:.2} GiB", bytes / GIB)
+    } else {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    }
+}
+
+/// The `--audit` report of one preset: sizes, FLOPs and one measured micro-batch per applicable policy.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Audit {
+    pub preset: String,
+    pub params_total: usize,
+    pub params_low_rank: usize,
+    pub params_other: usize,
+    pub forward_flops_per_token: f64,
+    pub training_flops_per_token: f64,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+    pub policies: Vec<AuditRow>,
+}
+
+/// One policy's measurement in an [`Audit`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AuditRow {
+    pub policy: String,
+    pub saved_bytes_per_token: f64,
+    pub saved_bytes: usize,
+    pub forward_peak_bytes: usize,
+    pub backward_peak_bytes: usize,
+    pub peak_step_bytes: usize,
+    pub step_seconds: f64,
+}
+
+/// Audits `preset` with one `micro_batch x seq_len` micro-batch per applicable policy. The weights are
+/// zeros (memory and time do not depend on values), so even large presets start at once.
+pub fn audit(preset: &str, micro_batch: usize, seq_len: usize) -> Result<Audit, NnError> {
+    let config = LlamaConfig::preset(preset)?;
+    let counts = config.param_counts();
+    let flops = flops_per_token(&config, seq_len);
+    let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
+    let ids = synthetic_ids(config.vocab_size, micro_batch * seq_len, 1);
+    let mut policies = Vec::new();
+    for policy in applicable_policies(&config) {
+        let m = measure_step(&model, policy, &ids, micro_batch, seq_len)?;
+        policies.push(AuditRow {
+            policy: policy.name().to_string(),
+            saved_bytes_per_token: m.saved_bytes_per_token(),
+            saved_bytes: m.activations.saved_bytes,
+            forward_peak_bytes: m.activations.forward_peak_bytes,
+            backward_peak_bytes: m.activations.backward_peak_bytes,
+            peak_step_bytes: m.peak_step_bytes(),
+            step_seconds: m.step_seconds,
+        });
+    }
+    Ok(Audit {
+        preset: preset.to_string(),
+        params_total: counts.total,
+        params_low_rank: counts.low_rank,
+        params_other: counts.other,
+        forward_flops_per_token: flops.forward,
+        training_flops_per_token: flops.training,
+        micro_batch,
+        seq_len,
+        policies,
+    })
+}
+
+impl std::fmt::Display for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "audit of {} (f32, CPU)", self.preset)?;
+        writeln!(
+            f,
+            "parameters: {} total, {} low-rank, {} other",
+            self.params_total, self.params_low_rank, self.params_other
+        )?;
+        writeln!(
+            f,
+            "FLOPs per token: forward {:.3} G, training {:.3} G (seq_len {})",
+            self.forward_flops_per_token / 1e9,
+            self.training_flops_per_token / 1e9,
+            self.seq_len
+        )?;
+        writeln!(f, "one micro-batch of {} x {} tokens through the tape:", self.micro_batch, self.seq_len)?;
+        writeln!(
+            f,
+            "{:<8} {:>14} {:>12} {:>12} {:>12} {:>12} {:>8}",
+            "policy", "saved B/token", "saved", "fwd peak", "bwd peak", "step peak", "step s"
+        )?;
+        for row in &self.policies {
+            writeln!(
+                f,
+                "{:<8} {:>14.0} {:>12} {:>12} {:>12} {:>12} {:>8.2}",
+                row.policy,
+                row.saved_bytes_per_token,
+                human_bytes(row.saved_bytes as f64),
+                human_bytes(row.forward_peak_bytes as f64),
+                human_bytes(row.backward_peak_bytes as f64),
+                human_bytes(row.peak_step_bytes as f64),
+                row.step_seconds
+            )?;
+        }
+        Ok(())
+    }
+}
