@@ -28,7 +28,14 @@ const MODES: [(&str, &str, Policy); 5] = [
     ("cola-m", "cola", Policy::ColaM),
 ];
 
-fn median_step(model: &Llama, policy: Policy, ids: &[u32], batch: usize, seq: usize, repeats: usize) -> StepMemory {
+fn median_step(
+    model: &Llama,
+    policy: Policy,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    repeats: usize,
+) -> StepMemory {
     let mut runs: Vec<StepMemory> = (0..repeats.max(1))
         .map(|_| measure_step(model, policy, ids, batch, seq).unwrap_or_else(|e| fail(&e.to_string())))
         .collect();
@@ -81,7 +88,8 @@ fn main() {
     );
     for (size, micro_batch) in [("1b", 32usize), ("7b", 16)] {
         for (mode, family, policy) in MODES {
-            let config = LlamaConfig::preset(&format!("{family}-{size}")).unwrap_or_else(|e| fail(&e.to_string()));
+            let config =
+                LlamaConfig::preset(&format!("{family}-{size}")).unwrap_or_else(|e| fail(&e.to_string()));
             let bytes = per_token_bytes(&config, policy, 1, 32).unwrap_or_else(|e| fail(&e.to_string()));
             let tokens = micro_batch * 256;
             let saved = bytes.saved_bytes(config.n_layers, tokens);

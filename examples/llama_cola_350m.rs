@@ -103,6 +103,18 @@ struct Args {
     /// Cache folder for the corpus, tokenizer and token ids [default: $COLA_CACHE or local/cache]
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// What the tape keeps for backward: none (everything backward reads), cola-m (the residual stream and
+    /// the rank-r codes; CoLA presets) or block (each layer's input). Same numbers, less memory
+    /// [default: none]
+    #[arg(long, value_parser = ["none", "cola-m", "block"])]
+    recompute: Option<String>,
+    /// Print parameter counts, FLOPs per token and the measured activation memory of one micro-batch under
+    /// each applicable --recompute policy, then exit without training
+    #[arg(long)]
+    audit: bool,
+    /// With --audit: print the same as one JSON object
+    #[arg(long, requires = "audit")]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +130,21 @@ fn main() -> ExitCode {
 fn run(args: Args) -> Result<ExitCode, TrainError> {
     if let Some(threads) = args.threads {
         train::set_threads(threads)?;
+    }
+    if args.audit {
+        let model = args.model.unwrap_or_else(|| "cola-350m".into());
+        let micro_batch = args.micro_batch.unwrap_or_else(|| train::cpu_micro_batch(&model));
+        let seq_len = args.seq_len.unwrap_or(256);
+        let report = cola::audit::audit(&model, micro_batch, seq_len).map_err(TrainError::from)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| TrainError::Config(e.to_string()))?
+            );
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let options = Options {
         model: args.model,
@@ -145,6 +172,7 @@ fn run(args: Args) -> Result<ExitCode, TrainError> {
         eval_only: args.eval_only,
         stop_after: args.stop_after,
         cache_dir: args.cache_dir,
+        recompute: args.recompute,
     };
     let (mut config, notes) = train::resolve(&options)?;
     for note in notes {

@@ -65,7 +65,13 @@ impl StepMemory {
 }
 
 /// Runs forward and backward of `ids` (`[batch, seq]`) under `policy` and reports memory and time.
-pub fn measure_step(model: &Llama, policy: Policy, ids: &[u32], batch: usize, seq: usize) -> Result<StepMemory, NnError> {
+pub fn measure_step(
+    model: &Llama,
+    policy: Policy,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+) -> Result<StepMemory, NnError> {
     let start = Instant::now();
     let mut tape = Tape::with_policy(policy);
     let loss = model.loss(&mut tape, ids, batch, seq)?;
@@ -108,7 +114,12 @@ impl PerTokenBytes {
 }
 
 /// Measures [`PerTokenBytes`] for `config` under `policy` with a `batch x seq` micro-batch.
-pub fn per_token_bytes(config: &LlamaConfig, policy: Policy, batch: usize, seq: usize) -> Result<PerTokenBytes, NnError> {
+pub fn per_token_bytes(
+    config: &LlamaConfig,
+    policy: Policy,
+    batch: usize,
+    seq: usize,
+) -> Result<PerTokenBytes, NnError> {
     let ids = synthetic_ids(config.vocab_size, batch * seq, 1);
     let mut saved = [0.0; 2];
     for (i, layers) in [1, 2].into_iter().enumerate() {

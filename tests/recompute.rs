@@ -26,7 +26,11 @@ fn trajectory(preset: &str, policy: Policy, steps: usize) -> (Vec<u64>, Vec<Vec<
         clip_grad_norm(&mut grads, 0.5).unwrap();
         opt.step(&mut model.parameters_mut(), &grads, 1e-2).unwrap();
     }
-    let weights = model.parameters().iter().map(|p| p.value().to_vec_f64().iter().map(|x| x.to_bits()).collect()).collect();
+    let weights = model
+        .parameters()
+        .iter()
+        .map(|p| p.value().to_vec_f64().iter().map(|x| x.to_bits()).collect())
+        .collect();
     (losses, weights)
 }
 

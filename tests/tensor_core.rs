@@ -266,7 +266,7 @@ fn factorisations(n: usize, parts: usize) -> Vec<Vec<usize>> {
         return vec![vec![n]];
     }
     (1..=n.max(1))
-        .filter(|d| n % d == 0 || n == 0)
+        .filter(|d| n.is_multiple_of(*d) || n == 0)
         .flat_map(|d| {
             factorisations(n / d, parts - 1).into_iter().map(move |mut f| {
                 f.insert(0, d);

@@ -15,8 +15,8 @@ pub mod policy;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
+pub use memory::MemoryStats;
 pub use op::{Needs, Op};
 pub use param::{GradStore, ParamId, Parameter};
-pub use memory::MemoryStats;
 pub use policy::{Policy, Retention, SlotKind};
 pub use tape::{Gradients, Node, Tape, Var};

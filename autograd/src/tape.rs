@@ -313,8 +313,8 @@ impl Tape {
 
         let last_use = self.last_uses();
         self.stats.forward_peak_bytes = self.meter.peak;
-        for s in 0..self.slots.len() {
-            if last_use[s].is_none() || self.slots[s].is_recomputed(self.policy) {
+        for (s, last) in last_use.iter().enumerate() {
+            if last.is_none() || self.slots[s].is_recomputed(self.policy) {
                 self.release(Var(s));
             }
         }

@@ -132,10 +132,10 @@ impl LlamaConfig {
         if let Some((field, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return invalid(format!("{field} must be positive"));
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return invalid(format!("d_model {} is not divisible by n_heads {}", self.d_model, self.n_heads));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return invalid(format!(
                 "head_dim {} (d_model {} / n_heads {}) must be even for RoPE",
                 self.head_dim(),

@@ -9,7 +9,13 @@ fn random_ids(vocab: usize, n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| 1 + rng.below(vocab as u64 - 1) as u32).collect()
 }
 
-fn run(model: &Llama, ids: &[u32], batch: usize, seq: usize, policy: Policy) -> (Vec<u8>, Gradients, MemoryStats) {
+fn run(
+    model: &Llama,
+    ids: &[u32],
+    batch: usize,
+    seq: usize,
+    policy: Policy,
+) -> (Vec<u8>, Gradients, MemoryStats) {
     let mut tape = Tape::with_policy(policy);
     let loss = model.loss(&mut tape, ids, batch, seq).unwrap();
     let bits = tape.value(loss).unwrap().to_vec_f64()[0].to_le_bytes().to_vec();

@@ -20,7 +20,13 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, exempt_norms_and_embeddings: false }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            exempt_norms_and_embeddings: false,
+        }
     }
 }
 
@@ -95,12 +101,18 @@ impl AdamW {
     }
 
     /// Restores the state saved by [`AdamW::state_tensors`] for `params`, and the update count.
-    pub fn load_state(&mut self, params: &[&Parameter], tensors: &BTreeMap<String, Tensor>, step: u64) -> Result<()> {
+    pub fn load_state(
+        &mut self,
+        params: &[&Parameter],
+        tensors: &BTreeMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
         let mut state = BTreeMap::new();
         for p in params {
             let get = |what: &'static str| -> Result<Tensor> {
                 let key = format!("{}.{what}", p.name());
-                let t = tensors.get(&key).ok_or(OptimError::MissingState { name: p.name().to_string(), what })?;
+                let t =
+                    tensors.get(&key).ok_or(OptimError::MissingState { name: p.name().to_string(), what })?;
                 if t.shape() != p.value().shape() {
                     return Err(OptimError::StateShape {
                         name: key,

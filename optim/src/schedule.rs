@@ -18,7 +18,9 @@ impl CosineSchedule {
     /// The paper's schedule with a floor of 10% of the peak.
     pub fn new(peak_lr: f64, warmup_steps: u64, total_steps: u64) -> Result<Self> {
         if !(peak_lr.is_finite() && peak_lr >= 0.0) {
-            return Err(OptimError::Schedule { reason: format!("peak lr {peak_lr} must be finite and >= 0") });
+            return Err(OptimError::Schedule {
+                reason: format!("peak lr {peak_lr} must be finite and >= 0"),
+            });
         }
         if warmup_steps > total_steps {
             return Err(OptimError::Schedule {

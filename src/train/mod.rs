@@ -21,12 +21,12 @@ pub mod trainer;
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use eval::{evaluate, EvalResult};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
-pub use plan::{recipe, resolve, Options, Recipe};
+pub use plan::{cpu_micro_batch, recipe, resolve, Options, Recipe};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
 use crate::data::DataError;
-use cola_autograd::AutogradError;
+use cola_autograd::{AutogradError, Policy};
 use cola_nn::NnError;
 use cola_optim::OptimError;
 use serde::{Deserialize, Serialize};
@@ -98,6 +98,10 @@ pub struct TrainConfig {
     pub no_decay_norms_embeddings: bool,
     /// Global gradient-norm clipping threshold (0.5 in the recipe).
     pub clip_norm: f64,
+    /// Retention policy of the tape: `none`, `cola-m` (CoLA presets) or `block` (COLA.md section 7).
+    /// It changes memory and time, never the numbers, so a resumed run may change it.
+    #[serde(default = "default_recompute")]
+    pub recompute: String,
     /// A malformed JSON line is an error (with file and line) instead of being skipped and counted.
     pub strict: bool,
     /// The run directory: metrics, plot, tokenizer and `checkpoint-<step>/` folders.
@@ -122,7 +126,18 @@ pub struct TrainConfig {
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
+fn default_recompute() -> String {
+    "none".into()
+}
+
 impl TrainConfig {
+    /// The tape's retention policy named by `recompute`.
+    pub fn policy(&self) -> Result<Policy> {
+        Policy::parse(&self.recompute).filter(|p| *p != Policy::RecomputeAll).ok_or_else(|| {
+            TrainError::Config(format!("--recompute must be none, cola-m or block, got '{}'", self.recompute))
+        })
+    }
+
     /// A config for `model` with its recipe (COLA.md section 6) at full scale and the given run
     /// directory; [`plan::resolve`] is the command line's richer path.
     pub fn new(model: &str, out: impl Into<PathBuf>) -> Result<TrainConfig> {
@@ -149,6 +164,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             no_decay_norms_embeddings: false,
             clip_norm: 0.5,
+            recompute: default_recompute(),
             strict: false,
             out: out.into(),
             resume: None,
@@ -171,6 +187,14 @@ impl TrainConfig {
                 "--dtype {} is not available on the CPU, which trains in f32 (bf16 comes with the CUDA \
                  backend); use --dtype f32",
                 self.dtype
+            ));
+        }
+        let policy = self.policy()?;
+        if policy == Policy::ColaM && !self.model.starts_with("cola") {
+            return bad(format!(
+                "--recompute cola-m keeps the rank-r codes of CoLA layers, which {} does not have; use \
+                 --recompute block (per-layer checkpointing) or none",
+                self.model
             ));
         }
         if self.steps == 0 {

@@ -85,6 +85,8 @@ pub struct Options {
     pub eval_only: bool,
     pub stop_after: Option<u64>,
     pub cache_dir: Option<PathBuf>,
+    /// Retention policy: none, cola-m or block.
+    pub recompute: Option<String>,
 }
 
 /// The config `options` ask for and notes on each default chosen for the user (to print before the run).
@@ -152,6 +154,9 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
         }
     };
     config.micro_batch = options.micro_batch.unwrap_or(default_micro).min(config.batch_size).max(1);
+    if let Some(policy) = &options.recompute {
+        config.recompute = policy.clone();
+    }
 
     config.eval_every = options.eval_every.unwrap_or_else(|| (config.steps / 20).clamp(10, 500));
     config.save_every = options.save_every.unwrap_or_else(|| (config.steps / 10).clamp(20, 1000));
@@ -270,6 +275,13 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     if let Some(lr) = options.lr.filter(|&lr| lr != config.lr) {
         changed.push(format!("--lr {} -> {lr}", config.lr));
         config.lr = lr;
+    }
+    if let Some(policy) = options.recompute.as_ref().filter(|p| **p != config.recompute) {
+        changed.push(format!(
+            "--recompute {} -> {policy} (changes memory and time, not the numbers)",
+            config.recompute
+        ));
+        config.recompute = policy.clone();
     }
     if let Some(micro) = options.micro_batch.filter(|&m| m != config.micro_batch) {
         changed.push(format!("--micro-batch {} -> {micro} (changes only f32 rounding)", config.micro_batch));

@@ -139,6 +139,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         }
     };
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
+    trainer.policy = config.policy()?;
 
     if config.eval_only {
         let (dir, state) =

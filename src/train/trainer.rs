@@ -10,7 +10,7 @@
 //! PyTorch reference's `loss / gradient_accumulation`.
 use super::TrainError;
 use crate::data::Batch;
-use cola_autograd::{GradStore, Tape};
+use cola_autograd::{GradStore, Policy, Tape};
 use cola_nn::Llama;
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
 
@@ -47,6 +47,8 @@ pub struct Trainer {
     pub micro_batch: usize,
     pub clip_norm: f64,
     pub step: u64,
+    /// Retention policy of every micro-batch's tape.
+    pub policy: Policy,
     grads: GradStore,
 }
 
@@ -87,6 +89,7 @@ impl Trainer {
             micro_batch: micro_batch.max(1),
             clip_norm,
             step: 0,
+            policy: Policy::KeepAll,
             grads: GradStore::new(),
         }
     }
@@ -126,7 +129,7 @@ impl Trainer {
             }
             // Exactly 1 when the whole batch is one micro-batch, so that case is the plain mean loss.
             let weight = count as f64 / targets as f64;
-            let mut tape = Tape::new();
+            let mut tape = Tape::with_policy(self.policy);
             let ids = &batch.tokens[start * seq..end * seq];
             let micro_loss = self.model.loss(&mut tape, ids, end - start, seq)?;
             let value = tape.value(micro_loss)?.to_scalar()?;

@@ -23,10 +23,8 @@ fn squared_norm_t<T: CpuFloat>(t: &Tensor) -> Result<f64> {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
     let data = t.contiguous_data::<T>()?;
-    let partials: Vec<f64> = data
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>())
-        .collect();
+    let partials: Vec<f64> =
+        data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>()).collect();
     Ok(partials.iter().sum())
 }
 
