@@ -34,12 +34,15 @@ struct Slot {
     requires_grad: bool,
     /// Recorded inside a decoder layer ([`Tape::layer`]).
     in_layer: bool,
+    /// A retention set for this value alone, overriding the policy ([`Tape::set_retention`]).
+    retention: Option<Retention>,
 }
 
 impl Slot {
     /// True for a recorded value the policy releases after its layer (rebuilt by replay when needed).
     fn is_recomputed(&self, policy: Policy) -> bool {
-        self.producer.is_some() && policy.retention(self.kind, self.in_layer) == Retention::Recompute
+        let retention = self.retention.unwrap_or_else(|| policy.retention(self.kind, self.in_layer));
+        self.producer.is_some() && retention == Retention::Recompute
     }
 }
 
@@ -114,7 +117,15 @@ impl Tape {
         }
         self.meter.hold(&value);
         let in_layer = self.layer_depth > 0;
-        self.slots.push(Slot { value: Some(value), shape, producer, kind, requires_grad, in_layer });
+        self.slots.push(Slot {
+            value: Some(value),
+            shape,
+            producer,
+            kind,
+            requires_grad,
+            in_layer,
+            retention: None,
+        });
         Var(self.slots.len() - 1)
     }
 
@@ -153,6 +164,27 @@ impl Tape {
             slot.kind = kind;
         }
         Ok(())
+    }
+
+    /// Sets the retention of one value, overriding the policy; takes effect at the end of its layer or when
+    /// backward starts. Leaves and unrecorded values are always kept.
+    pub fn set_retention(&mut self, var: Var, retention: Retention) -> Result<()> {
+        self.slot_mut(var)?.retention = Some(retention);
+        Ok(())
+    }
+
+    /// Number of slots (values) on the tape; `Var`s are indices below it.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// Every var of the tape, in recording order.
+    pub fn vars(&self) -> impl Iterator<Item = Var> {
+        (0..self.slots.len()).map(Var)
     }
 
     /// Runs `f` with recording off: ops compute values but add no nodes, and their outputs need no gradient.

@@ -66,13 +66,13 @@ impl AdamW {
         self.step += 1;
         for param in params.iter_mut() {
             let Some(grad) = grads.get(param.id()) else { continue };
-            let decay = self.config.exempt_norms_and_embeddings && is_norm_or_embedding(param.name());
+            let exempt = self.config.exempt_norms_and_embeddings && is_norm_or_embedding(param.name());
             let hyper = AdamWStep {
                 lr,
                 beta1: self.config.beta1,
                 beta2: self.config.beta2,
                 eps: self.config.eps,
-                weight_decay: if decay { 0.0 } else { self.config.weight_decay },
+                weight_decay: if exempt { 0.0 } else { self.config.weight_decay },
                 step: self.step,
             };
             let moments = self.state.entry(param.name().to_string()).or_insert_with(|| Moments {
