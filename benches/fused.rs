@@ -14,24 +14,11 @@ use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
 
-const TOKENS: usize = 4096;
-const D_MODEL: usize = 1024;
-const FFN: usize = 2736;
-const SEQ: usize = 256;
-const HEADS: usize = 16;
-const HEAD_DIM: usize = 64;
-const VOCAB: usize = 32_000;
-const CE_TOKENS: usize = 512;
-const F32: u64 = 4;
+#[path = "../examples/bench_gemm/shapes.rs"]
+mod shapes;
+use shapes::{filled, CE_TOKENS, D_MODEL, FFN, HEADS, HEAD_DIM, SEQ, TOKENS, VOCAB};
 
-fn filled(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    (0..n as u64)
-        .map(|i| {
-            let z = (seed << 40 ^ i).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
+const F32: u64 = 4;
 
 type Group<'a> = BenchmarkGroup<'a, criterion::measurement::WallTime>;
 

@@ -25,36 +25,14 @@ use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Instant;
 
+use super::shapes::{filled, CE_TOKENS, D_MODEL, FFN, HEADS, HEAD_DIM, SEQ, TOKENS, VOCAB};
+
 const THREADS: usize = 2;
-const TOKENS: usize = 4096;
-const SEQ: usize = 256;
-const D_MODEL: usize = 1024;
-const FFN: usize = 2736;
-const HEADS: usize = 16;
-const HEAD_DIM: usize = 64;
-const VOCAB: usize = 32_000;
-/// Cross-entropy rows: a micro-batch of 2 sequences (65 MB of logits, already far beyond the caches).
-const CE_TOKENS: usize = 512;
 /// About the size of the 350m CoLA model's largest parameter group.
 const ADAMW_PARAMS: usize = 10 << 20;
 const F32: usize = std::mem::size_of::<f32>();
 /// Twice the 32 MiB last-level cache of the benchmark machines.
 const FLUSH_BYTES: usize = 64 << 20;
-
-/// Pseudo-random values in `[-scale, scale)`, filled in parallel.
-fn filled(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut out = vec![0.0f32; n];
-    out.par_chunks_mut(1 << 16).enumerate().for_each(|(c, chunk)| {
-        for (i, v) in chunk.iter_mut().enumerate() {
-            let mut z = (seed << 40) ^ ((c << 16) + i) as u64;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            *v = ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale;
-        }
-    });
-    out
-}
 
 /// Reads a buffer twice the size of the last-level cache (one value per 64-byte line), so the next call
 /// starts from memory and the previous call's dirty lines are written back outside the timing.

@@ -5,6 +5,7 @@
 //! cases as `<name> <m> <k> <n> <a_transposed>` for `scripts/bench_gemm_vs_numpy.sh`, which runs numpy on
 //! exactly these shapes; `--gemm-only` skips the fused kernels.
 mod fused;
+mod shapes;
 
 use cola::kernels::cpu::gemm::{gemm, Dims, MatRef};
 use cola::tensor::rng::uniform_at;
