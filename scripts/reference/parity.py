@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""An independent PyTorch implementation of LLaMA-CoLA that writes the parity fixtures.
+
+The model is written from the method description (COLA.md: sections 1-3 for the model, 6 for the
+training recipe) in plain PyTorch, in the style of the reference implementation (Hugging Face LLaMA with
+CoLA layers), and shares no code with the Rust stack. It reads, for each variant folder that
+`examples/parity_export.rs` wrote under FIXTURE_DIR:
+
+    model.safetensors   initial weights (f64) under the reference's names and layouts
+    batch.json          the config, a token batch, ten training batches and the training settings
+
+and writes, for f64 and for f32 (the same weights rounded to f32):
+
+    reference-f64.safetensors / reference-f32.safetensors
+        logits          [rows, seq, vocab] of the token batch
+        loss            [1] mean next-token cross-entropy over the targets that are not the pad id
+        grad.<name>     gradient of that loss for every parameter (on-disk layout: dense [out, in])
+        train.loss      [steps] loss of each training batch before its update
+        train.grad_norm [steps] global gradient norm before clipping
+        train.lr        [steps] learning rate of each update (f64 in both files)
+        final.<name>    every parameter after the updates (AdamW, clipping, warmup + cosine)
+
+It also builds every preset on the meta device and writes their parameter counts to
+FIXTURE_DIR/param_counts.json. Everything runs on one CPU thread with deterministic algorithms, so a rerun
+writes the same bytes.
+
+Usage: parity.py FIXTURE_DIR   (normally through scripts/reference/run.sh)
+"""
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
+torch.use_deterministic_algorithms(True)
+torch.manual_seed(0)
+
+# Paper constants (COLA.md sections 3 and 6).
+ROPE_THETA = 10000.0
+NORM_EPS = 1e-6
+PAD_ID = 0
+BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+MIN_LR_RATIO = 0.1
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab_size: int
+    d_model: int
+    ffn_dim: int
+    n_layers: int
+    n_heads: int
+    rank: Optional[int]  # None: dense projections (the full-rank baseline)
+    only_lr_act: bool  # True: the MLP's own gate SiLU is dropped
+    max_seq_len: int = 256
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+
+# COLA.md section 4 (vocab 32000, sequence length 256): d, f, layers, heads, r, MLP gate SiLU kept.
+PAPER_SIZES = {
+    "60m": (512, 1376, 8, 8, 128, True),
+    "130m": (768, 2048, 12, 12, 256, True),
+    "350m": (1024, 2736, 24, 16, 256, False),
+    "1b": (2048, 5461, 24, 32, 512, False),
+    "7b": (4096, 11008, 32, 32, 1024, False),
+}
+# The project's test size: vocab 64, d 32, f 48, 2 layers, 4 heads, r 8, sequence length 16.
+TINY = (64, 32, 48, 2, 4, 8, True, 16)
+
+
+def preset(name: str) -> Config:
+    """`cola-<size>` or `full-<size>`; full-rank baselines are plain LLaMA (gate SiLU kept)."""
+    family, size = name.split("-", 1)
+    if size == "tiny":
+        vocab, d, f, layers, heads, r, gate_silu, seq = TINY
+    else:
+        (d, f, layers, heads, r, gate_silu), vocab, seq = PAPER_SIZES[size], 32000, 256
+    if family == "full":
+        r, gate_silu = None, True
+    elif family != "cola":
+        raise ValueError(name)
+    return Config(vocab, d, f, layers, heads, r, not gate_silu, seq)
+
+
+class CoLALinear(nn.Module):
+    """y = silu(x @ A) @ B with A: (in, r), B: (r, out); no bias."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int):
+        super().__init__()
+        self.cola_a = nn.Parameter(torch.empty(in_features, rank))
+        self.cola_b = nn.Parameter(torch.empty(rank, out_features))
+
+    def forward(self, x):
+        return F.silu(x @ self.cola_a) @ self.cola_b
+
+
+def projection(cfg: Config, in_features: int, out_features: int) -> nn.Module:
+    if cfg.rank is None:
+        return nn.Linear(in_features, out_features, bias=False)
+    return CoLALinear(in_features, out_features, cfg.rank)
+
+
+def compute_dtype(dtype):
+    """Norms and softmax run in fp32, or in the model's dtype when it is wider."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = NORM_EPS):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.to(compute_dtype(x.dtype))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_cos_sin(seq_len: int, head_dim: int, dtype):
+    """cos and sin of position * theta^(-2i/head_dim), pair i = dims (i, i + head_dim/2); angles in f64."""
+    inv_freq = ROPE_THETA ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.q_proj = projection(cfg, cfg.d_model, cfg.d_model)
+        self.k_proj = projection(cfg, cfg.d_model, cfg.d_model)
+        self.v_proj = projection(cfg, cfg.d_model, cfg.d_model)
+        self.o_proj = projection(cfg, cfg.d_model, cfg.d_model)
+
+    def forward(self, x):
+        b, t, d = x.shape
+
+        def heads(y):  # [b, t, d] -> [b, heads, t, head_dim]
+            return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        cos, sin = rope_cos_sin(t, self.head_dim, x.dtype)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
+        scores = scores.masked_fill(causal, float("-inf"))
+        probs = F.softmax(scores.to(compute_dtype(x.dtype)), dim=-1).to(x.dtype)
+        out = (probs @ v).transpose(1, 2).reshape(b, t, d)
+        return self.o_proj(out)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.only_lr_act = cfg.only_lr_act
+        self.gate_proj = projection(cfg, cfg.d_model, cfg.ffn_dim)
+        self.up_proj = projection(cfg, cfg.d_model, cfg.ffn_dim)
+        self.down_proj = projection(cfg, cfg.ffn_dim, cfg.d_model)
+
+    def forward(self, x):
+        gate = self.gate_proj(x)
+        if not self.only_lr_act:
+            gate = F.silu(gate)
+        return self.down_proj(gate * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x):
+        h = x + self.self_attn(self.input_layernorm(x))
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model)
+
+    def forward(self, ids):
+        x = self.embed_tokens(ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.model = LlamaModel(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, ids):
+        return self.lm_head(self.model(ids))
+
+    def loss(self, ids):
+        """Labels are the inputs with pad positions ignored, shifted by one inside the model."""
+        logits = self(ids)
+        labels = ids.masked_fill(ids == PAD_ID, IGNORE_INDEX)
+        shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
+        shift_labels = labels[:, 1:].reshape(-1)
+        return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+def param_counts(cfg: Config) -> dict:
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    low_rank = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("cola_a", "cola_b")))
+    return {"total": total, "low_rank": low_rank, "other": total - low_rank}
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """COLA.md section 6: linear warmup from 0, cosine decay to 10% of the peak."""
+    if step < warmup:
+        return step / warmup
+    progress = min((step - warmup) / (total - warmup), 1.0) if total > warmup else 1.0
+    return MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def load_model(cfg: Config, weights: dict, dtype) -> LlamaForCausalLM:
+    model = LlamaForCausalLM(cfg).to(dtype)
+    model.load_state_dict({name: w.to(dtype) for name, w in weights.items()}, strict=True)
+    return model
+
+
+def token_tensor(tokens, rows: int, seq: int):
+    return torch.tensor(tokens, dtype=torch.long).view(rows, seq)
+
+
+def reference(cfg: Config, weights: dict, spec: dict, dtype) -> dict:
+    rows, seq = spec["rows"], spec["seq_len"]
+    out = {}
+
+    model = load_model(cfg, weights, dtype)
+    ids = token_tensor(spec["tokens"], rows, seq)
+    with torch.no_grad():
+        out["logits"] = model(ids)
+    loss = model.loss(ids)
+    loss.backward()
+    out["loss"] = loss.detach().reshape(1)
+    for name, p in model.named_parameters():
+        out[f"grad.{name}"] = p.grad
+
+    train = spec["train"]
+    model = load_model(cfg, weights, dtype)
+    params = list(model.parameters())
+    optimizer = torch.optim.AdamW(
+        params,
+        lr=train["peak_lr"],
+        betas=BETAS,
+        eps=ADAM_EPS,
+        weight_decay=train["weight_decay"],
+        foreach=False,
+    )
+    warmup, total = train["warmup_steps"], train["total_steps"]
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    losses, norms, lrs = [], [], []
+    for tokens in train["batches"]:
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(token_tensor(tokens, rows, seq))
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, train["clip_norm"], foreach=False)
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        norms.append(norm.item())
+    out["train.loss"] = torch.tensor(losses, dtype=dtype)
+    out["train.grad_norm"] = torch.tensor(norms, dtype=dtype)
+    out["train.lr"] = torch.tensor(lrs, dtype=torch.float64)
+    for name, p in model.named_parameters():
+        out[f"final.{name}"] = p.detach()
+    return {name: t.detach().contiguous() for name, t in out.items()}
+
+
+def check_config(cfg: Config, exported: dict, variant: str):
+    expected = {
+        "vocab_size": cfg.vocab_size,
+        "d_model": cfg.d_model,
+        "ffn_dim": cfg.ffn_dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "rank": cfg.rank,
+        "mlp_gate_silu": not cfg.only_lr_act,
+        "rope_theta": ROPE_THETA,
+        "norm_eps": NORM_EPS,
+        "max_seq_len": cfg.max_seq_len,
+        "pad_id": PAD_ID,
+    }
+    if expected != exported:
+        raise SystemExit(f"{variant}: exported config {exported} differs from this reference's {expected}")
+
+
+def main():
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: parity.py FIXTURE_DIR")
+    root = Path(sys.argv[1])
+
+    names = [f"{family}-{size}" for family in ("cola", "full") for size in ("tiny", *PAPER_SIZES)]
+    counts = {name: param_counts(preset(name)) for name in names}
+    print(f"{'preset':<10} {'total':>14} {'low-rank':>14} {'other':>14}")
+    for name, c in counts.items():
+        print(f"{name:<10} {c['total']:>14,} {c['low_rank']:>14,} {c['other']:>14,}")
+    (root / "param_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+
+    variants = sorted(p.parent for p in root.glob("*/batch.json"))
+    if not variants:
+        raise SystemExit(f"no */batch.json under {root}: run examples/parity_export.rs first")
+    for folder in variants:
+        spec = json.loads((folder / "batch.json").read_text())
+        cfg = preset(spec["preset"])
+        if not spec["config"]["mlp_gate_silu"]:
+            cfg = Config(**{**cfg.__dict__, "only_lr_act": True})
+        check_config(cfg, spec["config"], folder.name)
+        weights = load_file(str(folder / "model.safetensors"))
+        for dtype, tag in ((torch.float64, "f64"), (torch.float32, "f32")):
+            tensors = reference(cfg, weights, spec, dtype)
+            # One metadata entry: the writer orders several at random, which would change the bytes.
+            save_file(tensors, str(folder / f"reference-{tag}.safetensors"), metadata={"format": "pt"})
+            losses = ", ".join(f"{v:.6f}" for v in tensors["train.loss"].tolist())
+            print(f"{folder.name} {tag}: loss {tensors['loss'].item():.10f}; training losses {losses}")
+
+
+if __name__ == "__main__":
+    main()
