@@ -183,8 +183,8 @@ fn replay_is_bit_identical_on_the_network() {
 fn replay_is_bit_identical_on_elementwise_ops() {
     for dtype in [DType::F32, DType::F64] {
         let mut rng = Rng::new(11);
-        let x = input(&[3, 4], View::Transposed, Dist::Normal(1.0), &mut rng).to_dtype(dtype);
-        let y = input(&[3, 4], View::Contiguous, Dist::AwayFromZero, &mut rng).to_dtype(dtype);
+        let x = input(&[3, 4], View::Transposed, Dist::Normal(1.0), &mut rng).to_dtype(dtype).unwrap();
+        let y = input(&[3, 4], View::Contiguous, Dist::AwayFromZero, &mut rng).to_dtype(dtype).unwrap();
         let run = |policy| {
             let mut tape = Tape::with_policy(policy);
             let vars = [tape.leaf(x.clone(), true), tape.leaf(y.clone(), true)];

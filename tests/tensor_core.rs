@@ -286,7 +286,7 @@ proptest! {
         let (base, t, model) = apply_view(&chain);
         prop_assert!(t.shares_storage(&base));
         assert_matches(&t, &model);
-        let c = t.contiguous();
+        let c = t.contiguous().unwrap();
         prop_assert!(c.is_contiguous());
         if !t.is_contiguous() {
             prop_assert_eq!(c.layout(), &Layout::contiguous(&model.shape));
@@ -295,8 +295,8 @@ proptest! {
         assert_matches(&c, &model);
         prop_assert_eq!(t.to_vec::<f64>().unwrap(), model.values.clone());
         // The f32 and bf16 copies of the view hold the same small integers.
-        prop_assert_eq!(t.to_dtype(DType::F32).to_vec_f64(), model.values.clone());
-        prop_assert_eq!(t.to_dtype(DType::BF16).contiguous().to_vec_f64(), model.values.clone());
+        prop_assert_eq!(t.to_dtype(DType::F32).unwrap().to_vec_f64(), model.values.clone());
+        prop_assert_eq!(t.to_dtype(DType::BF16).unwrap().contiguous().unwrap().to_vec_f64(), model.values.clone());
     }
 
     /// reshape keeps the row-major values; it is a view exactly when some strides express the new shape
@@ -453,25 +453,31 @@ fn rng_results_do_not_depend_on_the_thread_count() {
 fn to_vec_and_to_dtype_round_trips() {
     let values = vec![0.1f64, -2.75, 1e-3, 3.0e5, -0.0, 1.0 / 3.0];
     let x = Tensor::from_vec(values.clone(), &[2, 3]).unwrap();
-    assert!(x.to_dtype(DType::F64).shares_storage(&x), "converting to its own dtype is free");
+    assert!(x.to_dtype(DType::F64).unwrap().shares_storage(&x), "converting to its own dtype is free");
 
     // f64 -> f32 rounds to nearest; f32 -> f64 -> f32 is exact.
-    let f = x.to_dtype(DType::F32);
+    let f = x.to_dtype(DType::F32).unwrap();
     assert_eq!(f.to_vec::<f32>().unwrap(), values.iter().map(|&v| v as f32).collect::<Vec<_>>());
     assert_eq!(
-        f.to_dtype(DType::F64).to_dtype(DType::F32).to_vec::<f32>().unwrap(),
+        f.to_dtype(DType::F64).unwrap().to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(),
         f.to_vec::<f32>().unwrap()
     );
 
     // -> bf16 rounds to nearest; bf16 -> f32 -> bf16 and bf16 -> f64 -> bf16 are exact.
-    let h = x.to_dtype(DType::BF16);
+    let h = x.to_dtype(DType::BF16).unwrap();
     let want: Vec<bf16> = values.iter().map(|&v| bf16::from_f64(v)).collect();
     assert_eq!(h.to_vec::<bf16>().unwrap(), want);
-    assert_eq!(h.to_dtype(DType::F32).to_dtype(DType::BF16).to_vec::<bf16>().unwrap(), want);
-    assert_eq!(h.to_dtype(DType::F64).to_dtype(DType::BF16).to_vec::<bf16>().unwrap(), want);
+    assert_eq!(
+        h.to_dtype(DType::F32).unwrap().to_dtype(DType::BF16).unwrap().to_vec::<bf16>().unwrap(),
+        want
+    );
+    assert_eq!(
+        h.to_dtype(DType::F64).unwrap().to_dtype(DType::BF16).unwrap().to_vec::<bf16>().unwrap(),
+        want
+    );
 
     // Converting a view gathers it.
-    let t = x.t().unwrap().to_dtype(DType::F32);
+    let t = x.t().unwrap().to_dtype(DType::F32).unwrap();
     assert!(t.is_contiguous());
     assert_eq!(
         t.to_vec::<f32>().unwrap(),

@@ -120,15 +120,15 @@ fn unnarrow(g: &Tensor, input_shape: &[usize], axis: isize, start: usize, len: u
     let zeros = |n: usize| {
         let mut s = input_shape.to_vec();
         s[ax] = n;
-        Tensor::zeros(&s, g.dtype())
+        Tensor::zeros_on(&s, g.dtype(), g.device())
     };
     if start > 0 {
-        parts.push(zeros(start));
+        parts.push(zeros(start)?);
     }
     parts.push(g.clone());
     let after = input_shape[ax] - start - len;
     if after > 0 {
-        parts.push(zeros(after));
+        parts.push(zeros(after)?);
     }
     Ok(Tensor::concat(&parts, ax as isize)?)
 }

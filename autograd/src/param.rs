@@ -61,7 +61,7 @@ impl GradStore {
         for (id, g) in grads.params() {
             let summed = match self.grads.get(id) {
                 Some(prev) => prev.add(g)?,
-                None => g.contiguous(),
+                None => g.contiguous()?,
             };
             self.grads.insert(*id, summed);
         }

@@ -340,7 +340,8 @@ impl Tape {
         if !loss_slot.requires_grad {
             return Err(AutogradError::NoGradPath { var: loss.0 });
         }
-        let seed = Tensor::ones(&loss_slot.shape, self.value(loss)?.dtype());
+        let loss_value = self.value(loss)?;
+        let seed = Tensor::full_on(&loss_slot.shape, 1.0, loss_value.dtype(), loss_value.device())?;
         self.backward_done = true;
 
         let last_use = self.last_uses();

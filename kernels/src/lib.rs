@@ -5,6 +5,8 @@
 //! tensor layer, which computes in f32. Shapes are checked by the caller (the tensor crate): kernels assume
 //! consistent lengths and document what they assume.
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod float;
 
 pub use float::Float;

@@ -22,6 +22,7 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// A parameter as the file stores it: its on-disk view (transposed for dense weights) and dtype, encoded to
 /// bytes lazily so that a save holds one tensor's bytes at a time.
+/// A parameter ready for writing: on the CPU, already converted to the stored dtype.
 struct DiskTensor {
     view: Tensor,
     dtype: DType,
@@ -41,11 +42,11 @@ impl View for DiskTensor {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        let stored = self.view.to_dtype(self.dtype);
+        let stored = &self.view;
         Cow::Owned(match self.dtype {
-            DType::F32 => le_bytes(&stored, f32::to_le_bytes),
-            DType::F64 => le_bytes(&stored, f64::to_le_bytes),
-            DType::BF16 => le_bytes(&stored, bf16::to_le_bytes),
+            DType::F32 => le_bytes(stored, f32::to_le_bytes),
+            DType::F64 => le_bytes(stored, f64::to_le_bytes),
+            DType::BF16 => le_bytes(stored, bf16::to_le_bytes),
         })
     }
 
@@ -96,9 +97,12 @@ pub fn save_safetensors_as<M: Module + ?Sized>(module: &M, path: &Path, dtype: D
     let mut entries: Vec<(String, DiskTensor)> = Vec::new();
     let mut failure = None;
     module.visit(&mut |param, kind| {
-        let value = param.value();
-        let view = if kind.transposed_on_disk() { value.t() } else { Ok(value.clone()) };
-        match view {
+        let on_cpu = |value: &Tensor| -> cola_tensor::Result<Tensor> {
+            let host = value.to_device(cola_tensor::Device::Cpu)?;
+            let view = if kind.transposed_on_disk() { host.t()? } else { host };
+            view.to_dtype(dtype)
+        };
+        match on_cpu(param.value()) {
             Ok(view) => entries.push((param.name().to_string(), DiskTensor { view, dtype })),
             Err(e) => failure = failure.take().or(Some(e)),
         }
@@ -199,8 +203,9 @@ pub fn load_safetensors<M: Module + ?Sized>(module: &mut M, path: &Path) -> Resu
     for (param, kind) in &params {
         let view = &in_file[param.name()];
         let stored = decode(path, param.name(), view)?;
-        let in_memory = if kind.transposed_on_disk() { stored.t()?.contiguous() } else { stored };
-        values.push(in_memory.to_dtype(param.value().dtype()).contiguous());
+        let in_memory = if kind.transposed_on_disk() { stored.t()?.contiguous()? } else { stored };
+        let converted = in_memory.to_dtype(param.value().dtype())?.contiguous()?;
+        values.push(converted.to_device(param.value().device())?);
     }
     for ((param, _), value) in params.iter_mut().zip(values) {
         param.set_value(value);

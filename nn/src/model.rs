@@ -9,7 +9,7 @@ use crate::linear::Linear;
 use crate::module::{Module, ParamCounts, ParamKind};
 use crate::norm::RmsNorm;
 use cola_autograd::{Parameter, Tape, Var};
-use cola_tensor::{DType, Rng};
+use cola_tensor::{DType, Device, Rng};
 
 #[derive(Clone, Debug)]
 pub struct Llama {
@@ -45,6 +45,20 @@ impl Llama {
 
     pub fn config(&self) -> &LlamaConfig {
         &self.config
+    }
+
+    /// Moves every parameter to `device` and converts it to `dtype` (bf16 for mixed-precision GPU training).
+    pub fn to_device(&mut self, device: Device, dtype: DType) -> Result<()> {
+        for p in self.parameters_mut() {
+            let moved = p.value().to_dtype(dtype)?.to_device(device)?;
+            p.set_value(moved);
+        }
+        Ok(())
+    }
+
+    /// The device the parameters live on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.table().value().device()
     }
 
     /// The dtype the parameters are stored in.

@@ -3,7 +3,7 @@
 use crate::error::{OptimError, Result};
 use cola_autograd::{GradStore, Parameter};
 use cola_tensor::ops::optim::AdamWStep;
-use cola_tensor::Tensor;
+use cola_tensor::{DType, Tensor};
 use std::collections::BTreeMap;
 
 /// Hyper-parameters; the defaults are the CoLA recipe's (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on
@@ -16,6 +16,10 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
     /// Exempt RMSNorm weights and the token embedding from weight decay.
     pub exempt_norms_and_embeddings: bool,
+    /// Keep an f32 master copy (and f32 moments) of every bf16 parameter: the update runs on the master
+    /// and the parameter receives its bf16 rounding (mixed precision). Off, bf16 parameters are updated in
+    /// bf16 with bf16 moments (pure bf16, GPU only).
+    pub master_weights: bool,
 }
 
 impl Default for AdamWConfig {
@@ -26,15 +30,17 @@ impl Default for AdamWConfig {
             eps: 1e-8,
             weight_decay: 0.01,
             exempt_norms_and_embeddings: false,
+            master_weights: true,
         }
     }
 }
 
-/// First and second moments of one parameter.
+/// First and second moments of one parameter, and its f32 master copy under mixed precision.
 #[derive(Clone, Debug)]
 struct Moments {
     m: Tensor,
     v: Tensor,
+    master: Option<Tensor>,
 }
 
 #[derive(Clone, Debug)]
@@ -75,17 +81,35 @@ impl AdamW {
                 weight_decay: if exempt { 0.0 } else { self.config.weight_decay },
                 step: self.step,
             };
-            let moments = self.state.entry(param.name().to_string()).or_insert_with(|| Moments {
-                m: Tensor::zeros(grad.shape(), grad.dtype()),
-                v: Tensor::zeros(grad.shape(), grad.dtype()),
-            });
-            let mut value = param.value().clone();
-            param.set_value(Tensor::zeros(&[], value.dtype()));
-            // With the old value dropped from the parameter, the update runs in place when nothing else
-            // holds the tensor.
-            let result = Tensor::adamw_step(&mut value, grad, &mut moments.m, &mut moments.v, hyper);
-            param.set_value(value);
-            result?;
+            let mixed = self.config.master_weights && param.value().dtype() == DType::BF16;
+            if !self.state.contains_key(param.name()) {
+                let value = param.value();
+                let (master, state_dtype) = if mixed {
+                    (Some(value.to_dtype(DType::F32)?), DType::F32)
+                } else {
+                    (None, value.dtype())
+                };
+                let zeros = || Tensor::zeros_on(value.shape(), state_dtype, value.device());
+                let fresh = Moments { m: zeros()?, v: zeros()?, master };
+                self.state.insert(param.name().to_string(), fresh);
+            }
+            let Some(moments) = self.state.get_mut(param.name()) else { continue };
+            match moments.master.as_mut() {
+                Some(master) => {
+                    let grad = grad.to_dtype(DType::F32)?;
+                    Tensor::adamw_step(master, &grad, &mut moments.m, &mut moments.v, hyper)?;
+                    param.set_value(master.to_dtype(DType::BF16)?);
+                }
+                None => {
+                    let mut value = param.value().clone();
+                    param.set_value(Tensor::zeros(&[], value.dtype()));
+                    // With the old value dropped from the parameter, the update runs in place when nothing
+                    // else holds the tensor.
+                    let result = Tensor::adamw_step(&mut value, grad, &mut moments.m, &mut moments.v, hyper);
+                    param.set_value(value);
+                    result?;
+                }
+            }
         }
         Ok(())
     }
@@ -96,11 +120,15 @@ impl AdamW {
         for (name, s) in &self.state {
             out.push((format!("{name}.exp_avg"), s.m.clone()));
             out.push((format!("{name}.exp_avg_sq"), s.v.clone()));
+            if let Some(master) = &s.master {
+                out.push((format!("{name}.master"), master.clone()));
+            }
         }
         out
     }
 
-    /// Restores the state saved by [`AdamW::state_tensors`] for `params`, and the update count.
+    /// Restores the state saved by [`AdamW::state_tensors`] for `params`, and the update count. Under mixed
+    /// precision a bf16 parameter without a saved master copy gets one from its current value.
     pub fn load_state(
         &mut self,
         params: &[&Parameter],
@@ -109,6 +137,8 @@ impl AdamW {
     ) -> Result<()> {
         let mut state = BTreeMap::new();
         for p in params {
+            let mixed = self.config.master_weights && p.value().dtype() == DType::BF16;
+            let state_dtype = if mixed { DType::F32 } else { p.value().dtype() };
             let get = |what: &'static str| -> Result<Tensor> {
                 let key = format!("{}.{what}", p.name());
                 let t =
@@ -120,9 +150,14 @@ impl AdamW {
                         got: t.shape().to_vec(),
                     });
                 }
-                Ok(t.to_dtype(p.value().dtype()))
+                Ok(t.to_dtype(state_dtype)?.to_device(p.value().device())?)
             };
-            state.insert(p.name().to_string(), Moments { m: get("exp_avg")?, v: get("exp_avg_sq")? });
+            let master = match (mixed, tensors.get(&format!("{}.master", p.name()))) {
+                (false, _) => None,
+                (true, Some(saved)) => Some(saved.to_dtype(DType::F32)?.to_device(p.value().device())?),
+                (true, None) => Some(p.value().to_dtype(DType::F32)?),
+            };
+            state.insert(p.name().to_string(), Moments { m: get("exp_avg")?, v: get("exp_avg_sq")?, master });
         }
         self.state = state;
         self.step = step;

@@ -19,6 +19,8 @@ pub enum TensorError {
     IndexOutOfRange { op: &'static str, index: usize, size: usize },
     #[error("{op}: expected {expected} elements for shape {shape:?}, got {got}")]
     ElementCount { op: &'static str, shape: Vec<usize>, expected: usize, got: usize },
+    #[error("{op}: CUDA: {message}")]
+    Cuda { op: &'static str, message: String },
     #[error("{op}: invalid argument: {reason}")]
     InvalidArgument { op: &'static str, reason: String },
 }

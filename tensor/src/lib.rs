@@ -1,5 +1,7 @@
 //! Tensors of the cola stack: element types, devices, strided layouts with zero-copy views, shared
 //! storage, and the forward ops (each a thin, checked wrapper over a `cola_kernels` CPU kernel).
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod device;
 pub mod display;
 pub mod dtype;

@@ -10,10 +10,12 @@ pub enum CpuStorage {
     BF16(Vec<bf16>),
 }
 
-/// Where the elements live. The CUDA backend will add its variant here.
-#[derive(Clone, Debug, PartialEq)]
+/// Where the elements live.
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
 }
 
 impl CpuStorage {
@@ -42,12 +44,16 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype,
         }
     }
 
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Device::Cuda(s.buffer.device().ordinal()),
         }
     }
 
@@ -59,6 +65,8 @@ impl Storage {
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len,
         }
     }
 
@@ -108,7 +116,9 @@ macro_rules! impl_element {
 
 impl_element!(f32, F32, |x: f32| x as f64, |x: f64| x as f32);
 impl_element!(f64, F64, |x: f64| x, |x: f64| x);
-impl_element!(bf16, BF16, |x: bf16| x.to_f64(), bf16::from_f64);
+// Through f32: `bf16::from_f64` rounds values just above a tie down, `from_f32` rounds to nearest even like
+// the GPU kernels (an f32 converted through f64 is unchanged; an f64 is rounded twice).
+impl_element!(bf16, BF16, |x: bf16| x.to_f64(), |x: f64| bf16::from_f32(x as f32));
 
 /// An element type the CPU computes in: the kernels' [`cola_kernels::Float`] plus storage access.
 pub trait CpuFloat: Element + cola_kernels::Float {}

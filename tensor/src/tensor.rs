@@ -16,14 +16,17 @@ pub struct Tensor {
     layout: Layout,
 }
 
-/// Fails unless `device` can hold tensors in this build.
+/// Fails unless `device` can hold tensors in this build and on this machine.
 pub(crate) fn check_device(op: &'static str, device: Device) -> Result<()> {
     match device {
         Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => crate::cuda::cuda_device(op, ordinal).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(TensorError::UnsupportedDevice {
             op,
             device,
-            reason: "this build has no CUDA backend yet".into(),
+            reason: "this build has no CUDA backend (build with the `cuda` feature)".into(),
         }),
     }
 }
@@ -44,6 +47,22 @@ fn fill_with(n: usize, f: impl Fn(u64) -> f64 + Sync, dtype: DType) -> CpuStorag
 impl Tensor {
     pub(crate) fn from_storage(storage: CpuStorage, layout: Layout) -> Tensor {
         Tensor { storage: Arc::new(Storage::Cpu(storage)), layout }
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn from_any_storage(storage: Storage, layout: Layout) -> Tensor {
+        Tensor { storage: Arc::new(storage), layout }
+    }
+
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// True when no other tensor shares this one's storage (in-place updates need it).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn storage_is_unique(&mut self) -> bool {
+        Arc::get_mut(&mut self.storage).is_some()
     }
 
     /// A new tensor sharing this one's storage under another layout (a view).
@@ -77,6 +96,29 @@ impl Tensor {
 
     pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
         Tensor::full(shape, 0.0, dtype)
+    }
+
+    /// [`Tensor::full`] on `device`.
+    pub fn full_on(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cpu => Ok(Tensor::full(shape, value, dtype)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(ordinal) => {
+                Tensor::gpu_full(&crate::cuda::cuda_device("full", ordinal)?, shape, value, dtype)
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => check_device("full", device).map(|_| Tensor::full(shape, value, dtype)),
+        }
+    }
+
+    /// Zeros on `device`.
+    pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+        Tensor::full_on(shape, 0.0, dtype, device)
+    }
+
+    /// Zeros with the shape, dtype and device of `self`.
+    pub fn zeros_like(&self) -> Result<Tensor> {
+        Tensor::zeros_on(self.shape(), self.dtype(), self.device())
     }
 
     pub fn ones(shape: &[usize], dtype: DType) -> Tensor {
@@ -142,9 +184,14 @@ impl Tensor {
         Ok(self.shape()[crate::layout::resolve_axis("dim", axis, self.rank())?])
     }
 
-    pub(crate) fn cpu_storage(&self) -> &CpuStorage {
+    /// The host storage; fails for a GPU tensor (ops dispatch GPU tensors before reaching CPU code).
+    pub(crate) fn cpu_storage(&self) -> Result<&CpuStorage> {
         match &*self.storage {
-            Storage::Cpu(s) => s,
+            Storage::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                Err(TensorError::DeviceMismatch { op: "host access", lhs: self.device(), rhs: Device::Cpu })
+            }
         }
     }
 
@@ -154,18 +201,22 @@ impl Tensor {
         if T::DTYPE != self.dtype() {
             return Err(TensorError::DTypeMismatch { op: "data_mut", lhs: self.dtype(), rhs: T::DTYPE });
         }
+        self.cpu_storage()?;
         let whole = self.layout.offset() == 0 && self.numel() == self.storage.len();
-        if !self.is_contiguous() || !whole {
-            *self = self.copy_contiguous();
+        if !self.is_contiguous() || !whole || Arc::get_mut(&mut self.storage).is_none() {
+            *self = self.copy_contiguous()?;
         }
         let dtype = self.dtype();
-        let Storage::Cpu(storage) = Arc::make_mut(&mut self.storage);
-        T::slice_mut(storage).ok_or(TensorError::DTypeMismatch { op: "data_mut", lhs: dtype, rhs: T::DTYPE })
+        match Arc::get_mut(&mut self.storage) {
+            Some(Storage::Cpu(storage)) => T::slice_mut(storage),
+            _ => None,
+        }
+        .ok_or(TensorError::DTypeMismatch { op: "data_mut", lhs: dtype, rhs: T::DTYPE })
     }
 
     /// The raw storage slice and layout as a strided view (fails if `T` is not the dtype).
     pub(crate) fn strided<T: Element>(&self) -> Result<Strided<'_, T>> {
-        let data = T::slice(self.cpu_storage()).ok_or(TensorError::DTypeMismatch {
+        let data = T::slice(self.cpu_storage()?).ok_or(TensorError::DTypeMismatch {
             op: "strided access",
             lhs: self.dtype(),
             rhs: T::DTYPE,
@@ -175,6 +226,10 @@ impl Tensor {
 
     /// The elements in row-major order: borrowed when contiguous, copied otherwise.
     pub fn contiguous_data<T: Element>(&self) -> Result<Cow<'_, [T]>> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return Ok(Cow::Owned(self.download()?.to_vec::<T>()?));
+        }
         let view = self.strided::<T>()?;
         let n = self.numel();
         if n == 0 {
@@ -197,6 +252,10 @@ impl Tensor {
 
     /// The elements converted to f64, whatever the dtype (for tests and printing).
     pub fn to_vec_f64(&self) -> Vec<f64> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return self.download().map(|t| t.to_vec_f64()).unwrap_or_default();
+        }
         match self.dtype() {
             DType::F32 => self.map_to_f64::<f32>(),
             DType::F64 => self.map_to_f64::<f64>(),
@@ -226,15 +285,19 @@ impl Tensor {
     }
 
     /// A contiguous copy (or this tensor itself when it already is contiguous).
-    pub fn contiguous(&self) -> Tensor {
+    pub fn contiguous(&self) -> Result<Tensor> {
         if self.is_contiguous() {
-            return self.clone();
+            return Ok(self.clone());
         }
         self.copy_contiguous()
     }
 
     /// A fresh contiguous copy with storage of its own.
-    fn copy_contiguous(&self) -> Tensor {
+    fn copy_contiguous(&self) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return self.gpu_copy(self.dtype());
+        }
         fn copy<T: Element>(t: &Tensor) -> CpuStorage {
             // The dtype matches by construction, so `contiguous_data` cannot fail here.
             T::into_storage(t.contiguous_data::<T>().map(Cow::into_owned).unwrap_or_default())
@@ -244,13 +307,17 @@ impl Tensor {
             DType::F64 => copy::<f64>(self),
             DType::BF16 => copy::<bf16>(self),
         };
-        Tensor::from_storage(storage, Layout::contiguous(self.shape()))
+        Ok(Tensor::from_storage(storage, Layout::contiguous(self.shape())))
     }
 
     /// A copy converted to `dtype` (this tensor itself when the dtype already matches).
-    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+    pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
-            return self.clone();
+            return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return self.gpu_copy(dtype);
         }
         fn convert<S: Element, D: Element>(t: &Tensor) -> CpuStorage {
             let mut out = vec![D::of_f64(0.0); t.numel()];
@@ -271,12 +338,24 @@ impl Tensor {
             DType::F64 => to::<f64>(self),
             DType::BF16 => to::<bf16>(self),
         };
-        Tensor::from_storage(storage, Layout::contiguous(self.shape()))
+        Ok(Tensor::from_storage(storage, Layout::contiguous(self.shape())))
     }
 
-    /// Moves the tensor to `device`; only the CPU exists in this build.
+    /// A copy on `device` (this tensor itself when it is already there). Copies are contiguous.
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
         check_device("to_device", device)?;
+        #[cfg(feature = "cuda")]
+        {
+            let on_cpu = if self.is_cuda() { self.download()? } else { self.clone() };
+            match device {
+                Device::Cpu => Ok(on_cpu),
+                Device::Cuda(ordinal) => on_cpu.upload(ordinal),
+            }
+        }
+        #[cfg(not(feature = "cuda"))]
         Ok(self.clone())
     }
 

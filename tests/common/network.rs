@@ -89,7 +89,7 @@ impl TinyCola {
             if name.ends_with("norm") {
                 value = value.add_scalar(1.0).expect("affine");
             }
-            params.push(Parameter::new(name, value.to_dtype(dtype)));
+            params.push(Parameter::new(name, value.to_dtype(dtype).expect("cast")));
         };
         // Larger than the paper's init, so that every parameter gets a gradient well above the tolerance.
         let w = Dist::Normal(0.5);

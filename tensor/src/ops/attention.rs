@@ -33,6 +33,11 @@ impl Tensor {
     /// k and v `[b, skv, h, hd]` with `sq <= skv` (query i sits at position `i + skv - sq`).
     pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         let dims = dims("attention", q, k, v)?;
+        #[cfg(feature = "cuda")]
+        if q.is_cuda() {
+            super::check_same("attention", &[q, k, v])?;
+            return crate::cuda::attention::attention(q, k, v, scale);
+        }
         in_compute_dtype1("attention", [q, k, v], |[q, k, v]| {
             match_float!("attention", q.dtype(), T => {
                 let (qd, kd, vd) = (q.contiguous_data::<T>()?, k.contiguous_data::<T>()?, v.contiguous_data::<T>()?);
@@ -55,6 +60,11 @@ impl Tensor {
     ) -> Result<Vec<Tensor>> {
         let dims = dims("attention_backward", q, k, v)?;
         super::check_same_shape("attention_backward", q, grad_out)?;
+        #[cfg(feature = "cuda")]
+        if q.is_cuda() {
+            super::check_same("attention_backward", &[q, k, v, grad_out])?;
+            return crate::cuda::attention::attention_backward(q, k, v, grad_out, scale);
+        }
         in_compute_dtype("attention_backward", [q, k, v, grad_out], |[q, k, v, g]| {
             match_float!("attention_backward", q.dtype(), T => {
                 let (qd, kd, vd, gd) = (

@@ -46,6 +46,10 @@ impl Tensor {
             }
             shape[ax] += p.shape()[ax];
         }
+        #[cfg(feature = "cuda")]
+        if first.is_cuda() {
+            return crate::cuda::elementwise::concat(parts, ax, &shape);
+        }
         let storage = match first.dtype() {
             DType::F32 => concat_t::<f32>(parts, ax, &shape)?,
             DType::F64 => concat_t::<f64>(parts, ax, &shape)?,

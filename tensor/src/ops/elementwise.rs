@@ -101,6 +101,11 @@ fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
 impl Tensor {
     /// Broadcasting `self (op) other`.
     pub fn binary(&self, op: BinaryOp, other: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            super::check_same(op.name(), &[self, other])?;
+            return crate::cuda::elementwise::binary(op, self, other);
+        }
         in_compute_dtype1(
             op.name(),
             [self, other],
@@ -125,6 +130,10 @@ impl Tensor {
     }
 
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::elementwise::unary(op, self);
+        }
         in_compute_dtype1(
             op.name(),
             [self],
@@ -152,6 +161,10 @@ impl Tensor {
 
     /// `scale * x + shift`, elementwise (scalar add, sub, multiply and divide are special cases).
     pub fn affine(&self, scale: f64, shift: f64) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::elementwise::affine(self, scale, shift);
+        }
         in_compute_dtype1("affine", [self], |[a]| {
             match_float!("affine", a.dtype(), T => {
                 let (s, b) = (T::from_f64(scale), T::from_f64(shift));
@@ -171,6 +184,11 @@ impl Tensor {
     /// Gradient of silu: `grad_y * s * (1 + x (1 - s))` with `s = sigmoid(x)`; shapes must match.
     pub fn silu_backward(x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
         super::check_same_shape("silu_backward", x, grad_y)?;
+        #[cfg(feature = "cuda")]
+        if x.is_cuda() {
+            super::check_same("silu_backward", &[x, grad_y])?;
+            return crate::cuda::elementwise::silu_backward(x, grad_y);
+        }
         in_compute_dtype1("silu_backward", [x, grad_y], |[x, g]| {
             match_float!("silu_backward", x.dtype(), T => {
                 let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);

@@ -23,6 +23,11 @@ impl Tensor {
         check_rank("embedding", weight, 2, "weight ([vocab, dim])")?;
         let (vocab, dim) = (weight.shape()[0], weight.shape()[1]);
         check_ids("embedding", ids, ids_shape, vocab)?;
+        #[cfg(feature = "cuda")]
+        if weight.is_cuda() {
+            super::check_same("embedding", &[weight])?;
+            return crate::cuda::embedding::embedding(weight, ids, ids_shape);
+        }
         let mut shape: Shape = ids_shape.into();
         shape.push(dim);
         in_compute_dtype1("embedding", [weight], |[w]| {
@@ -47,6 +52,11 @@ impl Tensor {
     ) -> Result<Tensor> {
         let dim = grad_out.shape().last().copied().unwrap_or(0);
         check_ids("embedding_backward", ids, &grad_out.shape()[..grad_out.rank().saturating_sub(1)], vocab)?;
+        #[cfg(feature = "cuda")]
+        if grad_out.is_cuda() {
+            super::check_same("embedding_backward", &[grad_out])?;
+            return crate::cuda::embedding::embedding_backward(grad_out, ids, vocab, pad_id);
+        }
         in_compute_dtype1("embedding_backward", [grad_out], |[g]| {
             match_float!("embedding_backward", g.dtype(), T => {
                 let gd = g.contiguous_data::<T>()?;

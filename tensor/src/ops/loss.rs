@@ -36,6 +36,11 @@ impl Tensor {
     /// When every target is ignored the loss is 0 (and so is its gradient), not NaN.
     pub fn cross_entropy(&self, targets: &[u32], ignore_id: Option<u32>) -> Result<Tensor> {
         let vocab = check("cross_entropy", self, targets, ignore_id)?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            super::check_same("cross_entropy", &[self])?;
+            return crate::cuda::loss::cross_entropy(self, targets, ignore_id);
+        }
         in_compute_dtype1("cross_entropy", [self], |[logits]| {
             match_float!("cross_entropy", logits.dtype(), T => {
                 let ld = logits.contiguous_data::<T>()?;
@@ -53,6 +58,11 @@ impl Tensor {
         grad_loss: f64,
     ) -> Result<Tensor> {
         let vocab = check("cross_entropy_backward", logits, targets, ignore_id)?;
+        #[cfg(feature = "cuda")]
+        if logits.is_cuda() {
+            super::check_same("cross_entropy_backward", &[logits])?;
+            return crate::cuda::loss::cross_entropy_backward(logits, targets, ignore_id, grad_loss);
+        }
         in_compute_dtype1("cross_entropy_backward", [logits], |[logits]| {
             match_float!("cross_entropy_backward", logits.dtype(), T => {
                 let ld = logits.contiguous_data::<T>()?;

@@ -67,6 +67,11 @@ impl Tensor {
             });
         }
         let batch_shape = broadcast_shapes("matmul", &a.shape()[..ra - 2], &b.shape()[..rb - 2])?;
+        super::check_same("matmul", &[a, b])?;
+        #[cfg(feature = "cuda")]
+        if a.is_cuda() {
+            return crate::cuda::matmul::matmul(a, b, &batch_shape, m, k, n);
+        }
         let dims = Dims { m, n, k };
         in_compute_dtype1(
             "matmul",

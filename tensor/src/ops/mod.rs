@@ -62,8 +62,13 @@ pub(crate) fn in_compute_dtype<const N: usize>(
     check_same(op, &inputs)?;
     let stored = inputs.first().map_or(DType::F32, |t| t.dtype());
     let compute = stored.compute_dtype();
-    let outputs = f(inputs.map(|t| t.to_dtype(compute)))?;
-    Ok(outputs.into_iter().map(|t| t.to_dtype(stored)).collect())
+    let converted: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(compute)).collect::<Result<_>>()?;
+    let converted: [Tensor; N] = converted.try_into().map_err(|_| TensorError::InvalidArgument {
+        op,
+        reason: "input count changed during conversion".into(),
+    })?;
+    let outputs = f(converted)?;
+    outputs.into_iter().map(|t| t.to_dtype(stored)).collect()
 }
 
 /// [`in_compute_dtype`] for ops with one output.

@@ -22,6 +22,11 @@ impl Tensor {
     /// RMSNorm of `x: [..., d]` with `weight: [d]`.
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let d = check("rms_norm", self, weight)?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            super::check_same("rms_norm", &[self, weight])?;
+            return crate::cuda::norm::rms_norm(self, weight, eps);
+        }
         in_compute_dtype1("rms_norm", [self, weight], |[x, w]| {
             match_float!("rms_norm", x.dtype(), T => {
                 let (xd, wd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?);
@@ -38,6 +43,11 @@ impl Tensor {
     pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, grad_y: &Tensor, eps: f64) -> Result<Vec<Tensor>> {
         let d = check("rms_norm_backward", x, weight)?;
         super::check_same_shape("rms_norm_backward", x, grad_y)?;
+        #[cfg(feature = "cuda")]
+        if x.is_cuda() {
+            super::check_same("rms_norm_backward", &[x, weight, grad_y])?;
+            return crate::cuda::norm::rms_norm_backward(x, weight, grad_y, eps);
+        }
         in_compute_dtype("rms_norm_backward", [x, weight, grad_y], |[x, w, g]| {
             match_float!("rms_norm_backward", x.dtype(), T => {
                 let (xd, wd, gd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?, g.contiguous_data::<T>()?);

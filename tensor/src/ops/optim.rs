@@ -31,7 +31,7 @@ fn squared_norm_t<T: CpuFloat>(t: &Tensor) -> Result<f64> {
 impl Tensor {
     /// One AdamW step in place: `param`, `m` and `v` (same shape and dtype as `grad`) are updated; their
     /// storage is made unshared first. CPU parameters must be f32 or f64 (bf16 training keeps f32 master
-    /// weights).
+    /// weights); GPU parameters may also be bf16 with bf16 moments (the pure-bf16 mode).
     pub fn adamw_step(
         param: &mut Tensor,
         grad: &Tensor,
@@ -42,6 +42,10 @@ impl Tensor {
         check_same("adamw_step", &[param, grad, m, v])?;
         for t in [&*m, &*v, grad] {
             check_same_shape("adamw_step", param, t)?;
+        }
+        #[cfg(feature = "cuda")]
+        if param.is_cuda() {
+            return crate::cuda::optim::adamw_step(param, grad, m, v, hyper);
         }
         if param.dtype() == DType::BF16 {
             return Err(TensorError::UnsupportedDType {
@@ -56,8 +60,12 @@ impl Tensor {
     /// `sum(x^2)` accumulated in f64.
     pub fn squared_norm(&self) -> Result<f64> {
         crate::tensor::check_device("squared_norm", self.device())?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::optim::squared_norm(self);
+        }
         match self.dtype() {
-            DType::BF16 => squared_norm_t::<f32>(&self.to_dtype(DType::F32)),
+            DType::BF16 => squared_norm_t::<f32>(&self.to_dtype(DType::F32)?),
             dtype => match_float!("squared_norm", dtype, T => squared_norm_t::<T>(self)),
         }
     }

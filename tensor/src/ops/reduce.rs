@@ -30,6 +30,10 @@ impl Tensor {
     /// Sum over `axes` (all axes when empty); reduced dims stay as size 1 when `keepdim`.
     pub fn sum(&self, axes: &[isize], keepdim: bool) -> Result<Tensor> {
         let mask = self.reduce_mask("sum", axes)?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            return crate::cuda::reduce::sum(self, &mask, keepdim);
+        }
         let kept: Shape = (0..self.rank()).map(|d| if mask[d] { 1 } else { self.shape()[d] }).collect();
         let out = in_compute_dtype1(
             "sum",

@@ -27,6 +27,11 @@ fn dims(op: &'static str, x: &Tensor, positions: &[u32]) -> Result<RopeDims> {
 /// Forward (`inverse == false`) or its transpose, which is the backward (`inverse == true`).
 fn rope_any(op: &'static str, x: &Tensor, positions: &[u32], theta: f64, inverse: bool) -> Result<Tensor> {
     let dims = dims(op, x, positions)?;
+    #[cfg(feature = "cuda")]
+    if x.is_cuda() {
+        super::check_same(op, &[x])?;
+        return crate::cuda::rope::rope(op, x, positions, theta, inverse);
+    }
     in_compute_dtype1(op, [x], |[x]| {
         match_float!(op, x.dtype(), T => {
             let xd = x.contiguous_data::<T>()?;

@@ -18,7 +18,7 @@ impl Tensor {
         match self.layout().reshape_view(shape) {
             Some(layout) => Ok(self.with_layout(layout)),
             None => {
-                let c = self.contiguous();
+                let c = self.contiguous()?;
                 let layout = c.layout().reshape_view(shape).ok_or(TensorError::InvalidArgument {
                     op: "reshape",
                     reason: "a contiguous tensor must reshape as a view".into(),

@@ -1,0 +1,69 @@
+//! Launchers of `kernels/cuda/attention.cu`: the row-wise softmax steps of causal attention (the products
+//! run through [`crate::cuda::blas::gemm`]).
+use super::norm::row_config;
+use super::{kernel_name, launch};
+use crate::cuda::{CudaDevice, GpuDType, Result};
+use cudarc::driver::PushKernelArg;
+
+/// Rows of causal attention scores: `rows` f32 rows of `kv_len`, row r holding query `r % q_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScoreRows {
+    pub rows: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+}
+
+fn checked(shape: ScoreRows) -> Result<Option<(i64, i64, i64)>> {
+    if shape.q_len > shape.kv_len {
+        return Err(crate::cuda::CudaError::Invalid(format!(
+            "causal softmax: q_len {} exceeds kv_len {}",
+            shape.q_len, shape.kv_len
+        )));
+    }
+    if shape.rows == 0 || shape.q_len == 0 {
+        return Ok(None);
+    }
+    Ok(Some((shape.rows as i64, shape.q_len as i64, shape.kv_len as i64)))
+}
+
+/// `p = softmax` of each score row over its visible keys (0 for masked keys), written in `dtype`. When
+/// `dtype` is f32, `p` may equal `scores` (in place).
+///
+/// # Safety
+/// `scores` must hold `rows * kv_len` f32 values and `p` as many `dtype` values, on this device.
+pub unsafe fn causal_softmax(
+    device: &CudaDevice,
+    dtype: GpuDType,
+    scores: u64,
+    p: u64,
+    shape: ScoreRows,
+) -> Result<()> {
+    let Some((rows, q_len, kv_len)) = checked(shape)? else { return Ok(()) };
+    // SAFETY: matches `causal_softmax_T(const float*, T*, i64, i64, i64)`; sizes per the contract.
+    unsafe {
+        launch!(device, "attention", kernel_name("causal_softmax", dtype), row_config(shape.rows, shape.kv_len, 256);
+            &scores, &p, &rows, &q_len, &kv_len)
+    }
+}
+
+/// `ds = P * (dP - rowsum(P * dP))` per score row, with `P` recomputed in f32 from `scores`; 0 for masked
+/// keys; written in `dtype`. When `dtype` is f32, `ds` may equal `dp` (in place).
+///
+/// # Safety
+/// `scores` and `dp` must hold `rows * kv_len` f32 values and `ds` as many `dtype` values, on this device.
+pub unsafe fn causal_softmax_backward(
+    device: &CudaDevice,
+    dtype: GpuDType,
+    scores: u64,
+    dp: u64,
+    ds: u64,
+    shape: ScoreRows,
+) -> Result<()> {
+    let Some((rows, q_len, kv_len)) = checked(shape)? else { return Ok(()) };
+    let name = kernel_name("causal_softmax_backward", dtype);
+    // SAFETY: matches `causal_softmax_backward_T(const float*, const float*, T*, i64, i64, i64)`.
+    unsafe {
+        launch!(device, "attention", name, row_config(shape.rows, shape.kv_len, 256);
+            &scores, &dp, &ds, &rows, &q_len, &kv_len)
+    }
+}

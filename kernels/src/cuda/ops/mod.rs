@@ -1,0 +1,50 @@
+//! Launch wrappers, one file per kernel source. Each wrapper takes device pointers, sizes and a
+//! [`GpuDType`], picks the `<kernel>_<dtype>` instantiation and queues it on the device's stream.
+use super::GpuDType;
+use cudarc::driver::LaunchConfig;
+
+pub mod adamw;
+pub mod attention;
+pub mod elementwise;
+pub mod embedding;
+pub mod loss;
+pub mod norm;
+pub mod reduce;
+pub mod rope;
+
+/// Threads per block of the 1-D (elementwise) kernels.
+pub const BLOCK: u32 = 256;
+
+/// A 1-D launch covering `n` elements with grid-stride loops (grid capped; kernels loop for the rest).
+pub fn grid_1d(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// One block of `threads` per row, `rows` rows (rows beyond the grid limit are not supported).
+pub fn grid_rows(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The instantiation name `<base>_<dtype>`.
+pub fn kernel_name(base: &str, dtype: GpuDType) -> String {
+    format!("{base}_{}", dtype.suffix())
+}
+
+/// Launches kernel `$name` of source `$module` with the listed arguments (each a reference to a
+/// `DeviceRepr` value: device addresses are passed as `&u64`). Must be used inside `unsafe`: the arguments
+/// must match the kernel's parameter list in type and order, and every address must lie in a live buffer of
+/// the device large enough for what the kernel touches.
+macro_rules! launch {
+    ($device:expr, $module:expr, $name:expr, $config:expr; $($arg:expr),* $(,)?) => {{
+        let name: &str = &$name;
+        let f = $device.function($module, name)?;
+        let mut builder = $device.stream().launch_builder(&f);
+        $( builder.arg($arg); )*
+        builder
+            .launch($config)
+            .map(|_| ())
+            .map_err(|e| $crate::cuda::CudaError::driver("kernel launch", format!("{}::{name}: {e:?}", $module)))
+    }};
+}
+pub(crate) use launch;

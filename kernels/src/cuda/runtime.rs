@@ -1,0 +1,245 @@
+//! One handle per CUDA device: context, stream, cuBLAS handle, compiled kernel modules and the memory pool.
+//! Handles are created once per process and shared (`device(ordinal)`).
+use super::alloc::{DeviceBuffer, MemoryStats, Pool};
+use super::compile::{compile_cubin, source};
+use super::{CudaError, Result};
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{result as driver, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+
+pub struct CudaDevice {
+    ordinal: usize,
+    name: String,
+    /// `sm_XY` of the device: kernels are compiled for exactly this architecture.
+    arch: String,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: Mutex<CudaBlas>,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    pool: Mutex<Pool>,
+    tf32: AtomicBool,
+}
+
+/// True when the CUDA driver library can be loaded.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to open the shared library.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+/// Number of CUDA devices (0 when there is no driver).
+pub fn device_count() -> Result<usize> {
+    if !driver_available() {
+        return Ok(0);
+    }
+    driver::init().map_err(|e| CudaError::driver("cuInit", e))?;
+    let n = CudaContext::device_count().map_err(|e| CudaError::driver("cuDeviceGetCount", e))?;
+    Ok(n.max(0) as usize)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The shared handle of device `ordinal`, created on first use.
+pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
+    static DEVICES: OnceLock<Mutex<HashMap<usize, Arc<CudaDevice>>>> = OnceLock::new();
+    let mut devices = lock(DEVICES.get_or_init(Default::default));
+    if let Some(d) = devices.get(&ordinal) {
+        return Ok(d.clone());
+    }
+    if !driver_available() {
+        return Err(CudaError::NoDriver);
+    }
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(CudaError::NoDevice { ordinal, count });
+    }
+    // SAFETY: only tries to open the shared library.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Err(CudaError::NoCublas);
+    }
+    let context = CudaContext::new(ordinal).map_err(|e| CudaError::driver("cuCtxCreate", e))?;
+    let (major, minor) =
+        context.compute_capability().map_err(|e| CudaError::driver("compute capability", e))?;
+    let name = context.name().unwrap_or_else(|_| "unknown GPU".into());
+    let stream = context.default_stream();
+    let blas = CudaBlas::new(stream.clone())
+        .map_err(|e| CudaError::Blas { what: "create", message: format!("{e:?}") })?;
+    let device = Arc::new(CudaDevice {
+        ordinal,
+        name,
+        arch: format!("sm_{major}{minor}"),
+        context,
+        stream,
+        blas: Mutex::new(blas),
+        modules: Mutex::default(),
+        functions: Mutex::default(),
+        pool: Mutex::default(),
+        tf32: AtomicBool::new(false),
+    });
+    devices.insert(ordinal, device.clone());
+    Ok(device)
+}
+
+impl CudaDevice {
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Makes this device's context current on the calling thread (needed before raw driver calls).
+    pub fn bind(&self) -> Result<()> {
+        self.context.bind_to_thread().map_err(|e| CudaError::driver("cuCtxSetCurrent", e))
+    }
+
+    /// Kernel `name` of source `module`, compiling the source on first use (once per process).
+    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
+        let key = format!("{module}::{name}");
+        if let Some(f) = lock(&self.functions).get(&key) {
+            return Ok(f.clone());
+        }
+        let loaded = {
+            let mut modules = lock(&self.modules);
+            match modules.get(module) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = compile_cubin(source(module)?, &self.arch)?;
+                    self.bind()?;
+                    let m = self
+                        .context
+                        .load_module(Ptx::from_binary(cubin))
+                        .map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
+                    modules.insert(module, m.clone());
+                    m
+                }
+            }
+        };
+        let f = loaded
+            .load_function(name)
+            .map_err(|e| CudaError::Invalid(format!("kernel {name} not found in {module}.cu: {e:?}")))?;
+        lock(&self.functions).insert(key, f.clone());
+        Ok(f)
+    }
+
+    /// Runs `f` on the memory pool with the context current.
+    pub(crate) fn with_pool<R>(&self, f: impl FnOnce(&mut Pool) -> Result<R>) -> Result<R> {
+        self.bind()?;
+        f(&mut lock(&self.pool))
+    }
+
+    /// An uninitialised buffer of `bytes` bytes.
+    pub fn alloc(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
+        DeviceBuffer::new(self.clone(), bytes)
+    }
+
+    /// A buffer of `bytes` zero bytes.
+    pub fn alloc_zeroed(self: &Arc<Self>, bytes: usize) -> Result<DeviceBuffer> {
+        let buf = self.alloc(bytes)?;
+        if bytes > 0 {
+            // SAFETY: `buf` holds at least `bytes` bytes; the memset is ordered on this device's stream.
+            unsafe { driver::memset_d8_async(buf.ptr(), 0, bytes, self.stream.cu_stream()) }
+                .map_err(|e| CudaError::driver("cuMemsetD8Async", e))?;
+        }
+        Ok(buf)
+    }
+
+    /// A new buffer holding a copy of `host`.
+    pub fn upload<T: DeviceRepr>(self: &Arc<Self>, host: &[T]) -> Result<DeviceBuffer> {
+        let buf = self.alloc(std::mem::size_of_val(host))?;
+        if !host.is_empty() {
+            // SAFETY: `buf` has room for `host`; a pageable-memory copy returns only after `host` was read.
+            unsafe { driver::memcpy_htod_async(buf.ptr(), host, self.stream.cu_stream()) }
+                .map_err(|e| CudaError::driver("cuMemcpyHtoDAsync", e))?;
+        }
+        Ok(buf)
+    }
+
+    /// Copies `out.len()` elements starting at byte `offset` of `buf` into `out`, waiting for them.
+    pub fn download<T: DeviceRepr>(&self, buf: &DeviceBuffer, offset: usize, out: &mut [T]) -> Result<()> {
+        let bytes = std::mem::size_of_val(out);
+        if offset + bytes > buf.len() {
+            return Err(CudaError::Invalid(format!(
+                "download of {bytes} bytes at {offset} from a buffer of {} bytes",
+                buf.len()
+            )));
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the range was checked above; the stream is synchronised before `out` is read.
+        unsafe { driver::memcpy_dtoh_async(out, buf.ptr() + offset as u64, self.stream.cu_stream()) }
+            .map_err(|e| CudaError::driver("cuMemcpyDtoHAsync", e))?;
+        self.synchronize()
+    }
+
+    /// Copies `bytes` bytes between device addresses (stream ordered).
+    pub fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the caller passes addresses inside live buffers of this device.
+        unsafe { driver::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
+    }
+
+    /// Waits for all queued work; reports asynchronous kernel failures.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| CudaError::driver("cuStreamSynchronize", e))
+    }
+
+    pub fn memory_stats(&self) -> MemoryStats {
+        lock(&self.pool).stats()
+    }
+
+    pub fn reset_peak(&self) {
+        lock(&self.pool).reset_peak()
+    }
+
+    /// Returns cached free buffers to the driver.
+    pub fn release_cached(&self) -> Result<()> {
+        self.with_pool(|pool| pool.release_cached())
+    }
+
+    /// Opt-in TF32 tensor-core math for f32 GEMMs (10-bit mantissa inputs, f32 accumulation).
+    pub fn set_tf32(&self, on: bool) {
+        self.tf32.store(on, Ordering::Relaxed)
+    }
+
+    pub fn tf32(&self) -> bool {
+        self.tf32.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn blas(&self) -> MutexGuard<'_, CudaBlas> {
+        lock(&self.blas)
+    }
+
+    /// Total and free device memory in bytes, as the driver reports them.
+    pub fn memory_info(&self) -> Result<(usize, usize)> {
+        self.bind()?;
+        let (free, total) = driver::mem_get_info().map_err(|e| CudaError::driver("cuMemGetInfo", e))?;
+        Ok((total, free))
+    }
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaDevice(cuda:{}, {}, {})", self.ordinal, self.name, self.arch)
+    }
+}
