@@ -26,12 +26,15 @@ struct Args {
     /// [default: cola-350m]
     #[arg(long)]
     model: Option<String>,
-    /// Where to train; cuda is not built yet
-    #[arg(long, value_parser = ["auto", "cpu", "cuda"])]
+    /// Where to train: auto (the first GPU when one is usable, else the CPU), cpu, cuda or cuda:N
+    /// [default: auto]
+    #[arg(long)]
     device: Option<String>,
-    /// Parameter and compute dtype (the CPU trains in f32) [default: f32]
-    #[arg(long, value_parser = ["f32", "bf16"])]
-    dtype: Option<String>,
+    /// Numeric precision: bf16-mixed (bf16 weights and activations, f32 accumulation, f32 master weights
+    /// and AdamW state), pure-bf16 (the paper's setting) or f32 [default: bf16-mixed on a GPU, f32 on
+    /// the CPU]
+    #[arg(long, alias = "dtype", value_parser = ["f32", "bf16-mixed", "pure-bf16"])]
+    precision: Option<String>,
     /// Training corpus: .txt file or folder, .jsonl / .json.gz (a "text" field per line), or .bin of u16
     /// token ids [default: Shakespeare's works, fetched once]
     #[arg(long)]
@@ -150,7 +153,7 @@ fn run(args: Args) -> Result<ExitCode, TrainError> {
         model: args.model,
         vocab_size: args.vocab_size,
         device: args.device.as_deref().map(str::parse::<DeviceChoice>).transpose()?,
-        dtype: args.dtype,
+        precision: args.precision,
         data: args.data,
         val_data: args.val_data,
         tokenizer: args.tokenizer,

@@ -329,11 +329,17 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(TrainConfig::new("llama-7b", "x").unwrap_err().to_string().contains("unknown preset"));
 
     let mut config = base.clone();
-    config.device = "cuda".parse().unwrap();
-    assert!(matches!(train::run(&config), Err(TrainError::DeviceUnavailable)));
+    if train::gpu_count() == 0 {
+        config.device = "cuda".parse().unwrap();
+        assert!(matches!(train::run(&config), Err(TrainError::DeviceUnavailable { .. })));
+        let mut config = base.clone();
+        config.device = "cpu".parse().unwrap();
+        config.precision = "bf16-mixed".into();
+        assert!(error_of(&config).contains("--precision bf16-mixed needs a GPU"));
+    }
     let mut config = base.clone();
-    config.dtype = "bf16".into();
-    assert!(error_of(&config).contains("--dtype bf16"));
+    config.precision = "bf16".into();
+    assert!(error_of(&config).contains("expected f32, bf16-mixed or pure-bf16"));
     let mut config = base.clone();
     config.resume = Some(dir.join("nowhere"));
     assert!(error_of(&config).contains("does not exist"));

@@ -257,15 +257,23 @@ pub fn load(dir: &Path, state: &RunState, model: &mut Llama, optimizer: &mut Ada
     if state.optimizer_step == 0 {
         return Ok(()); // saved before the first update: AdamW has no state yet
     }
+    // Shape-and-dtype templates of what the optimizer file holds: the moments (f32 with an f32 master copy
+    // for bf16 parameters under mixed precision, else the parameter's dtype).
     let expected: Vec<Parameter> = model
         .parameters()
         .iter()
         .flat_map(|p| {
-            let zeros = || Tensor::zeros(p.value().shape(), p.value().dtype());
-            [
+            let mixed = optimizer.config.master_weights && p.value().dtype() == cola_tensor::DType::BF16;
+            let dtype = if mixed { cola_tensor::DType::F32 } else { p.value().dtype() };
+            let zeros = || Tensor::zeros(p.value().shape(), dtype);
+            let mut entries = vec![
                 Parameter::new(format!("{}.exp_avg", p.name()), zeros()),
                 Parameter::new(format!("{}.exp_avg_sq", p.name()), zeros()),
-            ]
+            ];
+            if mixed {
+                entries.push(Parameter::new(format!("{}.master", p.name()), zeros()));
+            }
+            entries
         })
         .collect();
     let mut moments = NamedTensors(expected);

@@ -21,7 +21,7 @@ pub mod trainer;
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use eval::{evaluate, EvalResult};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
-pub use plan::{cpu_micro_batch, recipe, resolve, Options, Recipe};
+pub use plan::{cpu_micro_batch, gpu_micro_batch, recipe, resolve, Options, Recipe};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
@@ -29,18 +29,20 @@ use crate::data::DataError;
 use cola_autograd::{AutogradError, Policy};
 use cola_nn::NnError;
 use cola_optim::OptimError;
+use cola_tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Where training runs. `Auto` is the CPU until the CUDA backend lands.
+/// Where training runs: `Auto` is the first GPU when one is usable, else the CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     Auto,
     Cpu,
-    Cuda,
+    /// A CUDA device by ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
 }
 
 impl std::str::FromStr for DeviceChoice {
@@ -49,9 +51,69 @@ impl std::str::FromStr for DeviceChoice {
     fn from_str(text: &str) -> Result<Self> {
         match text {
             "auto" => Ok(DeviceChoice::Auto),
-            "cpu" => Ok(DeviceChoice::Cpu),
-            "cuda" => Ok(DeviceChoice::Cuda),
-            other => Err(TrainError::Config(format!("unknown device {other:?}; expected auto, cpu or cuda"))),
+            other => match other.parse::<Device>() {
+                Ok(Device::Cpu) => Ok(DeviceChoice::Cpu),
+                Ok(Device::Cuda(n)) => Ok(DeviceChoice::Cuda(n)),
+                Err(_) => Err(TrainError::Config(format!(
+                    "unknown device {other:?}; expected auto, cpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The device this choice means on this machine; a GPU that is asked for but absent is an error.
+    pub fn resolve(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Auto => Ok(if gpu_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
+            DeviceChoice::Cuda(n) => {
+                let device = Device::Cuda(n);
+                cola_tensor::Tensor::zeros_on(&[1], cola_tensor::DType::F32, device).map(|_| device).map_err(
+                    |e| TrainError::DeviceUnavailable { device: device.to_string(), reason: e.to_string() },
+                )
+            }
+        }
+    }
+}
+
+/// Usable CUDA devices (0 without a driver or without the `cuda` feature).
+pub fn gpu_count() -> usize {
+    #[cfg(feature = "cuda")]
+    return cola_tensor::cuda::cuda_device_count();
+    #[cfg(not(feature = "cuda"))]
+    0
+}
+
+/// Numeric precision of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 weights, activations and optimizer state (the CPU's only mode).
+    F32,
+    /// bf16 weights and activations with f32 accumulation, f32 master weights and AdamW moments (GPU).
+    Bf16Mixed,
+    /// bf16 weights, activations and AdamW moments: the paper's setting (GPU).
+    PureBf16,
+}
+
+impl Precision {
+    pub fn parse(text: &str) -> Result<Precision> {
+        match text {
+            "f32" => Ok(Precision::F32),
+            "bf16-mixed" => Ok(Precision::Bf16Mixed),
+            "pure-bf16" => Ok(Precision::PureBf16),
+            other => {
+                Err(TrainError::Config(format!("--precision {other}: expected f32, bf16-mixed or pure-bf16")))
+            }
+        }
+    }
+
+    /// The dtype parameters and activations are stored in.
+    pub fn param_dtype(self) -> cola_tensor::DType {
+        match self {
+            Precision::F32 => cola_tensor::DType::F32,
+            Precision::Bf16Mixed | Precision::PureBf16 => cola_tensor::DType::BF16,
         }
     }
 }
@@ -65,8 +127,9 @@ pub struct TrainConfig {
     /// Overrides the preset's vocabulary (32000); also the size of a BPE trained on the corpus.
     pub vocab_size: Option<usize>,
     pub device: DeviceChoice,
-    /// Parameter and compute dtype; the CPU trains in `f32` only.
-    pub dtype: String,
+    /// `f32`, `bf16-mixed` or `pure-bf16` (see [`Precision`]); the CPU trains in `f32` only.
+    #[serde(alias = "dtype")]
+    pub precision: String,
     /// Training corpus; `None` is the default Shakespeare corpus.
     pub data: Option<PathBuf>,
     /// Validation corpus; `None` holds out 1% of the training corpus.
@@ -146,7 +209,7 @@ impl TrainConfig {
             model: model.to_string(),
             vocab_size: None,
             device: DeviceChoice::Auto,
-            dtype: "f32".into(),
+            precision: "f32".into(),
             data: None,
             val_data: None,
             tokenizer: None,
@@ -179,14 +242,11 @@ impl TrainConfig {
     /// Checks the settings that no lower layer checks, before any work is done.
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| Err(TrainError::Config(reason));
-        if self.device == DeviceChoice::Cuda {
-            return Err(TrainError::DeviceUnavailable);
-        }
-        if self.dtype != "f32" {
+        let device = self.device.resolve()?;
+        if Precision::parse(&self.precision)? != Precision::F32 && device == Device::Cpu {
             return bad(format!(
-                "--dtype {} is not available on the CPU, which trains in f32 (bf16 comes with the CUDA \
-                 backend); use --dtype f32",
-                self.dtype
+                "--precision {} needs a GPU; the CPU trains in f32 (use --precision f32 or --device cuda)",
+                self.precision
             ));
         }
         let policy = self.policy()?;
@@ -247,11 +307,8 @@ pub enum TrainError {
     Tensor(#[from] cola_tensor::TensorError),
     #[error("invalid setting: {0}")]
     Config(String),
-    #[error(
-        "--device cuda: the CUDA backend is not built yet (a later release adds it); use --device cpu or \
-         --device auto"
-    )]
-    DeviceUnavailable,
+    #[error("--device {device}: no usable GPU ({reason}); use --device cpu or --device auto")]
+    DeviceUnavailable { device: String, reason: String },
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,

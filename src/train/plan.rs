@@ -57,13 +57,24 @@ pub fn cpu_micro_batch(model: &str) -> usize {
     }
 }
 
+/// Sequences per forward/backward pass on one GPU: the paper's micro-batches (64 up to 350m, 32 for 1b)
+/// in bf16 on an 80+ GB device.
+pub fn gpu_micro_batch(model: &str) -> usize {
+    match model.split_once('-').map_or("", |(_, size)| size) {
+        "1b" => 32,
+        "7b" => 8,
+        _ => 64,
+    }
+}
+
 /// The command line, every value optional: `None` means "the recipe's, or the checkpoint's on resume".
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     pub model: Option<String>,
     pub vocab_size: Option<usize>,
     pub device: Option<DeviceChoice>,
-    pub dtype: Option<String>,
+    /// f32, bf16-mixed or pure-bf16; `None` is bf16-mixed on a GPU and f32 on the CPU.
+    pub precision: Option<String>,
     pub data: Option<PathBuf>,
     pub val_data: Option<PathBuf>,
     pub tokenizer: Option<PathBuf>,
@@ -108,7 +119,9 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     let mut config = TrainConfig::new(&model, out)?;
     config.vocab_size = options.vocab_size;
     config.device = options.device.unwrap_or(DeviceChoice::Auto);
-    config.dtype = options.dtype.clone().unwrap_or_else(|| "f32".into());
+    let on_gpu = config.device.resolve()? != cola_tensor::Device::Cpu;
+    config.precision =
+        options.precision.clone().unwrap_or_else(|| if on_gpu { "bf16-mixed" } else { "f32" }.into());
     config.data = options.data.clone();
     config.val_data = options.val_data.clone();
     config.tokenizer = options.tokenizer.clone();
@@ -137,10 +150,11 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
         None => recipe.warmup_steps,
     };
 
-    // Only the CPU exists so far, so every run is scaled to it.
-    let default_micro = cpu_micro_batch(&model);
+    // A GPU runs the paper's batch; a CPU run is scaled down so that steps take seconds.
+    let default_micro = if on_gpu { gpu_micro_batch(&model) } else { cpu_micro_batch(&model) };
     config.batch_size = match options.batch_size {
         Some(batch) => batch,
+        None if on_gpu => 512,
         None => {
             let micro = options.micro_batch.unwrap_or(default_micro.min(CPU_BATCH_SIZE));
             notes.push(format!(
@@ -249,8 +263,8 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     if let Some(device) = options.device {
         config.device = device;
     }
-    if let Some(dtype) = &options.dtype {
-        config.dtype = dtype.clone();
+    if let Some(precision) = &options.precision {
+        config.precision = precision.clone();
     }
     if options.val_data.is_some() {
         if !options.eval_only && options.val_data != config.val_data {

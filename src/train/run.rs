@@ -5,7 +5,7 @@ use super::eval::{evaluate, EvalResult};
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
 use super::progress::{format_duration, Progress};
 use super::trainer::{StepError, Trainer};
-use super::{Result, TrainConfig, TrainError};
+use super::{Precision, Result, TrainConfig, TrainError};
 use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
 use cola_nn::{Init, Llama, LlamaConfig};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
@@ -125,19 +125,27 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
     ));
 
+    let device = config.device.resolve()?;
+    let precision = Precision::parse(&config.precision)?;
     let adamw = AdamW::new(AdamWConfig {
         weight_decay: config.weight_decay,
         exempt_norms_and_embeddings: config.no_decay_norms_embeddings,
+        master_weights: precision != Precision::PureBf16,
         ..AdamWConfig::default()
     });
     let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
-    let (model, rng) = match &resume {
+    let (mut model, rng) = match &resume {
         Some(_) => (Llama::build(model_config, DType::F32, &mut Init::Zeros)?, None),
         None => {
             let mut rng = Rng::new(config.seed);
             (Llama::new(model_config, &mut rng)?, Some(rng))
         }
     };
+    // Weights are drawn on the CPU in f32 (the same numbers on every device), then moved and converted.
+    if device != cola_tensor::Device::Cpu || precision != Precision::F32 {
+        model.to_device(device, precision.param_dtype())?;
+        say(&format!("device: {device}, precision {}", config.precision));
+    }
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
     trainer.policy = config.policy()?;
 
@@ -179,7 +187,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
     let last_val = resume.as_ref().and_then(|(_, s)| s.last_val_loss);
     say(&format!(
         "training: {} updates of {} sequences x {} tokens (micro-batches of {}), peak lr {:e}, warmup {}, \
-         cosine to 10%; AdamW betas 0.9/0.999, eps 1e-8, weight decay {}{}; clip 0.5; {} threads; cpu f32. \
+         cosine to 10%; AdamW betas 0.9/0.999, eps 1e-8, weight decay {}{}; clip 0.5; {} threads; {device} {}. \
          Tokens counted are non-pad input tokens.",
         config.steps,
         config.batch_size,
@@ -190,6 +198,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         config.weight_decay,
         if config.no_decay_norms_embeddings { " (not on norms and embedding)" } else { " on all parameters" },
         rayon::current_num_threads(),
+        config.precision,
     ));
     say(&format!(
         "run directory: {} (metrics.jsonl, loss.png, tokenizer.json, checkpoint-<step>/); resume with --resume {}",

@@ -53,6 +53,7 @@ pub struct Trainer {
 }
 
 /// Error of [`Trainer::train_step`]: a lower layer's, or a non-finite loss or gradient norm.
+#[derive(Debug)]
 pub enum StepError {
     Failed(TrainError),
     NonFinite(NonFinite),
@@ -73,6 +74,17 @@ step_error_from!(
     cola_optim::OptimError,
     cola_tensor::TensorError
 );
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Failed(e) => write!(f, "{e}"),
+            StepError::NonFinite(n) => {
+                write!(f, "non-finite {} ({}) at step {} with lr {:e}", n.what, n.value, n.step, n.lr)
+            }
+        }
+    }
+}
 
 impl Trainer {
     pub fn new(

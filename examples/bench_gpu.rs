@@ -1,0 +1,193 @@
+//! Training throughput, model FLOPs utilisation and peak GPU memory of full-rank and CoLA models on one GPU.
+//!
+//! Per row: a model built with zero-initialised weights (values do not change the time of any kernel),
+//! moved to the GPU in the chosen precision, then `--warmup` untimed and `--steps` timed optimizer steps
+//! of one micro-batch of random token ids each (forward, backward, clipping, AdamW). tokens/s counts input
+//! tokens; MFU = tokens/s x training FLOPs per token (COLA.md section 8: 3 x forward, no recomputation
+//! counted) / the device's peak dense bf16 rate (`--peak-tflops`, 989 for an H200). Peak memory is the
+//! caching allocator's high-water mark of live buffers during the timed steps. When a micro-batch does not
+//! fit, the row is retried with half of it.
+//!
+//! Usage: `cargo run --release --example bench_gpu -- [--rows full-350m,cola-350m,cola-350m:cola-m,...]
+//! [--steps 5] [--warmup 2] [--seq 256] [--precision bf16-mixed] [--peak-tflops 989] [--device cuda:0]`.
+use cola::audit::{flops_per_token, synthetic_ids};
+use cola::autograd::Policy;
+use cola::data::Batch;
+use cola::nn::{Init, Llama, LlamaConfig};
+use cola::optim::{AdamW, AdamWConfig, CosineSchedule};
+use cola::tensor::{DType, Device};
+use cola::train::{gpu_micro_batch, Precision, Trainer};
+use std::time::Instant;
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("bench_gpu: {message}");
+    std::process::exit(1)
+}
+
+struct Row {
+    name: String,
+    micro_batch: usize,
+    tokens_per_s: f64,
+    mfu: f64,
+    peak_bytes: usize,
+    step_s: f64,
+    loss: f64,
+}
+
+fn run_row(
+    preset: &str,
+    policy: Policy,
+    micro_batch: usize,
+    args: &Settings,
+) -> Result<Row, Box<dyn std::error::Error>> {
+    let mut config = LlamaConfig::preset(preset)?;
+    config.max_seq_len = config.max_seq_len.max(args.seq);
+    let mut model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
+    model.to_device(args.device, args.precision.param_dtype())?;
+    let optimizer = AdamW::new(AdamWConfig {
+        master_weights: args.precision != Precision::PureBf16,
+        ..AdamWConfig::default()
+    });
+    let schedule = CosineSchedule::new(1e-3, 1, 1000)?;
+    let mut trainer = Trainer::new(model, optimizer, schedule, micro_batch, 0.5);
+    trainer.policy = policy;
+    let ordinal = match args.device {
+        Device::Cuda(n) => n,
+        Device::Cpu => fail("bench_gpu needs a CUDA device"),
+    };
+    let batch = |step: usize| Batch {
+        tokens: synthetic_ids(config.vocab_size, micro_batch * args.seq, step as u64 + 1),
+        rows: micro_batch,
+        seq_len: args.seq,
+        epoch: 0,
+    };
+    let mut loss = 0.0;
+    for step in 0..args.warmup {
+        loss = trainer.train_step(&batch(step)).map_err(|e| e.to_string())?.loss;
+    }
+    cola::tensor::cuda::cuda_synchronize(ordinal)?;
+    cola::tensor::cuda::cuda_reset_peak(ordinal)?;
+    let start = Instant::now();
+    for step in 0..args.steps {
+        loss = trainer.train_step(&batch(args.warmup + step)).map_err(|e| e.to_string())?.loss;
+    }
+    cola::tensor::cuda::cuda_synchronize(ordinal)?;
+    let elapsed = start.elapsed().as_secs_f64();
+    let peak_bytes = cola::tensor::cuda::cuda_memory_stats(ordinal)?.peak;
+    let tokens = (micro_batch * args.seq * args.steps) as f64;
+    let tokens_per_s = tokens / elapsed;
+    let flops = flops_per_token(&config, args.seq).training;
+    let name = format!(
+        "{preset}{}",
+        if policy == Policy::KeepAll { String::new() } else { format!(" +{}", policy.name()) }
+    );
+    Ok(Row {
+        name,
+        micro_batch,
+        tokens_per_s,
+        mfu: tokens_per_s * flops / (args.peak_tflops * 1e12),
+        peak_bytes,
+        step_s: elapsed / args.steps as f64,
+        loss,
+    })
+}
+
+struct Settings {
+    device: Device,
+    precision: Precision,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    peak_tflops: f64,
+}
+
+fn main() {
+    let device: Device =
+        arg("--device").unwrap_or_else(|| "cuda:0".into()).parse().unwrap_or_else(|e: String| fail(&e));
+    let precision = Precision::parse(&arg("--precision").unwrap_or_else(|| "bf16-mixed".into()))
+        .unwrap_or_else(|e| fail(&e.to_string()));
+    let number = |name: &str, default: f64| {
+        arg(name).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(&format!("{name} {v}"))))
+    };
+    let settings = Settings {
+        device,
+        precision,
+        seq: number("--seq", 256.0) as usize,
+        steps: number("--steps", 5.0) as usize,
+        warmup: number("--warmup", 2.0) as usize,
+        peak_tflops: number("--peak-tflops", 989.0),
+    };
+    let rows = arg("--rows")
+        .unwrap_or_else(|| "full-350m,cola-350m,cola-350m:cola-m,full-1b,cola-1b,cola-1b:cola-m".into());
+    println!(
+        "GPU training throughput ({device}, {}, seq {}, {} timed steps after {} warmup; MFU against {} TFLOP/s)",
+        arg("--precision").unwrap_or_else(|| "bf16-mixed".into()),
+        settings.seq,
+        settings.steps,
+        settings.warmup,
+        settings.peak_tflops
+    );
+    println!(
+        "{:<22} {:>6} {:>12} {:>7} {:>11} {:>8} {:>8}",
+        "model", "micro", "tokens/s", "MFU", "peak mem", "step s", "loss"
+    );
+    let mut results: Vec<Row> = Vec::new();
+    for spec in rows.split(',') {
+        let (preset, policy) = match spec.split_once(':') {
+            Some((p, policy)) => {
+                (p, Policy::parse(policy).unwrap_or_else(|| fail(&format!("unknown policy {policy}"))))
+            }
+            None => (spec, Policy::KeepAll),
+        };
+        let mut micro =
+            arg("--micro-batch").and_then(|v| v.parse().ok()).unwrap_or_else(|| gpu_micro_batch(preset));
+        loop {
+            match run_row(preset, policy, micro, &settings) {
+                Ok(row) => {
+                    println!(
+                        "{:<22} {:>6} {:>12.0} {:>6.1}% {:>8.2} GiB {:>8.3} {:>8.4}",
+                        row.name,
+                        row.micro_batch,
+                        row.tokens_per_s,
+                        100.0 * row.mfu,
+                        row.peak_bytes as f64 / (1u64 << 30) as f64,
+                        row.step_s,
+                        row.loss
+                    );
+                    results.push(row);
+                    break;
+                }
+                Err(e) if e.to_string().contains("out of GPU memory") && micro > 1 => {
+                    println!("{spec}: micro-batch {micro} does not fit ({e}); retrying with {}", micro / 2);
+                    micro /= 2;
+                }
+                Err(e) => {
+                    println!("{spec}: failed: {e}");
+                    break;
+                }
+            }
+            if let Device::Cuda(n) = device {
+                let _ = cola::tensor::cuda::cuda_release_cached(n);
+            }
+        }
+        if let Device::Cuda(n) = device {
+            let _ = cola::tensor::cuda::cuda_release_cached(n);
+        }
+    }
+    let find = |name: &str| results.iter().find(|r| r.name == name);
+    for (a, b, what) in [("cola-350m", "full-350m", "tokens/s"), ("cola-1b", "full-1b", "tokens/s")] {
+        if let (Some(x), Some(y)) = (find(a), find(b)) {
+            println!("{a} / {b} {what}: {:.2}x", x.tokens_per_s / y.tokens_per_s);
+        }
+    }
+    for (a, b) in [("cola-1b +cola-m", "cola-1b"), ("cola-350m +cola-m", "cola-350m")] {
+        if let (Some(x), Some(y)) = (find(a), find(b)) {
+            println!("{a} / {b} peak memory: {:.2}x", x.peak_bytes as f64 / y.peak_bytes as f64);
+        }
+    }
+}
