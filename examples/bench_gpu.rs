@@ -106,7 +106,73 @@ struct Settings {
     peak_tflops: f64,
 }
 
+/// With `COLA_CUDA_PROFILE=1`: the kernels of the row just measured (warmup included), by total time.
+fn print_profile() {
+    let rows = cola::kernels::cuda::profile::take();
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    for (name, calls, seconds) in rows.iter().take(25) {
+        println!(
+            "    {name:<44} {calls:>7} calls {:>9.2} ms {:>5.1}%",
+            seconds * 1e3,
+            100.0 * seconds / total
+        );
+    }
+}
+
+/// `--gemm`: TFLOP/s of single bf16 products of the 1b model's shapes through the engine's matmul (plain,
+/// transposed-left as in weight gradients, transposed-right as in input gradients), medians of 20.
+fn gemm_table(device: Device) {
+    use cola::tensor::Rng;
+    let Device::Cuda(ordinal) = device else { fail("--gemm needs a CUDA device") };
+    println!("{:<34} {:>10} {:>10}", "bf16 GEMM [m, k] @ [k, n]", "ms", "TFLOP/s");
+    for (m, k, n) in
+        [(8192, 2048, 2048), (8192, 2048, 5461), (8192, 5461, 2048), (16384, 1024, 1024), (16384, 1024, 256)]
+    {
+        for (name, ta, tb) in
+            [("NN", false, false), ("TN (weight grad)", true, false), ("NT (input grad)", false, true)]
+        {
+            let make = |rows: usize, cols: usize, t: bool, seed: u64| {
+                let shape = if t { [cols, rows] } else { [rows, cols] };
+                let x = cola::Tensor::randn(&shape, 0.0, 1.0, DType::F32, &mut Rng::new(seed));
+                let x = x
+                    .to_dtype(DType::BF16)
+                    .and_then(|x| x.to_device(device))
+                    .unwrap_or_else(|e| fail(&e.to_string()));
+                if t {
+                    x.t().unwrap_or_else(|e| fail(&e.to_string()))
+                } else {
+                    x
+                }
+            };
+            let (a, b) = (make(m, k, ta, 1), make(k, n, tb, 2));
+            let mut times = Vec::new();
+            for _ in 0..22 {
+                let _ = cola::tensor::cuda::cuda_synchronize(ordinal);
+                let start = Instant::now();
+                let c = a.matmul(&b).unwrap_or_else(|e| fail(&e.to_string()));
+                let _ = cola::tensor::cuda::cuda_synchronize(ordinal);
+                times.push(start.elapsed().as_secs_f64());
+                drop(c);
+            }
+            times.sort_by(f64::total_cmp);
+            let t = times[times.len() / 2];
+            println!(
+                "{:<34} {:>10.3} {:>10.1}",
+                format!("[{m}, {k}] @ [{k}, {n}] {name}"),
+                t * 1e3,
+                2.0 * (m * k * n) as f64 / t / 1e12
+            );
+        }
+    }
+}
+
 fn main() {
+    if std::env::args().any(|a| a == "--gemm") {
+        let device: Device =
+            arg("--device").unwrap_or_else(|| "cuda:0".into()).parse().unwrap_or_else(|e: String| fail(&e));
+        gemm_table(device);
+        return;
+    }
     let device: Device =
         arg("--device").unwrap_or_else(|| "cuda:0".into()).parse().unwrap_or_else(|e: String| fail(&e));
     let precision = Precision::parse(&arg("--precision").unwrap_or_else(|| "bf16-mixed".into()))
@@ -160,6 +226,7 @@ fn main() {
                         row.loss
                     );
                     results.push(row);
+                    print_profile();
                     break;
                 }
                 Err(e) if e.to_string().contains("out of GPU memory") && micro > 1 => {

@@ -33,5 +33,13 @@ for t in gpu_core gpu_elementwise gpu_nn_ops gpu_train; do
     step "$t" 90 "$bundle/$t" --test-threads=1 --nocapture
 done
 step bench_gpu 240 "$bundle/bench_gpu" --rows "$rows" --steps 5 --warmup 2
+# The training program itself, on the cached default corpus (no network needed when local/cache holds it).
+if [ -d local/cache/shakespeare ]; then
+    run="${OUT:-/tmp}/gpu-run"
+    rm -rf "$run"
+    step train_cola_60m 120 "$bundle/llama_cola_350m" --device cuda --model cola-60m --steps 60 --batch-size 64 \
+        --micro-batch 64 --eval-every 30 --save-every 60 --cache-dir local/cache --out "$run"
+    step resume_cola_60m 60 "$bundle/llama_cola_350m" --resume "$run" --eval-only
+fi
 echo "=== summary"
 printf '%s\n' "${status[@]}"

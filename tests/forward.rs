@@ -778,9 +778,14 @@ fn bf16_ops_agree_with_f32_rounded_to_bf16() {
     check_bf16("attention", &[q, kv.clone(), kv.mul_scalar(-1.0).unwrap()], |t| {
         Tensor::attention(&t[0], &t[1], &t[2], 0.5).unwrap()
     });
-    check_bf16("cross_entropy", &[a.reshape(&[12, 8]).unwrap()], |t| {
-        t[0].cross_entropy(&[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3], Some(3)).unwrap()
-    });
+    // The loss of bf16 logits is an f32 scalar (a bf16 loss would keep 8 significant bits), computed from
+    // the bf16 values exactly as the f32 path computes it from the same values.
+    let logits = a.reshape(&[12, 8]).unwrap().to_dtype(DType::BF16).unwrap();
+    let targets = [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3];
+    let loss = logits.cross_entropy(&targets, Some(3)).unwrap();
+    let want = logits.to_dtype(DType::F32).unwrap().cross_entropy(&targets, Some(3)).unwrap();
+    assert_eq!(loss.dtype(), DType::F32, "cross_entropy of bf16 logits is f32");
+    assert_eq!(loss.to_scalar().unwrap(), want.to_scalar().unwrap());
     check_bf16("concat", &[a.clone(), a.clone()], |t| Tensor::concat(t, 1).unwrap());
     let table = a.reshape(&[12, 8]).unwrap();
     check_bf16("embedding", &[table], |t| Tensor::embedding(&t[0], &[3, 0, 11, 3], &[2, 2]).unwrap());

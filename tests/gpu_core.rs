@@ -58,6 +58,13 @@ fn round_trip_copies_casts_and_fills() {
         let got = g.permute(&perm).unwrap().contiguous().unwrap();
         assert_eq!(rel_err(&got, &want), 0.0, "{name}");
     }
+    // Head-major permutes of attention-shaped tensors take the 16-byte copy path: still exact.
+    for dtype in [DType::F32, DType::BF16] {
+        let x = randn(&[4, 16, 8, 64], 9).to_dtype(dtype).unwrap();
+        let want = x.permute(&[0, 2, 1, 3]).unwrap().contiguous().unwrap();
+        let got = x.to_device(GPU).unwrap().permute(&[0, 2, 1, 3]).unwrap().contiguous().unwrap();
+        assert_eq!(rel_err(&got, &want), 0.0, "{dtype} head-major permute");
+    }
     let narrowed = g.narrow(1, 2, 3).unwrap().contiguous().unwrap();
     assert_eq!(rel_err(&narrowed, &x.narrow(1, 2, 3).unwrap().contiguous().unwrap()), 0.0);
     let full = Tensor::full_on(&[3, 33], 2.5, DType::BF16, GPU).unwrap();
@@ -73,7 +80,9 @@ fn matmul_matches_the_cpu_for_every_layout() {
         return;
     }
     // (a shape, b shape, transpose a's last dims, transpose b's last dims)
-    let cases: [(&[usize], &[usize], bool, bool); 9] = [
+    // The last three are large with rows that are not 16-byte aligned: operands are copied into padded
+    // buffers and the output is a view of one.
+    let cases: [(&[usize], &[usize], bool, bool); 12] = [
         (&[7, 5], &[5, 3], false, false),
         (&[64, 96], &[96, 33], false, false),
         (&[5, 7], &[5, 3], true, false),
@@ -83,6 +92,9 @@ fn matmul_matches_the_cpu_for_every_layout() {
         (&[4, 9, 16], &[4, 8, 16], false, true),
         (&[2, 3, 9, 16], &[3, 16, 5], false, false),
         (&[1, 1], &[1, 1], false, false),
+        (&[300, 257], &[257, 301], false, false),
+        (&[257, 300], &[301, 257], true, true),
+        (&[2, 150, 257], &[257, 301], false, false),
     ];
     for (i, (sa, sb, ta, tb)) in cases.iter().enumerate() {
         let mut a = randn(sa, 10 + i as u64);
@@ -115,6 +127,19 @@ fn matmul_matches_the_cpu_for_every_layout() {
         let err16 = rel_err(&got16, &want);
         assert!(err16 <= 2e-2, "matmul bf16 case {i}: {err16}");
     }
+    // A batch whose rows do not continue from one entry to the next (narrowed) cannot be folded into one
+    // product with the shared weight.
+    let a = randn(&[4, 12, 16], 30).narrow(1, 0, 9).unwrap();
+    let w = randn(&[16, 8], 31);
+    let want = a.matmul(&w).unwrap();
+    let got = randn(&[4, 12, 16], 30)
+        .to_device(GPU)
+        .unwrap()
+        .narrow(1, 0, 9)
+        .unwrap()
+        .matmul(&w.to_device(GPU).unwrap())
+        .unwrap();
+    assert!(rel_err(&got, &want) <= 1e-5, "narrowed batch with a shared weight");
     // A broadcast view with no unit stride is copied before the GEMM.
     let a = randn(&[3, 4], 5);
     let b = randn(&[6, 4, 2], 6).narrow(0, 1, 4).unwrap().permute(&[0, 1, 2]).unwrap();

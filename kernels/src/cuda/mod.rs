@@ -10,6 +10,7 @@ mod alloc;
 pub mod blas;
 pub mod compile;
 pub mod ops;
+pub mod profile;
 mod runtime;
 
 pub use alloc::{DeviceBuffer, MemoryStats};

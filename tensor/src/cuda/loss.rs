@@ -1,7 +1,7 @@
 //! GPU implementation of the loss ops (see `ops/loss.rs` for the CPU path and the shape rules).
 //!
 //! Per-row losses are computed in f32 (one block per row), then averaged over the counted rows in f64 in a
-//! fixed order; the loss is a scalar of the logits' dtype, as on the CPU.
+//! fixed order; the loss is an f32 scalar whatever the logits' dtype, as on the CPU.
 use super::cuda_error;
 use crate::error::Result;
 use crate::{DType, Tensor};
@@ -14,16 +14,16 @@ pub(crate) fn cross_entropy(logits: &Tensor, targets: &[u32], ignore_id: Option<
     let (device, dtype) = (logits.gpu_device(OP)?, logits.gpu_dtype(OP)?);
     let count = counted_targets(targets, ignore_id);
     if count == 0 {
-        return Tensor::gpu_zeros(&device, &[], logits.dtype());
+        return Tensor::gpu_zeros(&device, &[], DType::F32);
     }
     let logits = logits.gpu_contiguous()?;
     let vocab = logits.shape().last().copied().unwrap_or(0);
     let shape = LossRows { rows: targets.len(), vocab, ignore_id };
     let target_buf = device.upload(targets).map_err(cuda_error(OP))?;
     let row_loss = Tensor::gpu_empty(&device, &[targets.len()], DType::F32)?;
-    let out = Tensor::gpu_empty(&device, &[], logits.dtype())?;
+    let out = Tensor::gpu_empty(&device, &[], DType::F32)?;
     // SAFETY: logits are contiguous `rows * vocab` of `dtype`, targets were uploaded (`rows` u32, counted
-    // ones `< vocab` as the caller checked), row_loss holds `rows` f32 and out one element of `dtype`. The
+    // ones `< vocab` as the caller checked), row_loss holds `rows` f32 and out one f32. The
     // target buffer outlives the launch in stream order.
     unsafe {
         kernels::cross_entropy_forward(

@@ -32,8 +32,9 @@ fn check(op: &'static str, logits: &Tensor, targets: &[u32], ignore_id: Option<u
 }
 
 impl Tensor {
-    /// Mean over rows whose target is not `ignore_id` of `-log softmax(logits[row])[target]`; a scalar.
-    /// When every target is ignored the loss is 0 (and so is its gradient), not NaN.
+    /// Mean over rows whose target is not `ignore_id` of `-log softmax(logits[row])[target]`; a scalar in
+    /// the compute dtype (f32 for bf16 logits: a bf16 loss would keep only 8 significant bits). When every
+    /// target is ignored the loss is 0 (and so is its gradient), not NaN.
     pub fn cross_entropy(&self, targets: &[u32], ignore_id: Option<u32>) -> Result<Tensor> {
         let vocab = check("cross_entropy", self, targets, ignore_id)?;
         #[cfg(feature = "cuda")]
@@ -41,12 +42,12 @@ impl Tensor {
             super::check_same("cross_entropy", &[self])?;
             return crate::cuda::loss::cross_entropy(self, targets, ignore_id);
         }
-        in_compute_dtype1("cross_entropy", [self], |[logits]| {
-            match_float!("cross_entropy", logits.dtype(), T => {
-                let ld = logits.contiguous_data::<T>()?;
-                let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
-                Ok(Tensor::from_compute(vec![loss], &[]))
-            })
+        super::check_same("cross_entropy", &[self])?;
+        let logits = self.to_dtype(self.dtype().compute_dtype())?;
+        match_float!("cross_entropy", logits.dtype(), T => {
+            let ld = logits.contiguous_data::<T>()?;
+            let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
+            Ok(Tensor::from_compute(vec![loss], &[]))
         })
     }
 

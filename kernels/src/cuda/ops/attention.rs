@@ -1,6 +1,5 @@
 //! Launchers of `kernels/cuda/attention.cu`: the row-wise softmax steps of causal attention (the products
 //! run through [`crate::cuda::blas::gemm`]).
-use super::norm::row_config;
 use super::{kernel_name, launch};
 use crate::cuda::{CudaDevice, GpuDType, Result};
 use cudarc::driver::PushKernelArg;
@@ -26,6 +25,12 @@ fn checked(shape: ScoreRows) -> Result<Option<(i64, i64, i64)>> {
     Ok(Some((shape.rows as i64, shape.q_len as i64, shape.kv_len as i64)))
 }
 
+/// One warp per row, eight rows per 256-thread block (the grid is capped; kernels loop over the rest).
+fn warp_rows(rows: usize) -> cudarc::driver::LaunchConfig {
+    let blocks = rows.div_ceil(8).clamp(1, 1 << 20) as u32;
+    cudarc::driver::LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// `p = softmax` of each score row over its visible keys (0 for masked keys), written in `dtype`. When
 /// `dtype` is f32, `p` may equal `scores` (in place).
 ///
@@ -41,7 +46,7 @@ pub unsafe fn causal_softmax(
     let Some((rows, q_len, kv_len)) = checked(shape)? else { return Ok(()) };
     // SAFETY: matches `causal_softmax_T(const float*, T*, i64, i64, i64)`; sizes per the contract.
     unsafe {
-        launch!(device, "attention", kernel_name("causal_softmax", dtype), row_config(shape.rows, shape.kv_len, 256);
+        launch!(device, "attention", kernel_name("causal_softmax", dtype), warp_rows(shape.rows);
             &scores, &p, &rows, &q_len, &kv_len)
     }
 }
@@ -63,7 +68,7 @@ pub unsafe fn causal_softmax_backward(
     let name = kernel_name("causal_softmax_backward", dtype);
     // SAFETY: matches `causal_softmax_backward_T(const float*, const float*, T*, i64, i64, i64)`.
     unsafe {
-        launch!(device, "attention", name, row_config(shape.rows, shape.kv_len, 256);
+        launch!(device, "attention", name, warp_rows(shape.rows);
             &scores, &dp, &ds, &rows, &q_len, &kv_len)
     }
 }

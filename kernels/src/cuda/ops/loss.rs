@@ -24,7 +24,7 @@ impl LossRows {
 ///
 /// # Safety
 /// `logits` must hold `rows * vocab` contiguous `dtype` values, `targets` `rows` u32 values (those of
-/// counted rows `< vocab`), `row_loss` `rows` f32 values and `out` one `dtype` value, on this device.
+/// counted rows `< vocab`), `row_loss` `rows` f32 values and `out` one f32 value, on this device.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn cross_entropy_forward(
     device: &CudaDevice,
@@ -50,7 +50,7 @@ pub unsafe fn cross_entropy_forward(
     // SAFETY: matches `cross_entropy_mean_T(const float*, T*, i64, i64)`, launched with the 256 threads its
     // shared array is sized for.
     unsafe {
-        launch!(device, "loss", kernel_name("cross_entropy_mean", dtype), one_block;
+        launch!(device, "loss", kernel_name("cross_entropy_mean", GpuDType::F32), one_block;
             &row_loss, &out, &rows, &count)
     }
 }

@@ -41,10 +41,20 @@ macro_rules! launch {
         let f = $device.function($module, name)?;
         let mut builder = $device.stream().launch_builder(&f);
         $( builder.arg($arg); )*
-        builder
+        let profiling = $crate::cuda::profile::enabled();
+        if profiling {
+            $device.synchronize()?;
+        }
+        let start = std::time::Instant::now();
+        let launched = builder
             .launch($config)
             .map(|_| ())
-            .map_err(|e| $crate::cuda::CudaError::driver("kernel launch", format!("{}::{name}: {e:?}", $module)))
+            .map_err(|e| $crate::cuda::CudaError::driver("kernel launch", format!("{}::{name}: {e:?}", $module)));
+        if profiling && launched.is_ok() {
+            $device.synchronize()?;
+            $crate::cuda::profile::record(name, start);
+        }
+        launched
     }};
 }
 pub(crate) use launch;
