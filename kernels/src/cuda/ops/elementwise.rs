@@ -71,7 +71,7 @@ fn in_16_byte_units(
             && s.offset % per == 0
             && (0..rank - 1).all(|d| s.strides[d] % per == 0)
     };
-    if src.rank != dst.rank || !fits(src) || !fits(dst) || x % 16 != 0 || y % 16 != 0 {
+    if src.rank != dst.rank || !fits(src) || !fits(dst) || !x.is_multiple_of(16) || !y.is_multiple_of(16) {
         return None;
     }
     let shrink = |s: &StridedArg| {
@@ -169,10 +169,10 @@ pub unsafe fn binary(
     let contiguous_at = |o: &Operand| {
         let v = &o.view;
         let start = o.base + (v.offset as u64) * dtype.size_in_bytes() as u64;
-        (v.rank == 1 && v.strides[0] == 1 && start % 16 == 0).then_some(start)
+        (v.rank == 1 && v.strides[0] == 1 && start.is_multiple_of(16)).then_some(start)
     };
     let per = 16 / dtype.size_in_bytes();
-    if let (Some(pa), Some(pb), true, true) = (contiguous_at(a), contiguous_at(b), n % per == 0, y % 16 == 0)
+    if let (Some(pa), Some(pb), true, true) = (contiguous_at(a), contiguous_at(b), n.is_multiple_of(per), y.is_multiple_of(16))
     {
         let chunks = (n / per) as i64;
         let name = format!("binary_vec_{}", &kernel_name(op.kernel(), dtype)["binary_".len()..]);
