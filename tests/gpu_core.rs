@@ -5,15 +5,8 @@
 use cola::tensor::cuda::cuda_device_count;
 use cola::{DType, Device, Rng, Tensor};
 
-const GPU: Device = Device::Cuda(0);
-
-fn gpu_or_skip() -> bool {
-    if cuda_device_count() > 0 {
-        return true;
-    }
-    eprintln!("skipped: no CUDA device");
-    false
-}
+mod common;
+use common::gpu::{have_gpu, GPU};
 
 /// max |a - b| / max(1, max |b|) over the elements.
 fn rel_err(got: &Tensor, want: &Tensor) -> f64 {
@@ -38,7 +31,7 @@ fn asking_for_a_missing_gpu_is_an_error_value() {
 
 #[test]
 fn round_trip_copies_casts_and_fills() {
-    if !gpu_or_skip() {
+    if !have_gpu() {
         return;
     }
     for n in [1usize, 7, 1000, 65537] {
@@ -76,7 +69,7 @@ fn round_trip_copies_casts_and_fills() {
 
 #[test]
 fn matmul_matches_the_cpu_for_every_layout() {
-    if !gpu_or_skip() {
+    if !have_gpu() {
         return;
     }
     // (a shape, b shape, transpose a's last dims, transpose b's last dims)

@@ -18,25 +18,10 @@
 //! Without a CUDA device every test prints `skipped: no CUDA device` and returns.
 #![cfg(feature = "cuda")]
 use cola_tensor::ops::optim::AdamWStep;
-use cola_tensor::{BinaryOp, DType, Device, Rng, Tensor, UnaryOp};
+use cola_tensor::{BinaryOp, DType, Rng, Tensor, UnaryOp};
 
-const GPU: Device = Device::Cuda(0);
-
-/// True when a CUDA device is present; otherwise says the test is skipped.
-fn have_gpu() -> bool {
-    if cola_tensor::cuda::cuda_device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return false;
-    }
-    true
-}
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::BF16 => 1e-2,
-        _ => 1e-5,
-    }
-}
+mod common;
+use common::gpu::{have_gpu, tol, GPU};
 
 /// Asserts that `got` (GPU) matches `want` (CPU): `|got - want| <= tol * mag`, with `mag` given per
 /// element or `max(1, |want|)`.

@@ -19,24 +19,9 @@
 #![cfg(feature = "cuda")]
 use cola_tensor::{DType, Device, Rng, Tensor};
 
-const GPU: Device = Device::Cuda(0);
+mod common;
+use common::gpu::{have_gpu, tol, GPU};
 const DTYPES: [DType; 2] = [DType::F32, DType::BF16];
-
-/// True when a CUDA device is present; otherwise says the test is skipped.
-fn have_gpu() -> bool {
-    if cola_tensor::cuda::cuda_device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
-        return false;
-    }
-    true
-}
-
-fn tol(dtype: DType) -> f64 {
-    match dtype {
-        DType::BF16 => 1e-2,
-        _ => 1e-5,
-    }
-}
 
 /// Random normal values of `shape` in `dtype` (drawn in f32, then rounded).
 fn randn(shape: &[usize], std: f64, dtype: DType, rng: &mut Rng) -> Tensor {

@@ -7,9 +7,10 @@ use cola::autograd::Policy;
 use cola::data::Batch;
 use cola::nn::{Llama, LlamaConfig};
 use cola::optim::{AdamW, AdamWConfig, CosineSchedule};
-use cola::tensor::cuda::cuda_device_count;
 use cola::train::{Precision, Trainer};
 use cola::{Device, Rng};
+
+mod common;
 
 const STEPS: usize = 20;
 
@@ -49,8 +50,7 @@ fn worst(got: &[f64], want: &[f64]) -> f64 {
 
 #[test]
 fn tiny_models_track_the_cpu_loss_curve() {
-    if cuda_device_count() == 0 {
-        eprintln!("skipped: no CUDA device");
+    if !common::gpu::have_gpu() {
         return;
     }
     for preset in ["cola-tiny", "full-tiny"] {

@@ -4,6 +4,8 @@
 //! Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod network;
 
 use cola::autograd::{Result, Tape, Var};

@@ -4,31 +4,12 @@
 use super::cuda_error;
 use crate::error::Result;
 use crate::layout::Shape;
+use crate::ops::matmul::batch_offsets;
 use crate::Tensor;
 use cola_kernels::cuda::blas::{aligned_stride, gemm_into, operand_layout, GemmDims, Operand, Output};
 use cola_kernels::cuda::GpuDType;
 
 const OP: &str = "matmul";
-
-/// Storage offsets (elements) of every matrix of an operand broadcast to `batch_shape`, row-major order.
-fn batch_offsets(t: &Tensor, batch_shape: &[usize]) -> Result<Vec<usize>> {
-    let rank = t.rank();
-    let mut full: Shape = batch_shape.into();
-    full.extend_from_slice(&t.shape()[rank - 2..]);
-    let layout = t.layout().broadcast_to(&full)?;
-    let strides = &layout.strides()[..batch_shape.len()];
-    let count: usize = batch_shape.iter().product();
-    Ok((0..count)
-        .map(|mut b| {
-            let mut off = layout.offset();
-            for d in (0..batch_shape.len()).rev() {
-                off += (b % batch_shape[d]) * strides[d];
-                b /= batch_shape[d];
-            }
-            off
-        })
-        .collect())
-}
 
 /// The common step of a list of offsets (0 for fewer than two), if there is one.
 fn uniform_step(offsets: &[usize]) -> Option<usize> {

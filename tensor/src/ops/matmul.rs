@@ -8,7 +8,7 @@ use crate::Tensor;
 use cola_kernels::cpu::gemm::{gemm_batched, BatchRef, Dims};
 
 /// Storage offsets of every matrix of a batch-broadcast operand, in row-major batch order.
-fn batch_offsets(t: &Tensor, batch_shape: &[usize]) -> Result<Vec<usize>> {
+pub(crate) fn batch_offsets(t: &Tensor, batch_shape: &[usize]) -> Result<Vec<usize>> {
     let rank = t.rank();
     let mut full: Shape = batch_shape.into();
     full.extend_from_slice(&t.shape()[rank - 2..]);
