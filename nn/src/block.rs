@@ -38,6 +38,11 @@ impl Block {
         &self.mlp
     }
 
+    /// `[input_layernorm, post_attention_layernorm]`.
+    pub fn norms(&self) -> [&RmsNorm; 2] {
+        [&self.input_layernorm, &self.post_attention_layernorm]
+    }
+
     /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`, recorded as one layer of the tape (so a
     /// retention policy can release its intermediates when it ends). Marks `x` as
     /// [`SlotKind::LayerInput`], `h` as [`SlotKind::Residual`] and the output as [`SlotKind::LayerOutput`]:

@@ -1,18 +1,23 @@
 //! Layers of LLaMA-CoLA, built on the tape: CoLA's low-rank projection `y = silu(x @ A) @ B` and the dense
 //! baseline, RMSNorm, embedding, rotary causal attention, the gated MLP, the pre-norm decoder block and the
-//! model with its next-token loss; the paper's presets; safetensors checkpoints in the reference's layout.
+//! model with its next-token loss; the paper's presets; safetensors checkpoints in the reference's layout;
+//! tape-free inference with a KV cache, sampling and generation.
 pub mod attention;
 pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod embedding;
 pub mod error;
+pub mod generation;
+pub mod inference;
 pub mod init;
+pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
 pub mod model;
 pub mod module;
 pub mod norm;
+pub mod sampling;
 
 pub use attention::Attention;
 pub use block::Block;
@@ -20,9 +25,13 @@ pub use checkpoint::{load_safetensors, save_safetensors, save_safetensors_as, WE
 pub use config::{LlamaConfig, PRESET_NAMES};
 pub use embedding::Embedding;
 pub use error::{NnError, Result};
+pub use generation::{check_prompt, generate, GenerateOptions, Generated, StopReason};
+pub use inference::Session;
 pub use init::Init;
+pub use kv_cache::KvCache;
 pub use linear::{cola_init_std, ColaLinear, Linear, Projection, DENSE_INIT_STD};
 pub use mlp::Mlp;
 pub use model::{next_token_targets, Llama};
 pub use module::{Module, ParamCounts, ParamKind};
 pub use norm::RmsNorm;
+pub use sampling::{argmax, Sampler, SamplingConfig};

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod plan;
 mod progress;
 mod run;
+pub mod sample;
 pub mod trainer;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};

@@ -375,6 +375,7 @@ impl Loop<'_> {
             result.targets,
             format_duration(began.elapsed())
         ));
+        progress.note(&super::sample::sample_line(&self.trainer.model, self.dataset));
         progress.restore();
         if let Err(warning) = self.metrics.plot(&format!("{} on {}", config.model, data_name(config))) {
             progress.note(&format!("warning: {warning}; training goes on"));

@@ -11,6 +11,7 @@ pub mod network;
 use cola::autograd::{Result, Tape, Var};
 use cola::tensor::{DType, Rng, Tensor};
 use proptest::prelude::*;
+use std::path::PathBuf;
 
 /// Relative step of the finite differences: `h = STEP * max(1, |x|)`.
 pub const STEP: f64 = 1e-6;
@@ -308,4 +309,35 @@ pub fn elementwise_composite(t: &mut Tape, v: &[Var]) -> Result<Vec<Var>> {
     let b = t.broadcast_to(total, t.shape(p)?.to_vec().as_slice())?;
     let out = t.mul(p, b)?;
     Ok(vec![out, e])
+}
+
+/// A fresh folder under the system temp dir (named after the test binary's process and `name`), removed
+/// when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("cola-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// Writes `contents` to `name` inside the folder (creating subfolders) and returns its path.
+    pub fn write(&self, name: &str, contents: &[u8]) -> PathBuf {
+        let path = self.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -172,7 +172,8 @@ pub unsafe fn binary(
         (v.rank == 1 && v.strides[0] == 1 && start.is_multiple_of(16)).then_some(start)
     };
     let per = 16 / dtype.size_in_bytes();
-    if let (Some(pa), Some(pb), true, true) = (contiguous_at(a), contiguous_at(b), n.is_multiple_of(per), y.is_multiple_of(16))
+    if let (Some(pa), Some(pb), true, true) =
+        (contiguous_at(a), contiguous_at(b), n.is_multiple_of(per), y.is_multiple_of(16))
     {
         let chunks = (n / per) as i64;
         let name = format!("binary_vec_{}", &kernel_name(op.kernel(), dtype)["binary_".len()..]);

@@ -1,0 +1,253 @@
+//! Inference speed and memory of CoLA against full rank on the CPU, with the KV-cached generation path:
+//! prefill tokens/s (`1 x 256` and `8 x 256`), decode tokens/s (batch 1 and 8: a 128-token prompt, then
+//! 128 new tokens, one greedy step at a time, logits read back and argmax'd as generation does), weight
+//! bytes, KV-cache bytes at the end of decoding, and peak memory.
+//!
+//!     cargo run --release --example bench_inference                      # cola-350m vs full-350m
+//!     cargo run --release --example bench_inference -- --quick           # smaller counts, 1 repeat
+//!     cargo run --release --example bench_inference -- --size 60m --repeats 5 --threads 2
+//!
+//! Each measurement runs in a child process of its own (this program re-run with `--worker`), so that one
+//! model's freed memory cannot hide in the other's numbers, and the repeats alternate between the
+//! models, so that the machine's changing load hits both alike. Weights are random (the paper's init,
+//! drawn anew in each child: timings do not depend on the values). Every number is the median over
+//! `--repeats`; the CoLA/full column is the median of the ratios of the two models' measurements in
+//! the same repeat. Peak memory is the peak resident set size (`VmHWM` of `/proc/self/status`, reset
+//! through `/proc/self/clear_refs` after the model is built) over the child's measurements: weights,
+//! activations, logits and caches, as the operating system sees them.
+use cola::nn::{argmax, Llama, LlamaConfig, Module, Session};
+use cola::tensor::Rng;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Instant;
+
+/// What one run measures; `--quick` shrinks it.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    prefill_len: usize,
+    decode_prompt: usize,
+    new_tokens: usize,
+    repeats: usize,
+}
+
+/// The measurements of one model (medians), as the worker prints them: `name value` lines.
+const KEYS: [(&str, &str); 8] = [
+    ("prefill_1", "prefill 1 x {P} tokens/s"),
+    ("prefill_8", "prefill 8 x {P} tokens/s"),
+    ("decode_1", "decode batch 1 tokens/s"),
+    ("decode_8", "decode batch 8 tokens/s"),
+    ("weights_mib", "weights MiB"),
+    ("kv_1", "KV cache batch 1 MiB"),
+    ("kv_8", "KV cache batch 8 MiB"),
+    ("peak_rss", "peak RSS MiB"),
+];
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+}
+
+fn number(args: &[String], name: &str, default: usize) -> Result<usize, String> {
+    match flag(args, name) {
+        Some(v) => v.parse().map_err(|_| format!("{name} needs a number, got {v:?}")),
+        None => Ok(default),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("bench_inference: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "bench_inference [--size 350m] [--models cola-350m,full-350m] [--quick] [--repeats N] \
+             [--threads N] [--prefill-len N] [--decode-prompt N] [--new-tokens N]"
+        );
+        return Ok(());
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let defaults = if quick { (64, 32, 16, 1) } else { (256, 128, 128, 3) };
+    let plan = Plan {
+        prefill_len: number(args, "--prefill-len", defaults.0)?,
+        decode_prompt: number(args, "--decode-prompt", defaults.1)?,
+        new_tokens: number(args, "--new-tokens", defaults.2)?,
+        repeats: number(args, "--repeats", defaults.3)?.max(1),
+    };
+    let threads = number(args, "--threads", 0)?;
+    if threads > 0 {
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
+    }
+    if let Some(model) = flag(args, "--worker") {
+        return worker(&model, plan, number(args, "--seed", 0)? as u64);
+    }
+    let size = flag(args, "--size").unwrap_or_else(|| "350m".into());
+    let models = flag(args, "--models").unwrap_or(format!("cola-{size},full-{size}"));
+    let models: Vec<&str> = models.split(',').collect();
+    println!(
+        "inference on the CPU, f32, {} threads; prefill {} tokens per row; decode {} new tokens after a \
+         {}-token prompt; medians of {} repeats",
+        rayon::current_num_threads(),
+        plan.prefill_len,
+        plan.new_tokens,
+        plan.decode_prompt,
+        plan.repeats
+    );
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    // values[model][key] = one value per repeat. Repeats alternate between the models, so that a change
+    // in the machine's load during the run hits both alike.
+    let mut values = vec![vec![Vec::new(); KEYS.len()]; models.len()];
+    for repeat in 0..plan.repeats {
+        for (m, model) in models.iter().enumerate() {
+            eprintln!("repeat {} of {}: {model} ...", repeat + 1, plan.repeats);
+            let mut child = Command::new(&exe);
+            child.args(args).args(["--worker", model, "--seed", &repeat.to_string()]);
+            if threads == 0 {
+                child.args(["--threads", &rayon::current_num_threads().to_string()]);
+            }
+            let output = child
+                .stderr(Stdio::inherit())
+                .output()
+                .map_err(|e| format!("running the {model} worker: {e}"))?;
+            if !output.status.success() {
+                return Err(format!("the {model} worker failed ({})", output.status));
+            }
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            for (k, (key, _)) in KEYS.iter().enumerate() {
+                let value = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()))
+                    .ok_or_else(|| format!("{model}: no {key} in the worker's output"))?;
+                values[m][k].push(value);
+            }
+        }
+    }
+    // The ratio column is the median of the per-repeat ratios: each repeat measures both models close
+    // together in time, so their ratio is steadier than the ratio of medians on a loaded machine.
+    let ratios: Option<Vec<f64>> = (models.len() == 2).then(|| {
+        (0..KEYS.len())
+            .map(|k| median(values[0][k].iter().zip(&values[1][k]).map(|(a, b)| a / b).collect()))
+            .collect()
+    });
+    let columns: Vec<Vec<f64>> =
+        values.into_iter().map(|model| model.into_iter().map(median).collect()).collect();
+    print_table(&models, &columns, ratios.as_deref(), plan);
+    Ok(())
+}
+
+fn print_table(models: &[&str], columns: &[Vec<f64>], ratios: Option<&[f64]>, plan: Plan) {
+    print!("| {:<28} |", "measure");
+    for model in models {
+        print!(" {model:>10} |");
+    }
+    match ratios {
+        Some(_) => println!(" {:>9} |", format!("{}/{}", family(models[0]), family(models[1]))),
+        None => println!(),
+    }
+    let ratio_rule = if ratios.is_some() { "-----------|" } else { "" };
+    println!("|{}|{}{ratio_rule}", "-".repeat(30), "------------|".repeat(models.len()));
+    for (row, (_, label)) in KEYS.iter().enumerate() {
+        print!("| {:<28} |", label.replace("{P}", &plan.prefill_len.to_string()));
+        for column in columns {
+            print!(" {:>10.1} |", column[row]);
+        }
+        if let Some(ratios) = ratios {
+            print!(" {:>9.2} |", ratios[row]);
+        }
+        println!();
+    }
+}
+
+/// `cola` of `cola-350m`.
+fn family(model: &str) -> &str {
+    model.split('-').next().unwrap_or(model)
+}
+
+/// A `[prompt_len]` prompt per row of pseudo-random ids.
+fn prompts(vocab: usize, rows: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = Rng::new(seed);
+    (0..rows).map(|_| (0..len).map(|_| 3 + rng.below(vocab as u64 - 3) as u32).collect()).collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Seconds to prefill `rows x len` tokens (the last positions' logits included).
+fn time_prefill(model: &Llama, rows: usize, len: usize, seed: u64) -> Result<f64, String> {
+    let prompts = prompts(model.config().vocab_size, rows, len, seed);
+    let views: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let began = Instant::now();
+    let mut session = Session::new(model);
+    let logits = session.prefill(&views).map_err(|e| e.to_string())?;
+    let _ = logits.to_vec_f64();
+    Ok(began.elapsed().as_secs_f64())
+}
+
+/// Seconds for `new` greedy decode steps of `rows` rows after a `prompt`-token prefill (not timed), and
+/// the KV-cache bytes at the end.
+fn time_decode(
+    model: &Llama,
+    rows: usize,
+    prompt: usize,
+    new: usize,
+    seed: u64,
+) -> Result<(f64, usize), String> {
+    let prompts = prompts(model.config().vocab_size, rows, prompt, seed);
+    let views: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut session = Session::new(model);
+    let vocab = model.config().vocab_size;
+    let mut logits = session.prefill(&views).map_err(|e| e.to_string())?;
+    let began = Instant::now();
+    for _ in 0..new {
+        let values: Vec<f32> = logits.to_vec_f64().into_iter().map(|x| x as f32).collect();
+        let next: Vec<u32> = values.chunks(vocab).map(argmax).collect();
+        logits = session.decode(&next).map_err(|e| e.to_string())?;
+    }
+    let _ = logits.to_vec_f64();
+    Ok((began.elapsed().as_secs_f64(), session.cache_bytes()))
+}
+
+/// `VmHWM` or `VmRSS` of this process, bytes.
+fn status_bytes(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Measures one model once and prints `key value` lines.
+fn worker(name: &str, plan: Plan, seed: u64) -> Result<(), String> {
+    let mut config = LlamaConfig::preset(name).map_err(|e| e.to_string())?;
+    config.max_seq_len = config.max_seq_len.max(plan.prefill_len).max(plan.decode_prompt + plan.new_tokens);
+    let built = Instant::now();
+    let model = Llama::new(config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+    let weight_bytes: usize = Module::parameters(&model).iter().map(|p| p.value().size_in_bytes()).sum();
+    let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let mib = |bytes: f64| bytes / (1 << 20) as f64;
+    let mut line = format!("  {name}: built in {:.1}s", built.elapsed().as_secs_f64());
+    for rows in [1, 8] {
+        let seconds = time_prefill(&model, rows, plan.prefill_len, seed)?;
+        let tokens_per_s = (rows * plan.prefill_len) as f64 / seconds;
+        println!("prefill_{rows} {tokens_per_s}");
+        line += &format!(", prefill {rows}: {tokens_per_s:.1} tokens/s");
+    }
+    for rows in [1, 8] {
+        let (seconds, bytes) = time_decode(&model, rows, plan.decode_prompt, plan.new_tokens, seed)?;
+        let tokens_per_s = (rows * plan.new_tokens) as f64 / seconds;
+        println!("decode_{rows} {tokens_per_s}");
+        println!("kv_{rows} {}", mib(bytes as f64));
+        line += &format!(", decode {rows}: {tokens_per_s:.2} tokens/s");
+    }
+    let peak = if peak_reset { status_bytes("VmHWM").unwrap_or(f64::NAN) } else { f64::NAN };
+    println!("weights_mib {}", mib(weight_bytes as f64));
+    println!("peak_rss {}", mib(peak));
+    eprintln!("{line}");
+    Ok(())
+}
