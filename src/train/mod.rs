@@ -70,10 +70,16 @@ impl DeviceChoice {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Auto => Ok(if gpu_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
             DeviceChoice::Cuda(n) => {
-                let device = Device::Cuda(n);
-                cola_tensor::Tensor::zeros_on(&[1], cola_tensor::DType::F32, device).map(|_| device).map_err(
-                    |e| TrainError::DeviceUnavailable { device: device.to_string(), reason: e.to_string() },
-                )
+                let unavailable = |reason: String| TrainError::DeviceUnavailable {
+                    device: Device::Cuda(n).to_string(),
+                    reason,
+                };
+                #[cfg(feature = "cuda")]
+                return cola_kernels::cuda::device(n)
+                    .map(|_| Device::Cuda(n))
+                    .map_err(|e| unavailable(e.to_string()));
+                #[cfg(not(feature = "cuda"))]
+                Err(unavailable("this build has no CUDA backend (the `cuda` feature)".into()))
             }
         }
     }
