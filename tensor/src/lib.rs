@@ -1,5 +1,6 @@
 //! Tensors of the cola stack: element types, devices, strided layouts with zero-copy views, shared
-//! storage, and the forward ops (each a thin, checked wrapper over a `cola_kernels` CPU kernel).
+//! storage (host memory or, with the `cuda` feature, GPU memory), and the forward ops (each a thin, checked
+//! wrapper over a `cola_kernels` kernel: CPU, or CUDA for GPU tensors).
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
