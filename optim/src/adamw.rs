@@ -4,6 +4,7 @@ use crate::error::{OptimError, Result};
 use cola_autograd::{GradStore, Parameter};
 use cola_tensor::ops::optim::AdamWStep;
 use cola_tensor::{DType, Tensor};
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 /// Hyper-parameters; the defaults are the CoLA recipe's (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on
@@ -67,6 +68,13 @@ impl AdamW {
         self.step
     }
 
+    /// Whether a parameter stored as `dtype` gets an f32 master copy, and the dtype of its moments (f32
+    /// under mixed precision, else the parameter's own).
+    pub fn state_dtype(&self, dtype: DType) -> (bool, DType) {
+        let mixed = self.config.master_weights && dtype == DType::BF16;
+        (mixed, if mixed { DType::F32 } else { dtype })
+    }
+
     /// Applies one update with learning rate `lr` to every parameter that has a gradient in `grads`.
     pub fn step(&mut self, params: &mut [&mut Parameter], grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
@@ -81,19 +89,16 @@ impl AdamW {
                 weight_decay: if exempt { 0.0 } else { self.config.weight_decay },
                 step: self.step,
             };
-            let mixed = self.config.master_weights && param.value().dtype() == DType::BF16;
-            if !self.state.contains_key(param.name()) {
-                let value = param.value();
-                let (master, state_dtype) = if mixed {
-                    (Some(value.to_dtype(DType::F32)?), DType::F32)
-                } else {
-                    (None, value.dtype())
-                };
-                let zeros = || Tensor::zeros_on(value.shape(), state_dtype, value.device());
-                let fresh = Moments { m: zeros()?, v: zeros()?, master };
-                self.state.insert(param.name().to_string(), fresh);
-            }
-            let Some(moments) = self.state.get_mut(param.name()) else { continue };
+            let (mixed, state_dtype) = self.state_dtype(param.value().dtype());
+            let moments = match self.state.entry(param.name().to_string()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let value = param.value();
+                    let master = if mixed { Some(value.to_dtype(DType::F32)?) } else { None };
+                    let zeros = || Tensor::zeros_on(value.shape(), state_dtype, value.device());
+                    entry.insert(Moments { m: zeros()?, v: zeros()?, master })
+                }
+            };
             match moments.master.as_mut() {
                 Some(master) => {
                     let grad = grad.to_dtype(DType::F32)?;
@@ -137,8 +142,7 @@ impl AdamW {
     ) -> Result<()> {
         let mut state = BTreeMap::new();
         for p in params {
-            let mixed = self.config.master_weights && p.value().dtype() == DType::BF16;
-            let state_dtype = if mixed { DType::F32 } else { p.value().dtype() };
+            let (mixed, state_dtype) = self.state_dtype(p.value().dtype());
             let get = |what: &'static str| -> Result<Tensor> {
                 let key = format!("{}.{what}", p.name());
                 let t =

@@ -263,8 +263,7 @@ pub fn load(dir: &Path, state: &RunState, model: &mut Llama, optimizer: &mut Ada
         .parameters()
         .iter()
         .flat_map(|p| {
-            let mixed = optimizer.config.master_weights && p.value().dtype() == cola_tensor::DType::BF16;
-            let dtype = if mixed { cola_tensor::DType::F32 } else { p.value().dtype() };
+            let (mixed, dtype) = optimizer.state_dtype(p.value().dtype());
             let zeros = || Tensor::zeros(p.value().shape(), dtype);
             let mut entries = vec![
                 Parameter::new(format!("{}.exp_avg", p.name()), zeros()),

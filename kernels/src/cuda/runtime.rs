@@ -188,17 +188,6 @@ impl CudaDevice {
         self.synchronize()
     }
 
-    /// Copies `bytes` bytes between device addresses (stream ordered).
-    pub fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
-        if bytes == 0 {
-            return Ok(());
-        }
-        self.bind()?;
-        // SAFETY: the caller passes addresses inside live buffers of this device.
-        unsafe { driver::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
-            .map_err(|e| CudaError::driver("cuMemcpyDtoDAsync", e))
-    }
-
     /// Waits for all queued work; reports asynchronous kernel failures.
     pub fn synchronize(&self) -> Result<()> {
         self.stream.synchronize().map_err(|e| CudaError::driver("cuStreamSynchronize", e))
@@ -228,13 +217,6 @@ impl CudaDevice {
 
     pub(crate) fn blas(&self) -> MutexGuard<'_, CudaBlas> {
         lock(&self.blas)
-    }
-
-    /// Total and free device memory in bytes, as the driver reports them.
-    pub fn memory_info(&self) -> Result<(usize, usize)> {
-        self.bind()?;
-        let (free, total) = driver::mem_get_info().map_err(|e| CudaError::driver("cuMemGetInfo", e))?;
-        Ok((total, free))
     }
 }
 

@@ -111,10 +111,8 @@ fn aligned_copy(t: &Tensor, dtype: GpuDType) -> Result<Option<Tensor>> {
 fn padded_rhs(b: &Tensor, dtype: GpuDType, out_elems: usize) -> Result<Option<Tensor>> {
     let rank = b.rank();
     let n = b.shape()[rank - 1];
-    let (rs, cs) = (b.layout().strides()[rank - 2], b.layout().strides()[rank - 1]);
     let padded = aligned_stride(n, dtype);
-    let already = rank == 2 && has_room(b, &[], padded)?;
-    if padded == n || out_elems < ALIGN_MIN_ELEMS || already || (cs == 1 && rs >= padded && rank > 2) {
+    if padded == n || out_elems < ALIGN_MIN_ELEMS || has_room(b, &b.shape()[..rank - 2], padded)? {
         return Ok(None);
     }
     let mut shape: Shape = b.shape().into();

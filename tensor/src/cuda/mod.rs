@@ -190,30 +190,22 @@ impl Tensor {
 
     /// Copies this view into a new contiguous GPU tensor of `dtype` (a cast when the dtypes differ).
     pub(crate) fn gpu_copy(&self, dtype: DType) -> Result<Tensor> {
-        const OP: &str = "copy";
-        let device = self.gpu_device(OP)?;
-        let out = Tensor::gpu_empty(&device, self.shape(), dtype)?;
-        let args = strided_args(OP, self.shape(), &[self.layout(), out.layout()])?;
-        // SAFETY: both views lie inside their buffers (layouts are checked when views are made).
-        unsafe {
-            cu::ops::elementwise::copy_strided(
-                &device,
-                &args[0],
-                self.gpu_base(OP)?,
-                self.gpu_dtype(OP)?,
-                &args[1],
-                out.gpu_base(OP)?,
-                gpu_dtype(OP, dtype)?,
-                self.numel(),
-            )
-        }
-        .map_err(cuda_error(OP))?;
+        let out = Tensor::gpu_empty(&self.gpu_device("copy")?, self.shape(), dtype)?;
+        out.gpu_copy_into(self)?;
         Ok(out)
     }
 
     /// Writes `src` (same shape) into the view `self` of a GPU buffer, converting the dtype.
     pub(crate) fn gpu_copy_into(&self, src: &Tensor) -> Result<()> {
-        const OP: &str = "copy_into";
+        const OP: &str = "copy";
+        if src.shape() != self.shape() {
+            return Err(TensorError::ShapeMismatch {
+                op: OP,
+                lhs: self.shape().to_vec(),
+                rhs: src.shape().to_vec(),
+                reason: "a copy needs equal shapes",
+            });
+        }
         let device = self.gpu_device(OP)?;
         let args = strided_args(OP, src.shape(), &[src.layout(), self.layout()])?;
         // SAFETY: both views lie inside their buffers.

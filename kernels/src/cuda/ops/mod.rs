@@ -21,11 +21,6 @@ pub fn grid_1d(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// One block of `threads` per row, `rows` rows (rows beyond the grid limit are not supported).
-pub fn grid_rows(rows: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
-}
-
 /// The instantiation name `<base>_<dtype>`.
 pub fn kernel_name(base: &str, dtype: GpuDType) -> String {
     format!("{base}_{}", dtype.suffix())
