@@ -4,9 +4,11 @@
 //! [`Tape::backward`] walks them in reverse, applying one rule per op (`backward.rs`). Parameters are leaves
 //! whose gradients are reported by id and summed across passes in a [`GradStore`]. Because every node can
 //! replay its forward from its inputs, a value can be released after forward and rebuilt in backward: the
-//! [`Policy`] decides which.
+//! [`Policy`] decides which. Layers are written once against [`Graph`], which the tape implements by
+//! recording and [`Eager`] by computing at once (evaluation, generation).
 pub mod backward;
 pub mod error;
+pub mod graph;
 pub mod memory;
 pub mod op;
 pub mod ops;
@@ -15,6 +17,7 @@ pub mod policy;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
+pub use graph::{Eager, Graph};
 pub use memory::MemoryStats;
 pub use op::{Needs, Op};
 pub use param::{GradStore, ParamId, Parameter};

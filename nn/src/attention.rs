@@ -5,7 +5,7 @@ use crate::error::{NnError, Result};
 use crate::init::Init;
 use crate::linear::Projection;
 use crate::module::{Module, ParamKind};
-use cola_autograd::{Parameter, Tape, Var};
+use cola_autograd::{Graph, Parameter};
 use cola_tensor::DType;
 
 #[derive(Clone, Debug)]
@@ -38,40 +38,28 @@ impl Attention {
         }
     }
 
-    pub fn projections(&self) -> [&Projection; 4] {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
-    }
-
-    pub fn n_heads(&self) -> usize {
-        self.n_heads
-    }
-
-    pub fn rope_theta(&self) -> f64 {
-        self.rope_theta
-    }
-
     /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`; `positions` (one per seq index, usually
     /// `0..seq`) are the RoPE angles' positions.
-    pub fn forward(&self, tape: &mut Tape, x: Var, positions: &[u32]) -> Result<Var> {
-        let shape = tape.shape(x)?.to_vec();
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, positions: &[u32]) -> Result<G::Value> {
+        let shape = g.shape(x)?;
         let &[batch, seq, d_model] = shape.as_slice() else {
             return Err(NnError::InvalidInput {
                 reason: format!("attention input must be [batch, seq, d_model], got {shape:?}"),
             });
         };
         let heads = [batch, seq, self.n_heads, self.head_dim];
-        let q = self.q_proj.forward(tape, x)?;
-        let q = tape.reshape(q, &heads)?;
-        let q = tape.rope(q, positions, self.rope_theta)?;
-        let k = self.k_proj.forward(tape, x)?;
-        let k = tape.reshape(k, &heads)?;
-        let k = tape.rope(k, positions, self.rope_theta)?;
-        let v = self.v_proj.forward(tape, x)?;
-        let v = tape.reshape(v, &heads)?;
+        let q = self.q_proj.forward(g, x)?;
+        let q = g.reshape(&q, &heads)?;
+        let q = g.rope(&q, positions, self.rope_theta)?;
+        let k = self.k_proj.forward(g, x)?;
+        let k = g.reshape(&k, &heads)?;
+        let k = g.rope(&k, positions, self.rope_theta)?;
+        let v = self.v_proj.forward(g, x)?;
+        let v = g.reshape(&v, &heads)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let mixed = tape.attention(q, k, v, scale)?;
-        let mixed = tape.reshape(mixed, &[batch, seq, d_model])?;
-        self.o_proj.forward(tape, mixed)
+        let mixed = g.attention(&q, &k, &v, scale)?;
+        let mixed = g.reshape(&mixed, &[batch, seq, d_model])?;
+        self.o_proj.forward(g, &mixed)
     }
 }
 

@@ -6,11 +6,13 @@ use crate::init::Init;
 use crate::mlp::Mlp;
 use crate::module::{Module, ParamKind};
 use crate::norm::RmsNorm;
-use cola_autograd::{Parameter, SlotKind, Tape, Var};
+use cola_autograd::{Graph, Parameter, SlotKind};
 use cola_tensor::DType;
 
 #[derive(Clone, Debug)]
 pub struct Block {
+    /// Position in the stack, from 0 (what a KV-cached decoder keys its cache by).
+    index: usize,
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
@@ -27,37 +29,24 @@ impl Block {
         let post_attention_layernorm =
             RmsNorm::new(&format!("{name}.post_attention_layernorm"), d, config.norm_eps, dtype);
         let mlp = Mlp::new(&format!("{name}.mlp"), config, dtype, init);
-        Block { input_layernorm, self_attn, post_attention_layernorm, mlp }
+        Block { index, input_layernorm, self_attn, post_attention_layernorm, mlp }
     }
 
-    pub fn attention(&self) -> &Attention {
-        &self.self_attn
-    }
-
-    pub fn mlp(&self) -> &Mlp {
-        &self.mlp
-    }
-
-    /// `[input_layernorm, post_attention_layernorm]`.
-    pub fn norms(&self) -> [&RmsNorm; 2] {
-        [&self.input_layernorm, &self.post_attention_layernorm]
-    }
-
-    /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`, recorded as one layer of the tape (so a
+    /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`, run as one layer of the graph (so a
     /// retention policy can release its intermediates when it ends). Marks `x` as
     /// [`SlotKind::LayerInput`], `h` as [`SlotKind::Residual`] and the output as [`SlotKind::LayerOutput`]:
     /// with the rank-r codes, the values CoLA-M keeps.
-    pub fn forward(&self, tape: &mut Tape, x: Var, positions: &[u32]) -> Result<Var> {
-        tape.layer(|tape| {
-            tape.mark(x, SlotKind::LayerInput)?;
-            let normed = self.input_layernorm.forward(tape, x)?;
-            let attended = self.self_attn.forward(tape, normed, positions)?;
-            let h = tape.add(x, attended)?;
-            tape.mark(h, SlotKind::Residual)?;
-            let normed = self.post_attention_layernorm.forward(tape, h)?;
-            let mixed = self.mlp.forward(tape, normed)?;
-            let y = tape.add(h, mixed)?;
-            tape.mark(y, SlotKind::LayerOutput)?;
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, positions: &[u32]) -> Result<G::Value> {
+        g.layer(self.index, |g| {
+            g.mark(x, SlotKind::LayerInput)?;
+            let normed = self.input_layernorm.forward(g, x)?;
+            let attended = self.self_attn.forward(g, &normed, positions)?;
+            let h = g.add(x, &attended)?;
+            g.mark(&h, SlotKind::Residual)?;
+            let normed = self.post_attention_layernorm.forward(g, &h)?;
+            let mixed = self.mlp.forward(g, &normed)?;
+            let y = g.add(&h, &mixed)?;
+            g.mark(&y, SlotKind::LayerOutput)?;
             Ok(y)
         })
     }

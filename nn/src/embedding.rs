@@ -3,7 +3,7 @@ use crate::error::{NnError, Result};
 use crate::init::Init;
 use crate::linear::DENSE_INIT_STD;
 use crate::module::{Module, ParamKind};
-use cola_autograd::{Parameter, Tape, Var};
+use cola_autograd::{Graph, Parameter};
 use cola_tensor::{DType, Tensor};
 
 #[derive(Clone, Debug)]
@@ -56,9 +56,9 @@ impl Embedding {
 
     /// `ids` of `ids_shape` (e.g. `[batch, seq]`) -> `[batch, seq, dim]`. Positions holding `pad_id` send no
     /// gradient to the table.
-    pub fn forward(&self, tape: &mut Tape, ids: &[u32], ids_shape: &[usize]) -> Result<Var> {
-        let table = tape.param(&self.table);
-        Ok(tape.embedding(table, ids, ids_shape, Some(self.pad_id))?)
+    pub fn forward<G: Graph>(&self, g: &mut G, ids: &[u32], ids_shape: &[usize]) -> Result<G::Value> {
+        let table = g.param(&self.table);
+        Ok(g.embedding(&table, ids, ids_shape, Some(self.pad_id))?)
     }
 }
 

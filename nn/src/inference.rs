@@ -1,44 +1,23 @@
-//! Inference without a tape: the forward pass of [`Llama`] on plain tensor ops, with a [`KvCache`] so
-//! that a prompt is run once ([`Session::prefill`]) and each generated token costs one position
-//! ([`Session::decode`]).
+//! Inference without a tape: the model's own forward ([`Llama::hidden_states`], written once against
+//! [`Graph`]) run by an eager executor bound to a [`KvCache`], so that a prompt is run once
+//! ([`Session::prefill`]) and each generated token costs one position ([`Session::decode`]).
 //!
-//! The formulas are those of the tape layers (`block.rs`, `attention.rs`, `mlp.rs`, `linear.rs`):
-//! `h = x + o(attn(rope(q(n)), rope(k(n)), v(n)))` with `n = rmsnorm(x)`, `y = h + mlp(rmsnorm(h))`,
-//! CoLA projections `silu(x @ A) @ B`. Keys are cached after RoPE, so a cached key never changes. Query
-//! `i` of a call sits at position `len + i` of its row and attends to the row's whole cache (the fused
-//! attention's `q_len <= kv_len` causal offset). The head runs on the last position of each row only.
+//! The executor ([`CachedGraph`]) computes every op like [`cola_autograd::Eager`] does, except two:
+//! RoPE shifts each row's positions by the tokens that row has already seen, and attention appends the
+//! new keys (after RoPE, so a cached key never changes) and values to the row's cache and attends to the
+//! whole cache (the fused attention's `q_len <= kv_len` causal offset: query `i` of a call sits at
+//! position `len + i`). The head runs on the last position of each row only.
 //!
 //! Rows are independent sequences of any lengths: prefill groups the new prompts by length and runs each
 //! group as one batch; decode runs every row's next token in one batch (the projections, norms and head
 //! see `[rows, 1, d_model]`), with RoPE positions per row and attention per row against its own cache.
 //! Everything runs on the device of the model's weights; new tensors come only from ops on them.
-use crate::attention::Attention;
-use crate::block::Block;
 use crate::config::LlamaConfig;
 use crate::error::{NnError, Result};
 use crate::kv_cache::KvCache;
-use crate::linear::Projection;
-use crate::mlp::Mlp;
 use crate::model::Llama;
-use cola_tensor::Tensor;
-
-/// `[..., in] -> [..., out]`: `x @ W` (dense) or `silu(x @ A) @ B` (CoLA).
-pub fn project(projection: &Projection, x: &Tensor) -> Result<Tensor> {
-    Ok(match projection {
-        Projection::Dense(p) => x.matmul(p.weight().value())?,
-        Projection::Cola(p) => x.matmul(p.a().value())?.silu()?.matmul(p.b().value())?,
-    })
-}
-
-/// The gated MLP, `down(silu(gate(x)) * up(x))` or `down(gate(x) * up(x))`.
-pub fn mlp(mlp: &Mlp, x: &Tensor) -> Result<Tensor> {
-    let [gate_proj, up_proj, down_proj] = mlp.projections();
-    let mut gate = project(gate_proj, x)?;
-    if mlp.gate_silu() {
-        gate = gate.silu()?;
-    }
-    project(down_proj, &gate.mul(&project(up_proj, x)?)?)
-}
+use cola_autograd::{AutogradError, Graph, Op, Parameter};
+use cola_tensor::{Tensor, TensorError};
 
 /// A batch of sequences being generated from one model: the model's weights and the cache of every row.
 /// Dropping the session frees the cache.
@@ -50,7 +29,7 @@ pub struct Session<'m> {
 impl<'m> Session<'m> {
     /// An empty session (no rows).
     pub fn new(model: &'m Llama) -> Session<'m> {
-        Session { model, cache: KvCache::new(model.layers().len()) }
+        Session { model, cache: KvCache::new(model.config().n_layers) }
     }
 
     pub fn model(&self) -> &'m Llama {
@@ -147,91 +126,99 @@ impl<'m> Session<'m> {
         let model = self.model;
         let all = self.cache.lengths();
         let lengths: Vec<usize> = rows.iter().map(|&r| all[r]).collect();
-        let mut x = Tensor::embedding(model.embedding().table().value(), ids, &[rows.len(), seq])?;
-        for (layer, block) in model.layers().iter().enumerate() {
-            x = self.block(block, layer, rows, &lengths, &x)?;
-        }
-        // The norm of the last positions' strided view is contiguous, so the head runs as one GEMM.
-        let norm = model.final_norm();
-        let hidden = x.narrow(1, seq - 1, 1)?.rms_norm(norm.weight().value(), norm.eps())?;
-        let logits = hidden.matmul(model.lm_head().weight().value())?;
-        Ok(logits.reshape(&[rows.len(), model.config().vocab_size])?)
-    }
-
-    /// One decoder layer on `x: [rows, seq, d_model]`.
-    fn block(
-        &mut self,
-        block: &Block,
-        layer: usize,
-        rows: &[usize],
-        lengths: &[usize],
-        x: &Tensor,
-    ) -> Result<Tensor> {
-        let [input_norm, post_norm] = block.norms();
-        let normed = x.rms_norm(input_norm.weight().value(), input_norm.eps())?;
-        let h = x.add(&self.attention(block.attention(), layer, rows, lengths, &normed)?)?;
-        let normed = h.rms_norm(post_norm.weight().value(), post_norm.eps())?;
-        Ok(h.add(&mlp(block.mlp(), &normed)?)?)
-    }
-
-    /// Self-attention of `x: [rows, seq, d_model]` against each row's cache, which it extends.
-    fn attention(
-        &mut self,
-        attention: &Attention,
-        layer: usize,
-        rows: &[usize],
-        lengths: &[usize],
-        x: &Tensor,
-    ) -> Result<Tensor> {
-        let &[batch, seq, d_model] = x.shape() else {
-            return invalid(format!("attention input must be [rows, seq, d_model], got {:?}", x.shape()));
-        };
-        let (heads, theta) = (attention.n_heads(), attention.rope_theta());
-        let shape = [batch, seq, heads, d_model / heads];
-        let [q_proj, k_proj, v_proj, o_proj] = attention.projections();
-        let q = rope(&project(q_proj, x)?.reshape(&shape)?, lengths, theta)?;
-        let k = rope(&project(k_proj, x)?.reshape(&shape)?, lengths, theta)?;
-        let v = project(v_proj, x)?.reshape(&shape)?;
-        let scale = 1.0 / ((d_model / heads) as f64).sqrt();
-        let mixed = if lengths.iter().all(|&len| len == 0) {
-            // A fresh group: the new keys are the whole cache, so the batch attends in one call.
-            for (j, &row) in rows.iter().enumerate() {
-                self.cache.append(row, layer, k.narrow(0, j, 1)?, v.narrow(0, j, 1)?)?;
-            }
-            Tensor::attention(&q, &k, &v, scale)?
-        } else {
-            let mut outputs = Vec::with_capacity(batch);
-            for (j, &row) in rows.iter().enumerate() {
-                self.cache.append(row, layer, k.narrow(0, j, 1)?, v.narrow(0, j, 1)?)?;
-                let (keys, values) = self.cache.get(row, layer).ok_or_else(|| NnError::InvalidInput {
-                    reason: format!("kv cache: row {row} has no layer {layer}"),
-                })?;
-                outputs.push(Tensor::attention(&q.narrow(0, j, 1)?, keys, values, scale)?);
-            }
-            Tensor::concat(&outputs, 0)?
-        };
-        project(o_proj, &mixed.reshape(&[batch, seq, d_model])?)
+        let mut graph = CachedGraph { cache: &mut self.cache, rows, lengths: &lengths, layer: 0 };
+        let hidden = model.hidden_states(&mut graph, ids, rows.len(), seq)?;
+        let d_model = model.config().d_model;
+        let last = hidden.narrow(1, seq - 1, 1)?.contiguous()?.reshape(&[rows.len(), d_model])?;
+        model.head(&mut graph, &last)
     }
 }
 
-/// RoPE of `x: [rows, seq, heads, head_dim]` whose row `j` starts at position `lengths[j]`. One token per
-/// row runs as a single call (rows become the sequence axis, each with its own position); otherwise the
-/// rows must share their start.
-fn rope(x: &Tensor, lengths: &[usize], theta: f64) -> Result<Tensor> {
-    let &[batch, seq, heads, head_dim] = x.shape() else {
-        return invalid(format!("rope input must be [rows, seq, heads, head_dim], got {:?}", x.shape()));
-    };
-    if seq == 1 {
-        let positions: Vec<u32> = lengths.iter().map(|&len| len as u32).collect();
-        let rotated = x.reshape(&[1, batch, heads, head_dim])?.rope(&positions, theta)?;
-        return Ok(rotated.reshape(&[batch, 1, heads, head_dim])?);
+/// The eager executor of a [`Session`]'s forward: the rows being run, the tokens each has seen, and the
+/// decoder layer running now (set by [`Graph::layer`]).
+struct CachedGraph<'a> {
+    cache: &'a mut KvCache,
+    rows: &'a [usize],
+    lengths: &'a [usize],
+    layer: usize,
+}
+
+impl Graph for CachedGraph<'_> {
+    type Value = Tensor;
+
+    fn apply(&mut self, op: Op, inputs: &[&Tensor]) -> cola_autograd::Result<Tensor> {
+        match op {
+            Op::Rope { positions, theta } => self.shifted_rope(inputs[0], &positions, theta),
+            Op::Attention { scale } => self.cached_attention(inputs[0], inputs[1], inputs[2], scale),
+            op => Ok(op.forward(inputs)?),
+        }
+        .map_err(|e| match e {
+            NnError::Autograd(e) => e,
+            NnError::Tensor(e) => AutogradError::Tensor(e),
+            other => AutogradError::Tensor(TensorError::InvalidArgument {
+                op: "kv-cached forward",
+                reason: other.to_string(),
+            }),
+        })
     }
-    let start = lengths.first().copied().unwrap_or(0);
-    if lengths.iter().any(|&len| len != start) {
-        return invalid(format!("rows of one multi-token call must have equal lengths, got {lengths:?}"));
+
+    fn param(&mut self, param: &Parameter) -> Tensor {
+        param.value().clone()
     }
-    let positions: Vec<u32> = (start..start + seq).map(|p| p as u32).collect();
-    Ok(x.rope(&positions, theta)?)
+
+    fn shape(&self, value: &Tensor) -> cola_autograd::Result<Vec<usize>> {
+        Ok(value.shape().to_vec())
+    }
+
+    fn layer<R>(&mut self, index: usize, f: impl FnOnce(&mut Self) -> R) -> R {
+        self.layer = index;
+        f(self)
+    }
+}
+
+impl CachedGraph<'_> {
+    /// RoPE of `x: [rows, seq, heads, head_dim]` at `positions` (`0..seq`) shifted by each row's cached
+    /// length. One token per row runs as a single call (rows become the sequence axis, each with its own
+    /// position); otherwise the rows must share their start.
+    fn shifted_rope(&self, x: &Tensor, positions: &[u32], theta: f64) -> Result<Tensor> {
+        let &[batch, seq, heads, head_dim] = x.shape() else {
+            return invalid(format!("rope input must be [rows, seq, heads, head_dim], got {:?}", x.shape()));
+        };
+        if seq == 1 {
+            let shifted: Vec<u32> = self.lengths.iter().map(|&len| len as u32 + positions[0]).collect();
+            let rotated = x.reshape(&[1, batch, heads, head_dim])?.rope(&shifted, theta)?;
+            return Ok(rotated.reshape(&[batch, 1, heads, head_dim])?);
+        }
+        let start = self.lengths.first().copied().unwrap_or(0);
+        if self.lengths.iter().any(|&len| len != start) {
+            return invalid(format!(
+                "rows of one multi-token call must have equal lengths, got {:?}",
+                self.lengths
+            ));
+        }
+        let shifted: Vec<u32> = positions.iter().map(|&p| start as u32 + p).collect();
+        Ok(x.rope(&shifted, theta)?)
+    }
+
+    /// Attention of `q, k, v: [rows, seq, heads, head_dim]` against each row's cache, which it extends.
+    fn cached_attention(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        let layer = self.layer;
+        for (j, &row) in self.rows.iter().enumerate() {
+            self.cache.append(row, layer, k.narrow(0, j, 1)?, v.narrow(0, j, 1)?)?;
+        }
+        if self.lengths.iter().all(|&len| len == 0) {
+            // A fresh group: the new keys are the whole cache, so the batch attends in one call.
+            return Ok(Tensor::attention(q, k, v, scale)?);
+        }
+        let mut outputs = Vec::with_capacity(self.rows.len());
+        for (j, &row) in self.rows.iter().enumerate() {
+            let (keys, values) = self.cache.get(row, layer).ok_or_else(|| NnError::InvalidInput {
+                reason: format!("kv cache: row {row} has no layer {layer}"),
+            })?;
+            outputs.push(Tensor::attention(&q.narrow(0, j, 1)?, keys, values, scale)?);
+        }
+        Ok(Tensor::concat(&outputs, 0)?)
+    }
 }
 
 /// Checks `tokens` can follow `cached` tokens of a sequence: at least one token, ids below

@@ -1,7 +1,8 @@
-//! Layers of LLaMA-CoLA, built on the tape: CoLA's low-rank projection `y = silu(x @ A) @ B` and the dense
-//! baseline, RMSNorm, embedding, rotary causal attention, the gated MLP, the pre-norm decoder block and the
-//! model with its next-token loss; the paper's presets; safetensors checkpoints in the reference's layout;
-//! tape-free inference with a KV cache, sampling and generation.
+//! Layers of LLaMA-CoLA, written once against `cola_autograd::Graph` (the tape records them for training,
+//! the eager executor runs them for evaluation and generation): CoLA's low-rank projection
+//! `y = silu(x @ A) @ B` and the dense baseline, RMSNorm, embedding, rotary causal attention, the gated
+//! MLP, the pre-norm decoder block and the model with its next-token loss; the paper's presets;
+//! safetensors checkpoints in the reference's layout; KV-cached inference, sampling and generation.
 pub mod attention;
 pub mod block;
 pub mod checkpoint;

@@ -3,7 +3,7 @@
 use crate::error::Result;
 use crate::init::Init;
 use crate::module::{Module, ParamKind};
-use cola_autograd::{Parameter, SlotKind, Tape, Var};
+use cola_autograd::{Graph, Parameter, SlotKind};
 use cola_tensor::DType;
 
 /// Standard deviation of the dense and embedding initialisation.
@@ -35,9 +35,9 @@ impl Linear {
     }
 
     /// `[..., in] -> [..., out]`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
-        let w = tape.param(&self.weight);
-        Ok(tape.matmul(x, w)?)
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
+        let w = g.param(&self.weight);
+        Ok(g.matmul(x, &w)?)
     }
 }
 
@@ -109,13 +109,13 @@ impl ColaLinear {
     }
 
     /// `[..., in] -> [..., out]`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
-        let a = tape.param(&self.a);
-        let pre = tape.matmul(x, a)?;
-        let code = tape.silu(pre)?;
-        tape.mark(code, SlotKind::LowRankCode)?;
-        let b = tape.param(&self.b);
-        Ok(tape.matmul(code, b)?)
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
+        let a = g.param(&self.a);
+        let pre = g.matmul(x, &a)?;
+        let code = g.silu(&pre)?;
+        g.mark(&code, SlotKind::LowRankCode)?;
+        let b = g.param(&self.b);
+        Ok(g.matmul(&code, &b)?)
     }
 }
 
@@ -155,10 +155,10 @@ impl Projection {
     }
 
     /// `[..., in] -> [..., out]`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
         match self {
-            Projection::Dense(p) => p.forward(tape, x),
-            Projection::Cola(p) => p.forward(tape, x),
+            Projection::Dense(p) => p.forward(g, x),
+            Projection::Cola(p) => p.forward(g, x),
         }
     }
 

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::init::Init;
 use crate::linear::Projection;
 use crate::module::{Module, ParamKind};
-use cola_autograd::{Parameter, Tape, Var};
+use cola_autograd::{Graph, Parameter};
 use cola_tensor::DType;
 
 #[derive(Clone, Debug)]
@@ -27,23 +27,15 @@ impl Mlp {
         Mlp { gate_proj, up_proj, down_proj, gate_silu: config.mlp_gate_silu }
     }
 
-    pub fn gate_silu(&self) -> bool {
-        self.gate_silu
-    }
-
-    pub fn projections(&self) -> [&Projection; 3] {
-        [&self.gate_proj, &self.up_proj, &self.down_proj]
-    }
-
     /// `[..., d_model] -> [..., d_model]` through an `[..., ffn_dim]` intermediate.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
-        let mut gate = self.gate_proj.forward(tape, x)?;
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
+        let mut gate = self.gate_proj.forward(g, x)?;
         if self.gate_silu {
-            gate = tape.silu(gate)?;
+            gate = g.silu(&gate)?;
         }
-        let up = self.up_proj.forward(tape, x)?;
-        let hidden = tape.mul(gate, up)?;
-        self.down_proj.forward(tape, hidden)
+        let up = self.up_proj.forward(g, x)?;
+        let hidden = g.mul(&gate, &up)?;
+        self.down_proj.forward(g, &hidden)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::init::Init;
 use crate::linear::Linear;
 use crate::module::{Module, ParamCounts, ParamKind};
 use crate::norm::RmsNorm;
-use cola_autograd::{Parameter, Tape, Var};
+use cola_autograd::{Graph, Parameter};
 use cola_tensor::{DType, Device, Rng};
 
 #[derive(Clone, Debug)]
@@ -70,14 +70,6 @@ impl Llama {
         &self.embed_tokens
     }
 
-    pub fn layers(&self) -> &[Block] {
-        &self.layers
-    }
-
-    pub fn final_norm(&self) -> &RmsNorm {
-        &self.norm
-    }
-
     pub fn lm_head(&self) -> &Linear {
         &self.lm_head
     }
@@ -120,37 +112,49 @@ impl Llama {
         Ok(())
     }
 
-    /// The final-normed hidden states `[batch, seq, d_model]` of `ids` (row-major `[batch, seq]`).
-    pub fn hidden_states(&self, tape: &mut Tape, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
+    /// The final-normed hidden states `[batch, seq, d_model]` of `ids` (row-major `[batch, seq]`). Each
+    /// row's positions are `0..seq`; a KV-cached graph shifts them by what its rows have seen.
+    pub fn hidden_states<G: Graph>(
+        &self,
+        g: &mut G,
+        ids: &[u32],
+        batch: usize,
+        seq: usize,
+    ) -> Result<G::Value> {
         self.check_ids(ids, batch, seq)?;
         let positions: Vec<u32> = (0..seq as u32).collect();
-        let mut x = self.embed_tokens.forward(tape, ids, &[batch, seq])?;
+        let mut x = self.embed_tokens.forward(g, ids, &[batch, seq])?;
         for block in &self.layers {
-            x = block.forward(tape, x, &positions)?;
+            x = block.forward(g, &x, &positions)?;
         }
-        self.norm.forward(tape, x)
+        self.norm.forward(g, &x)
+    }
+
+    /// The LM head: logits `[..., vocab_size]` of hidden states `[..., d_model]`.
+    pub fn head<G: Graph>(&self, g: &mut G, hidden: &G::Value) -> Result<G::Value> {
+        self.lm_head.forward(g, hidden)
     }
 
     /// Logits `[batch, seq, vocab_size]` of `ids` (row-major `[batch, seq]`); position t sees ids `0..=t`.
-    pub fn forward(&self, tape: &mut Tape, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
-        let hidden = self.hidden_states(tape, ids, batch, seq)?;
-        self.lm_head.forward(tape, hidden)
+    pub fn forward<G: Graph>(&self, g: &mut G, ids: &[u32], batch: usize, seq: usize) -> Result<G::Value> {
+        let hidden = self.hidden_states(g, ids, batch, seq)?;
+        self.head(g, &hidden)
     }
 
     /// Next-token cross-entropy, a scalar: the logits at positions `0..seq-1` predict `ids[1..seq]` of the
     /// same row, averaged over targets that are not `pad_id` (`mean_t -log softmax(logits_t)[ids_{t+1}]`).
     /// The head runs only on the `seq - 1` positions that have a target. Needs `seq >= 2`.
-    pub fn loss(&self, tape: &mut Tape, ids: &[u32], batch: usize, seq: usize) -> Result<Var> {
+    pub fn loss<G: Graph>(&self, g: &mut G, ids: &[u32], batch: usize, seq: usize) -> Result<G::Value> {
         if seq < 2 {
             return Err(NnError::InvalidInput {
                 reason: format!("the next-token loss needs seq >= 2, got {seq}"),
             });
         }
-        let hidden = self.hidden_states(tape, ids, batch, seq)?;
-        let predicting = tape.narrow(hidden, 1, 0, seq - 1)?;
-        let logits = self.lm_head.forward(tape, predicting)?;
+        let hidden = self.hidden_states(g, ids, batch, seq)?;
+        let predicting = g.narrow(&hidden, 1, 0, seq - 1)?;
+        let logits = self.head(g, &predicting)?;
         let targets = next_token_targets(ids, batch, seq);
-        Ok(tape.cross_entropy(logits, &targets, Some(self.config.pad_id))?)
+        Ok(g.cross_entropy(&logits, &targets, Some(self.config.pad_id))?)
     }
 }
 

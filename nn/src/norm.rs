@@ -1,7 +1,7 @@
 //! RMSNorm over the last dim: `y = x / sqrt(mean(x^2) + eps) * weight` (computed in f32 or wider).
 use crate::error::Result;
 use crate::module::{Module, ParamKind};
-use cola_autograd::{Parameter, Tape, Var};
+use cola_autograd::{Graph, Parameter};
 use cola_tensor::{DType, Tensor};
 
 #[derive(Clone, Debug)]
@@ -25,9 +25,9 @@ impl RmsNorm {
     }
 
     /// `[..., dim] -> [..., dim]`.
-    pub fn forward(&self, tape: &mut Tape, x: Var) -> Result<Var> {
-        let w = tape.param(&self.weight);
-        Ok(tape.rms_norm(x, w, self.eps)?)
+    pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
+        let w = g.param(&self.weight);
+        Ok(g.rms_norm(x, &w, self.eps)?)
     }
 }
 

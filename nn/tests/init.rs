@@ -26,14 +26,18 @@ fn wide_config() -> LlamaConfig {
 #[test]
 fn cola_factors_have_std_s() {
     let model = Llama::new(wide_config(), &mut Rng::new(7)).unwrap();
-    let block = &model.layers()[0];
-    let projections = block.attention().projections().into_iter().chain(block.mlp().projections());
+    let config = model.config().clone();
+    let factors: Vec<_> = model.parameters().into_iter().filter(|p| p.name().contains(".cola_")).collect();
     let mut checked = 0;
-    for projection in projections {
-        let cola_nn::Projection::Cola(p) = projection else { panic!("expected CoLA projections") };
-        let s = cola_init_std(p.rank(), p.in_features(), p.out_features());
-        assert!((s - (32.0 * (p.in_features() + p.out_features()) as f64).powf(-0.25)).abs() < 1e-15);
-        for factor in [p.a(), p.b()] {
+    // Factors come in (A, B) pairs per projection: A is `[in, r]`, B is `[r, out]`.
+    for pair in factors.chunks_exact(2) {
+        let (a, b) = (pair[0], pair[1]);
+        assert!(a.name().ends_with(".cola_a") && b.name().ends_with(".cola_b"), "{}", a.name());
+        let (fan_in, rank, fan_out) = (a.value().shape()[0], a.value().shape()[1], b.value().shape()[1]);
+        assert_eq!(Some(rank), config.rank);
+        let s = cola_init_std(rank, fan_in, fan_out);
+        assert!((s - (32.0 * (fan_in + fan_out) as f64).powf(-0.25)).abs() < 1e-15);
+        for factor in [a, b] {
             let (mean, std) = mean_std(&factor.value().to_vec_f64());
             assert!((std / s - 1.0).abs() < 0.05, "{}: std {std}, s {s}", factor.name());
             assert!(

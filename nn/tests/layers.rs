@@ -30,7 +30,7 @@ fn cola_linear_is_silu_of_x_a_times_b() {
     assert_eq!((layer.in_features(), layer.rank(), layer.out_features()), (12, 4, 20));
     assert_eq!((layer.a().name(), layer.b().name()), ("p.cola_a", "p.cola_b"));
     let x = input(&[2, 3, 12], 2);
-    let y = run(&x, |tape, x| layer.forward(tape, x));
+    let y = run(&x, |tape, x| layer.forward(tape, &x));
     let expected = x.matmul(layer.a().value()).unwrap().silu().unwrap().matmul(layer.b().value()).unwrap();
     assert_eq!(y.shape(), &[2, 3, 20]);
     assert!(max_abs_diff(&y, &expected) < 1e-12);
@@ -41,7 +41,7 @@ fn linear_is_x_w() {
     let layer = Linear::new("p", 6, 9, DType::F64, &mut Init::Random(&mut Rng::new(3)));
     assert_eq!(layer.weight().value().shape(), &[6, 9]);
     let x = input(&[4, 6], 4);
-    let y = run(&x, |tape, x| layer.forward(tape, x));
+    let y = run(&x, |tape, x| layer.forward(tape, &x));
     assert!(max_abs_diff(&y, &x.matmul(layer.weight().value()).unwrap()) < 1e-12);
 }
 
@@ -49,7 +49,7 @@ fn linear_is_x_w() {
 fn rms_norm_scales_rows_to_unit_rms() {
     let norm = RmsNorm::new("n", 8, 1e-6, DType::F64);
     let x = input(&[3, 8], 5).mul_scalar(7.0).unwrap();
-    let y = run(&x, |tape, x| norm.forward(tape, x)).to_vec_f64();
+    let y = run(&x, |tape, x| norm.forward(tape, &x)).to_vec_f64();
     for row in y.chunks(8) {
         let rms = (row.iter().map(|v| v * v).sum::<f64>() / 8.0).sqrt();
         assert!((rms - 1.0).abs() < 1e-6, "{rms}");
@@ -71,7 +71,7 @@ fn mlp_follows_the_gate_silu_flag() {
             gate = gate.silu().unwrap();
         }
         let expected = cola(&gate.mul(&cola(&x, p[2], p[3])).unwrap(), p[4], p[5]);
-        let y = run(&x, |tape, x| mlp.forward(tape, x));
+        let y = run(&x, |tape, x| mlp.forward(tape, &x));
         assert!(max_abs_diff(&y, &expected) < 1e-12, "gate_silu {gate_silu}");
     }
 }

@@ -1,12 +1,12 @@
 //! Validation loss and perplexity (COLA.md section 6: perplexity = exp(mean token loss)).
 //!
 //! The mean runs over every non-pad next-token target of the sequences evaluated, not over batches, so a
-//! short last batch or padded documents weigh by their tokens. Forward passes run without recording (no
-//! backward), `batch_size` sequences at a time; the sum is taken in f64 in a fixed order, so the periodic
+//! short last batch or padded documents weigh by their tokens. Forward passes run on the eager executor
+//! (nothing recorded or kept), `batch_size` sequences at a time; the sum is taken in f64 in a fixed order, so the periodic
 //! evaluation during training and `--eval-only` on the same sequences give the same number.
 use super::Result;
 use crate::data::Batch;
-use cola_autograd::Tape;
+use cola_autograd::Eager;
 use cola_nn::Llama;
 
 /// The outcome of an evaluation.
@@ -49,11 +49,7 @@ pub fn evaluate(
             if count == 0 {
                 continue;
             }
-            let mut tape = Tape::new();
-            let mean = tape.no_grad(|tape| -> Result<f64> {
-                let loss = model.loss(tape, ids, rows, seq)?;
-                Ok(tape.value(loss)?.to_scalar()?)
-            })?;
+            let mean = model.loss(&mut Eager, ids, rows, seq)?.to_scalar()?;
             sum += mean * count as f64;
             targets += count;
         }
