@@ -8,7 +8,7 @@
 pub mod gpu;
 pub mod network;
 
-use cola::autograd::{Result, Tape, Var};
+use cola::autograd::{Policy, Result, Tape, Var};
 use cola::tensor::{DType, Rng, Tensor};
 use proptest::prelude::*;
 use std::path::PathBuf;
@@ -197,9 +197,19 @@ fn loss_value(inputs: &[Tensor], graph: &Graph, weights: &[Tensor]) -> f64 {
 
 /// Analytic gradients of `L = sum_o sum(out_o * R_o)` with respect to every input (each a leaf that
 /// requires a gradient; `R_o` random so that every output element matters). A leaf no path reaches gets
-/// zeros.
+/// zeros. The whole suite also runs under the recompute-everything policy: backward with every non-leaf
+/// value released and replayed must give the same gradients bit for bit.
 pub fn analytic_gradients(inputs: &[Tensor], graph: &Graph) -> (Vec<Tensor>, Vec<Tensor>) {
-    let mut tape = Tape::new();
+    let (kept, weights) = analytic_gradients_under(Policy::KeepAll, inputs, graph);
+    let (replayed, _) = analytic_gradients_under(Policy::RecomputeAll, inputs, graph);
+    for (i, (a, b)) in kept.iter().zip(&replayed).enumerate() {
+        assert_eq!(a.to_vec_f64(), b.to_vec_f64(), "input {i}: replayed gradients differ from kept ones");
+    }
+    (kept, weights)
+}
+
+fn analytic_gradients_under(policy: Policy, inputs: &[Tensor], graph: &Graph) -> (Vec<Tensor>, Vec<Tensor>) {
+    let mut tape = Tape::with_policy(policy);
     let vars: Vec<Var> = inputs.iter().map(|x| tape.leaf(x.clone(), true)).collect();
     let outs = graph(&mut tape, &vars).expect("the graph records without error");
     let shapes: Vec<Vec<usize>> =
