@@ -13,6 +13,7 @@ pub use cola_tensor as tensor;
 pub mod audit;
 pub mod data;
 pub mod generate;
+pub mod tour;
 pub mod train;
 
 pub use cola_autograd::{GradStore, Parameter, Tape, Var};
