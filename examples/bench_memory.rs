@@ -61,7 +61,7 @@ fn main() {
         let policies = config.policies();
         let model = Llama::new(config, &mut Rng::new(0)).unwrap_or_else(|e| fail(&e.to_string()));
         let mut baseline_seconds = f64::NAN;
-        let family_name = family.prefix();
+        let name = family.prefix();
         for policy in policies {
             let m = median_step(&model, policy, &ids, batch, seq, repeats);
             if policy == Policy::KeepAll {
@@ -69,7 +69,7 @@ fn main() {
             }
             let overhead = 100.0 * (m.step_seconds / baseline_seconds - 1.0);
             println!(
-                "{:<11} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>9.1}   time vs {family_name}: {overhead:+.1}%",
+                "{:<11} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>9.1}   time vs {name}: {overhead:+.1}%",
                 mode(family, policy),
                 format!("{:.0} B", m.saved_bytes_per_token()),
                 human_bytes(m.activations.saved_bytes as f64),

@@ -7,9 +7,9 @@
 //! filling in the preset's recipe and scaling it to a CPU; `examples/llama_cola_350m.rs` is a thin shell
 //! around the two.
 //!
-//! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs` (orchestration), `trainer.rs` (one optimizer
-//! step), `eval.rs` (validation loss), `checkpoint.rs` (run state on disk), `metrics.rs` (jsonl + plot),
-//! `progress.rs` (terminal output).
+//! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs`
+//! (orchestration), `trainer.rs` (one optimizer step), `eval.rs` (validation loss), `checkpoint.rs` (run
+//! state on disk), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output).
 pub mod checkpoint;
 pub mod eval;
 pub mod metrics;

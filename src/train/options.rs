@@ -148,8 +148,12 @@ fn policy_parser() -> impl TypedValueParser<Value = Policy> {
     })
 }
 
+/// `--device`: clap's error carries the message alone (clap already names the flag and the value).
 fn device_parser(text: &str) -> std::result::Result<DeviceChoice, String> {
-    text.parse().map_err(|e: TrainError| e.to_string())
+    text.parse().map_err(|e: TrainError| match e {
+        TrainError::Config(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// Pre-train LLaMA with CoLA low-rank activations (or the full-rank baseline) on a text corpus.
