@@ -15,7 +15,8 @@ use std::time::Duration;
 fn cases() -> Vec<(String, usize, usize, usize, bool)> {
     let mut out = vec![("cube1024".to_string(), 1024, 1024, 1024, false)];
     let tokens = 4096;
-    for (preset, d, f, r) in [("350m", 1024, 2736, 256), ("60m", 512, 1376, 128)] {
+    for (preset, size) in [("350m", cola::nn::Size::M350), ("60m", cola::nn::Size::M60)] {
+        let (d, f, r) = (size.spec().d_model, size.spec().ffn_dim, size.spec().rank);
         out.push((format!("{preset}_down_d"), tokens, d, r, false));
         out.push((format!("{preset}_up_d"), tokens, r, d, false));
         out.push((format!("{preset}_up_f"), tokens, r, f, false));

@@ -13,10 +13,10 @@
 use cola::audit::{flops_per_token, synthetic_ids};
 use cola::autograd::Policy;
 use cola::data::Batch;
-use cola::nn::{Init, Llama, LlamaConfig};
+use cola::nn::{Init, Llama, Preset};
 use cola::optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola::tensor::{DType, Device};
-use cola::train::{gpu_micro_batch, Precision, Trainer};
+use cola::train::{Precision, Trainer};
 use std::time::Instant;
 
 fn arg(name: &str) -> Option<String> {
@@ -40,12 +40,12 @@ struct Row {
 }
 
 fn run_row(
-    preset: &str,
+    preset: Preset,
     policy: Policy,
     micro_batch: usize,
     args: &Settings,
 ) -> Result<Row, Box<dyn std::error::Error>> {
-    let mut config = LlamaConfig::preset(preset)?;
+    let mut config = preset.config();
     config.max_seq_len = config.max_seq_len.max(args.seq);
     let mut model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
     model.to_device(args.device, args.precision.param_dtype())?;
@@ -175,8 +175,10 @@ fn main() {
     }
     let device: Device =
         arg("--device").unwrap_or_else(|| "cuda:0".into()).parse().unwrap_or_else(|e: String| fail(&e));
-    let precision = Precision::parse(&arg("--precision").unwrap_or_else(|| "bf16-mixed".into()))
-        .unwrap_or_else(|e| fail(&e.to_string()));
+    let precision: Precision = arg("--precision")
+        .unwrap_or_else(|| "bf16-mixed".into())
+        .parse()
+        .unwrap_or_else(|e: cola::train::TrainError| fail(&e.to_string()));
     let number = |name: &str, default: f64| {
         arg(name).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(&format!("{name} {v}"))))
     };
@@ -204,14 +206,15 @@ fn main() {
     );
     let mut results: Vec<Row> = Vec::new();
     for spec in rows.split(',') {
-        let (preset, policy) = match spec.split_once(':') {
+        let (name, policy) = match spec.split_once(':') {
             Some((p, policy)) => {
                 (p, Policy::parse(policy).unwrap_or_else(|| fail(&format!("unknown policy {policy}"))))
             }
             None => (spec, Policy::KeepAll),
         };
+        let preset: Preset = name.parse().unwrap_or_else(|e: cola::nn::NnError| fail(&e.to_string()));
         let mut micro =
-            arg("--micro-batch").and_then(|v| v.parse().ok()).unwrap_or_else(|| gpu_micro_batch(preset));
+            arg("--micro-batch").and_then(|v| v.parse().ok()).unwrap_or_else(|| preset.gpu_micro_batch());
         loop {
             match run_row(preset, policy, micro, &settings) {
                 Ok(row) => {

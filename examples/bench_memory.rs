@@ -7,7 +7,7 @@
 //! models. Usage: `cargo run --release --example bench_memory -- [--batch B] [--seq S] [--repeats N]`.
 use cola::audit::{human_bytes, measure_step, per_token_bytes, synthetic_ids, StepMemory};
 use cola::autograd::Policy;
-use cola::nn::{Llama, LlamaConfig};
+use cola::nn::{Family, Llama, Preset, Size};
 use cola::tensor::Rng;
 
 fn flag(name: &str, default: usize) -> usize {
@@ -19,14 +19,14 @@ fn flag(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// `(mode name, preset family, policy)` of the table rows.
-const MODES: [(&str, &str, Policy); 5] = [
-    ("full", "full", Policy::KeepAll),
-    ("full+block", "full", Policy::Block),
-    ("cola", "cola", Policy::KeepAll),
-    ("cola+block", "cola", Policy::Block),
-    ("cola-m", "cola", Policy::ColaM),
-];
+/// The row name of `policy` on a model of `family`: `full`, `full+block`, `cola`, `cola+block`, `cola-m`.
+fn mode(family: Family, policy: Policy) -> String {
+    match policy {
+        Policy::KeepAll => family.prefix().to_string(),
+        Policy::ColaM => policy.name().to_string(),
+        other => format!("{}+{}", family.prefix(), other.name()),
+    }
+}
 
 fn median_step(
     model: &Llama,
@@ -56,19 +56,21 @@ fn main() {
         "mode", "saved/token", "saved", "fwd peak", "bwd peak", "step peak", "step s", "tokens/s"
     );
     let ids = synthetic_ids(32000, batch * seq, 1);
-    for family in ["full", "cola"] {
-        let config = LlamaConfig::preset(&format!("{family}-350m")).unwrap_or_else(|e| fail(&e.to_string()));
+    for family in [Family::Full, Family::Cola] {
+        let config = Preset::new(family, Size::M350).config();
+        let policies = config.policies();
         let model = Llama::new(config, &mut Rng::new(0)).unwrap_or_else(|e| fail(&e.to_string()));
         let mut baseline_seconds = f64::NAN;
-        for (mode, _, policy) in MODES.iter().filter(|m| m.1 == family) {
-            let m = median_step(&model, *policy, &ids, batch, seq, repeats);
-            if *policy == Policy::KeepAll {
+        let name = family.prefix();
+        for policy in policies {
+            let m = median_step(&model, policy, &ids, batch, seq, repeats);
+            if policy == Policy::KeepAll {
                 baseline_seconds = m.step_seconds;
             }
             let overhead = 100.0 * (m.step_seconds / baseline_seconds - 1.0);
             println!(
-                "{:<11} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>9.1}   time vs {family}: {overhead:+.1}%",
-                mode,
+                "{:<11} {:>12} {:>11} {:>11} {:>11} {:>11} {:>9.2} {:>9.1}   time vs {name}: {overhead:+.1}%",
+                mode(family, policy),
                 format!("{:.0} B", m.saved_bytes_per_token()),
                 human_bytes(m.activations.saved_bytes as f64),
                 human_bytes(m.activations.forward_peak_bytes as f64),
@@ -86,10 +88,12 @@ fn main() {
         "{:<6} {:<11} {:>6} {:>14} {:>16} {:>14} {:>18}",
         "size", "mode", "batch", "layer B/token", "other B/token", "saved", "resident+saved"
     );
-    for (size, micro_batch) in [("1b", 32usize), ("7b", 16)] {
-        for (mode, family, policy) in MODES {
-            let config =
-                LlamaConfig::preset(&format!("{family}-{size}")).unwrap_or_else(|e| fail(&e.to_string()));
+    for (size, size_name, micro_batch) in [(Size::B1, "1b", 32usize), (Size::B7, "7b", 16)] {
+        let rows = [Family::Full, Family::Cola].into_iter().flat_map(|family| {
+            let config = Preset::new(family, size).config();
+            config.policies().into_iter().map(move |policy| (family, policy, config.clone()))
+        });
+        for (family, policy, config) in rows {
             let bytes = per_token_bytes(&config, policy, 1, 32).unwrap_or_else(|e| fail(&e.to_string()));
             let tokens = micro_batch * 256;
             let saved = bytes.saved_bytes(config.n_layers, tokens);
@@ -97,8 +101,8 @@ fn main() {
             let resident = 16.0 * config.param_counts().total as f64;
             println!(
                 "{:<6} {:<11} {:>6} {:>14.0} {:>16.0} {:>14} {:>18}",
-                size,
-                mode,
+                size_name,
+                mode(family, policy),
                 micro_batch,
                 bytes.per_layer,
                 bytes.non_layer,

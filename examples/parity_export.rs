@@ -5,10 +5,11 @@
 //! Usage: `cargo run --release --example parity_export -- OUT_DIR` (normally through
 //! `scripts/reference/run.sh`). For each variant it writes `OUT_DIR/<variant>/model.safetensors` (every
 //! parameter in f64 under the reference's names and layouts; the f32 fixtures use these values rounded to
-//! f32) and `OUT_DIR/<variant>/batch.json` (the config, the token batches and the training settings).
-//! The output depends only on the seeds below: rerunning gives the same bytes.
+//! f32) and `OUT_DIR/<variant>/batch.json` (the config, the token batches and the training settings),
+//! and `OUT_DIR/presets.json`: the config of every preset of the one table, from which the reference
+//! builds its presets. The output depends only on the seeds below: rerunning gives the same bytes.
 use cola::data::{EOS_ID, PAD_ID};
-use cola::nn::{save_safetensors_as, Llama, LlamaConfig, WEIGHTS_FILE};
+use cola::nn::{save_safetensors_as, Llama, LlamaConfig, Preset, WEIGHTS_FILE};
 use cola::tensor::{DType, Rng, Tensor};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -132,10 +133,25 @@ fn export(dir: &Path, variant: &str, preset: &str, gate_silu: bool, seed: u64) -
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// `[{"preset": name, "config": {...}}, ...]` in [`Preset::ALL`]'s order (an array keeps the order).
+fn export_presets(dir: &Path) -> Result<PathBuf, String> {
+    let presets: Vec<serde_json::Value> = Preset::ALL
+        .into_iter()
+        .map(|preset| json!({ "preset": preset.name(), "config": config_json(&preset.config()) }))
+        .collect();
+    let text = serde_json::to_string_pretty(&presets).map_err(|e| e.to_string())? + "\n";
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("presets.json");
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [dir] = args.as_slice() else { fail("usage: parity_export OUT_DIR") };
     let dir = PathBuf::from(dir);
+    let presets = export_presets(&dir).unwrap_or_else(|e| fail(&format!("presets: {e}")));
+    println!("parity_export: wrote {}", presets.display());
     for (variant, preset, gate_silu, seed) in VARIANTS {
         export(&dir, variant, preset, gate_silu, seed).unwrap_or_else(|e| fail(&format!("{variant}: {e}")));
         println!("parity_export: wrote {}", dir.join(variant).display());

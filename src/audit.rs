@@ -4,7 +4,7 @@
 //! Memory is measured, not modelled: one micro-batch goes through the tape under the policy and the tape's
 //! accounting reports the bytes of activation buffers it holds (see `cola_autograd::MemoryStats`).
 use cola_autograd::{GradStore, MemoryStats, Policy, Tape};
-use cola_nn::{Init, Llama, LlamaConfig, NnError};
+use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset};
 use cola_tensor::{DType, Rng};
 use std::time::Instant;
 
@@ -26,15 +26,6 @@ pub fn flops_per_token(config: &LlamaConfig, seq_len: usize) -> FlopsPerToken {
     let attention = 4.0 * seq_len as f64 * d;
     let forward = config.n_layers as f64 * (projections + attention) + 2.0 * d * v;
     FlopsPerToken { forward, training: 3.0 * forward }
-}
-
-/// The policies that apply to a preset: `none` and `block` always, `cola-m` for CoLA models.
-pub fn applicable_policies(config: &LlamaConfig) -> Vec<Policy> {
-    let mut out = vec![Policy::KeepAll, Policy::Block];
-    if config.is_cola() {
-        out.push(Policy::ColaM);
-    }
-    out
 }
 
 /// One training micro-batch measured under one policy (f32 on the CPU).
@@ -168,16 +159,17 @@ pub struct AuditRow {
     pub step_seconds: f64,
 }
 
-/// Audits `preset` with one `micro_batch x seq_len` micro-batch per applicable policy. The weights are
-/// zeros (memory and time do not depend on values), so even large presets start at once.
-pub fn audit(preset: &str, micro_batch: usize, seq_len: usize) -> Result<Audit, NnError> {
-    let config = LlamaConfig::preset(preset)?;
+/// Audits `preset` with one `micro_batch x seq_len` micro-batch per policy that applies to it
+/// ([`LlamaConfig::policies`]). The weights are zeros (memory and time do not depend on values), so even
+/// large presets start at once.
+pub fn audit(preset: Preset, micro_batch: usize, seq_len: usize) -> Result<Audit, NnError> {
+    let config = preset.config();
     let counts = config.param_counts();
     let flops = flops_per_token(&config, seq_len);
     let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
     let ids = synthetic_ids(config.vocab_size, micro_batch * seq_len, 1);
     let mut policies = Vec::new();
-    for policy in applicable_policies(&config) {
+    for policy in config.policies() {
         let m = measure_step(&model, policy, &ids, micro_batch, seq_len)?;
         policies.push(AuditRow {
             policy: policy.name().to_string(),

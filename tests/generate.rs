@@ -215,7 +215,7 @@ fn trained_run(dir: &TempDir, steps: u64) -> (PathBuf, TrainConfig) {
     let mut rng = Rng::new(7);
     let text: Vec<&str> = (0..300).map(|_| sentences[rng.below(3) as usize]).collect();
     std::fs::write(dir.join("corpus.txt"), text.join(" ")).unwrap();
-    let mut config = TrainConfig::new("cola-tiny", dir.join("run")).unwrap();
+    let mut config = TrainConfig::new("cola-tiny".parse().unwrap(), dir.join("run"));
     config.vocab_size = Some(VOCAB);
     config.data = Some(dir.join("corpus.txt"));
     config.cache_dir = Some(dir.join("cache"));

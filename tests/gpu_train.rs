@@ -64,7 +64,8 @@ fn tiny_models_track_the_cpu_loss_curve() {
         assert!(e32 <= 1e-3, "{preset}: GPU f32 losses drift from the CPU's: {e32}");
         assert!(e16 <= 3e-2, "{preset}: GPU bf16-mixed losses drift from the CPU's: {e16}");
         assert!(cpu[STEPS - 1] < cpu[0], "{preset}: the loss must fall");
-        let policy = if preset.starts_with("cola") { Policy::ColaM } else { Policy::Block };
+        let policy =
+            if LlamaConfig::preset(preset).unwrap().is_cola() { Policy::ColaM } else { Policy::Block };
         let recomputed = losses(preset, Device::Cuda(0), Precision::F32, policy);
         let e = worst(&recomputed, &gpu);
         eprintln!("{preset}: gpu f32 with {} recomputation: worst rel vs keep-all {e:.2e}", policy.name());

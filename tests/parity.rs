@@ -13,7 +13,7 @@
 //! relative error of every compared quantity.
 use cola::autograd::Policy;
 use cola::data::Batch;
-use cola::nn::{load_safetensors, Llama, LlamaConfig, Module, ParamKind, PRESET_NAMES, WEIGHTS_FILE};
+use cola::nn::{load_safetensors, Llama, LlamaConfig, Module, ParamKind, Preset, PRESET_NAMES, WEIGHTS_FILE};
 use cola::optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola::train::Trainer;
 use cola::{DType, Parameter, Tape, Tensor};
@@ -354,4 +354,35 @@ fn parameter_counts_match_pytorch() {
         ));
     }
     eprint!("{report}");
+}
+
+/// The reference builds its presets from `presets.json` (written by `examples/parity_export.rs`), so the
+/// committed file must be the table as it is now: every preset, in order, with every shape and constant
+/// exactly (integers, and the two float constants as the same decimal literals).
+#[test]
+fn the_exported_preset_table_is_the_current_one() {
+    let path = fixture_dir().join("presets.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let entries: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e["preset"].as_str().unwrap()).collect();
+    assert_eq!(names, Preset::NAMES, "{}: rerun examples/parity_export.rs", path.display());
+    for (entry, preset) in entries.iter().zip(Preset::ALL) {
+        let c = &entry["config"];
+        let config = preset.config();
+        let size = |key: &str| c[key].as_u64().unwrap_or_else(|| panic!("{preset}: {key}")) as usize;
+        let got = LlamaConfig {
+            vocab_size: size("vocab_size"),
+            d_model: size("d_model"),
+            ffn_dim: size("ffn_dim"),
+            n_layers: size("n_layers"),
+            n_heads: size("n_heads"),
+            rank: c["rank"].as_u64().map(|r| r as usize),
+            mlp_gate_silu: c["mlp_gate_silu"].as_bool().unwrap(),
+            rope_theta: f64_of(&c["rope_theta"]),
+            norm_eps: f64_of(&c["norm_eps"]),
+            max_seq_len: size("max_seq_len"),
+            pad_id: size("pad_id") as u32,
+        };
+        assert_eq!(got, config, "{preset} in {}: rerun examples/parity_export.rs", path.display());
+    }
 }

@@ -5,8 +5,11 @@
 mod common;
 
 use cola::data::{BatchMode, DataConfig, Dataset, Tokenizer};
-use cola::train::{self, checkpoint, Options, RunOutcome, TrainConfig, TrainError, TrainSummary, Trainer};
-use cola_nn::{Llama, LlamaConfig};
+use cola::train::{
+    self, checkpoint, Options, Precision, RunOutcome, TrainConfig, TrainError, TrainSummary, Trainer,
+};
+use cola_autograd::Policy;
+use cola_nn::{Llama, LlamaConfig, Preset};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::Rng;
 use common::TempDir;
@@ -35,7 +38,7 @@ fn write_corpus(dir: &TempDir) -> PathBuf {
 /// cola-tiny (or `model`) with a 300-entry vocabulary on the test corpus: 8 x 16 tokens per step in one
 /// micro-batch, no evaluations or periodic checkpoints unless a test asks.
 fn tiny_config(dir: &TempDir, model: &str, out: &str, steps: u64) -> TrainConfig {
-    let mut config = TrainConfig::new(model, dir.join(out)).unwrap();
+    let mut config = TrainConfig::new(model.parse().unwrap(), dir.join(out));
     config.vocab_size = Some(VOCAB);
     config.data = Some(dir.join("corpus.txt"));
     config.cache_dir = Some(dir.join("cache"));
@@ -304,10 +307,8 @@ fn bad_inputs_are_errors_not_panics() {
     config.tokenizer = Some(big.save_into_dir(&dir.join("tok400")).unwrap());
     assert!(error_of(&config).contains("the model's vocabulary has only 300"));
 
-    let mut config = base.clone();
-    config.model = "cola-5m".into();
-    assert!(error_of(&config).contains("unknown preset \"cola-5m\""));
-    assert!(TrainConfig::new("llama-7b", "x").unwrap_err().to_string().contains("unknown preset"));
+    let unknown = "cola-5m".parse::<Preset>().unwrap_err().to_string();
+    assert!(unknown.contains("unknown preset \"cola-5m\"") && unknown.contains("cola-350m"), "{unknown}");
 
     let mut config = base.clone();
     if train::gpu_count() == 0 {
@@ -315,12 +316,16 @@ fn bad_inputs_are_errors_not_panics() {
         assert!(matches!(train::run(&config), Err(TrainError::DeviceUnavailable { .. })));
         let mut config = base.clone();
         config.device = "cpu".parse().unwrap();
-        config.precision = "bf16-mixed".into();
+        config.precision = Precision::Bf16Mixed;
         assert!(error_of(&config).contains("--precision bf16-mixed needs a GPU"));
     }
-    let mut config = base.clone();
-    config.precision = "bf16".into();
-    assert!(error_of(&config).contains("expected f32, bf16-mixed or pure-bf16"));
+    let bad = "bf16".parse::<Precision>().unwrap_err().to_string();
+    assert!(bad.contains("expected f32, bf16-mixed or pure-bf16"), "{bad}");
+    let mut config = tiny_config(&dir, "full-tiny", "run", 3);
+    config.recompute = Policy::ColaM;
+    assert!(error_of(&config).contains("--recompute cola-m keeps the rank-r codes"));
+    config.recompute = Policy::RecomputeAll;
+    assert!(error_of(&config).contains("--recompute must be none, cola-m or block, got 'all'"));
     let mut config = base.clone();
     config.resume = Some(dir.join("nowhere"));
     assert!(error_of(&config).contains("does not exist"));
@@ -411,7 +416,7 @@ fn metrics_have_their_fields_and_eval_only_repeats_the_validation_loss() {
 fn command_line_defaults_follow_the_recipe_scaled_to_the_cpu() {
     let options = Options { steps: Some(600), out: Some("x".into()), ..Options::default() };
     let (config, notes) = train::resolve(&options).unwrap();
-    assert_eq!(config.model, "cola-350m");
+    assert_eq!(config.model.name(), "cola-350m");
     assert_eq!(
         (config.lr, config.steps, config.warmup),
         (3e-3, 600, 60),
@@ -421,7 +426,7 @@ fn command_line_defaults_follow_the_recipe_scaled_to_the_cpu() {
     assert!(notes.iter().any(|n| n.contains("6000 -> 60 steps")), "{notes:?}");
     assert!(notes.iter().any(|n| n.contains("512-sequence batch")), "{notes:?}");
 
-    let options = Options { model: Some("full-60m".into()), warmup: Some(7), ..Options::default() };
+    let options = Options { model: Some("full-60m".parse().unwrap()), warmup: Some(7), ..Options::default() };
     let (config, notes) = train::resolve(&options).unwrap();
     assert_eq!((config.lr, config.steps, config.warmup, config.micro_batch), (6e-3, 10000, 7, 8));
     assert!(config.out.starts_with("runs") && config.out.to_string_lossy().contains("full-60m-"));

@@ -26,7 +26,8 @@ fn cases() -> Vec<Case> {
     let mut out = vec![case("cube1024".into(), 1024, 1024, 1024, false)];
     let tokens = 4096;
     // (preset, d_model, ffn_dim, rank) of COLA.md's table.
-    for (preset, d, f, r) in [("350m", 1024, 2736, 256), ("60m", 512, 1376, 128)] {
+    for (preset, size) in [("350m", cola::nn::Size::M350), ("60m", cola::nn::Size::M60)] {
+        let (d, f, r) = (size.spec().d_model, size.spec().ffn_dim, size.spec().rank);
         out.push(case(format!("{preset}_down_d"), tokens, d, r, false));
         out.push(case(format!("{preset}_up_d"), tokens, r, d, false));
         out.push(case(format!("{preset}_up_f"), tokens, r, f, false));

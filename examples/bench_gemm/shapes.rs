@@ -4,12 +4,14 @@ use rayon::prelude::*;
 
 /// Tokens of a 350m micro-batch: 16 sequences of `SEQ`.
 pub const TOKENS: usize = 4096;
-pub const SEQ: usize = 256;
-pub const D_MODEL: usize = 1024;
-pub const FFN: usize = 2736;
-pub const HEADS: usize = 16;
-pub const HEAD_DIM: usize = 64;
-pub const VOCAB: usize = 32_000;
+/// The 350m row of the preset table.
+const SIZE: &cola::nn::SizeSpec = cola::nn::Size::M350.spec();
+pub const SEQ: usize = SIZE.max_seq_len;
+pub const D_MODEL: usize = SIZE.d_model;
+pub const FFN: usize = SIZE.ffn_dim;
+pub const HEADS: usize = SIZE.n_heads;
+pub const HEAD_DIM: usize = D_MODEL / HEADS;
+pub const VOCAB: usize = SIZE.vocab_size;
 /// Cross-entropy rows: a micro-batch of 2 sequences (65 MB of logits, already far beyond the caches).
 pub const CE_TOKENS: usize = 512;
 

@@ -1,6 +1,8 @@
-//! Model hyper-parameters and the presets of the CoLA paper (COLA.md section 4).
+//! Model hyper-parameters; the presets' values live in [`crate::preset`].
 use crate::error::{NnError, Result};
 use crate::module::{ParamCounts, ParamKind};
+use crate::preset::Preset;
+use cola_autograd::Policy;
 
 /// Shapes and constants of a LLaMA(-CoLA) model.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,92 +23,14 @@ pub struct LlamaConfig {
     pub pad_id: u32,
 }
 
-/// Preset names accepted by [`LlamaConfig::preset`].
-pub const PRESET_NAMES: [&str; 12] = [
-    "cola-tiny",
-    "cola-60m",
-    "cola-130m",
-    "cola-350m",
-    "cola-1b",
-    "cola-7b",
-    "full-tiny",
-    "full-60m",
-    "full-130m",
-    "full-350m",
-    "full-1b",
-    "full-7b",
-];
-
-/// `(size, d_model, ffn_dim, n_layers, n_heads, rank, CoLA keeps the MLP gate SiLU)` of COLA.md's table.
-const SIZES: [(&str, usize, usize, usize, usize, usize, bool); 5] = [
-    ("60m", 512, 1376, 8, 8, 128, true),
-    ("130m", 768, 2048, 12, 12, 256, true),
-    ("350m", 1024, 2736, 24, 16, 256, false),
-    ("1b", 2048, 5461, 24, 32, 512, false),
-    ("7b", 4096, 11008, 32, 32, 1024, false),
-];
+/// Preset names accepted by [`LlamaConfig::preset`] (those of [`Preset::ALL`]).
+pub const PRESET_NAMES: [&str; 12] = Preset::NAMES;
 
 impl LlamaConfig {
-    /// A preset by name: `cola-{60m,130m,350m,1b,7b}` (vocab 32000, sequence length 256), the same shapes
-    /// with dense projections as `full-*`, and `cola-tiny` / `full-tiny` for tests.
-    ///
-    /// The MLP gate SiLU follows the paper for CoLA (kept for 60m/130m, dropped for 350m+). The `full-*`
-    /// baselines are plain LLaMA, which always keeps it.
+    /// A preset by name (see [`Preset`]): `cola-{tiny,60m,130m,350m,1b,7b}` and the dense `full-*`
+    /// baselines of the same shapes. An unknown name is [`NnError::UnknownPreset`].
     pub fn preset(name: &str) -> Result<LlamaConfig> {
-        let unknown = || NnError::UnknownPreset { name: name.to_string(), valid: PRESET_NAMES.join(", ") };
-        let (family, size) = name.split_once('-').ok_or_else(unknown)?;
-        let cola = match family {
-            "cola" => true,
-            "full" => false,
-            _ => return Err(unknown()),
-        };
-        let mut config = if size == "tiny" {
-            LlamaConfig {
-                vocab_size: 64,
-                d_model: 32,
-                ffn_dim: 48,
-                n_layers: 2,
-                n_heads: 4,
-                rank: Some(8),
-                mlp_gate_silu: true,
-                max_seq_len: 16,
-                ..LlamaConfig::base()
-            }
-        } else {
-            let &(_, d, f, layers, heads, r, gate_silu) =
-                SIZES.iter().find(|s| s.0 == size).ok_or_else(unknown)?;
-            LlamaConfig {
-                d_model: d,
-                ffn_dim: f,
-                n_layers: layers,
-                n_heads: heads,
-                rank: Some(r),
-                mlp_gate_silu: gate_silu,
-                ..LlamaConfig::base()
-            }
-        };
-        if !cola {
-            config.rank = None;
-            config.mlp_gate_silu = true;
-        }
-        Ok(config)
-    }
-
-    /// The constants shared by every preset (COLA.md section 3); shapes are the 60m ones.
-    fn base() -> LlamaConfig {
-        LlamaConfig {
-            vocab_size: 32000,
-            d_model: 512,
-            ffn_dim: 1376,
-            n_layers: 8,
-            n_heads: 8,
-            rank: Some(128),
-            mlp_gate_silu: true,
-            rope_theta: 10000.0,
-            norm_eps: 1e-6,
-            max_seq_len: 256,
-            pad_id: 0,
-        }
+        Ok(name.parse::<Preset>()?.config())
     }
 
     pub fn head_dim(&self) -> usize {
@@ -115,6 +39,17 @@ impl LlamaConfig {
 
     pub fn is_cola(&self) -> bool {
         self.rank.is_some()
+    }
+
+    /// The retention policies that apply to this model: `none` and `block` always, `cola-m` (which keeps
+    /// the rank-r codes, docs/METHOD.md section 7) only with CoLA projections. `all` is a test of the
+    /// replay mechanism, not a training setting, so it is not listed.
+    pub fn policies(&self) -> Vec<Policy> {
+        let mut out = vec![Policy::KeepAll, Policy::Block];
+        if self.is_cola() {
+            out.push(Policy::ColaM);
+        }
+        out
     }
 
     /// Checks the shapes can build a model: positive sizes, `d_model` divisible by `n_heads` into an even

@@ -18,6 +18,7 @@ pub mod mlp;
 pub mod model;
 pub mod module;
 pub mod norm;
+pub mod preset;
 pub mod sampling;
 
 pub use attention::Attention;
@@ -35,4 +36,5 @@ pub use mlp::Mlp;
 pub use model::{next_token_targets, Llama};
 pub use module::{Module, ParamCounts, ParamKind};
 pub use norm::RmsNorm;
+pub use preset::{Family, Preset, Recipe, Size, SizeSpec, SIZES};
 pub use sampling::{argmax, Sampler, SamplingConfig};

@@ -1,8 +1,16 @@
-//! Presets against COLA.md's table, parameter counts against closed-form formulas, config validation.
-use cola_nn::{Llama, LlamaConfig, Module, NnError, ParamCounts, ParamKind, PRESET_NAMES};
+//! The one preset table against the paper's numbers (written once here, as the independent check),
+//! parameter counts against closed-form formulas, preset names, config validation.
+//!
+//! Every comparison is exact: the values are integers or decimal constants copied from the same text, so
+//! any difference is a transcription error in the table.
+use cola_autograd::Policy;
+use cola_nn::{
+    Family, Llama, LlamaConfig, Module, NnError, ParamCounts, ParamKind, Preset, Recipe, Size, PRESET_NAMES,
+};
 use cola_tensor::Rng;
 
-/// `(size, d, f, layers, heads, r, CoLA keeps the MLP gate SiLU)`, transcribed from COLA.md section 4.
+/// `(size, d, f, layers, heads, r, CoLA keeps the MLP gate SiLU)`, transcribed from docs/METHOD.md
+/// section 4 (vocabulary 32000, sequence length 256).
 const TABLE: [(&str, usize, usize, usize, usize, usize, bool); 5] = [
     ("60m", 512, 1376, 8, 8, 128, true),
     ("130m", 768, 2048, 12, 12, 256, true),
@@ -10,6 +18,19 @@ const TABLE: [(&str, usize, usize, usize, usize, usize, bool); 5] = [
     ("1b", 2048, 5461, 24, 32, 512, false),
     ("7b", 4096, 11008, 32, 32, 1024, false),
 ];
+
+/// `(size, peak lr, warmup steps, total steps)`, transcribed from docs/METHOD.md section 6.
+const RECIPES: [(&str, f64, u64, u64); 5] = [
+    ("60m", 6e-3, 2000, 10000),
+    ("130m", 3e-3, 2000, 20000),
+    ("350m", 3e-3, 6000, 60000),
+    ("1b", 2e-3, 10000, 100000),
+    ("7b", 1e-3, 15000, 150000),
+];
+
+fn preset(name: &str) -> Preset {
+    name.parse().unwrap_or_else(|e| panic!("{name}: {e}"))
+}
 
 /// CoLA: per layer `4 r (d + d) + 2 r (d + f) + r (f + d)` low-rank entries and `2 d` norm weights;
 /// plus embedding `V d`, head `d V` and final norm `d`.
@@ -64,6 +85,58 @@ fn tiny_presets_are_small_and_valid() {
 fn every_listed_preset_exists() {
     for name in PRESET_NAMES {
         LlamaConfig::preset(name).unwrap();
+    }
+}
+
+#[test]
+fn names_round_trip_and_cover_every_family_and_size() {
+    assert_eq!(Preset::NAMES, PRESET_NAMES);
+    assert_eq!(Preset::ALL.len(), 12);
+    for (preset, name) in Preset::ALL.into_iter().zip(Preset::NAMES) {
+        assert_eq!(preset.to_string(), name);
+        assert_eq!(name.parse::<Preset>().unwrap(), preset);
+        assert_eq!(preset.is_cola(), preset.family == Family::Cola);
+        assert_eq!(preset.config(), LlamaConfig::preset(name).unwrap());
+        assert_eq!(preset.config().is_cola(), preset.is_cola(), "{name}");
+    }
+    assert_eq!(preset("cola-350m"), Preset::new(Family::Cola, Size::M350));
+    assert_eq!(preset("full-tiny"), Preset::new(Family::Full, Size::Tiny));
+    assert_eq!(preset("full-7b"), Preset::new(Family::Full, Size::B7));
+}
+
+#[test]
+fn recipes_match_the_paper_and_tiny_borrows_the_60m_rate() {
+    for (size, peak_lr, warmup_steps, total_steps) in RECIPES {
+        for family in ["cola", "full"] {
+            let got = preset(&format!("{family}-{size}")).recipe();
+            assert_eq!(got, Recipe { peak_lr, warmup_steps, total_steps }, "{family}-{size}");
+        }
+    }
+    let tiny = preset("cola-tiny").recipe();
+    assert_eq!(tiny, Recipe { peak_lr: 6e-3, warmup_steps: 20, total_steps: 200 });
+}
+
+#[test]
+fn micro_batches_follow_the_measured_defaults() {
+    // CPU: 8 sequences up to 130m, 4 for 350m (5.5 GB peak), 2 for 1b, 1 for 7b. GPU: the paper's 64 up
+    // to 350m, 32 for 1b, 8 for 7b.
+    let expected =
+        [("tiny", 8, 64), ("60m", 8, 64), ("130m", 8, 64), ("350m", 4, 64), ("1b", 2, 32), ("7b", 1, 8)];
+    for (size, cpu, gpu) in expected {
+        for family in ["cola", "full"] {
+            let p = preset(&format!("{family}-{size}"));
+            assert_eq!((p.cpu_micro_batch(), p.gpu_micro_batch()), (cpu, gpu), "{p}");
+        }
+    }
+}
+
+#[test]
+fn the_model_says_which_policies_apply() {
+    for p in Preset::ALL {
+        let policies = p.config().policies();
+        assert!(policies.contains(&Policy::KeepAll) && policies.contains(&Policy::Block), "{p}");
+        assert_eq!(policies.contains(&Policy::ColaM), p.is_cola(), "{p}");
+        assert!(!policies.contains(&Policy::RecomputeAll), "{p}");
     }
 }
 
@@ -145,7 +218,8 @@ fn parameter_names_follow_the_reference() {
 
 #[test]
 fn unknown_preset_lists_the_valid_ones() {
-    for bad in ["cola-2b", "llama-60m", "tiny", ""] {
+    for bad in ["cola-2b", "cola-3b", "llama-60m", "tiny", "cola-60M", "cola-60m ", ""] {
+        assert!(bad.parse::<Preset>().is_err(), "{bad}");
         let err = LlamaConfig::preset(bad).unwrap_err();
         assert!(matches!(err, NnError::UnknownPreset { .. }), "{bad}: {err}");
         let message = err.to_string();

@@ -1,22 +1,25 @@
 //! AdamW (decoupled weight decay) over named parameters, with its state kept by parameter name so that
 //! checkpoints survive a restart (parameter ids are per process).
+//!
+//! The optimizer does not know what a parameter is for. Which parameters are spared weight decay is the
+//! caller's decision, made from each parameter's role in the model (the trainer exempts RMSNorm weights
+//! and the embedding table under `--no-decay-norms-embeddings`) and handed over by name with
+//! [`AdamW::exempt_from_decay`], the key the state already uses.
 use crate::error::{OptimError, Result};
 use cola_autograd::{GradStore, Parameter};
 use cola_tensor::ops::optim::AdamWStep;
 use cola_tensor::{DType, Tensor};
 use std::collections::btree_map::Entry;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Hyper-parameters; the defaults are the CoLA recipe's (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on
-/// every parameter).
+/// every parameter not exempted by [`AdamW::exempt_from_decay`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
-    /// Exempt RMSNorm weights and the token embedding from weight decay.
-    pub exempt_norms_and_embeddings: bool,
     /// Keep an f32 master copy (and f32 moments) of every bf16 parameter: the update runs on the master
     /// and the parameter receives its bf16 rounding (mixed precision). Off, bf16 parameters are updated in
     /// bf16 with bf16 moments (pure bf16, GPU only).
@@ -25,14 +28,7 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            exempt_norms_and_embeddings: false,
-            master_weights: true,
-        }
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, master_weights: true }
     }
 }
 
@@ -50,17 +46,24 @@ pub struct AdamW {
     /// Number of updates applied so far.
     step: u64,
     state: BTreeMap<String, Moments>,
-}
-
-/// True for parameters the exemption flag spares from decay: norm weights and the token embedding, by
-/// their checkpoint names.
-fn is_norm_or_embedding(name: &str) -> bool {
-    name.ends_with("norm.weight") || name.contains("embed_tokens")
+    /// Parameters updated without weight decay, by name.
+    no_decay: BTreeSet<String>,
 }
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, state: BTreeMap::new() }
+        AdamW { config, step: 0, state: BTreeMap::new(), no_decay: BTreeSet::new() }
+    }
+
+    /// Updates the parameters named `names` without weight decay from now on (their moments and the
+    /// rest of the update are unchanged).
+    pub fn exempt_from_decay<S: Into<String>>(&mut self, names: impl IntoIterator<Item = S>) {
+        self.no_decay.extend(names.into_iter().map(Into::into));
+    }
+
+    /// Whether the parameter named `name` gets weight decay.
+    pub fn decays(&self, name: &str) -> bool {
+        !self.no_decay.contains(name)
     }
 
     /// Updates applied so far.
@@ -80,13 +83,13 @@ impl AdamW {
         self.step += 1;
         for param in params.iter_mut() {
             let Some(grad) = grads.get(param.id()) else { continue };
-            let exempt = self.config.exempt_norms_and_embeddings && is_norm_or_embedding(param.name());
+            let decay = if self.decays(param.name()) { self.config.weight_decay } else { 0.0 };
             let hyper = AdamWStep {
                 lr,
                 beta1: self.config.beta1,
                 beta2: self.config.beta2,
                 eps: self.config.eps,
-                weight_decay: if exempt { 0.0 } else { self.config.weight_decay },
+                weight_decay: decay,
                 step: self.step,
             };
             let (mixed, state_dtype) = self.state_dtype(param.value().dtype());

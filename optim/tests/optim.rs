@@ -75,8 +75,12 @@ fn reference_adamw(p: f64, g: &[f64], lr: &[f64], wd: f64) -> f64 {
 #[test]
 fn adamw_matches_hand_computed_steps_with_and_without_exemption() {
     for exempt in [false, true] {
-        let config = AdamWConfig { exempt_norms_and_embeddings: exempt, ..AdamWConfig::default() };
-        let mut opt = AdamW::new(config);
+        let mut opt = AdamW::new(AdamWConfig::default());
+        if exempt {
+            opt.exempt_from_decay(["model.norm.weight"]);
+        }
+        assert_eq!(opt.decays("model.norm.weight"), !exempt);
+        assert!(opt.decays("model.layers.0.mlp.up_proj.cola_a"));
         let mut w = param("model.layers.0.mlp.up_proj.cola_a", vec![0.5, -1.0, 2.0]);
         let mut n = param("model.norm.weight", vec![1.0, 1.5]);
         let steps: Vec<(Vec<f64>, Vec<f64>, f64)> = vec![

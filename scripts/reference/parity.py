@@ -3,8 +3,10 @@
 
 The model is written from the method description (COLA.md: sections 1-3 for the model, 6 for the
 training recipe) in plain PyTorch, in the style of the reference implementation (Hugging Face LLaMA with
-CoLA layers), and shares no code with the Rust stack. It reads, for each variant folder that
-`examples/parity_export.rs` wrote under FIXTURE_DIR:
+CoLA layers), and shares no code with the Rust stack. It reads the project's preset table, which
+`examples/parity_export.rs` writes to FIXTURE_DIR/presets.json (shapes only: the sizes are data, checked
+against the paper by the Rust tests; what is independent here is the model built from them), and for each
+variant folder that the exporter wrote under FIXTURE_DIR:
 
     model.safetensors   initial weights (f64) under the reference's names and layouts
     batch.json          the config, a token batch, ten training batches and the training settings
@@ -69,30 +71,31 @@ class Config:
         return self.d_model // self.n_heads
 
 
-# COLA.md section 4 (vocab 32000, sequence length 256): d, f, layers, heads, r, MLP gate SiLU kept.
-PAPER_SIZES = {
-    "60m": (512, 1376, 8, 8, 128, True),
-    "130m": (768, 2048, 12, 12, 256, True),
-    "350m": (1024, 2736, 24, 16, 256, False),
-    "1b": (2048, 5461, 24, 32, 512, False),
-    "7b": (4096, 11008, 32, 32, 1024, False),
-}
-# The project's test size: vocab 64, d 32, f 48, 2 layers, 4 heads, r 8, sequence length 16.
-TINY = (64, 32, 48, 2, 4, 8, True, 16)
+def load_presets(root: Path) -> dict:
+    """Every preset of FIXTURE_DIR/presets.json as a Config, in the exporter's order.
 
-
-def preset(name: str) -> Config:
-    """`cola-<size>` or `full-<size>`; full-rank baselines are plain LLaMA (gate SiLU kept)."""
-    family, size = name.split("-", 1)
-    if size == "tiny":
-        vocab, d, f, layers, heads, r, gate_silu, seq = TINY
-    else:
-        (d, f, layers, heads, r, gate_silu), vocab, seq = PAPER_SIZES[size], 32000, 256
-    if family == "full":
-        r, gate_silu = None, True
-    elif family != "cola":
-        raise ValueError(name)
-    return Config(vocab, d, f, layers, heads, r, not gate_silu, seq)
+    Each entry is `{"preset": name, "config": {...}}` with the config in batch.json's form; the constants
+    this reference hard-codes (RoPE theta, norm eps, pad id) must agree with it.
+    """
+    path = root / "presets.json"
+    if not path.is_file():
+        raise SystemExit(f"no {path}: run examples/parity_export.rs first")
+    presets = {}
+    for entry in json.loads(path.read_text()):
+        c = entry["config"]
+        if (c["rope_theta"], c["norm_eps"], c["pad_id"]) != (ROPE_THETA, NORM_EPS, PAD_ID):
+            raise SystemExit(f"{path}: {entry['preset']} has other constants than this reference: {c}")
+        presets[entry["preset"]] = Config(
+            vocab_size=c["vocab_size"],
+            d_model=c["d_model"],
+            ffn_dim=c["ffn_dim"],
+            n_layers=c["n_layers"],
+            n_heads=c["n_heads"],
+            rank=c["rank"],
+            only_lr_act=not c["mlp_gate_silu"],
+            max_seq_len=c["max_seq_len"],
+        )
+    return presets
 
 
 class CoLALinear(nn.Module):
@@ -325,8 +328,8 @@ def main():
         raise SystemExit("usage: parity.py FIXTURE_DIR")
     root = Path(sys.argv[1])
 
-    names = [f"{family}-{size}" for family in ("cola", "full") for size in ("tiny", *PAPER_SIZES)]
-    counts = {name: param_counts(preset(name)) for name in names}
+    presets = load_presets(root)
+    counts = {name: param_counts(cfg) for name, cfg in presets.items()}
     print(f"{'preset':<10} {'total':>14} {'low-rank':>14} {'other':>14}")
     for name, c in counts.items():
         print(f"{name:<10} {c['total']:>14,} {c['low_rank']:>14,} {c['other']:>14,}")
@@ -337,7 +340,7 @@ def main():
         raise SystemExit(f"no */batch.json under {root}: run examples/parity_export.rs first")
     for folder in variants:
         spec = json.loads((folder / "batch.json").read_text())
-        cfg = preset(spec["preset"])
+        cfg = presets[spec["preset"]]
         if not spec["config"]["mlp_gate_silu"]:
             cfg = Config(**{**cfg.__dict__, "only_lr_act": True})
         check_config(cfg, spec["config"], folder.name)

@@ -208,7 +208,7 @@ fn read_state(path: &Path) -> Result<RunState> {
 
 /// The model config of the run that wrote `state` (as the training program builds it).
 fn config_of_run(state: &RunState) -> Result<LlamaConfig> {
-    let mut config = LlamaConfig::preset(&state.config.model)?;
+    let mut config = state.config.model.config();
     if let Some(vocab) = state.config.vocab_size {
         config.vocab_size = vocab;
     }

@@ -7,12 +7,13 @@
 //! filling in the preset's recipe and scaling it to a CPU; `examples/llama_cola_350m.rs` is a thin shell
 //! around the two.
 //!
-//! Files: `plan.rs` (defaults and their reasons), `run.rs` (orchestration), `trainer.rs` (one optimizer
-//! step), `eval.rs` (validation loss), `checkpoint.rs` (run state on disk), `metrics.rs` (jsonl + plot),
-//! `progress.rs` (terminal output).
+//! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs`
+//! (orchestration), `trainer.rs` (one optimizer step), `eval.rs` (validation loss), `checkpoint.rs` (run
+//! state on disk), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output).
 pub mod checkpoint;
 pub mod eval;
 pub mod metrics;
+pub mod options;
 pub mod plan;
 mod progress;
 mod run;
@@ -22,13 +23,14 @@ pub mod trainer;
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use eval::{evaluate, EvalResult};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
-pub use plan::{cpu_micro_batch, gpu_micro_batch, recipe, resolve, Options, Recipe};
+pub use options::{gpu_count, DeviceChoice, Options, Precision};
+pub use plan::resolve;
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
 use crate::data::DataError;
 use cola_autograd::{AutogradError, Policy};
-use cola_nn::NnError;
+use cola_nn::{NnError, Preset};
 use cola_optim::OptimError;
 use cola_tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -36,107 +38,28 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// Where training runs: `Auto` is the first GPU when one is usable, else the CPU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    /// A CUDA device by ordinal (`cuda` is `cuda:0`).
-    Cuda(usize),
-}
-
-impl std::str::FromStr for DeviceChoice {
-    type Err = TrainError;
-
-    fn from_str(text: &str) -> Result<Self> {
-        match text {
-            "auto" => Ok(DeviceChoice::Auto),
-            other => match other.parse::<Device>() {
-                Ok(Device::Cpu) => Ok(DeviceChoice::Cpu),
-                Ok(Device::Cuda(n)) => Ok(DeviceChoice::Cuda(n)),
-                Err(_) => Err(TrainError::Config(format!(
-                    "unknown device {other:?}; expected auto, cpu, cuda or cuda:N"
-                ))),
-            },
-        }
-    }
-}
-
-impl DeviceChoice {
-    /// The device this choice means on this machine; a GPU that is asked for but absent is an error.
-    pub fn resolve(self) -> Result<Device> {
-        match self {
-            DeviceChoice::Cpu => Ok(Device::Cpu),
-            DeviceChoice::Auto => Ok(if gpu_count() > 0 { Device::Cuda(0) } else { Device::Cpu }),
-            DeviceChoice::Cuda(n) => {
-                let unavailable = |reason: String| TrainError::DeviceUnavailable {
-                    device: Device::Cuda(n).to_string(),
-                    reason,
-                };
-                #[cfg(feature = "cuda")]
-                return cola_kernels::cuda::device(n)
-                    .map(|_| Device::Cuda(n))
-                    .map_err(|e| unavailable(e.to_string()));
-                #[cfg(not(feature = "cuda"))]
-                Err(unavailable("this build has no CUDA backend (the `cuda` feature)".into()))
-            }
-        }
-    }
-}
-
-/// Usable CUDA devices (0 without a driver or without the `cuda` feature).
-pub fn gpu_count() -> usize {
-    #[cfg(feature = "cuda")]
-    return cola_tensor::cuda::cuda_device_count();
-    #[cfg(not(feature = "cuda"))]
-    0
-}
-
-/// Numeric precision of a run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Precision {
-    /// f32 weights, activations and optimizer state (the CPU's only mode).
-    F32,
-    /// bf16 weights and activations with f32 accumulation, f32 master weights and AdamW moments (GPU).
-    Bf16Mixed,
-    /// bf16 weights, activations and AdamW moments: the paper's setting (GPU).
-    PureBf16,
-}
-
-impl Precision {
-    pub fn parse(text: &str) -> Result<Precision> {
-        match text {
-            "f32" => Ok(Precision::F32),
-            "bf16-mixed" => Ok(Precision::Bf16Mixed),
-            "pure-bf16" => Ok(Precision::PureBf16),
-            other => {
-                Err(TrainError::Config(format!("--precision {other}: expected f32, bf16-mixed or pure-bf16")))
-            }
-        }
-    }
-
-    /// The dtype parameters and activations are stored in.
-    pub fn param_dtype(self) -> cola_tensor::DType {
-        match self {
-            Precision::F32 => cola_tensor::DType::F32,
-            Precision::Bf16Mixed | Precision::PureBf16 => cola_tensor::DType::BF16,
-        }
-    }
-}
-
 /// Everything a run needs. The serialised part is stored in every checkpoint's `state.json`, so a resumed
 /// run knows how it was started; the `#[serde(skip)]` fields belong to one invocation only.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// A preset name of [`cola_nn::LlamaConfig::preset`] (`cola-350m`, `full-60m`, `cola-tiny`, ...).
-    pub model: String,
+    /// The model preset, stored by name (`cola-350m`, `full-60m`, `cola-tiny`, ...).
+    #[serde(with = "options::by_name")]
+    pub model: Preset,
     /// Overrides the preset's vocabulary (32000); also the size of a BPE trained on the corpus.
     pub vocab_size: Option<usize>,
+    /// Where to train, as asked (`auto`, `cpu`, `{"cuda": n}` in `state.json`). The choice is what is
+    /// saved, not the device it meant, so that a run resumed on another machine asks again there.
     pub device: DeviceChoice,
-    /// `f32`, `bf16-mixed` or `pure-bf16` (see [`Precision`]); the CPU trains in `f32` only.
-    #[serde(alias = "dtype")]
-    pub precision: String,
+    /// What `device` resolved to on this machine, with the choice it was resolved from. Resolving is a
+    /// CUDA driver probe, so it is done once per invocation ([`TrainConfig::resolve_device`], called by
+    /// [`plan::resolve`]) and reused by validation and the run; remembering the choice means that a
+    /// `device` changed afterwards is probed again instead of answered from a stale cache.
+    #[serde(skip)]
+    resolved_device: Option<(DeviceChoice, Device)>,
+    /// `f32`, `bf16-mixed` or `pure-bf16` in `state.json` (see [`Precision`]); the CPU trains in `f32`
+    /// only.
+    #[serde(alias = "dtype", with = "options::by_name")]
+    pub precision: Precision,
     /// Training corpus; `None` is the default Shakespeare corpus.
     pub data: Option<PathBuf>,
     /// Validation corpus; `None` holds out 1% of the training corpus.
@@ -170,8 +93,9 @@ pub struct TrainConfig {
     pub clip_norm: f64,
     /// Retention policy of the tape: `none`, `cola-m` (CoLA presets) or `block` (COLA.md section 7).
     /// It changes memory and time, never the numbers, so a resumed run may change it.
-    #[serde(default = "default_recompute")]
-    pub recompute: String,
+    /// Stored by name; files written before the field existed mean `none`.
+    #[serde(default, with = "options::policy_name")]
+    pub recompute: Policy,
     /// A malformed JSON line is an error (with file and line) instead of being skipped and counted.
     pub strict: bool,
     /// The run directory: metrics, plot, tokenizer and `checkpoint-<step>/` folders.
@@ -196,27 +120,17 @@ pub struct TrainConfig {
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
-fn default_recompute() -> String {
-    "none".into()
-}
-
 impl TrainConfig {
-    /// The tape's retention policy named by `recompute`.
-    pub fn policy(&self) -> Result<Policy> {
-        Policy::parse(&self.recompute).filter(|p| *p != Policy::RecomputeAll).ok_or_else(|| {
-            TrainError::Config(format!("--recompute must be none, cola-m or block, got '{}'", self.recompute))
-        })
-    }
-
     /// A config for `model` with its recipe (COLA.md section 6) at full scale and the given run
     /// directory; [`plan::resolve`] is the command line's richer path.
-    pub fn new(model: &str, out: impl Into<PathBuf>) -> Result<TrainConfig> {
-        let recipe = plan::recipe(model)?;
-        Ok(TrainConfig {
-            model: model.to_string(),
+    pub fn new(model: Preset, out: impl Into<PathBuf>) -> TrainConfig {
+        let recipe = model.recipe();
+        TrainConfig {
+            model,
             vocab_size: None,
             device: DeviceChoice::Auto,
-            precision: "f32".into(),
+            resolved_device: None,
+            precision: Precision::F32,
             data: None,
             val_data: None,
             tokenizer: None,
@@ -224,7 +138,7 @@ impl TrainConfig {
             warmup: recipe.warmup_steps,
             lr: recipe.peak_lr,
             batch_size: 512,
-            micro_batch: plan::cpu_micro_batch(model),
+            micro_batch: model.cpu_micro_batch(),
             seq_len: 256,
             seed: 0,
             shuffle: true,
@@ -234,7 +148,7 @@ impl TrainConfig {
             weight_decay: 0.01,
             no_decay_norms_embeddings: false,
             clip_norm: 0.5,
-            recompute: default_recompute(),
+            recompute: Policy::KeepAll,
             strict: false,
             out: out.into(),
             resume: None,
@@ -243,26 +157,48 @@ impl TrainConfig {
             cache_dir: None,
             verbose: false,
             interrupt: None,
-        })
+        }
+    }
+
+    /// Resolves `device` on this machine and remembers the answer for [`TrainConfig::target_device`].
+    pub fn resolve_device(&mut self) -> Result<Device> {
+        let device = self.target_device()?;
+        self.resolved_device = Some((self.device, device));
+        Ok(device)
+    }
+
+    /// The device the run uses: the remembered answer when `device` has not changed since
+    /// [`TrainConfig::resolve_device`], else a fresh resolution.
+    pub fn target_device(&self) -> Result<Device> {
+        match self.resolved_device {
+            Some((choice, device)) if choice == self.device => Ok(device),
+            _ => self.device.resolve(),
+        }
     }
 
     /// Checks the settings that no lower layer checks, before any work is done.
     pub fn validate(&self) -> Result<()> {
+        self.validate_on(self.target_device()?)
+    }
+
+    /// [`TrainConfig::validate`] for a run on `device` (already resolved).
+    pub(crate) fn validate_on(&self, device: Device) -> Result<()> {
         let bad = |reason: String| Err(TrainError::Config(reason));
-        let device = self.device.resolve()?;
-        if Precision::parse(&self.precision)? != Precision::F32 && device == Device::Cpu {
+        if self.precision != Precision::F32 && device == Device::Cpu {
             return bad(format!(
                 "--precision {} needs a GPU; the CPU trains in f32 (use --precision f32 or --device cuda)",
                 self.precision
             ));
         }
-        let policy = self.policy()?;
-        if policy == Policy::ColaM && !self.model.starts_with("cola") {
-            return bad(format!(
-                "--recompute cola-m keeps the rank-r codes of CoLA layers, which {} does not have; use \
-                 --recompute block (per-layer checkpointing) or none",
-                self.model
-            ));
+        if !self.model.config().policies().contains(&self.recompute) {
+            return bad(match self.recompute {
+                Policy::ColaM => format!(
+                    "--recompute cola-m keeps the rank-r codes of CoLA layers, which {} does not have; use \
+                     --recompute block (per-layer checkpointing) or none",
+                    self.model
+                ),
+                other => format!("--recompute must be none, cola-m or block, got '{}'", other.name()),
+            });
         }
         if self.steps == 0 {
             return bad("--steps must be at least 1".into());

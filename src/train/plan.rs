@@ -3,7 +3,8 @@
 //! with a note saying what was chosen and why. On `--resume` the checkpoint's own config is the base, so
 //! a resumed run continues the schedule and data order it started with.
 use super::checkpoint;
-use super::{DeviceChoice, Result, TrainConfig, TrainError};
+use super::{DeviceChoice, Options, Precision, Result, TrainConfig, TrainError};
+use cola_nn::Preset;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,90 +16,8 @@ pub const DEFAULT_EVAL_TOKENS: usize = 8192;
 /// enough that a step of the 350m model takes seconds, large enough for a stable loss curve.
 pub const CPU_BATCH_SIZE: usize = 8;
 
-/// The paper's training recipe of one preset size.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Recipe {
-    pub peak_lr: f64,
-    pub warmup_steps: u64,
-    pub total_steps: u64,
-}
-
-/// `(size, peak lr, warmup, total)` of COLA.md section 6; `tiny` (tests only) borrows the 60m rate.
-const RECIPES: [(&str, f64, u64, u64); 6] = [
-    ("tiny", 6e-3, 20, 200),
-    ("60m", 6e-3, 2000, 10000),
-    ("130m", 3e-3, 2000, 20000),
-    ("350m", 3e-3, 6000, 60000),
-    ("1b", 2e-3, 10000, 100000),
-    ("7b", 1e-3, 15000, 150000),
-];
-
-/// The recipe of a preset name (`cola-350m`, `full-60m`, ...); an unknown name is the preset error.
-pub fn recipe(model: &str) -> Result<Recipe> {
-    cola_nn::LlamaConfig::preset(model)?;
-    let size = model.split_once('-').map_or("", |(_, size)| size);
-    let &(_, peak_lr, warmup_steps, total_steps) = RECIPES
-        .iter()
-        .find(|r| r.0 == size)
-        .ok_or_else(|| TrainError::Config(format!("no recipe for {model}")))?;
-    Ok(Recipe { peak_lr, warmup_steps, total_steps })
-}
-
-/// Sequences per forward/backward pass on a CPU: keeps the activations of one pass (all kept for
-/// backward) within a few GiB. Measured for cola-350m: peak memory 5.5 GB at 4 sequences of 256 tokens,
-/// 8.1 GB at 8 (about 0.65 GB per sequence on top of weights, gradients and AdamW state), at the same
-/// tokens/s, so 4 leaves room on a 16 GB machine.
-pub fn cpu_micro_batch(model: &str) -> usize {
-    match model.split_once('-').map_or("", |(_, size)| size) {
-        "350m" => 4,
-        "1b" => 2,
-        "7b" => 1,
-        _ => 8,
-    }
-}
-
-/// Sequences per forward/backward pass on one GPU: the paper's micro-batches (64 up to 350m, 32 for 1b)
-/// in bf16 on an 80+ GB device.
-pub fn gpu_micro_batch(model: &str) -> usize {
-    match model.split_once('-').map_or("", |(_, size)| size) {
-        "1b" => 32,
-        "7b" => 8,
-        _ => 64,
-    }
-}
-
-/// The command line, every value optional: `None` means "the recipe's, or the checkpoint's on resume".
-#[derive(Clone, Debug, Default)]
-pub struct Options {
-    pub model: Option<String>,
-    pub vocab_size: Option<usize>,
-    pub device: Option<DeviceChoice>,
-    /// f32, bf16-mixed or pure-bf16; `None` is bf16-mixed on a GPU and f32 on the CPU.
-    pub precision: Option<String>,
-    pub data: Option<PathBuf>,
-    pub val_data: Option<PathBuf>,
-    pub tokenizer: Option<PathBuf>,
-    pub steps: Option<u64>,
-    pub warmup: Option<u64>,
-    pub lr: Option<f64>,
-    pub batch_size: Option<usize>,
-    pub micro_batch: Option<usize>,
-    pub seq_len: Option<usize>,
-    pub seed: Option<u64>,
-    pub no_shuffle: bool,
-    pub eval_every: Option<u64>,
-    pub eval_tokens: Option<usize>,
-    pub save_every: Option<u64>,
-    pub no_decay_norms_embeddings: bool,
-    pub strict: bool,
-    pub out: Option<PathBuf>,
-    pub resume: Option<PathBuf>,
-    pub eval_only: bool,
-    pub stop_after: Option<u64>,
-    pub cache_dir: Option<PathBuf>,
-    /// Retention policy: none, cola-m or block.
-    pub recompute: Option<String>,
-}
+/// The model trained when `--model` is not given: the program's namesake.
+pub const DEFAULT_MODEL: Preset = Preset::new(cola_nn::Family::Cola, cola_nn::Size::M350);
 
 /// The config `options` ask for and notes on each default chosen for the user (to print before the run).
 pub fn resolve(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
@@ -113,15 +32,15 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     if options.eval_only {
         return Err(TrainError::Config("--eval-only needs --resume DIR (the checkpoint to evaluate)".into()));
     }
-    let model = options.model.clone().unwrap_or_else(|| "cola-350m".into());
-    let recipe = recipe(&model)?;
-    let out = options.out.clone().unwrap_or_else(|| default_out(&model));
-    let mut config = TrainConfig::new(&model, out)?;
+    let model = options.model.unwrap_or(DEFAULT_MODEL);
+    let recipe = model.recipe();
+    let out = options.out.clone().unwrap_or_else(|| default_out(model));
+    let mut config = TrainConfig::new(model, out);
     config.vocab_size = options.vocab_size;
     config.device = options.device.unwrap_or(DeviceChoice::Auto);
-    let on_gpu = config.device.resolve()? != cola_tensor::Device::Cpu;
+    let on_gpu = config.resolve_device()? != cola_tensor::Device::Cpu;
     config.precision =
-        options.precision.clone().unwrap_or_else(|| if on_gpu { "bf16-mixed" } else { "f32" }.into());
+        options.precision.unwrap_or(if on_gpu { Precision::Bf16Mixed } else { Precision::F32 });
     config.data = options.data.clone();
     config.val_data = options.val_data.clone();
     config.tokenizer = options.tokenizer.clone();
@@ -151,7 +70,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     };
 
     // A GPU runs the paper's batch; a CPU run is scaled down so that steps take seconds.
-    let default_micro = if on_gpu { gpu_micro_batch(&model) } else { cpu_micro_batch(&model) };
+    let default_micro = if on_gpu { model.gpu_micro_batch() } else { model.cpu_micro_batch() };
     config.batch_size = match options.batch_size {
         Some(batch) => batch,
         None if on_gpu => 512,
@@ -168,8 +87,8 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
         }
     };
     config.micro_batch = options.micro_batch.unwrap_or(default_micro).min(config.batch_size).max(1);
-    if let Some(policy) = &options.recompute {
-        config.recompute = policy.clone();
+    if let Some(policy) = options.recompute {
+        config.recompute = policy;
     }
 
     config.eval_every = options.eval_every.unwrap_or_else(|| (config.steps / 20).clamp(10, 500));
@@ -201,7 +120,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
 }
 
 /// `runs/<model>-<UTC date>-<time>`: a fresh directory per run, like a timestamped PyTorch log dir.
-fn default_out(model: &str) -> PathBuf {
+fn default_out(model: Preset) -> PathBuf {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rest) = (secs / 86400, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -238,7 +157,7 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
         ($flag:literal, $field:ident) => {
             if let Some(given) = &options.$field {
                 if *given != config.$field {
-                    return Err(conflict($flag, format!("{given:?}"), format!("{:?}", config.$field)));
+                    return Err(conflict($flag, given.to_string(), config.$field.to_string()));
                 }
             }
         };
@@ -263,8 +182,9 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     if let Some(device) = options.device {
         config.device = device;
     }
-    if let Some(precision) = &options.precision {
-        config.precision = precision.clone();
+    config.resolve_device()?;
+    if let Some(precision) = options.precision {
+        config.precision = precision;
     }
     if options.val_data.is_some() {
         if !options.eval_only && options.val_data != config.val_data {
@@ -290,12 +210,13 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
         changed.push(format!("--lr {} -> {lr}", config.lr));
         config.lr = lr;
     }
-    if let Some(policy) = options.recompute.as_ref().filter(|p| **p != config.recompute) {
+    if let Some(policy) = options.recompute.filter(|&p| p != config.recompute) {
         changed.push(format!(
-            "--recompute {} -> {policy} (changes memory and time, not the numbers)",
-            config.recompute
+            "--recompute {} -> {} (changes memory and time, not the numbers)",
+            config.recompute.name(),
+            policy.name()
         ));
-        config.recompute = policy.clone();
+        config.recompute = policy;
     }
     if let Some(micro) = options.micro_batch.filter(|&m| m != config.micro_batch) {
         changed.push(format!("--micro-batch {} -> {micro} (changes only f32 rounding)", config.micro_batch));

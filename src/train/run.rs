@@ -4,10 +4,11 @@ use super::checkpoint::{self, RngState, RunState};
 use super::eval::{evaluate, EvalResult};
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
 use super::progress::{format_duration, Progress};
+use super::trainer::norms_and_embedding;
 use super::trainer::{StepError, Trainer};
 use super::{Precision, Result, TrainConfig, TrainError};
 use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
-use cola_nn::{Init, Llama, LlamaConfig};
+use cola_nn::{Init, Llama};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::{DType, Rng};
 use std::path::{Path, PathBuf};
@@ -57,7 +58,8 @@ pub fn set_threads(threads: usize) -> Result<()> {
 
 /// Trains (or with `eval_only` evaluates) as `config` says. See the module docs of [`super`].
 pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
-    config.validate()?;
+    let device = config.target_device()?;
+    config.validate_on(device)?;
     let say = |message: &str| {
         if config.verbose {
             eprintln!("{message}");
@@ -80,7 +82,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             config.out.display()
         )));
     }
-    let mut model_config = LlamaConfig::preset(&config.model)?;
+    let mut model_config = config.model.config();
     if let Some(vocab) = config.vocab_size {
         model_config.vocab_size = vocab;
     }
@@ -125,11 +127,9 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
     ));
 
-    let device = config.device.resolve()?;
-    let precision = Precision::parse(&config.precision)?;
-    let adamw = AdamW::new(AdamWConfig {
+    let precision = config.precision;
+    let mut adamw = AdamW::new(AdamWConfig {
         weight_decay: config.weight_decay,
-        exempt_norms_and_embeddings: config.no_decay_norms_embeddings,
         master_weights: precision != Precision::PureBf16,
         ..AdamWConfig::default()
     });
@@ -141,13 +141,16 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             (Llama::new(model_config, &mut rng)?, Some(rng))
         }
     };
+    if config.no_decay_norms_embeddings {
+        adamw.exempt_from_decay(norms_and_embedding(&model));
+    }
     // Weights are drawn on the CPU in f32 (the same numbers on every device), then moved and converted.
     if device != cola_tensor::Device::Cpu || precision != Precision::F32 {
         model.to_device(device, precision.param_dtype())?;
-        say(&format!("device: {device}, precision {}", config.precision));
+        say(&format!("device: {device}, precision {precision}"));
     }
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
-    trainer.policy = config.policy()?;
+    trainer.policy = config.recompute;
 
     if config.eval_only {
         let (dir, state) =

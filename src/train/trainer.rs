@@ -11,8 +11,20 @@
 use super::TrainError;
 use crate::data::Batch;
 use cola_autograd::{GradStore, Policy, Tape};
-use cola_nn::Llama;
+use cola_nn::{Llama, Module, ParamKind};
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
+
+/// The names of the parameters `--no-decay-norms-embeddings` spares from weight decay, chosen by role:
+/// RMSNorm weights ([`ParamKind::Vector`]) and the token embedding table ([`ParamKind::Table`]).
+pub fn norms_and_embedding(model: &impl Module) -> Vec<String> {
+    let mut names = Vec::new();
+    model.visit(&mut |param, kind| {
+        if matches!(kind, ParamKind::Vector | ParamKind::Table) {
+            names.push(param.name().to_string());
+        }
+    });
+    names
+}
 
 /// What one update did.
 #[derive(Clone, Copy, Debug, PartialEq)]
