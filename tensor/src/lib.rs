@@ -1,6 +1,7 @@
 //! Tensors of the cola stack: element types, devices, strided layouts with zero-copy views, shared
 //! storage (host memory or, with the `cuda` feature, GPU memory), and the forward ops (each a thin, checked
 //! wrapper over a `cola_kernels` kernel: CPU, or CUDA for GPU tensors).
+mod batch;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
@@ -8,6 +9,7 @@ pub mod display;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod op_kinds;
 pub mod ops;
 pub mod rng;
 pub mod storage;
@@ -18,7 +20,7 @@ pub use dtype::DType;
 pub use error::{Result, TensorError};
 pub use half::bf16;
 pub use layout::{Layout, Shape};
-pub use ops::elementwise::{BinaryOp, UnaryOp};
+pub use op_kinds::{BinaryOp, UnaryOp};
 pub use rng::Rng;
 pub use storage::{CpuFloat, Element};
 pub use tensor::Tensor;

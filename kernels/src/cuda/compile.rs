@@ -9,7 +9,7 @@ use std::ffi::{c_char, CStr, CString};
 /// One kernel family's source file.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSource {
-    /// The file stem under `kernels/cuda/`, also the module name used to look kernels up.
+    /// The file stem under `kernels/cuda/`.
     pub name: &'static str,
     pub code: &'static str,
 }
@@ -17,25 +17,21 @@ pub struct KernelSource {
 /// Definitions shared by every source: bf16 conversion, the strided-index helper, block reductions.
 pub const COMMON: &str = include_str!("../../cuda/common.cuh");
 
-/// Every kernel family.
-pub const SOURCES: &[KernelSource] = &[
-    KernelSource { name: "elementwise", code: include_str!("../../cuda/elementwise.cu") },
-    KernelSource { name: "reduce", code: include_str!("../../cuda/reduce.cu") },
-    KernelSource { name: "norm", code: include_str!("../../cuda/norm.cu") },
-    KernelSource { name: "rope", code: include_str!("../../cuda/rope.cu") },
-    KernelSource { name: "attention", code: include_str!("../../cuda/attention.cu") },
-    KernelSource { name: "loss", code: include_str!("../../cuda/loss.cu") },
-    KernelSource { name: "embedding", code: include_str!("../../cuda/embedding.cu") },
-    KernelSource { name: "adamw", code: include_str!("../../cuda/adamw.cu") },
-];
+/// One constant per kernel family; [`crate::cuda::Module::source`] maps each module to its constant.
+pub const ELEMENTWISE: KernelSource =
+    KernelSource { name: "elementwise", code: include_str!("../../cuda/elementwise.cu") };
+pub const REDUCE: KernelSource = KernelSource { name: "reduce", code: include_str!("../../cuda/reduce.cu") };
+pub const NORM: KernelSource = KernelSource { name: "norm", code: include_str!("../../cuda/norm.cu") };
+pub const ROPE: KernelSource = KernelSource { name: "rope", code: include_str!("../../cuda/rope.cu") };
+pub const ATTENTION: KernelSource =
+    KernelSource { name: "attention", code: include_str!("../../cuda/attention.cu") };
+pub const LOSS: KernelSource = KernelSource { name: "loss", code: include_str!("../../cuda/loss.cu") };
+pub const EMBEDDING: KernelSource =
+    KernelSource { name: "embedding", code: include_str!("../../cuda/embedding.cu") };
+pub const ADAMW: KernelSource = KernelSource { name: "adamw", code: include_str!("../../cuda/adamw.cu") };
 
-/// The source named `name`.
-pub fn source(name: &str) -> Result<&'static KernelSource> {
-    SOURCES
-        .iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| CudaError::Invalid(format!("no kernel source named {name}")))
-}
+/// Every kernel family.
+pub const SOURCES: &[KernelSource] = &[ELEMENTWISE, REDUCE, NORM, ROPE, ATTENTION, LOSS, EMBEDDING, ADAMW];
 
 /// True when libnvrtc can be loaded (it is opened by name, so `LD_LIBRARY_PATH` decides).
 pub fn nvrtc_available() -> bool {

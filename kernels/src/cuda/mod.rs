@@ -1,5 +1,6 @@
 //! The CUDA backend's raw layer: device handles, the caching allocator, NVRTC compilation of the kernel
-//! sources in `kernels/cuda/*.cu`, cuBLAS GEMM, and one launch wrapper per kernel family.
+//! sources in `kernels/cuda/*.cu`, typed handles of their kernels ([`Kernel`]), cuBLAS GEMM, and one
+//! launch wrapper per kernel family.
 //!
 //! Everything works on raw device pointers (`u64`) owned by [`DeviceBuffer`]s; the tensor crate keeps
 //! shapes, strides and dtypes. All work of a device runs on its one stream, so buffers freed by the host
@@ -9,11 +10,13 @@
 mod alloc;
 pub mod blas;
 pub mod compile;
+pub mod kernel;
 pub mod ops;
 pub mod profile;
 mod runtime;
 
 pub use alloc::{DeviceBuffer, MemoryStats};
+pub use kernel::{Kernel, Module};
 pub use runtime::{device, device_count, driver_available, CudaDevice};
 
 /// What can go wrong on the GPU side; every variant says what was attempted.
@@ -55,7 +58,7 @@ pub enum GpuDType {
 }
 
 impl GpuDType {
-    /// The suffix of kernel names instantiated for this type (`silu_forward_f32`, `..._bf16`).
+    /// The suffix of the kernel symbols instantiated for this type (`fill_f32`, `fill_bf16`).
     pub fn suffix(self) -> &'static str {
         match self {
             GpuDType::F32 => "f32",

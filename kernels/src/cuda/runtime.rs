@@ -1,10 +1,11 @@
-//! One handle per CUDA device: context, stream, cuBLAS handle, compiled kernel modules and the memory pool.
+//! One handle per CUDA device: context, stream, cuBLAS handle, loaded kernels and the memory pool.
 //! Handles are created once per process and shared (`device(ordinal)`).
 use super::alloc::{DeviceBuffer, MemoryStats, Pool};
-use super::compile::{compile_cubin, source};
+use super::compile::compile_cubin;
+use super::kernel::{Kernel, Module};
 use super::{CudaError, Result};
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{result as driver, CudaContext, CudaFunction, CudaModule, CudaStream, DeviceRepr};
+use cudarc::driver::{result as driver, CudaContext, CudaFunction, CudaStream, DeviceRepr};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,8 +19,11 @@ pub struct CudaDevice {
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     blas: Mutex<CudaBlas>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    /// One slot per kernel, indexed by [`Kernel::index`]; every slot of a module is filled together when
+    /// the module is first used, and never changes afterwards.
+    functions: [OnceLock<CudaFunction>; Kernel::COUNT],
+    /// Held while a module is compiled and loaded, so each source is compiled once even under races.
+    loading: Mutex<()>,
     pool: Mutex<Pool>,
     tf32: AtomicBool,
 }
@@ -76,8 +80,8 @@ pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         context,
         stream,
         blas: Mutex::new(blas),
-        modules: Mutex::default(),
-        functions: Mutex::default(),
+        functions: std::array::from_fn(|_| OnceLock::new()),
+        loading: Mutex::new(()),
         pool: Mutex::default(),
         tf32: AtomicBool::new(false),
     });
@@ -107,33 +111,54 @@ impl CudaDevice {
         self.context.bind_to_thread().map_err(|e| CudaError::driver("cuCtxSetCurrent", e))
     }
 
-    /// Kernel `name` of source `module`, compiling the source on first use (once per process).
-    pub fn function(&self, module: &'static str, name: &str) -> Result<CudaFunction> {
-        let key = format!("{module}::{name}");
-        if let Some(f) = lock(&self.functions).get(&key) {
-            return Ok(f.clone());
+    /// The loaded function of `kernel`. The first use of a module compiles its source and loads all its
+    /// kernels; afterwards this is one atomic load of the kernel's slot (no lock, no name lookup).
+    pub fn function(&self, kernel: Kernel) -> Result<&CudaFunction> {
+        let slot = &self.functions[kernel.index()];
+        if let Some(f) = slot.get() {
+            return Ok(f);
         }
-        let loaded = {
-            let mut modules = lock(&self.modules);
-            match modules.get(module) {
-                Some(m) => m.clone(),
-                None => {
-                    let cubin = compile_cubin(source(module)?, &self.arch)?;
-                    self.bind()?;
-                    let m = self
-                        .context
-                        .load_module(Ptx::from_binary(cubin))
-                        .map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
-                    modules.insert(module, m.clone());
-                    m
-                }
-            }
-        };
-        let f = loaded
-            .load_function(name)
-            .map_err(|e| CudaError::Invalid(format!("kernel {name} not found in {module}.cu: {e:?}")))?;
-        lock(&self.functions).insert(key, f.clone());
-        Ok(f)
+        self.load_module(kernel.module())?;
+        slot.get().ok_or_else(|| {
+            CudaError::Invalid(format!(
+                "kernel {} of {}.cu was not loaded",
+                kernel.symbol(),
+                kernel.module().name()
+            ))
+        })
+    }
+
+    /// Compiles `module` for this device and fills the slots of all its kernels (nothing when another
+    /// thread already did). Slots are filled only once every kernel was found, so a failure leaves none.
+    fn load_module(&self, module: Module) -> Result<()> {
+        let _loading = lock(&self.loading);
+        if module.kernels().all(|k| self.functions[k.index()].get().is_some()) {
+            return Ok(());
+        }
+        let cubin = compile_cubin(module.source(), &self.arch)?;
+        self.bind()?;
+        let loaded = self
+            .context
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(|e| CudaError::driver("cuModuleLoadData", e))?;
+        let functions = module
+            .kernels()
+            .map(|k| {
+                let f = loaded.load_function(k.symbol()).map_err(|e| {
+                    CudaError::Invalid(format!(
+                        "kernel {} not found in {}.cu: {e:?}",
+                        k.symbol(),
+                        module.name()
+                    ))
+                })?;
+                Ok((k, f))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (k, f) in functions {
+            // A filled slot holds the same function (filled under the same lock), so a refusal is harmless.
+            let _ = self.functions[k.index()].set(f);
+        }
+        Ok(())
     }
 
     /// Runs `f` on the memory pool with the context current.

@@ -4,7 +4,7 @@
 use super::{cuda_error, strided_args};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
-use crate::ops::elementwise::{BinaryOp, UnaryOp};
+use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::Tensor;
 use cola_kernels::cuda::ops::elementwise::{self as kernels, Binary, Operand, Unary};
 use cola_kernels::cuda::StridedArg;

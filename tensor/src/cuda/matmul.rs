@@ -2,9 +2,9 @@
 //! stride among its last two dims and one uniform batch stride, 0 for a broadcast weight); otherwise it is
 //! first copied into a contiguous buffer broadcast to the full batch.
 use super::cuda_error;
+use crate::batch::batch_offsets;
 use crate::error::Result;
 use crate::layout::Shape;
-use crate::ops::matmul::batch_offsets;
 use crate::Tensor;
 use cola_kernels::cuda::blas::{aligned_stride, gemm_into, operand_layout, GemmDims, Operand, Output};
 use cola_kernels::cuda::GpuDType;

@@ -15,7 +15,8 @@ use std::sync::Arc;
 pub use cola_kernels::cuda::MemoryStats;
 
 // GPU implementations of the ops, one file per family; `ops/*.rs` dispatch here for GPU tensors after
-// validating shapes, dtypes and devices.
+// validating shapes, dtypes and devices. The dependency is one-way: these files import nothing from
+// `ops/`; what both paths need (op kinds, batch offsets) lives in `op_kinds.rs` and `batch.rs`.
 pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;

@@ -2,61 +2,12 @@
 use super::{in_compute_dtype1, match_float};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
+pub use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::storage::CpuFloat;
 use crate::Tensor;
 use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
 use cola_kernels::cpu::strided::{binary_map, unary_map};
 use cola_kernels::Float;
-
-/// The four broadcasting binary ops.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BinaryOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-impl BinaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            BinaryOp::Add => "add",
-            BinaryOp::Sub => "sub",
-            BinaryOp::Mul => "mul",
-            BinaryOp::Div => "div",
-        }
-    }
-
-    #[inline(always)]
-    fn apply<T: Float>(self, a: T, b: T) -> T {
-        match self {
-            BinaryOp::Add => a + b,
-            BinaryOp::Sub => a - b,
-            BinaryOp::Mul => a * b,
-            BinaryOp::Div => a / b,
-        }
-    }
-}
-
-/// The pure unary functions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UnaryOp {
-    Neg,
-    Exp,
-    Log,
-    Silu,
-}
-
-impl UnaryOp {
-    pub fn name(self) -> &'static str {
-        match self {
-            UnaryOp::Neg => "neg",
-            UnaryOp::Exp => "exp",
-            UnaryOp::Log => "log",
-            UnaryOp::Silu => "silu",
-        }
-    }
-}
 
 fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;

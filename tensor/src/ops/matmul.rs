@@ -1,31 +1,12 @@
 //! Matrix multiply, batched with broadcast batch dims. Transposed or narrowed operands are passed to the
 //! GEMM as strided views, so `x.matmul(&w.t()?)` copies nothing.
 use super::{in_compute_dtype1, match_float};
+use crate::batch::batch_offsets;
 use crate::error::{Result, TensorError};
 use crate::layout::{broadcast_shapes, Shape};
 use crate::storage::CpuFloat;
 use crate::Tensor;
 use cola_kernels::cpu::gemm::{gemm_batched, BatchRef, Dims};
-
-/// Storage offsets of every matrix of a batch-broadcast operand, in row-major batch order.
-pub(crate) fn batch_offsets(t: &Tensor, batch_shape: &[usize]) -> Result<Vec<usize>> {
-    let rank = t.rank();
-    let mut full: Shape = batch_shape.into();
-    full.extend_from_slice(&t.shape()[rank - 2..]);
-    let layout = t.layout().broadcast_to(&full)?;
-    let strides = &layout.strides()[..batch_shape.len()];
-    let count: usize = batch_shape.iter().product();
-    Ok((0..count)
-        .map(|mut b| {
-            let mut off = layout.offset();
-            for d in (0..batch_shape.len()).rev() {
-                off += (b % batch_shape[d]) * strides[d];
-                b /= batch_shape[d];
-            }
-            off
-        })
-        .collect())
-}
 
 fn matmul_t<T: CpuFloat>(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
     let (oa, ob) = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);

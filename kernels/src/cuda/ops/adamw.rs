@@ -1,7 +1,7 @@
 //! Launchers of `kernels/cuda/adamw.cu`.
-use super::{grid_1d, kernel_name, launch, BLOCK};
+use super::{grid_1d, launch, BLOCK};
 use crate::cpu::adamw::AdamWStep;
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Device addresses of the four same-length buffers of an AdamW step.
@@ -60,9 +60,13 @@ pub unsafe fn adamw_step(
     let c = Constants::new(hyper);
     let AdamWBuffers { param, grad, m, v } = *buffers;
     let n = n as i64;
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::AdamwStepF32,
+        GpuDType::BF16 => Kernel::AdamwStepBf16,
+    };
     // SAFETY: argument list matches `adamw_step_T(T*, const T*, T*, T*, i64, float x 7)`.
     unsafe {
-        launch!(device, "adamw", kernel_name("adamw_step", dtype), grid_1d(n as usize);
+        launch!(device, kernel, grid_1d(n as usize);
             &param, &grad, &m, &v, &n,
             &c.decay, &c.one_minus_beta1, &c.beta2, &c.one_minus_beta2, &c.step_size, &c.sqrt_c2, &c.eps)
     }
@@ -93,8 +97,10 @@ pub unsafe fn squared_norm_partials(
     let blocks = norm_partial_count(n).min(1 << 20) as u32;
     let config = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
     let (n, chunk) = (n as i64, NORM_CHUNK as i64);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::SquaredNormPartialsF32,
+        GpuDType::BF16 => Kernel::SquaredNormPartialsBf16,
+    };
     // SAFETY: argument list matches `squared_norm_partials_T(const T*, float*, i64, i64)`.
-    unsafe {
-        launch!(device, "adamw", kernel_name("squared_norm_partials", dtype), config; &x, &partials, &n, &chunk)
-    }
+    unsafe { launch!(device, kernel, config; &x, &partials, &n, &chunk) }
 }

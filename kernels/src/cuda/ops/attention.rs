@@ -1,7 +1,7 @@
 //! Launchers of `kernels/cuda/attention.cu`: the row-wise softmax steps of causal attention (the products
 //! run through [`crate::cuda::blas::gemm`]).
-use super::{kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use super::launch;
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::PushKernelArg;
 
 /// Rows of causal attention scores: `rows` f32 rows of `kv_len`, row r holding query `r % q_len`.
@@ -44,9 +44,13 @@ pub unsafe fn causal_softmax(
     shape: ScoreRows,
 ) -> Result<()> {
     let Some((rows, q_len, kv_len)) = checked(shape)? else { return Ok(()) };
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::CausalSoftmaxF32,
+        GpuDType::BF16 => Kernel::CausalSoftmaxBf16,
+    };
     // SAFETY: matches `causal_softmax_T(const float*, T*, i64, i64, i64)`; sizes per the contract.
     unsafe {
-        launch!(device, "attention", kernel_name("causal_softmax", dtype), warp_rows(shape.rows);
+        launch!(device, kernel, warp_rows(shape.rows);
             &scores, &p, &rows, &q_len, &kv_len)
     }
 }
@@ -65,10 +69,13 @@ pub unsafe fn causal_softmax_backward(
     shape: ScoreRows,
 ) -> Result<()> {
     let Some((rows, q_len, kv_len)) = checked(shape)? else { return Ok(()) };
-    let name = kernel_name("causal_softmax_backward", dtype);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::CausalSoftmaxBackwardF32,
+        GpuDType::BF16 => Kernel::CausalSoftmaxBackwardBf16,
+    };
     // SAFETY: matches `causal_softmax_backward_T(const float*, const float*, T*, i64, i64, i64)`.
     unsafe {
-        launch!(device, "attention", name, warp_rows(shape.rows);
+        launch!(device, kernel, warp_rows(shape.rows);
             &scores, &dp, &ds, &rows, &q_len, &kv_len)
     }
 }

@@ -1,6 +1,6 @@
 //! Launchers of `kernels/cuda/elementwise.cu`.
-use super::{grid_1d, kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result, StridedArg};
+use super::{grid_1d, launch};
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result, StridedArg};
 use cudarc::driver::PushKernelArg;
 
 /// `y[dst(i)] = convert(x[src(i)])` for the `n` elements of the views (dtype conversion included).
@@ -27,13 +27,18 @@ pub unsafe fn copy_strided(
             // SAFETY: `copy_vec16(Strided, const vec16*, Strided, vec16*, i64)`; the views address the same
             // bytes as the element views (checked alignment and divisibility).
             return unsafe {
-                launch!(device, "elementwise", "copy_vec16", grid_1d(n as usize); &src16, &x, &dst16, &y, &n)
+                launch!(device, Kernel::CopyVec16, grid_1d(n as usize); &src16, &x, &dst16, &y, &n)
             };
         }
     }
     if src.rank == 2 && src.strides[1] == 1 && dst.strides[1] == 1 {
         let (rows, cols) = (src.shape[0], src.shape[1]);
-        let name = format!("copy_rows_{}_{}", src_dtype.suffix(), dst_dtype.suffix());
+        let kernel = match (src_dtype, dst_dtype) {
+            (GpuDType::F32, GpuDType::F32) => Kernel::CopyRowsF32F32,
+            (GpuDType::F32, GpuDType::BF16) => Kernel::CopyRowsF32Bf16,
+            (GpuDType::BF16, GpuDType::F32) => Kernel::CopyRowsBf16F32,
+            (GpuDType::BF16, GpuDType::BF16) => Kernel::CopyRowsBf16Bf16,
+        };
         let config = cudarc::driver::LaunchConfig {
             grid_dim: ((cols as u32).div_ceil(256).min(64), (rows as u32).min(65535), 1),
             block_dim: (256, 1, 1),
@@ -43,13 +48,18 @@ pub unsafe fn copy_strided(
         // SAFETY: `copy_rows_S_D(const S*, i64, i64, D*, i64, i64, i64, i64)` over the same elements as
         // the views describe.
         return unsafe {
-            launch!(device, "elementwise", name, config; &x, &src.offset, &xs, &y, &dst.offset, &ys, &rows, &cols)
+            launch!(device, kernel, config; &x, &src.offset, &xs, &y, &dst.offset, &ys, &rows, &cols)
         };
     }
-    let name = format!("copy_{}_{}", src_dtype.suffix(), dst_dtype.suffix());
+    let kernel = match (src_dtype, dst_dtype) {
+        (GpuDType::F32, GpuDType::F32) => Kernel::CopyF32F32,
+        (GpuDType::F32, GpuDType::BF16) => Kernel::CopyF32Bf16,
+        (GpuDType::BF16, GpuDType::F32) => Kernel::CopyBf16F32,
+        (GpuDType::BF16, GpuDType::BF16) => Kernel::CopyBf16Bf16,
+    };
     let n = n as i64;
     // SAFETY: argument list matches `copy_S_D(Strided, const S*, Strided, D*, i64)`.
-    unsafe { launch!(device, "elementwise", name, grid_1d(n as usize); src, &x, dst, &y, &n) }
+    unsafe { launch!(device, kernel, grid_1d(n as usize); src, &x, dst, &y, &n) }
 }
 
 /// The views re-expressed in 16-byte units when both have a unit-stride innermost dim whose length, every
@@ -96,8 +106,12 @@ pub unsafe fn fill(device: &CudaDevice, y: u64, dtype: GpuDType, value: f32, n: 
         return Ok(());
     }
     let n = n as i64;
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::FillF32,
+        GpuDType::BF16 => Kernel::FillBf16,
+    };
     // SAFETY: argument list matches `fill_T(T*, float, i64)`.
-    unsafe { launch!(device, "elementwise", kernel_name("fill", dtype), grid_1d(n as usize); &y, &value, &n) }
+    unsafe { launch!(device, kernel, grid_1d(n as usize); &y, &value, &n) }
 }
 
 /// A strided operand of a kernel: the view and the device address of its storage's first element.
@@ -107,7 +121,8 @@ pub struct Operand {
     pub base: u64,
 }
 
-/// The broadcasting binary kernels (`binary_<op>_<dtype>`).
+/// The broadcasting binary kernels (`binary_<op>_<dtype>`, and `binary_vec_<op>_<dtype>` for contiguous
+/// aligned operands).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Binary {
     Add,
@@ -117,12 +132,31 @@ pub enum Binary {
 }
 
 impl Binary {
-    fn kernel(self) -> &'static str {
-        match self {
-            Binary::Add => "binary_add",
-            Binary::Sub => "binary_sub",
-            Binary::Mul => "binary_mul",
-            Binary::Div => "binary_div",
+    /// The kernel of this op for strided operands of `dtype`.
+    fn strided_kernel(self, dtype: GpuDType) -> Kernel {
+        match (self, dtype) {
+            (Binary::Add, GpuDType::F32) => Kernel::BinaryAddF32,
+            (Binary::Add, GpuDType::BF16) => Kernel::BinaryAddBf16,
+            (Binary::Sub, GpuDType::F32) => Kernel::BinarySubF32,
+            (Binary::Sub, GpuDType::BF16) => Kernel::BinarySubBf16,
+            (Binary::Mul, GpuDType::F32) => Kernel::BinaryMulF32,
+            (Binary::Mul, GpuDType::BF16) => Kernel::BinaryMulBf16,
+            (Binary::Div, GpuDType::F32) => Kernel::BinaryDivF32,
+            (Binary::Div, GpuDType::BF16) => Kernel::BinaryDivBf16,
+        }
+    }
+
+    /// The kernel of this op for contiguous, 16-byte aligned operands of `dtype` (16 bytes per thread).
+    fn vec_kernel(self, dtype: GpuDType) -> Kernel {
+        match (self, dtype) {
+            (Binary::Add, GpuDType::F32) => Kernel::BinaryVecAddF32,
+            (Binary::Add, GpuDType::BF16) => Kernel::BinaryVecAddBf16,
+            (Binary::Sub, GpuDType::F32) => Kernel::BinaryVecSubF32,
+            (Binary::Sub, GpuDType::BF16) => Kernel::BinaryVecSubBf16,
+            (Binary::Mul, GpuDType::F32) => Kernel::BinaryVecMulF32,
+            (Binary::Mul, GpuDType::BF16) => Kernel::BinaryVecMulBf16,
+            (Binary::Div, GpuDType::F32) => Kernel::BinaryVecDivF32,
+            (Binary::Div, GpuDType::BF16) => Kernel::BinaryVecDivBf16,
         }
     }
 }
@@ -137,12 +171,17 @@ pub enum Unary {
 }
 
 impl Unary {
-    fn kernel(self) -> &'static str {
-        match self {
-            Unary::Neg => "unary_neg",
-            Unary::Exp => "unary_exp",
-            Unary::Log => "unary_log",
-            Unary::Silu => "unary_silu",
+    /// The kernel of this op for `dtype`.
+    fn kernel(self, dtype: GpuDType) -> Kernel {
+        match (self, dtype) {
+            (Unary::Neg, GpuDType::F32) => Kernel::UnaryNegF32,
+            (Unary::Neg, GpuDType::BF16) => Kernel::UnaryNegBf16,
+            (Unary::Exp, GpuDType::F32) => Kernel::UnaryExpF32,
+            (Unary::Exp, GpuDType::BF16) => Kernel::UnaryExpBf16,
+            (Unary::Log, GpuDType::F32) => Kernel::UnaryLogF32,
+            (Unary::Log, GpuDType::BF16) => Kernel::UnaryLogBf16,
+            (Unary::Silu, GpuDType::F32) => Kernel::UnarySiluF32,
+            (Unary::Silu, GpuDType::BF16) => Kernel::UnarySiluBf16,
         }
     }
 }
@@ -176,16 +215,15 @@ pub unsafe fn binary(
         (contiguous_at(a), contiguous_at(b), n.is_multiple_of(per), y.is_multiple_of(16))
     {
         let chunks = (n / per) as i64;
-        let name = format!("binary_vec_{}", &kernel_name(op.kernel(), dtype)["binary_".len()..]);
         // SAFETY: `binary_vec_OP_T(const vec16*, const vec16*, vec16*, i64)` over `n` contiguous elements.
         return unsafe {
-            launch!(device, "elementwise", name, grid_1d(chunks as usize); &pa, &pb, &y, &chunks)
+            launch!(device, op.vec_kernel(dtype), grid_1d(chunks as usize); &pa, &pb, &y, &chunks)
         };
     }
     let n = n as i64;
     // SAFETY: argument list matches `binary_OP_T(Strided, const T*, Strided, const T*, T*, i64)`.
     unsafe {
-        launch!(device, "elementwise", kernel_name(op.kernel(), dtype), grid_1d(n as usize);
+        launch!(device, op.strided_kernel(dtype), grid_1d(n as usize);
             &a.view, &a.base, &b.view, &b.base, &y, &n)
     }
 }
@@ -208,7 +246,7 @@ pub unsafe fn unary(
     let n = n as i64;
     // SAFETY: argument list matches `unary_OP_T(Strided, const T*, T*, i64)`.
     unsafe {
-        launch!(device, "elementwise", kernel_name(op.kernel(), dtype), grid_1d(n as usize);
+        launch!(device, op.kernel(dtype), grid_1d(n as usize);
             &x.view, &x.base, &y, &n)
     }
 }
@@ -230,9 +268,13 @@ pub unsafe fn affine(
         return Ok(());
     }
     let n = n as i64;
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::AffineF32,
+        GpuDType::BF16 => Kernel::AffineBf16,
+    };
     // SAFETY: argument list matches `affine_T(Strided, const T*, float, float, T*, i64)`.
     unsafe {
-        launch!(device, "elementwise", kernel_name("affine", dtype), grid_1d(n as usize);
+        launch!(device, kernel, grid_1d(n as usize);
             &x.view, &x.base, &scale, &shift, &y, &n)
     }
 }
@@ -253,9 +295,13 @@ pub unsafe fn silu_backward(
         return Ok(());
     }
     let n = n as i64;
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::SiluBackwardF32,
+        GpuDType::BF16 => Kernel::SiluBackwardBf16,
+    };
     // SAFETY: argument list matches `silu_backward_T(Strided, const T*, Strided, const T*, T*, i64)`.
     unsafe {
-        launch!(device, "elementwise", kernel_name("silu_backward", dtype), grid_1d(n as usize);
+        launch!(device, kernel, grid_1d(n as usize);
             &x.view, &x.base, &grad.view, &grad.base, &y, &n)
     }
 }

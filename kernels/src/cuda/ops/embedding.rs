@@ -1,7 +1,7 @@
 //! Launchers of `kernels/cuda/embedding.cu`.
 use super::norm::row_config;
-use super::{grid_1d, kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use super::{grid_1d, launch};
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::PushKernelArg;
 
 /// `out[i] = weight[ids[i]]`, rows of `dim`.
@@ -23,9 +23,13 @@ pub unsafe fn embedding_forward(
         return Ok(());
     }
     let (n_ids, dim) = (n_ids as i64, dim as i64);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::EmbeddingForwardF32,
+        GpuDType::BF16 => Kernel::EmbeddingForwardBf16,
+    };
     // SAFETY: matches `embedding_forward_T(const T*, const unsigned*, T*, i64, i64)`.
     unsafe {
-        launch!(device, "embedding", kernel_name("embedding_forward", dtype), grid_1d(n);
+        launch!(device, kernel, grid_1d(n);
             &weight, &ids, &out, &n_ids, &dim)
     }
 }
@@ -59,10 +63,14 @@ pub unsafe fn embedding_backward(
     }
     let (n_rows, dim_i) = (groups.n_rows as i64, dim as i64);
     let IdGroups { rows, starts, positions, .. } = groups;
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::EmbeddingBackwardF32,
+        GpuDType::BF16 => Kernel::EmbeddingBackwardBf16,
+    };
     // SAFETY: matches `embedding_backward_T(const T*, const unsigned*, const unsigned*, const unsigned*, T*,
     // i64, i64)`.
     unsafe {
-        launch!(device, "embedding", kernel_name("embedding_backward", dtype), row_config(groups.n_rows, dim, 256);
+        launch!(device, kernel, row_config(groups.n_rows, dim, 256);
             &grad_out, &rows, &starts, &positions, &grad_weight, &n_rows, &dim_i)
     }
 }

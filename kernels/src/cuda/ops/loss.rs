@@ -1,7 +1,7 @@
 //! Launchers of `kernels/cuda/loss.cu`.
+use super::launch;
 use super::norm::row_config;
-use super::{kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Rows of logits and the target rule: `rows` rows of `vocab` logits, one u32 target per row, rows whose
@@ -40,17 +40,22 @@ pub unsafe fn cross_entropy_forward(
         return Ok(());
     }
     let (rows, vocab, ignore_id, has_ignore) = shape.args();
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::CrossEntropyRowsF32,
+        GpuDType::BF16 => Kernel::CrossEntropyRowsBf16,
+    };
     // SAFETY: matches `cross_entropy_rows_T(const T*, const unsigned*, float*, i64, i64, unsigned, int)`.
     unsafe {
-        launch!(device, "loss", kernel_name("cross_entropy_rows", dtype), row_config(shape.rows, shape.vocab, 512);
+        launch!(device, kernel, row_config(shape.rows, shape.vocab, 512);
             &logits, &targets, &row_loss, &rows, &vocab, &ignore_id, &has_ignore)?;
     }
     let count = count as i64;
     let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches `cross_entropy_mean_T(const float*, T*, i64, i64)`, launched with the 256 threads its
-    // shared array is sized for.
+    // The mean is an f32 scalar whatever the logits' dtype.
+    // SAFETY: matches `cross_entropy_mean_f32(const float*, f32*, i64, i64)`, launched with the 256 threads
+    // its shared array is sized for.
     unsafe {
-        launch!(device, "loss", kernel_name("cross_entropy_mean", GpuDType::F32), one_block;
+        launch!(device, Kernel::CrossEntropyMeanF32, one_block;
             &row_loss, &out, &rows, &count)
     }
 }
@@ -73,11 +78,14 @@ pub unsafe fn cross_entropy_backward(
         return Ok(());
     }
     let (rows, vocab, ignore_id, has_ignore) = shape.args();
-    let name = kernel_name("cross_entropy_backward", dtype);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::CrossEntropyBackwardF32,
+        GpuDType::BF16 => Kernel::CrossEntropyBackwardBf16,
+    };
     // SAFETY: matches
     // `cross_entropy_backward_T(const T*, const unsigned*, T*, i64, i64, unsigned, int, float)`.
     unsafe {
-        launch!(device, "loss", name, row_config(shape.rows, shape.vocab, 512);
+        launch!(device, kernel, row_config(shape.rows, shape.vocab, 512);
             &logits, &targets, &grad, &rows, &vocab, &ignore_id, &has_ignore, &factor)
     }
 }

@@ -1,6 +1,6 @@
 //! Launch wrappers, one file per kernel source. Each wrapper takes device pointers, sizes and a
-//! [`GpuDType`], picks the `<kernel>_<dtype>` instantiation and queues it on the device's stream.
-use super::GpuDType;
+//! [`GpuDType`](super::GpuDType), picks the [`Kernel`](super::Kernel) instantiated for that dtype with a
+//! `match` and queues it on the device's stream.
 use cudarc::driver::LaunchConfig;
 
 pub mod adamw;
@@ -21,33 +21,28 @@ pub fn grid_1d(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// The instantiation name `<base>_<dtype>`.
-pub fn kernel_name(base: &str, dtype: GpuDType) -> String {
-    format!("{base}_{}", dtype.suffix())
-}
-
-/// Launches kernel `$name` of source `$module` with the listed arguments (each a reference to a
+/// Launches `$kernel` (a [`Kernel`](crate::cuda::Kernel)) with the listed arguments (each a reference to a
 /// `DeviceRepr` value: device addresses are passed as `&u64`). Must be used inside `unsafe`: the arguments
 /// must match the kernel's parameter list in type and order, and every address must lie in a live buffer of
 /// the device large enough for what the kernel touches.
 macro_rules! launch {
-    ($device:expr, $module:expr, $name:expr, $config:expr; $($arg:expr),* $(,)?) => {{
-        let name: &str = &$name;
-        let f = $device.function($module, name)?;
-        let mut builder = $device.stream().launch_builder(&f);
+    ($device:expr, $kernel:expr, $config:expr; $($arg:expr),* $(,)?) => {{
+        let kernel: $crate::cuda::Kernel = $kernel;
+        let f = $device.function(kernel)?;
+        let mut builder = $device.stream().launch_builder(f);
         $( builder.arg($arg); )*
         let profiling = $crate::cuda::profile::enabled();
         if profiling {
             $device.synchronize()?;
         }
         let start = std::time::Instant::now();
-        let launched = builder
-            .launch($config)
-            .map(|_| ())
-            .map_err(|e| $crate::cuda::CudaError::driver("kernel launch", format!("{}::{name}: {e:?}", $module)));
+        let launched = builder.launch($config).map(|_| ()).map_err(|e| {
+            let what = format!("{}::{}: {e:?}", kernel.module().name(), kernel.symbol());
+            $crate::cuda::CudaError::driver("kernel launch", what)
+        });
         if profiling && launched.is_ok() {
             $device.synchronize()?;
-            $crate::cuda::profile::record(name, start);
+            $crate::cuda::profile::record(kernel.symbol(), start);
         }
         launched
     }};

@@ -1,6 +1,6 @@
 //! Launchers of `kernels/cuda/norm.cu`.
-use super::{kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use super::launch;
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Most blocks a row-wise kernel is launched with; its blocks step over the remaining rows.
@@ -45,9 +45,13 @@ pub unsafe fn rms_norm_forward(
         return Ok(());
     }
     let (rows_i, dim_i) = (rows as i64, dim as i64);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::RmsNormForwardF32,
+        GpuDType::BF16 => Kernel::RmsNormForwardBf16,
+    };
     // SAFETY: matches `rms_norm_forward_T(const T*, const T*, T*, i64, i64, float)`; sizes per the contract.
     unsafe {
-        launch!(device, "norm", kernel_name("rms_norm_forward", dtype), row_config(rows, dim, 256);
+        launch!(device, kernel, row_config(rows, dim, 256);
             &x, &weight, &y, &rows_i, &dim_i, &eps)
     }
 }
@@ -88,15 +92,19 @@ pub unsafe fn rms_norm_backward(
         block_dim: (row_threads(dim, 256), 1, 1),
         shared_mem_bytes: 0,
     };
+    let (kernel, weight_grad_kernel) = match dtype {
+        GpuDType::F32 => (Kernel::RmsNormBackwardF32, Kernel::RmsNormWeightGradF32),
+        GpuDType::BF16 => (Kernel::RmsNormBackwardBf16, Kernel::RmsNormWeightGradBf16),
+    };
     // SAFETY: matches `rms_norm_backward_T(const T*, const T*, const T*, T*, float*, i64, i64, float, i64)`;
     // the grid has exactly `blocks` blocks, each writing its own partial row.
     unsafe {
-        launch!(device, "norm", kernel_name("rms_norm_backward", dtype), config;
+        launch!(device, kernel, config;
             &x, &weight, &grad_y, &grad_x, &partial, &rows_i, &dim_i, &eps, &per_block_i)?;
     }
     // SAFETY: matches `rms_norm_weight_grad_T(const float*, T*, i64, i64)`.
     unsafe {
-        launch!(device, "norm", kernel_name("rms_norm_weight_grad", dtype), super::grid_1d(dim);
+        launch!(device, weight_grad_kernel, super::grid_1d(dim);
             &partial, &grad_weight, &blocks_i, &dim_i)
     }
 }

@@ -1,6 +1,6 @@
 //! Launchers of `kernels/cuda/reduce.cu`.
-use super::{kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use super::launch;
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Most blocks of a row-sum launch; blocks loop over the remaining rows.
@@ -29,6 +29,10 @@ pub unsafe fn row_sum(
         shared_mem_bytes: 0,
     };
     let (rows, cols) = (rows as i64, cols as i64);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::RowSumF32,
+        GpuDType::BF16 => Kernel::RowSumBf16,
+    };
     // SAFETY: argument list matches `row_sum_T(const T*, T*, i64, i64)`.
-    unsafe { launch!(device, "reduce", kernel_name("row_sum", dtype), config; &x, &y, &rows, &cols) }
+    unsafe { launch!(device, kernel, config; &x, &y, &rows, &cols) }
 }

@@ -1,6 +1,6 @@
 //! Launchers of `kernels/cuda/rope.cu`.
-use super::{grid_1d, kernel_name, launch};
-use crate::cuda::{CudaDevice, GpuDType, Result};
+use super::{grid_1d, launch};
+use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
 use cudarc::driver::PushKernelArg;
 
 /// Shape of a contiguous `[batch, seq, heads, head_dim]` rope operand.
@@ -34,9 +34,13 @@ pub unsafe fn rope_rotate(
         return Ok(());
     }
     let (pairs_i, seq, heads, half) = (pairs as i64, shape.seq as i64, shape.heads as i64, half as i64);
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::RopeRotateF32,
+        GpuDType::BF16 => Kernel::RopeRotateBf16,
+    };
     // SAFETY: matches `rope_rotate_T(const T*, T*, const float*, const float*, i64, i64, i64, i64)`.
     unsafe {
-        launch!(device, "rope", kernel_name("rope_rotate", dtype), grid_1d(pairs);
+        launch!(device, kernel, grid_1d(pairs);
             &x, &y, &cos, &sin, &pairs_i, &seq, &heads, &half)
     }
 }
