@@ -5,6 +5,7 @@
 //! whose gradients are reported by id and summed across passes in a [`GradStore`]. Because every node can
 //! replay its forward from its inputs, a value can be released after forward and rebuilt in backward: the
 //! [`Policy`] decides which.
+//! An opt-in [`Profiler`] on the tape times every op where it runs (forward, backward, replay).
 pub mod backward;
 pub mod error;
 pub mod memory;
@@ -12,6 +13,7 @@ pub mod op;
 pub mod ops;
 pub mod param;
 pub mod policy;
+pub mod profile;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
@@ -19,4 +21,5 @@ pub use memory::MemoryStats;
 pub use op::{Needs, Op};
 pub use param::{GradStore, ParamId, Parameter};
 pub use policy::{Policy, Retention, SlotKind};
+pub use profile::{Direction, ProfileEntry, Profiler};
 pub use tape::{Gradients, Node, Tape, Var};
