@@ -5,6 +5,7 @@
 //!     cargo run --release --example llama_cola_350m -- --model cola-60m --steps 200
 //!     cargo run --release --example llama_cola_350m -- --resume runs/cola-60m-...   # continue
 //!     cargo run --release --example llama_cola_350m -- --resume DIR --eval-only     # validation ppl
+//!     cargo run --release --example llama_cola_350m -- --model cola-60m --profile   # time per op family
 //!
 //! The work happens in `cola::train`; this file parses arguments, prints, and sets the exit code
 //! (0 done, 1 error, 130 stopped by Ctrl-C after saving a checkpoint).
@@ -115,8 +116,12 @@ struct Args {
     /// each applicable --recompute policy, then exit without training
     #[arg(long)]
     audit: bool,
-    /// With --audit: print the same as one JSON object
-    #[arg(long, requires = "audit")]
+    /// Train one warm-up step and --steps measured steps [default: 3], print calls, time, share and FLOPs
+    /// per op family and direction (forward, backward, recompute, optimizer), then exit without saving
+    #[arg(long, conflicts_with_all = ["audit", "resume"])]
+    profile: bool,
+    /// With --audit or --profile: print the same as one JSON object
+    #[arg(long)]
     json: bool,
 }
 
@@ -140,14 +145,14 @@ fn run(args: Args) -> Result<ExitCode, TrainError> {
         let seq_len = args.seq_len.unwrap_or(256);
         let report = cola::audit::audit(&model, micro_batch, seq_len).map_err(TrainError::from)?;
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| TrainError::Config(e.to_string()))?
-            );
+            print_json(&report)?;
         } else {
             print!("{report}");
         }
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.json && !args.profile {
+        return Err(TrainError::Config("--json goes with --audit or --profile".into()));
     }
     let options = Options {
         model: args.model,
@@ -182,6 +187,16 @@ fn run(args: Args) -> Result<ExitCode, TrainError> {
         eprintln!("note: {note}");
     }
     config.verbose = true;
+    if args.profile {
+        let steps = args.steps.unwrap_or(train::profile::DEFAULT_MEASURED_STEPS);
+        let report = train::profile(&config, train::profile::DEFAULT_WARMUP_STEPS, steps)?;
+        if args.json {
+            print_json(&report)?;
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     config.interrupt = Some(ctrl_c_flag());
 
     match train::run(&config)? {
@@ -203,6 +218,12 @@ fn run(args: Args) -> Result<ExitCode, TrainError> {
         RunOutcome::Trained(summary) if summary.interrupted => Ok(ExitCode::from(130)),
         RunOutcome::Trained(_) => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn print_json(report: &impl serde::Serialize) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| TrainError::Config(e.to_string()))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// A flag the first Ctrl-C sets (the run saves after the current step and stops); a second Ctrl-C

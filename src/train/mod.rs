@@ -9,11 +9,13 @@
 //!
 //! Files: `plan.rs` (defaults and their reasons), `run.rs` (orchestration), `trainer.rs` (one optimizer
 //! step), `eval.rs` (validation loss), `checkpoint.rs` (run state on disk), `metrics.rs` (jsonl + plot),
-//! `progress.rs` (terminal output).
+//! `progress.rs` (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and
+//! direction over a few steps).
 pub mod checkpoint;
 pub mod eval;
 pub mod metrics;
 pub mod plan;
+pub mod profile;
 mod progress;
 mod run;
 pub mod sample;
@@ -23,6 +25,7 @@ pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TO
 pub use eval::{evaluate, EvalResult};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
 pub use plan::{cpu_micro_batch, gpu_micro_batch, recipe, resolve, Options, Recipe};
+pub use profile::{profile, ProfileRow, StepProfile};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
