@@ -6,6 +6,9 @@
 //! rule, or a later forward op) gets it back by replaying the recorded forward ops from the values still
 //! held; rebuilt values are cached until their last use. Backward walks the nodes in reverse and releases
 //! every value after its last use.
+//!
+//! With a [`Profiler`] set, each op is timed where it runs: its forward in `record`, its replay in
+//! `rematerialize`, its backward rule (and the sums of gradients that meet at a value) in `backward`.
 use crate::backward::{backward, Context};
 use crate::error::{AutogradError, Result};
 use crate::memory::{MemoryMeter, MemoryStats};
