@@ -5,6 +5,7 @@
 //!     cargo run --release --example llama_cola_350m -- --model cola-60m --steps 200
 //!     cargo run --release --example llama_cola_350m -- --resume runs/cola-60m-...   # continue
 //!     cargo run --release --example llama_cola_350m -- --resume DIR --eval-only     # validation ppl
+//!     cargo run --release --example llama_cola_350m -- --model cola-60m --profile   # time per op family
 //!
 //! The work happens in `cola::train`, whose `Options` is the command line (`--help` lists it); this file
 //! parses it, prints, and sets the exit code (0 done, 1 error, 130 stopped by Ctrl-C after saving a
@@ -35,10 +36,7 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
         let seq_len = options.seq_len.unwrap_or(256);
         let report = cola::audit::audit(model, micro_batch, seq_len).map_err(TrainError::from)?;
         if options.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).map_err(|e| TrainError::Config(e.to_string()))?
-            );
+            print_json(&report)?;
         } else {
             print!("{report}");
         }
@@ -49,6 +47,16 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
         eprintln!("note: {note}");
     }
     config.verbose = true;
+    if options.profile {
+        let steps = options.steps.unwrap_or(train::profile::DEFAULT_MEASURED_STEPS);
+        let report = train::profile(&config, train::profile::DEFAULT_WARMUP_STEPS, steps)?;
+        if options.json {
+            print_json(&report)?;
+        } else {
+            print!("{report}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     config.interrupt = Some(ctrl_c_flag());
 
     match train::run(&config)? {
@@ -70,6 +78,12 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
         RunOutcome::Trained(summary) if summary.interrupted => Ok(ExitCode::from(130)),
         RunOutcome::Trained(_) => Ok(ExitCode::SUCCESS),
     }
+}
+
+fn print_json(report: &impl serde::Serialize) -> Result<(), TrainError> {
+    let text = serde_json::to_string_pretty(report).map_err(|e| TrainError::Config(e.to_string()))?;
+    println!("{text}");
+    Ok(())
 }
 
 /// A flag the first Ctrl-C sets (the run saves after the current step and stops); a second Ctrl-C

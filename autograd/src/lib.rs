@@ -6,6 +6,7 @@
 //! replay its forward from its inputs, a value can be released after forward and rebuilt in backward: the
 //! [`Policy`] decides which. Layers are written once against [`Graph`], which the tape implements by
 //! recording and [`Eager`] by computing at once (evaluation, generation).
+//! An opt-in [`Profiler`] on the tape times every op where it runs (forward, backward, replay).
 pub mod backward;
 pub mod error;
 pub mod graph;
@@ -14,6 +15,7 @@ pub mod op;
 pub mod ops;
 pub mod param;
 pub mod policy;
+pub mod profile;
 pub mod tape;
 
 pub use error::{AutogradError, Result};
@@ -22,4 +24,5 @@ pub use memory::MemoryStats;
 pub use op::{Needs, Op};
 pub use param::{GradStore, ParamId, Parameter};
 pub use policy::{Policy, Retention, SlotKind};
+pub use profile::{Direction, ProfileEntry, Profiler};
 pub use tape::{Gradients, Node, Tape, Var};

@@ -6,12 +6,16 @@
 //! rule, or a later forward op) gets it back by replaying the recorded forward ops from the values still
 //! held; rebuilt values are cached until their last use. Backward walks the nodes in reverse and releases
 //! every value after its last use.
+//!
+//! With a [`Profiler`] set, each op is timed where it runs: its forward in `record`, its replay in
+//! `rematerialize`, its backward rule (and the sums of gradients that meet at a value) in `backward`.
 use crate::backward::{backward, Context};
 use crate::error::{AutogradError, Result};
 use crate::memory::{MemoryMeter, MemoryStats};
 use crate::op::Op;
 use crate::param::{ParamId, Parameter};
 use crate::policy::{Policy, Retention, SlotKind};
+use crate::profile::{self, Direction, Profiler};
 use cola_tensor::{Shape, Tensor};
 use smallvec::SmallVec;
 use std::collections::BTreeMap;
@@ -89,6 +93,8 @@ pub struct Tape {
     layer_depth: usize,
     meter: MemoryMeter,
     stats: MemoryStats,
+    /// When set, every op run (forward, backward rule, replay) is timed into it.
+    profiler: Option<Profiler>,
 }
 
 impl Tape {
@@ -102,6 +108,16 @@ impl Tape {
 
     pub fn policy(&self) -> Policy {
         self.policy
+    }
+
+    /// Times every op this tape runs from now on, per direction and op family (`profile.rs`).
+    pub fn set_profiler(&mut self, profiler: Profiler) {
+        self.profiler = Some(profiler);
+    }
+
+    /// The profiler with what it measured; the tape runs unprofiled afterwards.
+    pub fn take_profiler(&mut self) -> Option<Profiler> {
+        self.profiler.take()
     }
 
     fn push_slot(
@@ -239,7 +255,7 @@ impl Tape {
 
     /// The value of a var (an error once backward has released it).
     pub fn value(&self, var: Var) -> Result<&Tensor> {
-        self.slot(var)?.value.as_ref().ok_or(AutogradError::ValueReleased { var: var.0 })
+        value_in(&self.slots, var)
     }
 
     pub fn shape(&self, var: Var) -> Result<&[usize]> {
@@ -269,8 +285,7 @@ impl Tape {
                 self.rematerialize(v, &mut rebuilt)?;
             }
         }
-        let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
-        let out = op.forward(&values)?;
+        let out = self.run_forward(&op, inputs, Direction::Forward)?;
         let mut requires_grad = false;
         for &v in inputs {
             requires_grad |= self.slot(v)?.requires_grad;
@@ -284,6 +299,14 @@ impl Tape {
         Ok(output)
     }
 
+    /// Runs `op`'s forward on the values of `inputs` (timed under `direction` when profiling).
+    fn run_forward(&mut self, op: &Op, inputs: &[Var], direction: Direction) -> Result<Tensor> {
+        let slots = &self.slots;
+        let values: Vec<&Tensor> = inputs.iter().map(|&v| value_in(slots, v)).collect::<Result<_>>()?;
+        let shapes = || inputs.iter().map(|v| &slots[v.0].shape[..]).collect();
+        profile::timed_op(&mut self.profiler, direction, op, shapes, || Ok(op.forward(&values)?))
+    }
+
     /// Recomputes a released value by replaying its producer (and, recursively, whatever it needs).
     /// Returns the vars it rebuilt, so the caller can release them after their last use.
     fn rematerialize(&mut self, var: Var, rebuilt: &mut Vec<Var>) -> Result<()> {
@@ -295,8 +318,7 @@ impl Tape {
         for &input in &inputs {
             self.rematerialize(input, rebuilt)?;
         }
-        let values: Vec<&Tensor> = inputs.iter().map(|&v| self.value(v)).collect::<Result<_>>()?;
-        let value = op.forward(&values)?;
+        let value = self.run_forward(&op, &inputs, Direction::Recompute)?;
         self.put(var, value);
         rebuilt.push(var);
         Ok(())
@@ -385,14 +407,21 @@ impl Tape {
                     grad: &grad,
                     wants: node.inputs.iter().map(|v| slots[v.0].requires_grad).collect(),
                 };
-                backward(&node.op, &ctx)?
+                let shapes = || ctx.input_shapes.clone();
+                profile::timed_op(&mut self.profiler, Direction::Backward, &node.op, shapes, || {
+                    backward(&node.op, &ctx)
+                })?
             };
             grad_bytes -= grad.size_in_bytes().min(grad_bytes);
             for (&input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };
                 let acc = &mut grads[input.0];
                 *acc = Some(match acc.take() {
-                    Some(prev) => prev.add(&g)?,
+                    Some(prev) => {
+                        let numel = || g.numel() as u64;
+                        let sum = || prev.add(&g).map_err(AutogradError::from);
+                        profile::timed(&mut self.profiler, Direction::Backward, "gradient_sum", numel, sum)?
+                    }
                     None => {
                         // Gradients of leaves are the step's result (counted by the caller), not working set.
                         if self.slots[input.0].producer.is_some() {
@@ -437,4 +466,10 @@ impl Tape {
         }
         Ok(out)
     }
+}
+
+/// The value of `var` among `slots` (an error for an unknown or released var).
+fn value_in(slots: &[Slot], var: Var) -> Result<&Tensor> {
+    let slot = slots.get(var.0).ok_or(AutogradError::UnknownVar { var: var.0, slots: slots.len() })?;
+    slot.value.as_ref().ok_or(AutogradError::ValueReleased { var: var.0 })
 }

@@ -9,12 +9,14 @@
 //!
 //! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs`
 //! (orchestration), `trainer.rs` (one optimizer step), `eval.rs` (validation loss), `checkpoint.rs` (run
-//! state on disk), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output).
+//! state on disk), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output), `profile.rs`
+//! (`--profile`: time and FLOPs per op family and direction over a few steps).
 pub mod checkpoint;
 pub mod eval;
 pub mod metrics;
 pub mod options;
 pub mod plan;
+pub mod profile;
 mod progress;
 mod run;
 pub mod sample;
@@ -25,6 +27,7 @@ pub use eval::{evaluate, EvalResult};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
 pub use options::{gpu_count, DeviceChoice, Options, Precision};
 pub use plan::resolve;
+pub use profile::{profile, ProfileRow, StepProfile};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 

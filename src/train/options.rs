@@ -162,6 +162,7 @@ fn device_parser(text: &str) -> std::result::Result<DeviceChoice, String> {
 /// from the checkpoint. Ctrl-C saves a checkpoint and stops; --resume DIR continues bit for bit.
 #[derive(clap::Parser, Clone, Debug, Default)]
 #[command(name = "llama_cola_350m", version)]
+#[command(group(clap::ArgGroup::new("report").args(["audit", "profile"])))]
 pub struct Options {
     /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny
     /// [default: cola-350m]
@@ -256,8 +257,12 @@ pub struct Options {
     /// each applicable --recompute policy, then exit without training
     #[arg(long)]
     pub audit: bool,
-    /// With --audit: print the same as one JSON object
-    #[arg(long, requires = "audit")]
+    /// Train one warm-up step and --steps measured steps [default: 3], print calls, time, share and FLOPs
+    /// per op family and direction (forward, backward, recompute, optimizer), then exit without saving
+    #[arg(long, conflicts_with_all = ["audit", "resume"])]
+    pub profile: bool,
+    /// With --audit or --profile: print the same as one JSON object
+    #[arg(long, requires = "report")]
     pub json: bool,
 }
 

@@ -10,7 +10,7 @@ use super::{Precision, Result, TrainConfig, TrainError};
 use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
 use cola_nn::{Init, Llama};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
-use cola_tensor::{DType, Rng};
+use cola_tensor::{DType, Device, Rng};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -82,75 +82,8 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             config.out.display()
         )));
     }
-    let mut model_config = config.model.config();
-    if let Some(vocab) = config.vocab_size {
-        model_config.vocab_size = vocab;
-    }
-    // RoPE has no position table: a longer --seq-len needs no other change.
-    model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
-
-    let data_config = DataConfig {
-        data: config.data.clone(),
-        val_data: config.val_data.clone(),
-        // A resumed run reads its token ids with the tokenizer it was trained with.
-        tokenizer: resume
-            .as_ref()
-            .and_then(|(dir, _)| checkpoint::tokenizer_path(dir))
-            .or(config.tokenizer.clone()),
-        vocab_size: model_config.vocab_size,
-        seq_len: config.seq_len,
-        seed: config.seed,
-        shuffle: config.shuffle,
-        strict: config.strict,
-        cache_dir: config.cache_dir.clone(),
-        verbose: config.verbose,
-        ..DataConfig::default()
-    };
-    let dataset = Dataset::prepare(&data_config)?;
-    dataset.check_model_vocab(model_config.vocab_size)?;
-    model_config.pad_id = dataset.pad_id();
-    say(&format!("data: {}", dataset.report()));
-
-    let counts = model_config.param_counts();
-    let millions = |n: usize| n as f64 / 1e6;
-    say(&format!(
-        "model {}: {:.2}M parameters (low-rank {:.2}M, other {:.2}M: embedding, head, norms{}); d_model {}, \
-         {} layers, {} heads, {}",
-        config.model,
-        millions(counts.total),
-        millions(counts.low_rank),
-        millions(counts.other),
-        if model_config.is_cola() { "" } else { ", dense projections" },
-        model_config.d_model,
-        model_config.n_layers,
-        model_config.n_heads,
-        model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
-    ));
-
-    let precision = config.precision;
-    let mut adamw = AdamW::new(AdamWConfig {
-        weight_decay: config.weight_decay,
-        master_weights: precision != Precision::PureBf16,
-        ..AdamWConfig::default()
-    });
-    let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
-    let (mut model, rng) = match &resume {
-        Some(_) => (Llama::build(model_config, DType::F32, &mut Init::Zeros)?, None),
-        None => {
-            let mut rng = Rng::new(config.seed);
-            (Llama::new(model_config, &mut rng)?, Some(rng))
-        }
-    };
-    if config.no_decay_norms_embeddings {
-        adamw.exempt_from_decay(norms_and_embedding(&model));
-    }
-    // Weights are drawn on the CPU in f32 (the same numbers on every device), then moved and converted.
-    if device != cola_tensor::Device::Cpu || precision != Precision::F32 {
-        model.to_device(device, precision.param_dtype())?;
-        say(&format!("device: {device}, precision {precision}"));
-    }
-    let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
-    trainer.policy = config.recompute;
+    let Prepared { dataset, mut trainer, rng } =
+        prepare(config, device, resume.as_ref().map(|(dir, _)| dir.as_path()))?;
 
     if config.eval_only {
         let (dir, state) =
@@ -223,6 +156,92 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         last_eval: None,
     };
     looper.train().map(RunOutcome::Trained)
+}
+
+/// What a run starts from: the prepared data and a trainer holding the model and AdamW.
+pub(super) struct Prepared {
+    pub dataset: Dataset,
+    pub trainer: Trainer,
+    /// The generator that drew the fresh weights (`None` when resuming: the checkpoint's is used).
+    pub rng: Option<Rng>,
+}
+
+/// Prepares the data (with the tokenizer of `resume_dir`'s checkpoint when resuming), builds the model
+/// (seeded weights, or zeros that the checkpoint will overwrite) on the run's device and precision, and
+/// the trainer with AdamW, the schedule and the retention policy of `config`.
+pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&Path>) -> Result<Prepared> {
+    let say = |message: &str| {
+        if config.verbose {
+            eprintln!("{message}");
+        }
+    };
+    let mut model_config = config.model.config();
+    if let Some(vocab) = config.vocab_size {
+        model_config.vocab_size = vocab;
+    }
+    // RoPE has no position table: a longer --seq-len needs no other change.
+    model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
+
+    let data_config = DataConfig {
+        data: config.data.clone(),
+        val_data: config.val_data.clone(),
+        // A resumed run reads its token ids with the tokenizer it was trained with.
+        tokenizer: resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone()),
+        vocab_size: model_config.vocab_size,
+        seq_len: config.seq_len,
+        seed: config.seed,
+        shuffle: config.shuffle,
+        strict: config.strict,
+        cache_dir: config.cache_dir.clone(),
+        verbose: config.verbose,
+        ..DataConfig::default()
+    };
+    let dataset = Dataset::prepare(&data_config)?;
+    dataset.check_model_vocab(model_config.vocab_size)?;
+    model_config.pad_id = dataset.pad_id();
+    say(&format!("data: {}", dataset.report()));
+
+    let counts = model_config.param_counts();
+    let millions = |n: usize| n as f64 / 1e6;
+    say(&format!(
+        "model {}: {:.2}M parameters (low-rank {:.2}M, other {:.2}M: embedding, head, norms{}); d_model {}, \
+         {} layers, {} heads, {}",
+        config.model,
+        millions(counts.total),
+        millions(counts.low_rank),
+        millions(counts.other),
+        if model_config.is_cola() { "" } else { ", dense projections" },
+        model_config.d_model,
+        model_config.n_layers,
+        model_config.n_heads,
+        model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
+    ));
+
+    let precision = config.precision;
+    let mut adamw = AdamW::new(AdamWConfig {
+        weight_decay: config.weight_decay,
+        master_weights: precision != Precision::PureBf16,
+        ..AdamWConfig::default()
+    });
+    let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
+    let (mut model, rng) = match resume_dir {
+        Some(_) => (Llama::build(model_config, DType::F32, &mut Init::Zeros)?, None),
+        None => {
+            let mut rng = Rng::new(config.seed);
+            (Llama::new(model_config, &mut rng)?, Some(rng))
+        }
+    };
+    if config.no_decay_norms_embeddings {
+        adamw.exempt_from_decay(norms_and_embedding(&model));
+    }
+    // Weights are drawn on the CPU in f32 (the same numbers on every device), then moved and converted.
+    if device != Device::Cpu || precision != Precision::F32 {
+        model.to_device(device, precision.param_dtype())?;
+        say(&format!("device: {device}, precision {precision}"));
+    }
+    let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
+    trainer.policy = config.recompute;
+    Ok(Prepared { dataset, trainer, rng })
 }
 
 /// The state of the step loop.

@@ -8,9 +8,13 @@
 //! micro-batch size, also when micro-batches hold different numbers of non-pad targets (padded
 //! documents). When every micro-batch has the same number of targets (always in packed mode) this is the
 //! PyTorch reference's `loss / gradient_accumulation`.
+//!
+//! With a profiler set ([`Trainer::set_profiler`]) every micro-batch's tape times its ops, and the
+//! trainer times its own phases as optimizer rows: `grad_accumulate`, `clip_grad_norm`, `adamw`.
 use super::TrainError;
 use crate::data::Batch;
-use cola_autograd::{GradStore, Policy, Tape};
+use cola_autograd::profile::{Direction, Profiler};
+use cola_autograd::{GradStore, Gradients, Policy, Tape};
 use cola_nn::{Llama, Module, ParamKind};
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
 
@@ -25,6 +29,15 @@ pub fn norms_and_embedding(model: &impl Module) -> Vec<String> {
     });
     names
 }
+
+/// FLOPs per gradient element of the fused AdamW update (`kernels/src/cpu/adamw.rs`): the decay
+/// multiply 1; the first moment `m + (1 - beta1) (g - m)` 3; the second `v beta2 + (1 - beta2) g^2` 4;
+/// the update `p - step (m / (sqrt(v) / sqrt(c2) + eps))` 6 (the square root counted as 1).
+pub const ADAMW_FLOPS_PER_ELEMENT: u64 = 14;
+
+/// FLOPs per gradient element of global-norm clipping: square and add for the norm, one multiply for
+/// the scaling (counted always, although it is skipped when the norm is below the threshold).
+pub const CLIP_FLOPS_PER_ELEMENT: u64 = 3;
 
 /// What one update did.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -62,6 +75,7 @@ pub struct Trainer {
     /// Retention policy of every micro-batch's tape.
     pub policy: Policy,
     grads: GradStore,
+    profiler: Option<Profiler>,
 }
 
 /// Error of [`Trainer::train_step`]: a lower layer's, or a non-finite loss or gradient norm.
@@ -115,7 +129,33 @@ impl Trainer {
             step: 0,
             policy: Policy::KeepAll,
             grads: GradStore::new(),
+            profiler: None,
         }
+    }
+
+    /// Times every following step: tape ops per direction and family, and the optimizer's phases. A
+    /// step that fails loses what the profiler had measured.
+    pub fn set_profiler(&mut self, profiler: Profiler) {
+        self.profiler = Some(profiler);
+    }
+
+    /// The profiler with what it measured; later steps run unprofiled.
+    pub fn take_profiler(&mut self) -> Option<Profiler> {
+        self.profiler.take()
+    }
+
+    /// Runs `f`, timed as the optimizer row `family` with `flops(self)` when profiling.
+    fn optimizer_phase<T>(
+        &mut self,
+        family: &'static str,
+        flops: impl FnOnce(&Self) -> u64,
+        f: impl FnOnce(&mut Self) -> std::result::Result<T, StepError>,
+    ) -> std::result::Result<T, StepError> {
+        let Some(mut profiler) = self.profiler.take() else { return f(self) };
+        let flops = flops(self);
+        let result = profiler.time(Direction::Optimizer, family, flops, || f(self));
+        self.profiler = Some(profiler);
+        result
     }
 
     /// The learning rate of the next update.
@@ -154,6 +194,9 @@ impl Trainer {
             // Exactly 1 when the whole batch is one micro-batch, so that case is the plain mean loss.
             let weight = count as f64 / targets as f64;
             let mut tape = Tape::with_policy(self.policy);
+            if let Some(profiler) = self.profiler.take() {
+                tape.set_profiler(profiler);
+            }
             let ids = &batch.tokens[start * seq..end * seq];
             let micro_loss = self.model.loss(&mut tape, ids, end - start, seq)?;
             let value = tape.value(micro_loss)?.to_scalar()?;
@@ -165,7 +208,9 @@ impl Trainer {
             loss += weight * value;
             let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(micro_loss, weight)? };
             let grads = tape.backward(scaled)?;
-            self.grads.accumulate(&grads)?;
+            self.profiler = tape.take_profiler();
+            let added = |t: &Self| summed_elements(&t.grads, &grads);
+            self.optimizer_phase("grad_accumulate", added, |t| Ok(t.grads.accumulate(&grads)?))?;
         }
         Ok((loss, tokens, targets))
     }
@@ -175,17 +220,33 @@ impl Trainer {
     pub fn train_step(&mut self, batch: &Batch) -> std::result::Result<StepStats, StepError> {
         let lr = self.next_lr();
         let (loss, tokens, targets) = self.accumulate_gradients(batch)?;
-        let grad_norm = clip_grad_norm(&mut self.grads, self.clip_norm)?;
+        let clip_flops = |t: &Self| CLIP_FLOPS_PER_ELEMENT * grad_elements(&t.grads);
+        let grad_norm = self.optimizer_phase("clip_grad_norm", clip_flops, |t| {
+            Ok(clip_grad_norm(&mut t.grads, t.clip_norm)?)
+        })?;
         if !grad_norm.is_finite() {
             self.grads.clear();
             let what = "gradient norm";
             return Err(StepError::NonFinite(NonFinite { step: self.step, what, value: grad_norm, lr }));
         }
-        let mut params = self.model.parameters_mut();
-        self.optimizer.step(&mut params, &self.grads, lr)?;
+        let adamw_flops = |t: &Self| ADAMW_FLOPS_PER_ELEMENT * grad_elements(&t.grads);
+        self.optimizer_phase("adamw", adamw_flops, |t| {
+            let mut params = t.model.parameters_mut();
+            Ok(t.optimizer.step(&mut params, &t.grads, lr)?)
+        })?;
         self.grads.clear();
         let stats = StepStats { step: self.step, loss, lr, grad_norm, tokens, targets };
         self.step += 1;
         Ok(stats)
     }
+}
+
+/// Elements of every gradient in `store`.
+fn grad_elements(store: &GradStore) -> u64 {
+    store.iter().map(|(_, g)| g.numel() as u64).sum()
+}
+
+/// Elements of `grads` that accumulation adds to a gradient already in `store` (the others are copied).
+fn summed_elements(store: &GradStore, grads: &Gradients) -> u64 {
+    grads.params().filter(|(id, _)| store.get(**id).is_some()).map(|(_, g)| g.numel() as u64).sum()
 }

@@ -40,6 +40,22 @@ impl FromStr for Device {
     }
 }
 
+/// Waits until every op queued on `device` has finished, so that a host clock read afterwards has seen
+/// their work (a profiler brackets each timed op with two of these). CPU ops run synchronously: a no-op.
+pub fn synchronize(device: Device) -> crate::Result<()> {
+    match device {
+        Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(ordinal) => crate::cuda::cuda_synchronize(ordinal),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda(_) => Err(crate::TensorError::UnsupportedDevice {
+            op: "synchronize",
+            device,
+            reason: "this build has no CUDA backend (build with the `cuda` feature)".into(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ pub mod rng;
 pub mod storage;
 pub mod tensor;
 
-pub use device::Device;
+pub use device::{synchronize, Device};
 pub use dtype::DType;
 pub use error::{Result, TensorError};
 pub use half::bf16;

@@ -1,0 +1,124 @@
+//! `--profile` on cola-tiny (d_model 32, 2 layers, rank 8) with a 300-entry BPE on a small text, on the
+//! CPU: 1 warm-up and 2 measured steps of 8 x 16 tokens in two micro-batches of 4.
+//!
+//! What it proves: the rows (with `other`) sum to the measured step; every op family of the model shows
+//! up in forward and backward with the number of calls the model makes; the matmul forward FLOPs equal
+//! the count computed here from the config alone (so the tape's accounting sees every product once, with
+//! the right shapes, and replays do not leak into forward); replays appear as recompute rows under
+//! `cola-m` and not under `none`; the optimizer rows count one AdamW element update per parameter.
+//!
+//! Counts and FLOPs are exact integers and compared with `==`. Shares are ratios of one clock: their sum
+//! is 1 up to f64 rounding, far inside the 2% allowed; the `other` row must not be negative (timed ops
+//! nested in one another, or a clock read outside the measured window, would make it so).
+mod common;
+
+use cola::train::{self, DeviceChoice, StepProfile, TrainConfig};
+use cola_autograd::profile::Direction;
+use cola_autograd::Policy;
+use cola_nn::{Family, LlamaConfig, Preset, Size};
+use cola_tensor::Rng;
+use common::TempDir;
+
+const VOCAB: usize = 300;
+const SEQ: usize = 16;
+const BATCH: usize = 8;
+const MICRO_BATCH: usize = 4;
+const MEASURED: u64 = 2;
+
+fn write_corpus(dir: &TempDir) {
+    let sentences =
+        ["the cat sat on the mat.", "a dog ran to the red house.", "birds sing in the tall tree."];
+    let mut rng = Rng::new(7);
+    let text: Vec<&str> = (0..400).map(|_| sentences[rng.below(3) as usize]).collect();
+    std::fs::write(dir.join("corpus.txt"), text.join(" ")).unwrap();
+}
+
+fn profile(dir: &TempDir, recompute: Policy) -> StepProfile {
+    let mut config = TrainConfig::new(Preset::new(Family::Cola, Size::Tiny), dir.join("run"));
+    config.vocab_size = Some(VOCAB);
+    config.device = DeviceChoice::Cpu;
+    config.data = Some(dir.join("corpus.txt"));
+    config.cache_dir = Some(dir.join("cache"));
+    config.seq_len = SEQ;
+    config.batch_size = BATCH;
+    config.micro_batch = MICRO_BATCH;
+    config.steps = 10;
+    config.warmup = 2;
+    config.recompute = recompute;
+    let report = train::profile(&config, 1, MEASURED).unwrap();
+    assert!(!dir.join("run").exists(), "profiling writes no run directory");
+    report
+}
+
+/// Matmul FLOPs of one forward pass of cola-tiny over `rows` sequences, from the config alone: every
+/// projection of a layer is `x @ A` then `code @ B` (`2 tokens (in r + r out)`), four of d -> d in
+/// attention, gate and up d -> ffn and down ffn -> d in the MLP; the head multiplies the `seq - 1`
+/// positions that have a target by the `d x vocab` weight.
+fn analytic_forward_matmul_flops(rows: usize) -> u64 {
+    let config = LlamaConfig::preset("cola-tiny").unwrap();
+    let (d, f, r) = (config.d_model, config.ffn_dim, config.rank.unwrap());
+    let tokens = rows * SEQ;
+    let projection = |inputs: usize, outputs: usize| 2 * tokens * (inputs * r + r * outputs);
+    let layer = 4 * projection(d, d) + 2 * projection(d, f) + projection(f, d);
+    let head = 2 * rows * (SEQ - 1) * d * VOCAB;
+    (config.n_layers * layer + head) as u64
+}
+
+fn check_common(report: &StepProfile) {
+    let share: f64 = report.rows.iter().map(|r| r.share).sum();
+    assert!((share - 1.0).abs() <= 0.02, "shares sum to {share}");
+    let other = report.rows.last().unwrap();
+    assert_eq!((other.direction.as_str(), other.family.as_str()), ("other", "other"));
+    let (timed, measured) = (report.timed_seconds, report.measured_seconds);
+    assert!(other.seconds >= 0.0, "timed rows {timed} s exceed the measured {measured} s");
+    assert_eq!(report.tokens, MEASURED * (BATCH * SEQ) as u64, "packed batches have no padding");
+
+    let micro_batches = MEASURED * (BATCH / MICRO_BATCH) as u64;
+    let layers = 2;
+    for direction in [Direction::Forward, Direction::Backward] {
+        let matmul = report.row(direction, "matmul").unwrap();
+        // 7 CoLA projections of two products per layer, and the head.
+        assert_eq!(matmul.calls, micro_batches * (layers * 7 * 2 + 1), "{direction:?}");
+        assert_eq!(report.row(direction, "attention").unwrap().calls, micro_batches * layers);
+        for family in ["rms_norm", "rope", "silu", "embedding", "cross_entropy"] {
+            assert!(report.row(direction, family).is_some_and(|r| r.calls > 0), "{family} {direction:?}");
+        }
+    }
+    let forward = report.row(Direction::Forward, "matmul").unwrap();
+    assert_eq!(
+        forward.flops,
+        MEASURED * (BATCH / MICRO_BATCH) as u64 * analytic_forward_matmul_flops(MICRO_BATCH)
+    );
+    let backward = report.row(Direction::Backward, "matmul").unwrap();
+    assert_eq!(backward.flops, 2 * forward.flops);
+
+    let params =
+        LlamaConfig { vocab_size: VOCAB, ..LlamaConfig::preset("cola-tiny").unwrap() }.param_counts();
+    let adamw = report.row(Direction::Optimizer, "adamw").unwrap();
+    assert_eq!((adamw.calls, adamw.flops), (MEASURED, MEASURED * 14 * params.total as u64));
+    assert_eq!(report.row(Direction::Optimizer, "clip_grad_norm").unwrap().calls, MEASURED);
+    let accumulate = report.row(Direction::Optimizer, "grad_accumulate").unwrap();
+    // The second micro-batch of each step adds into the first one's gradients.
+    assert_eq!((accumulate.calls, accumulate.flops), (micro_batches, MEASURED * params.total as u64));
+
+    let json = serde_json::to_value(report).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), report.rows.len());
+    assert_eq!(json["measured_steps"].as_u64(), Some(MEASURED));
+    assert!(format!("{report}").contains("forward    matmul"));
+}
+
+#[test]
+fn profile_rows_sum_to_the_step_and_count_the_model() {
+    let dir = TempDir::new("profile");
+    write_corpus(&dir);
+    let none = profile(&dir, Policy::KeepAll);
+    check_common(&none);
+    assert!(none.rows.iter().all(|r| r.direction != "recompute"), "nothing is replayed under none");
+
+    let cola_m = profile(&dir, Policy::ColaM);
+    check_common(&cola_m);
+    let replayed = cola_m.row(Direction::Recompute, "matmul").expect("cola-m replays the B products");
+    let forward = cola_m.row(Direction::Forward, "matmul").unwrap();
+    assert!(replayed.calls > 0 && replayed.flops < forward.flops, "cola-m keeps the codes x @ A");
+    assert!(cola_m.row(Direction::Recompute, "attention").is_some());
+}
