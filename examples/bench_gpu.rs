@@ -3,7 +3,7 @@
 //! Per row: a model built with zero-initialised weights (values do not change the time of any kernel),
 //! moved to the GPU in the chosen precision, then `--warmup` untimed and `--steps` timed optimizer steps
 //! of one micro-batch of random token ids each (forward, backward, clipping, AdamW). tokens/s counts input
-//! tokens; MFU = tokens/s x training FLOPs per token (COLA.md section 8: 3 x forward, no recomputation
+//! tokens; MFU = tokens/s x training FLOPs per token (docs/METHOD.md section 8: 3 x forward, no recomputation
 //! counted) / the device's peak dense bf16 rate (`--peak-tflops`, 989 for an H200). Peak memory is the
 //! caching allocator's high-water mark of live buffers during the timed steps. When a micro-batch does not
 //! fit, the row is retried with half of it.

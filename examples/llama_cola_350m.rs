@@ -1,4 +1,4 @@
-//! Pre-trains a LLaMA model with CoLA low-rank activations (COLA.md), by default cola-350m on the
+//! Pre-trains a LLaMA model with CoLA low-rank activations (docs/METHOD.md), by default cola-350m on the
 //! Shakespeare corpus, with the paper's recipe scaled to the CPU.
 //!
 //!     cargo run --release --example llama_cola_350m                       # train, defaults

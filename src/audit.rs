@@ -1,4 +1,4 @@
-//! What a preset costs: parameter counts, FLOPs per token (COLA.md section 8) and measured activation
+//! What a preset costs: parameter counts, FLOPs per token (docs/METHOD.md section 8) and measured activation
 //! memory under each retention policy. Used by `llama_cola_350m --audit` and `examples/bench_memory.rs`.
 //!
 //! Memory is measured, not modelled: one micro-batch goes through the tape under the policy and the tape's
@@ -15,7 +15,7 @@ pub struct FlopsPerToken {
     pub training: f64,
 }
 
-/// COLA.md section 8: per layer full `2 (4 d^2 + 3 d f)`, CoLA `2 (8 r d + 3 r (d + f))`, attention
+/// docs/METHOD.md section 8: per layer full `2 (4 d^2 + 3 d f)`, CoLA `2 (8 r d + 3 r (d + f))`, attention
 /// `4 n d` for sequence length n; the head `2 d V`.
 pub fn flops_per_token(config: &LlamaConfig, seq_len: usize) -> FlopsPerToken {
     let (d, f, v) = (config.d_model as f64, config.ffn_dim as f64, config.vocab_size as f64);

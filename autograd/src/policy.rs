@@ -33,7 +33,7 @@ pub enum Policy {
     /// Keep every value backward reads (`none`).
     #[default]
     KeepAll,
-    /// CoLA-M (COLA.md section 7): inside a layer keep only the residual stream (layer input, the
+    /// CoLA-M (docs/METHOD.md section 7): inside a layer keep only the residual stream (layer input, the
     /// post-attention residual) and the rank-r codes; recompute the rest.
     ColaM,
     /// Vanilla per-layer checkpointing: keep only the residual stream between layers.

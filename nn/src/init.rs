@@ -1,6 +1,6 @@
-//! Where new parameters get their values: the paper's random initialisation (COLA.md section 5), or zeros
-//! for a model whose weights a checkpoint is about to replace (drawing hundreds of millions of normals
-//! only to overwrite them would dominate a load).
+//! Where new parameters get their values: the paper's random initialisation (docs/METHOD.md section 5),
+//! or zeros for a model whose weights a checkpoint is about to replace (drawing hundreds of millions of
+//! normals only to overwrite them would dominate a load).
 use cola_tensor::{DType, Rng, Tensor};
 
 pub enum Init<'a> {

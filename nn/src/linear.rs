@@ -1,5 +1,5 @@
 //! Projections of a decoder block: the dense `Linear` of the full-rank baseline and CoLA's low-rank
-//! auto-encoder `ColaLinear` (COLA.md sections 1 and 5).
+//! auto-encoder `ColaLinear` (docs/METHOD.md sections 1 and 5).
 use crate::error::Result;
 use crate::init::Init;
 use crate::module::{Module, ParamKind};

@@ -1,5 +1,5 @@
 //! The gated MLP: `down(silu(gate(x)) * up(x))`, or `down(gate(x) * up(x))` when the CoLA layers' own
-//! SiLUs supply the non-linearity (COLA.md section 2, `only_lr_act`).
+//! SiLUs supply the non-linearity (docs/METHOD.md section 2, `only_lr_act`).
 use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::init::Init;

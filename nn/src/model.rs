@@ -21,7 +21,7 @@ pub struct Llama {
 }
 
 impl Llama {
-    /// An f32 model initialised from `rng` (COLA.md section 5); the same seed gives the same weights.
+    /// An f32 model initialised from `rng` (docs/METHOD.md section 5); the same seed gives the same weights.
     pub fn new(config: LlamaConfig, rng: &mut Rng) -> Result<Self> {
         Llama::with_dtype(config, DType::F32, rng)
     }

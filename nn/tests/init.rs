@@ -1,4 +1,4 @@
-//! Initialisation statistics (COLA.md section 5) and determinism of `Llama::new`.
+//! Initialisation statistics (docs/METHOD.md section 5) and determinism of `Llama::new`.
 use cola_nn::{cola_init_std, Llama, LlamaConfig, ParamKind};
 use cola_tensor::Rng;
 

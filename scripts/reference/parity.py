@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An independent PyTorch implementation of LLaMA-CoLA that writes the parity fixtures.
 
-The model is written from the method description (COLA.md: sections 1-3 for the model, 6 for the
+The model is written from the method description (docs/METHOD.md: sections 1-3 for the model, 6 for the
 training recipe) in plain PyTorch, in the style of the reference implementation (Hugging Face LLaMA with
 CoLA layers), and shares no code with the Rust stack. It reads the project's preset table, which
 `examples/parity_export.rs` writes to FIXTURE_DIR/presets.json (shapes only: the sizes are data, checked
@@ -45,7 +45,7 @@ torch.set_num_interop_threads(1)
 torch.use_deterministic_algorithms(True)
 torch.manual_seed(0)
 
-# Paper constants (COLA.md sections 3 and 6).
+# Paper constants (docs/METHOD.md sections 3 and 6).
 ROPE_THETA = 10000.0
 NORM_EPS = 1e-6
 PAD_ID = 0
@@ -242,7 +242,7 @@ def param_counts(cfg: Config) -> dict:
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """COLA.md section 6: linear warmup from 0, cosine decay to 10% of the peak."""
+    """docs/METHOD.md section 6: linear warmup from 0, cosine decay to 10% of the peak."""
     if step < warmup:
         return step / warmup
     progress = min((step - warmup) / (total - warmup), 1.0) if total > warmup else 1.0

@@ -1,6 +1,6 @@
 //! Tokenizers through the Hugging Face `tokenizers` crate (pure-Rust features only): any `tokenizer.json`
-//! loads, and a byte-level BPE can be trained on a corpus with the T5 layout of special ids (COLA.md
-//! section 6: pad 0, eos 1).
+//! loads, and a byte-level BPE can be trained on a corpus with the T5 layout of special ids (docs/METHOD.md
+//! sections 3 and 6: pad 0, eos 1).
 use super::corpus::Fnv;
 use super::error::{io_error, DataError, Result};
 use std::path::{Path, PathBuf};

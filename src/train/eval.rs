@@ -1,4 +1,4 @@
-//! Validation loss and perplexity (COLA.md section 6: perplexity = exp(mean token loss)).
+//! Validation loss and perplexity (docs/METHOD.md section 6: perplexity = exp(mean token loss)).
 //!
 //! The mean runs over every non-pad next-token target of the sequences evaluated, not over batches, so a
 //! short last batch or padded documents weigh by their tokens. Forward passes run on the eager executor

@@ -1,4 +1,5 @@
-//! Pre-training: the step loop, evaluation, checkpoints and metrics of the CoLA recipe (COLA.md section 6).
+//! Pre-training: the step loop, evaluation, checkpoints and metrics of the CoLA recipe (docs/METHOD.md
+//! section 6).
 //!
 //! [`run`] does a whole run from a [`TrainConfig`]: it prepares the data ([`crate::data`]), builds or
 //! resumes the model and AdamW, trains with gradient accumulation, clipping and the warmup + cosine
@@ -94,7 +95,7 @@ pub struct TrainConfig {
     pub no_decay_norms_embeddings: bool,
     /// Global gradient-norm clipping threshold (0.5 in the recipe).
     pub clip_norm: f64,
-    /// Retention policy of the tape: `none`, `cola-m` (CoLA presets) or `block` (COLA.md section 7).
+    /// Retention policy of the tape: `none`, `cola-m` (CoLA presets) or `block` (docs/METHOD.md section 7).
     /// It changes memory and time, never the numbers, so a resumed run may change it.
     /// Stored by name; files written before the field existed mean `none`.
     #[serde(default, with = "options::policy_name")]
@@ -124,7 +125,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// A config for `model` with its recipe (COLA.md section 6) at full scale and the given run
+    /// A config for `model` with its recipe (docs/METHOD.md section 6) at full scale and the given run
     /// directory; [`plan::resolve`] is the command line's richer path.
     pub fn new(model: Preset, out: impl Into<PathBuf>) -> TrainConfig {
         let recipe = model.recipe();

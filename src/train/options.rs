@@ -158,7 +158,7 @@ fn device_parser(text: &str) -> std::result::Result<DeviceChoice, String> {
 
 /// Pre-train LLaMA with CoLA low-rank activations (or the full-rank baseline) on a text corpus.
 ///
-/// Unset values come from the preset's recipe (COLA.md section 6), scaled to the CPU, or on --resume
+/// Unset values come from the preset's recipe (docs/METHOD.md section 6), scaled to the CPU, or on --resume
 /// from the checkpoint. Ctrl-C saves a checkpoint and stops; --resume DIR continues bit for bit.
 #[derive(clap::Parser, Clone, Debug, Default)]
 #[command(name = "llama_cola_350m", version)]

@@ -1,4 +1,4 @@
-//! From command-line options to a [`TrainConfig`]: the preset's recipe (COLA.md section 6) fills every
+//! From command-line options to a [`TrainConfig`]: the preset's recipe (docs/METHOD.md section 6) fills every
 //! unset value, scaled to what a CPU can show progress on, and every choice the user did not make comes
 //! with a note saying what was chosen and why. On `--resume` the checkpoint's own config is the base, so
 //! a resumed run continues the schedule and data order it started with.

@@ -1,5 +1,5 @@
-//! One optimizer update of the recipe (COLA.md section 6): the global batch is split into micro-batches,
-//! their gradients are accumulated, the sum is clipped to a global norm of 0.5, and AdamW applies it with
+//! One optimizer update of the recipe (docs/METHOD.md section 6): the global batch is split into
+//! micro-batches, their gradients are accumulated, the sum is clipped to a global norm of 0.5, and AdamW applies it with
 //! the learning rate `lr(s)` of update number `s` (from 0).
 //!
 //! Accumulation weights each micro-batch's mean loss by its share of the step's non-pad targets:

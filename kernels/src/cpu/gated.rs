@@ -1,7 +1,7 @@
 //! The gated product of the MLP, `h = act(gate) * up`, fused with its activation.
 //!
 //! LLaMA's MLP is `down(silu(gate(x)) * up(x))`; CoLA drops the SiLU for 350m and larger
-//! (`down(gate(x) * up(x))`, COLA.md section 2), so the activation is either SiLU or the identity.
+//! (`down(gate(x) * up(x))`, docs/METHOD.md section 2), so the activation is either SiLU or the identity.
 //! With `a = act(g)` the backward of `h = a * u` is
 //!     `du = dh * a`,   `dg = dh * u * act'(g)`   (`silu'(g) = s (1 + g (1 - s))`, `s = sigmoid(g)`),
 //! computed in one pass that reads g, u, dh once and writes both gradients.
