@@ -208,11 +208,11 @@ mod tests {
         assert_eq!(cache.add_rows(2), 0);
         let mut expected: Vec<Vec<Tensor>> = vec![Vec::new(); layers];
         for (step, new) in [5usize, 1, 1, 9, 1, 20].into_iter().enumerate() {
-            for layer in 0..layers {
+            for (layer, parts) in expected.iter_mut().enumerate() {
                 let keys = randn(&[1, new, heads, head_dim], (step * 10 + layer) as u64);
                 let values = keys.mul_scalar(-2.0).unwrap();
                 cache.append(1, layer, keys.clone(), values).unwrap();
-                expected[layer].push(keys);
+                parts.push(keys);
             }
         }
         assert_eq!(cache.lengths(), vec![0, 37]);
