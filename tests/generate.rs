@@ -115,7 +115,8 @@ fn the_cache_holds_keys_and_values_of_every_layer_and_position() {
     session.prefill(&[&[3, 4, 5], &[6]]).unwrap();
     session.decode(&[7, 8]).unwrap();
     assert_eq!(session.lengths(), vec![4, 2]);
-    assert_eq!(session.cache_bytes(), 2 * c.n_layers * (4 + 2) * c.d_model * 4);
+    // Allocated bytes: each row's key and value buffers start with room for 16 positions (f32).
+    assert_eq!(session.cache_bytes(), 2 * c.n_layers * (16 + 16) * c.d_model * 4);
     drop(session);
 }
 

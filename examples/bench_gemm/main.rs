@@ -3,7 +3,9 @@
 //! Prints one line per GEMM case: `gemm <name> M=<m> K=<k> N=<n> gflops=<x>` (median of timed
 //! repetitions, f32, all rayon threads), then the fused-kernel table (`fused.rs`). `--list` prints the GEMM
 //! cases as `<name> <m> <k> <n> <a_transposed>` for `scripts/bench_gemm_vs_numpy.sh`, which runs numpy on
-//! exactly these shapes; `--gemm-only` skips the fused kernels.
+//! exactly these shapes; `--gemm-only` skips the fused kernels. `--few-rows` prints only the few-row
+//! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM).
+mod few_rows;
 mod fused;
 mod shapes;
 
@@ -72,6 +74,10 @@ fn run(case: &Case) -> f64 {
 fn main() {
     let list = std::env::args().any(|a| a == "--list");
     let gemm_only = std::env::args().any(|a| a == "--gemm-only");
+    if std::env::args().any(|a| a == "--few-rows") {
+        few_rows::run_all();
+        return;
+    }
     for case in cases() {
         if list {
             println!("{} {} {} {} {}", case.name, case.m, case.k, case.n, case.a_transposed as u8);

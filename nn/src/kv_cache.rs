@@ -3,17 +3,100 @@
 //!
 //! Rows are stored separately, so a batch may hold sequences of different lengths (prompts of any
 //! lengths, rows that stop early) without padding or masks: the projections still run batched, only
-//! attention and the append go row by row. Appending concatenates (one copy of the row's cache per step:
-//! the tensor API has no in-place writes, and the copy is small next to a decode step's weight traffic).
+//! attention and the append go row by row.
+//!
+//! Each row and layer holds its keys and values in buffers `[1, capacity, heads, head_dim]`, written in
+//! place ([`Tensor::write_slice`]), so an append copies only the new positions. The capacity starts at
+//! the first append's length rounded up to a power of two (at least `MIN_CAPACITY`) and doubles when
+//! full (one copy of the filled prefix): the cache needs no model limits at construction (`new` takes
+//! the layer count only), holds at most twice what a row has used, not `max_seq_len` for every row (rows
+//! that stop early stay small), and writes each position once plus, on average, less than one move.
+//! Attention reads the filled prefix, a `narrow` of the buffer: contiguous (the batch dim is 1), so the
+//! CPU attention borrows it without a copy.
 //! Dropping the cache, or [`KvCache::clear`], frees its tensors.
 use crate::error::{NnError, Result};
 use cola_tensor::Tensor;
 
-/// Keys and values of one row at one layer, `[1, len, heads, head_dim]` each.
+/// The capacity of a fresh buffer is at least this many positions (so short prompts do not double
+/// after every few decode steps).
+const MIN_CAPACITY: usize = 16;
+
+/// Keys and values of one row at one layer: the buffers `[1, capacity, heads, head_dim]`, how many
+/// positions are filled, and the filled prefixes `[1, len, heads, head_dim]` that [`KvCache::get`] lends
+/// out (views of the buffers; dropped while a write runs, so that the buffers are not shared then and
+/// the write happens in place rather than on a copy).
 #[derive(Clone, Debug)]
 struct LayerEntry {
     keys: Tensor,
     values: Tensor,
+    len: usize,
+    filled: Option<(Tensor, Tensor)>,
+}
+
+impl LayerEntry {
+    /// An entry holding `keys` and `values` (`[1, new, heads, head_dim]`) in buffers of room for at
+    /// least `MIN_CAPACITY` positions.
+    fn new(keys: &Tensor, values: &Tensor) -> Result<LayerEntry> {
+        let new = keys.shape().get(1).copied().unwrap_or(0);
+        let capacity = new.max(MIN_CAPACITY).next_power_of_two();
+        let buffer = |t: &Tensor| -> Result<Tensor> {
+            let mut shape = t.shape().to_vec();
+            if let Some(positions) = shape.get_mut(1) {
+                *positions = capacity;
+            }
+            Ok(Tensor::zeros_on(&shape, t.dtype(), t.device())?)
+        };
+        let mut entry = LayerEntry { keys: buffer(keys)?, values: buffer(values)?, len: 0, filled: None };
+        entry.append(keys, values)?;
+        Ok(entry)
+    }
+
+    /// Writes `keys` and `values` after the filled positions, doubling the buffers first if they are
+    /// full.
+    /// On an error (keys or values of another shape, dtype or device) the filled positions stay as
+    /// they were.
+    fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
+        let new = keys.shape().get(1).copied().unwrap_or(0);
+        self.filled = None;
+        let written = self.write(self.len, keys, values);
+        if written.is_ok() {
+            self.len += new;
+        }
+        self.filled = Some((self.keys.narrow(1, 0, self.len)?, self.values.narrow(1, 0, self.len)?));
+        written
+    }
+
+    fn write(&mut self, start: usize, keys: &Tensor, values: &Tensor) -> Result<()> {
+        if keys.shape() != values.shape() {
+            return Err(NnError::InvalidInput {
+                reason: format!("kv cache: keys {:?} and values {:?} differ", keys.shape(), values.shape()),
+            });
+        }
+        let needed = start + keys.shape().get(1).copied().unwrap_or(0);
+        let capacity = self.keys.dim(1)?;
+        if needed > capacity {
+            let grown = needed.max(2 * capacity);
+            self.keys = grow(&self.keys, start, grown)?;
+            self.values = grow(&self.values, start, grown)?;
+        }
+        self.keys.write_slice(1, start, keys)?;
+        self.values.write_slice(1, start, values)?;
+        Ok(())
+    }
+
+    /// Bytes of the two buffers (allocated, filled or not).
+    fn bytes(&self) -> usize {
+        self.keys.size_in_bytes() + self.values.size_in_bytes()
+    }
+}
+
+/// A buffer like `buffer` with room for `capacity` positions, holding its first `len`.
+fn grow(buffer: &Tensor, len: usize, capacity: usize) -> Result<Tensor> {
+    let mut shape = buffer.shape().to_vec();
+    shape[1] = capacity;
+    let mut grown = Tensor::zeros_on(&shape, buffer.dtype(), buffer.device())?;
+    grown.write_slice(1, 0, &buffer.narrow(1, 0, len)?)?;
+    Ok(grown)
 }
 
 /// One sequence's cache: its length and an entry per layer (empty before the row's first tokens).
@@ -45,10 +128,10 @@ impl KvCache {
         self.rows.iter().map(|r| r.len).collect()
     }
 
-    /// Bytes of every cached key and value.
+    /// Bytes allocated for keys and values: the buffers' whole capacity, filled or not (what the
+    /// cache holds in memory; the filled part is `lengths()` positions per row and layer).
     pub fn bytes(&self) -> usize {
-        let entry = |e: &LayerEntry| e.keys.size_in_bytes() + e.values.size_in_bytes();
-        self.rows.iter().flat_map(|r| &r.layers).map(entry).sum()
+        self.rows.iter().flat_map(|r| &r.layers).map(LayerEntry::bytes).sum()
     }
 
     /// Adds `count` empty rows at the end and returns the index of the first.
@@ -68,11 +151,8 @@ impl KvCache {
             .ok_or_else(|| NnError::InvalidInput { reason: format!("kv cache: no row {row}") })?;
         let (new, filled) = (keys.shape().get(1).copied().unwrap_or(0), cache.layers.len());
         match cache.layers.get_mut(layer) {
-            Some(entry) => {
-                entry.keys = Tensor::concat(&[entry.keys.clone(), keys], 1)?;
-                entry.values = Tensor::concat(&[entry.values.clone(), values], 1)?;
-            }
-            None if layer == filled => cache.layers.push(LayerEntry { keys, values }),
+            Some(entry) => entry.append(&keys, &values)?,
+            None if layer == filled => cache.layers.push(LayerEntry::new(&keys, &values)?),
             None => {
                 return Err(NnError::InvalidInput {
                     reason: format!("kv cache: layer {layer} appended before layer {filled}"),
@@ -85,10 +165,12 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keys and values of row `row` at `layer`.
+    /// Keys and values of row `row` at `layer`, `[1, len, heads, head_dim]` each: views of the cache's
+    /// buffers. A caller that keeps a clone of them past the next append makes that append copy the
+    /// buffers (copy on write) instead of writing in place.
     pub(crate) fn get(&self, row: usize, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        let entry = self.rows.get(row)?.layers.get(layer)?;
-        Some((&entry.keys, &entry.values))
+        let (keys, values) = self.rows.get(row)?.layers.get(layer)?.filled.as_ref()?;
+        Some((keys, values))
     }
 
     /// Keeps the rows whose flag is true (in order); the others' tensors are freed.
@@ -105,5 +187,60 @@ impl KvCache {
     /// Frees every row.
     pub fn clear(&mut self) {
         self.rows.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The preallocated cache against the concatenation it replaces: equal values after a prefill and
+    //! many decode steps (exact: appends only copy), growth by doubling, allocated bytes, errors.
+    use super::*;
+    use cola_tensor::{DType, Rng};
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut Rng::new(seed))
+    }
+
+    #[test]
+    fn appends_equal_the_concatenation_and_grow_by_doubling() {
+        let (layers, heads, head_dim) = (2, 3, 4);
+        let mut cache = KvCache::new(layers);
+        assert_eq!(cache.add_rows(2), 0);
+        let mut expected: Vec<Vec<Tensor>> = vec![Vec::new(); layers];
+        for (step, new) in [5usize, 1, 1, 9, 1, 20].into_iter().enumerate() {
+            for (layer, parts) in expected.iter_mut().enumerate() {
+                let keys = randn(&[1, new, heads, head_dim], (step * 10 + layer) as u64);
+                let values = keys.mul_scalar(-2.0).unwrap();
+                cache.append(1, layer, keys.clone(), values).unwrap();
+                parts.push(keys);
+            }
+        }
+        assert_eq!(cache.lengths(), vec![0, 37]);
+        for (layer, parts) in expected.iter().enumerate() {
+            let want = Tensor::concat(parts, 1).unwrap();
+            let (keys, values) = cache.get(1, layer).unwrap();
+            assert_eq!(keys.shape(), &[1, 37, heads, head_dim]);
+            assert_eq!(keys.to_vec_f64(), want.to_vec_f64());
+            assert_eq!(values.to_vec_f64(), want.mul_scalar(-2.0).unwrap().to_vec_f64());
+        }
+        assert!(cache.get(0, 0).is_none());
+        // 5 tokens start at 16 positions; 16 -> 32 at 17 tokens; 32 -> 64 at 37 tokens.
+        assert_eq!(cache.bytes(), layers * 2 * 64 * heads * head_dim * 4);
+    }
+
+    #[test]
+    fn a_mismatched_append_is_an_error_and_keeps_the_filled_positions() {
+        let mut cache = KvCache::new(1);
+        cache.add_rows(1);
+        let keys = randn(&[1, 3, 2, 2], 1);
+        cache.append(0, 0, keys.clone(), keys.clone()).unwrap();
+        let wrong = randn(&[1, 1, 3, 2], 2);
+        assert!(cache.append(0, 0, wrong.clone(), wrong).is_err());
+        assert!(cache.append(0, 0, keys.clone(), randn(&[1, 2, 2, 2], 3)).is_err());
+        assert!(cache.append(0, 2, keys.clone(), keys.clone()).is_err());
+        assert!(cache.append(1, 0, keys.clone(), keys.clone()).is_err());
+        let (cached, _) = cache.get(0, 0).unwrap();
+        assert_eq!(cached.to_vec_f64(), keys.to_vec_f64());
+        assert_eq!(cache.lengths(), vec![3]);
     }
 }

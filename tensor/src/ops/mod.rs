@@ -15,6 +15,7 @@ pub mod optim;
 pub mod reduce;
 pub mod rope;
 pub mod view;
+pub mod write;
 
 /// Evaluates `$body` with `$T` bound to the Rust type of a compute dtype (f32 or f64).
 macro_rules! match_float {

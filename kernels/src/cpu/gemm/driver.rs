@@ -284,7 +284,7 @@ fn run_tasks<T: Float>(tasks: &[Mutex<Task<'_, T>>], a_packs: &mut [Vec<T>], ste
 }
 
 /// `C = beta * C`, with `beta == 0` writing zeros: the result when `k == 0` or `alpha == 0`.
-fn scale_c<T: Float>(beta: T, c: &mut [T]) {
+pub(super) fn scale_c<T: Float>(beta: T, c: &mut [T]) {
     if beta == T::ZERO {
         c.fill(T::ZERO);
     } else if beta != T::ONE {
@@ -293,7 +293,7 @@ fn scale_c<T: Float>(beta: T, c: &mut [T]) {
 }
 
 /// Panics with the operand's name when a view reaches past its slice: a caller bug, never user input.
-fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols: usize) {
+pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols: usize) {
     if rows == 0 || cols == 0 {
         return;
     }

@@ -120,6 +120,10 @@ pub(super) struct Kernel<T> {
     pub(super) nc: usize,
     pub(super) pack_a: PackFn<T>,
     pub(super) pack_b: PackFn<T>,
+    /// The path `compute` belongs to: the few-row path (`gemv.rs`) follows its rounding (fused
+    /// multiply-adds on the SIMD paths, a multiply then an add on the portable one) so both give the same
+    /// bits, and runs its own loops for the same instruction set.
+    pub(super) path: KernelPath,
     /// Invariant: a SIMD micro-kernel is stored here only by a constructor that has just checked that the
     /// CPU has its features (`x86::avx2_f32` and the like return `None` otherwise).
     pub(super) compute: MicroKernelFn<T>,

@@ -23,10 +23,15 @@
 //! rank-256 A), A is packed in groups of 8 slivers (48 rows on AVX2) that each meet the whole block
 //! before the next group is packed, so the packed A stays in L1/L2 next to the B block.
 //!
+//! Few rows (`m <= FEW_ROWS_MAX`, a decode step) with B's columns contiguous go to the few-row path
+//! instead (`gemv`): B read once in place, no packing, the same bits as the blocked GEMM on the same
+//! path. [`gemm`], [`gemm_with_path`] and [`gemm_batched`] take it by themselves.
+//!
 //! Files: `driver` (the loop nest and the thread split), `pack` (packing), `kernel` (run-time choice of
 //! micro-kernel and block sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and
-//! AVX-512F micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `peak` (the FMA
-//! ceiling benchmarks compare against).
+//! AVX-512F micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
+//! `gemv_x86` (the few-row path and its SIMD tiles), `peak` (the FMA ceiling benchmarks compare
+//! against).
 //!
 //! Determinism: each output element is the sum over k in a fixed order (KC blocks in order, k in order
 //! within a block, starting from zero in the micro-kernel) computed by one thread; the split into tasks only
@@ -36,6 +41,9 @@
 //! combined in a fixed order): the skinny products of training, the weight gradients `[d, T] @ [T, r]`
 //! with a long T, still have d x r >= 512 x 128 outputs, dozens of tiles per thread.
 mod driver;
+mod gemv;
+#[cfg(target_arch = "x86_64")]
+mod gemv_x86;
 mod kernel;
 mod pack;
 mod peak;
@@ -44,10 +52,11 @@ mod portable;
 mod x86;
 
 use crate::Float;
-use driver::{gemm_on, with_workspace, Product};
+use driver::{check_extent, gemm_on, with_workspace, Product, Workspace};
 use kernel::Kernel;
 use rayon::prelude::*;
 
+pub use gemv::FEW_ROWS_MAX;
 pub use kernel::{KernelPath, PathUnavailable};
 pub use peak::fma_probe;
 
@@ -89,7 +98,7 @@ const PARALLEL_MIN_VOLUME: usize = 1 << 16;
 pub fn gemm<T: Float>(dims: Dims, alpha: T, a: MatRef<'_, T>, b: MatRef<'_, T>, beta: T, c: &mut [T]) {
     let product = Product { dims, alpha, a, b, beta };
     let threads = rayon::current_num_threads();
-    with_workspace(|workspace| gemm_on(&Kernel::selected(), product, c, threads, workspace));
+    with_workspace(|workspace| product_on(&Kernel::selected(), product, c, threads, workspace));
 }
 
 /// [`gemm`] on a chosen micro-kernel path (tests compare paths; benchmarks time them). Errs, computing
@@ -106,8 +115,52 @@ pub fn gemm_with_path<T: Float>(
     let kernel = Kernel::for_path(path).ok_or(PathUnavailable { path })?;
     let product = Product { dims, alpha, a, b, beta };
     let threads = rayon::current_num_threads();
+    with_workspace(|workspace| product_on(&kernel, product, c, threads, workspace));
+    Ok(())
+}
+
+/// [`gemm_with_path`] always through the blocked GEMM, never the few-row path (benchmarks compare the
+/// two; tests check that they give the same bits).
+pub fn gemm_blocked_with_path<T: Float>(
+    path: KernelPath,
+    dims: Dims,
+    alpha: T,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    beta: T,
+    c: &mut [T],
+) -> Result<(), PathUnavailable> {
+    let kernel = Kernel::for_path(path).ok_or(PathUnavailable { path })?;
+    let product = Product { dims, alpha, a, b, beta };
+    let threads = rayon::current_num_threads();
     with_workspace(|workspace| gemm_on(&kernel, product, c, threads, workspace));
     Ok(())
+}
+
+/// Whether [`gemm`] runs a product of these dims on the few-row path (`gemv.rs`): at most
+/// [`FEW_ROWS_MAX`] rows and B's columns contiguous; otherwise on the blocked GEMM. Both give the same
+/// bits on the same path.
+pub fn takes_few_row_path<T>(dims: Dims, b: MatRef<'_, T>) -> bool {
+    gemv::fits(dims, b)
+}
+
+/// One product on `kernel`: the few-row path when it fits, else the blocked GEMM.
+fn product_on<T: Float>(
+    kernel: &Kernel<T>,
+    product: Product<'_, T>,
+    c: &mut [T],
+    threads: usize,
+    workspace: &mut Workspace<T>,
+) {
+    let Dims { m, n, k } = product.dims;
+    let trivial = m == 0 || n == 0 || k == 0 || product.alpha == T::ZERO;
+    if trivial || !gemv::fits(product.dims, product.b) {
+        return gemm_on(kernel, product, c, threads, workspace);
+    }
+    assert_eq!(c.len(), m * n, "gemm: C has {} elements, expected {m} x {n}", c.len());
+    check_extent("A", product.a, m, k);
+    check_extent("B", product.b, k, n);
+    gemv::gemv_on(kernel, product, c, threads);
 }
 
 /// Batched GEMM: for each b, `C[b] = alpha * A[b] @ B[b] + beta * C[b]` with C contiguous
@@ -145,7 +198,7 @@ pub fn gemm_batched<T: Float>(
     let item = |a_offset, b_offset| Product { dims, alpha, a: a_item(a_offset), b: b_item(b_offset), beta };
     if batch > 1 && stacks_rows(a, m) && b.offsets.iter().all(|&offset| offset == b.offsets[0]) {
         let product = Product { dims: Dims { m: batch * m, n, k }, ..item(a.offsets[0], b.offsets[0]) };
-        with_workspace(|workspace| gemm_on(&kernel, product, c, threads, workspace));
+        with_workspace(|workspace| product_on(&kernel, product, c, threads, workspace));
         return;
     }
     let item_volume = m.saturating_mul(n).saturating_mul(k);
@@ -156,12 +209,12 @@ pub fn gemm_batched<T: Float>(
     if over_items {
         let items = c.par_chunks_mut(m * n).zip(a.offsets.par_iter().zip(b.offsets.par_iter()));
         items.for_each(|(c_item, (&a_off, &b_off))| {
-            with_workspace(|workspace| gemm_on(&kernel, item(a_off, b_off), c_item, 1, workspace));
+            with_workspace(|workspace| product_on(&kernel, item(a_off, b_off), c_item, 1, workspace));
         });
     } else {
         with_workspace(|workspace| {
             for (c_item, (&a_off, &b_off)) in c.chunks_mut(m * n).zip(a.offsets.iter().zip(b.offsets)) {
-                gemm_on(&kernel, item(a_off, b_off), c_item, threads, workspace);
+                product_on(&kernel, item(a_off, b_off), c_item, threads, workspace);
             }
         });
     }

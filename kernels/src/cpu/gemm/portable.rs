@@ -1,5 +1,5 @@
 //! The portable micro-kernel: plain Rust for any target, the reference the SIMD paths are tested against.
-use super::kernel::{Kernel, Update};
+use super::kernel::{Kernel, KernelPath, Update};
 use super::pack::pack;
 use crate::Float;
 use std::mem::size_of;
@@ -17,6 +17,7 @@ pub(super) fn kernel<T: Float>() -> Kernel<T> {
             nc: 2048,
             pack_a: pack::<T, 6>,
             pack_b: pack::<T, 8>,
+            path: KernelPath::Portable,
             compute: micro_kernel::<T, 6, 8>,
         }
     } else {
@@ -28,6 +29,7 @@ pub(super) fn kernel<T: Float>() -> Kernel<T> {
             nc: 2048,
             pack_a: pack::<T, 6>,
             pack_b: pack::<T, 4>,
+            path: KernelPath::Portable,
             compute: micro_kernel::<T, 6, 4>,
         }
     }

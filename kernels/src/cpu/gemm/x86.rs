@@ -137,6 +137,7 @@ pub(super) fn avx2_f32() -> Option<Kernel<f32>> {
         nc: 4080,
         pack_a: pack_a_avx2_f32,
         pack_b: pack::<f32, 16>,
+        path: KernelPath::Avx2Fma,
         compute: avx2_f32_6x16,
     })
 }
@@ -151,6 +152,7 @@ pub(super) fn avx2_f64() -> Option<Kernel<f64>> {
         nc: 4080,
         pack_a: pack::<f64, 6>,
         pack_b: pack::<f64, 8>,
+        path: KernelPath::Avx2Fma,
         compute: avx2_f64_6x8,
     })
 }
@@ -177,6 +179,7 @@ fn avx512_f32_blocking(compute: MicroKernelFn<f32>) -> Kernel<f32> {
         nc: 4096,
         pack_a: pack::<f32, 12>,
         pack_b: pack::<f32, 32>,
+        path: KernelPath::Avx512F,
         compute,
     }
 }
@@ -191,6 +194,7 @@ fn avx512_f64_blocking(compute: MicroKernelFn<f64>) -> Kernel<f64> {
         nc: 4096,
         pack_a: pack::<f64, 12>,
         pack_b: pack::<f64, 16>,
+        path: KernelPath::Avx512F,
         compute,
     }
 }
