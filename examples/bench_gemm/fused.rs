@@ -1,7 +1,7 @@
 //! Bandwidth of the fused memory-bound kernels against a plain copy of the same bytes.
 //!
-//! Every case runs in f32 at the 350m sizes of COLA.md (T = 4096 tokens = batch 16 x seq 256, d = 1024,
-//! f = 2736, 16 heads of 64) on a rayon pool of 2 threads. `bytes` counts the minimal traffic: every input
+//! Every case runs in f32 at the 350m sizes of docs/METHOD.md section 4 (T = 4096 tokens = batch 16 x seq
+//! 256, d = 1024, f = 2736, 16 heads of 64) on a rayon pool of 2 threads. `bytes` counts the minimal traffic: every input
 //! read once and every output written once (small per-row vectors such as the norm weight are left out).
 //! The reference is `copy_from_slice` of `bytes / 2` bytes (so the same number of bytes read plus written),
 //! split over the same pool. Kernel and copy are timed alternately, each call after reading a buffer twice

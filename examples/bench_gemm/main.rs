@@ -27,7 +27,7 @@ fn cases() -> Vec<Case> {
     let case = |name: String, m, k, n, a_transposed| Case { name, m, k, n, a_transposed };
     let mut out = vec![case("cube1024".into(), 1024, 1024, 1024, false)];
     let tokens = 4096;
-    // (preset, d_model, ffn_dim, rank) of COLA.md's table.
+    // (preset, d_model, ffn_dim, rank) from the preset table (docs/METHOD.md section 4).
     for (preset, size) in [("350m", cola::nn::Size::M350), ("60m", cola::nn::Size::M60)] {
         let (d, f, r) = (size.spec().d_model, size.spec().ffn_dim, size.spec().rank);
         out.push(case(format!("{preset}_down_d"), tokens, d, r, false));

@@ -1,5 +1,5 @@
-//! The 350m sizes (COLA.md) the fused-kernel benchmarks run at, and their input data; shared by
-//! `examples/bench_gemm/fused.rs` and the criterion bench `benches/fused.rs`.
+//! The 350m sizes (docs/METHOD.md section 4) the fused-kernel benchmarks run at, and their input data;
+//! shared by `examples/bench_gemm/fused.rs` and the criterion bench `benches/fused.rs`.
 use rayon::prelude::*;
 
 /// Tokens of a 350m micro-batch: 16 sequences of `SEQ`.
