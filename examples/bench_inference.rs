@@ -6,6 +6,14 @@
 //!     cargo run --release --example bench_inference                      # cola-350m vs full-350m
 //!     cargo run --release --example bench_inference -- --quick           # smaller counts, 1 repeat
 //!     cargo run --release --example bench_inference -- --size 60m --repeats 5 --threads 2
+//!     cargo run --release --example bench_inference -- --threads 2 --hf-python local/reference-venv/bin/python
+//!
+//! With `--hf-python PYTHON` (a Python with torch and transformers, e.g. the reference venv of
+//! `scripts/reference/run.sh` plus `pip install transformers`), every repeat also times Hugging Face's
+//! `LlamaForCausalLM.generate` on each full-rank model of the run (`scripts/reference/bench_hf_decode.py`:
+//! same shapes from the preset table, same threads, prompt and new tokens), and a second table puts our
+//! decode next to it. The weight bytes a decode step reads per second are printed next to the machine's
+//! copy bandwidth, measured in the same run.
 //!
 //! Each measurement runs in a child process of its own (this program re-run with `--worker`), so that one
 //! model's freed memory cannot hide in the other's numbers, and the repeats alternate between the
@@ -67,7 +75,7 @@ fn run(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
             "bench_inference [--size 350m] [--models cola-350m,full-350m] [--quick] [--repeats N] \
-             [--threads N] [--prefill-len N] [--decode-prompt N] [--new-tokens N]"
+             [--threads N] [--prefill-len N] [--decode-prompt N] [--new-tokens N] [--hf-python PYTHON]"
         );
         return Ok(());
     }
@@ -102,6 +110,9 @@ fn run(args: &[String]) -> Result<(), String> {
     // values[model][key] = one value per repeat. Repeats alternate between the models, so that a change
     // in the machine's load during the run hits both alike.
     let mut values = vec![vec![Vec::new(); KEYS.len()]; models.len()];
+    let hf_python = flag(args, "--hf-python");
+    // hf[model] = (decode batch 1, decode batch 8) per repeat, for the full-rank models.
+    let mut hf: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
     for repeat in 0..plan.repeats {
         for (m, model) in models.iter().enumerate() {
             eprintln!("repeat {} of {}: {model} ...", repeat + 1, plan.repeats);
@@ -125,6 +136,10 @@ fn run(args: &[String]) -> Result<(), String> {
                     .ok_or_else(|| format!("{model}: no {key} in the worker's output"))?;
                 values[m][k].push(value);
             }
+            if let (Some(python), true) = (&hf_python, model.starts_with("full-")) {
+                eprintln!("repeat {} of {}: transformers {model} ...", repeat + 1, plan.repeats);
+                hf[m].push(hf_decode(python, model, plan)?);
+            }
         }
     }
     // The ratio column is the median of the per-repeat ratios: each repeat measures both models close
@@ -137,7 +152,100 @@ fn run(args: &[String]) -> Result<(), String> {
     let columns: Vec<Vec<f64>> =
         values.into_iter().map(|model| model.into_iter().map(median).collect()).collect();
     print_table(&models, &columns, ratios.as_deref(), plan);
+    print_bandwidth(&models, &columns);
+    if hf_python.is_some() {
+        print_hf_table(&models, &columns, &hf);
+    }
     Ok(())
+}
+
+/// Column of a key in [`KEYS`].
+fn key(name: &str) -> usize {
+    KEYS.iter().position(|(k, _)| *k == name).unwrap_or(0)
+}
+
+/// Decode at batch 1 reads every weight once per token: weight bytes x tokens/s, next to a plain copy.
+fn print_bandwidth(models: &[&str], columns: &[Vec<f64>]) {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let copy = copy_bandwidth();
+    for (model, column) in models.iter().zip(columns) {
+        let read = column[key("weights_mib")] * MIB * column[key("decode_1")] / 1e9;
+        println!("{model}: decode batch 1 reads its weights at {read:.1} GB/s");
+    }
+    println!(
+        "copy bandwidth of this machine: {:.1} GB/s read + {:.1} GB/s written (a 512 MiB copy_from_slice, best \
+         of 5)",
+        copy, copy
+    );
+}
+
+/// GB/s read by the best of 5 copies of 512 MiB (the same amount is written).
+fn copy_bandwidth() -> f64 {
+    let len = 512 << 20;
+    let source = vec![1u8; len];
+    let mut target = vec![0u8; len];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let began = Instant::now();
+        target.copy_from_slice(&source);
+        best = best.min(began.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&target);
+    len as f64 / best / 1e9
+}
+
+/// One repeat of `scripts/reference/bench_hf_decode.py`: Hugging Face's decode tokens/s at batch 1 and 8.
+fn hf_decode(python: &str, model: &str, plan: Plan) -> Result<(f64, f64), String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(python)
+        .arg(root.join("scripts/reference/bench_hf_decode.py"))
+        .arg(root.join("tests/fixtures/parity/presets.json"))
+        .arg(model)
+        .args(["--threads", &rayon::current_num_threads().to_string()])
+        .args(["--prompt", &plan.decode_prompt.to_string(), "--new", &plan.new_tokens.to_string()])
+        .args(["--repeats", "1"])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("running {python} for the transformers reference: {e}"))?;
+    if !output.status.success() {
+        return Err(format!("the transformers reference failed ({})", output.status));
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()))
+            .ok_or_else(|| format!("no {key} in the transformers reference's output: {text}"))
+    };
+    Ok((value("decode_1")?, value("decode_8")?))
+}
+
+/// Our decode next to transformers' on the same full-rank shapes; CoLA's decode next to the same
+/// reference. Ratios are of the medians.
+fn print_hf_table(models: &[&str], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>]) {
+    let Some(full) = models.iter().position(|m| m.starts_with("full-")).filter(|&f| !hf[f].is_empty()) else {
+        println!("no full-rank model in --models: nothing to compare with transformers");
+        return;
+    };
+    println!();
+    println!(
+        "| decode tokens/s | transformers {} | ours {} | ours/transformers |",
+        models[full], models[full]
+    );
+    println!("|---|---|---|---|");
+    for (batch, pick) in [(1, 0), (8, 1)] {
+        let reference = median(hf[full].iter().map(|v| if pick == 0 { v.0 } else { v.1 }).collect());
+        let ours = columns[full][key(if pick == 0 { "decode_1" } else { "decode_8" })];
+        println!("| batch {batch} | {reference:.1} | {ours:.1} | {:.2} |", ours / reference);
+    }
+    for (model, column) in models.iter().zip(columns).filter(|(m, _)| !m.starts_with("full-")) {
+        let reference = median(hf[full].iter().map(|v| v.0).collect());
+        println!(
+            "{model} decode batch 1: {:.1} tokens/s, {:.2}x transformers {}",
+            column[key("decode_1")],
+            column[key("decode_1")] / reference,
+            models[full]
+        );
+    }
 }
 
 fn print_table(models: &[&str], columns: &[Vec<f64>], ratios: Option<&[f64]>, plan: Plan) {

@@ -23,11 +23,10 @@ fn run(
     (bits, grads, tape.memory_stats())
 }
 
-fn policies(preset: &str) -> Vec<Policy> {
-    let mut out = vec![Policy::Block, Policy::RecomputeAll];
-    if preset.starts_with("cola") {
-        out.push(Policy::ColaM);
-    }
+/// The policies the model says apply to it, and the recompute-everything extreme.
+fn policies(config: &LlamaConfig) -> Vec<Policy> {
+    let mut out = config.policies();
+    out.push(Policy::RecomputeAll);
     out
 }
 
@@ -36,12 +35,13 @@ fn every_policy_gives_bit_identical_loss_and_gradients() {
     for preset in ["cola-tiny", "full-tiny"] {
         for dtype in [DType::F32, DType::F64] {
             let config = LlamaConfig::preset(preset).unwrap();
+            let policies = policies(&config);
             let model = Llama::with_dtype(config, dtype, &mut Rng::new(7)).unwrap();
             let (batch, seq) = (2, 12);
             let mut ids = random_ids(64, batch * seq, 8);
             ids[20..].fill(0);
             let (loss, reference, _) = run(&model, &ids, batch, seq, Policy::KeepAll);
-            for policy in policies(preset) {
+            for policy in policies {
                 let (l, grads, _) = run(&model, &ids, batch, seq, policy);
                 assert_eq!(l, loss, "{preset} {dtype} {policy:?}: loss");
                 for p in model.parameters() {
