@@ -112,11 +112,7 @@ pub fn gemm_with_path<T: Float>(
     beta: T,
     c: &mut [T],
 ) -> Result<(), PathUnavailable> {
-    let kernel = Kernel::for_path(path).ok_or(PathUnavailable { path })?;
-    let product = Product { dims, alpha, a, b, beta };
-    let threads = rayon::current_num_threads();
-    with_workspace(|workspace| product_on(&kernel, product, c, threads, workspace));
-    Ok(())
+    on_path(path, Product { dims, alpha, a, b, beta }, c, product_on)
 }
 
 /// [`gemm_with_path`] always through the blocked GEMM, never the few-row path (benchmarks compare the
@@ -130,10 +126,20 @@ pub fn gemm_blocked_with_path<T: Float>(
     beta: T,
     c: &mut [T],
 ) -> Result<(), PathUnavailable> {
+    on_path(path, Product { dims, alpha, a, b, beta }, c, gemm_on)
+}
+
+/// The product on `path`'s micro-kernel through `run` (the dispatching entry or the blocked GEMM), with
+/// every thread of the pool; errs, computing nothing, when this CPU lacks the path.
+fn on_path<T: Float>(
+    path: KernelPath,
+    product: Product<'_, T>,
+    c: &mut [T],
+    run: fn(&Kernel<T>, Product<'_, T>, &mut [T], usize, &mut Workspace<T>),
+) -> Result<(), PathUnavailable> {
     let kernel = Kernel::for_path(path).ok_or(PathUnavailable { path })?;
-    let product = Product { dims, alpha, a, b, beta };
     let threads = rayon::current_num_threads();
-    with_workspace(|workspace| gemm_on(&kernel, product, c, threads, workspace));
+    with_workspace(|workspace| run(&kernel, product, c, threads, workspace));
     Ok(())
 }
 
