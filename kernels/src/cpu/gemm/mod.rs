@@ -129,13 +129,16 @@ pub fn gemm_blocked_with_path<T: Float>(
     on_path(path, Product { dims, alpha, a, b, beta }, c, gemm_on)
 }
 
+/// A product runner on a chosen kernel: the dispatching entry ([`product_on`]) or the blocked GEMM.
+type RunOn<T> = fn(&Kernel<T>, Product<'_, T>, &mut [T], usize, &mut Workspace<T>);
+
 /// The product on `path`'s micro-kernel through `run` (the dispatching entry or the blocked GEMM), with
 /// every thread of the pool; errs, computing nothing, when this CPU lacks the path.
 fn on_path<T: Float>(
     path: KernelPath,
     product: Product<'_, T>,
     c: &mut [T],
-    run: fn(&Kernel<T>, Product<'_, T>, &mut [T], usize, &mut Workspace<T>),
+    run: RunOn<T>,
 ) -> Result<(), PathUnavailable> {
     let kernel = Kernel::for_path(path).ok_or(PathUnavailable { path })?;
     let threads = rayon::current_num_threads();
