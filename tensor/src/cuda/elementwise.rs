@@ -1,6 +1,7 @@
-//! GPU implementation of the elementwise ops (see `ops/elementwise.rs` for the CPU path and the shape rules)
-//! and of concatenation. Inputs may be any strided view (broadcast dims have stride 0); outputs are new
-//! contiguous tensors of the input dtype, bf16 computed in f32 inside the kernels.
+//! GPU implementation of the elementwise ops (see `ops/elementwise.rs` for the CPU path and the shape rules),
+//! of the MLP's gated product (`ops/gated.rs`) and of concatenation. Inputs may be any strided view
+//! (broadcast dims have stride 0); outputs are new contiguous tensors of the input dtype, bf16 computed in
+//! f32 inside the kernels.
 use super::{cuda_error, strided_args};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
