@@ -18,7 +18,7 @@
 //! bf16 is a storage type computed in f32: a bf16 op must agree with the f32 op on the same (bf16-valued)
 //! inputs, rounded to bf16, within bf16 precision (8 significant bits: half an ulp is 2^-9 = 2e-3
 //! relative; 1e-2 allows a few ulps of double rounding), and its output dtype must be bf16.
-use cola::tensor::{bf16, DType, Tensor};
+use cola::tensor::{bf16, DType, GateActivation, Tensor};
 use proptest::prelude::*;
 
 const F32_TOL: f64 = 1e-5;
@@ -476,6 +476,37 @@ proptest! {
         }
     }
 
+    /// The fused gated product and its backward against silu-then-multiply (or the plain product)
+    /// written out here, gate and up in independent layouts; the gate spans [-8, 8] so both SiLU tails
+    /// and its curved middle are visited.
+    #[test]
+    fn gated_matches_silu_then_mul_reference(
+        shape in shape_strategy(0, 4, 7), (vg, vu, vd) in (view_strategy(), view_strategy(), view_strategy()),
+        seed in any::<u64>(),
+    ) {
+        for (dtype, tol) in DTYPES {
+            let mut gen = Gen(seed);
+            let (gate, gv) = operand(&mut gen, &shape, vg, -8.0, 8.0, dtype);
+            let (up, uv) = operand(&mut gen, &shape, vu, -3.0, 3.0, dtype);
+            let (grad, dv) = operand(&mut gen, &shape, vd, -3.0, 3.0, dtype);
+            let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+            for activation in [GateActivation::Silu, GateActivation::Identity] {
+                let silu = activation == GateActivation::Silu;
+                let act = |g: f64| if silu { g * sigmoid(g) } else { g };
+                let slope = |g: f64| if silu { sigmoid(g) * (1.0 + g * (1.0 - sigmoid(g))) } else { 1.0 };
+                let n = numel(&shape);
+                let want: Vec<f64> = (0..n).map(|i| act(gv[i]) * uv[i]).collect();
+                let what = format!("gated {activation:?}");
+                assert_rel(&what, &gate.gated(&up, activation).unwrap(), &shape, dtype, &want, tol);
+                let (grad_gate, grad_up) = Tensor::gated_backward(&gate, &up, &grad, activation).unwrap();
+                let want_gate: Vec<f64> = (0..n).map(|i| dv[i] * uv[i] * slope(gv[i])).collect();
+                let want_up: Vec<f64> = (0..n).map(|i| dv[i] * act(gv[i])).collect();
+                assert_rel(&format!("{what} grad_gate"), &grad_gate, &shape, dtype, &want_gate, tol);
+                assert_rel(&format!("{what} grad_up"), &grad_up, &shape, dtype, &want_up, tol);
+            }
+        }
+    }
+
     /// sum and mean over any set of axes (given positive or negative, or none = all), with and without
     /// keepdim, on plain and strided inputs.
     #[test]
@@ -769,6 +800,14 @@ fn bf16_ops_agree_with_f32_rounded_to_bf16() {
     check_bf16("add (broadcast)", &[a.clone(), row.clone()], |t| t[0].add(&t[1]).unwrap());
     check_bf16("mul (broadcast)", &[a.clone(), row], |t| t[0].mul(&t[1]).unwrap());
     check_bf16("silu", std::slice::from_ref(&a), |t| t[0].silu().unwrap());
+    for activation in [GateActivation::Silu, GateActivation::Identity] {
+        let (gate, up) = (a.clone(), a.mul_scalar(-0.75).unwrap());
+        check_bf16("gated", &[gate.clone(), up.clone()], |t| t[0].gated(&t[1], activation).unwrap());
+        let grad = a.add_scalar(0.5).unwrap();
+        let backward = |t: &[Tensor]| Tensor::gated_backward(&t[0], &t[1], &t[2], activation).unwrap();
+        check_bf16("gated_backward gate", &[gate.clone(), up.clone(), grad.clone()], |t| backward(t).0);
+        check_bf16("gated_backward up", &[gate, up, grad], |t| backward(t).1);
+    }
     check_bf16("exp", std::slice::from_ref(&a), |t| t[0].exp().unwrap());
     check_bf16("affine", std::slice::from_ref(&a), |t| t[0].affine(0.5, -1.0).unwrap());
     check_bf16("sum", std::slice::from_ref(&a), |t| t[0].sum(&[-1], false).unwrap());
@@ -813,6 +852,26 @@ fn empty_tensors_flow_through_every_op() {
         assert_eq!(joined.to_vec_f64(), vec![1.0; 6]);
         let weight = Tensor::ones(&[3], dtype);
         assert_eq!(empty.rms_norm(&weight, 1e-5).unwrap().shape(), &[0, 3]);
+    }
+}
+
+/// The gated product refuses operands that differ in shape (it does not broadcast) or dtype, forward and
+/// backward, with an error value naming the op and the shapes.
+#[test]
+fn gated_refuses_mismatched_operands() {
+    let gate = Tensor::zeros(&[3, 5], DType::F32);
+    for activation in [GateActivation::Silu, GateActivation::Identity] {
+        for up in [Tensor::zeros(&[3, 4], DType::F32), Tensor::zeros(&[5], DType::F32)] {
+            let message = gate.gated(&up, activation).unwrap_err().to_string();
+            assert!(message.contains("gated") && message.contains("[3, 5]"), "{message}");
+            let err = Tensor::gated_backward(&gate, &up, &gate, activation).unwrap_err().to_string();
+            assert!(err.contains("gated_backward"), "{err}");
+            assert!(Tensor::gated_backward(&gate, &gate, &up, activation).is_err(), "grad of another shape");
+        }
+        let up = Tensor::zeros(&[3, 5], DType::F64);
+        let message = gate.gated(&up, activation).unwrap_err().to_string();
+        assert!(message.contains("dtypes"), "{message}");
+        assert!(Tensor::gated_backward(&gate, &gate, &up, activation).is_err(), "grad of another dtype");
     }
 }
 

@@ -9,8 +9,8 @@
 //!   (each thread a strided chain of at most `cols / 32` terms, then a 256-way tree: k <= 40 here) while
 //!   the CPU sums in f64.
 //! - f32: `tol = 1e-5`. The elementwise kernels round like the CPU kernels (no fused multiply-adds), so
-//!   +, -, *, / and the AdamW step agree to the bit; exp and log differ by a few ulps (u = 6e-8); sums stay
-//!   within 40 u = 2.4e-6.
+//!   +, -, *, /, the AdamW step and the identity-gated product agree to the bit; exp and log (and so silu
+//!   and the SiLU-gated product) differ by a few ulps (u = 6e-8); sums stay within 40 u = 2.4e-6.
 //! - bf16: `tol = 1e-2`. Both sides compute in f32 from the same bf16 values and round once to bf16
 //!   (8 significant bits: one ulp is 2^-8 = 3.9e-3 relative), so results differ by at most an ulp.
 //! - squared norm (a sum of positive terms): relative `1e-5` against the CPU's f64 value.
@@ -18,7 +18,7 @@
 //! Without a CUDA device every test prints `skipped: no CUDA device` and returns.
 #![cfg(feature = "cuda")]
 use cola_tensor::ops::optim::AdamWStep;
-use cola_tensor::{BinaryOp, DType, Rng, Tensor, UnaryOp};
+use cola_tensor::{BinaryOp, DType, GateActivation, Rng, Tensor, UnaryOp};
 
 mod common;
 use common::gpu::{have_gpu, tol, GPU};
@@ -238,6 +238,48 @@ fn silu_backward_matches_cpu() {
             }
         }
     }
+}
+
+/// The fused gated product `act(gate) * up` and its one-pass backward, both activations; the GPU kernels
+/// use the CPU kernel's order of operations, so f32 differs only through `exp` (a few ulps).
+#[test]
+fn gated_matches_cpu() {
+    if !have_gpu() {
+        return;
+    }
+    use View::*;
+    let cases: &[(&[usize], View, View, View)] = &[
+        (&[1], Contiguous, Contiguous, Contiguous),
+        (&[7], Contiguous, Narrowed, Contiguous),
+        (&[1000], Contiguous, Contiguous, Contiguous),
+        (&[33, 7], Transposed, Contiguous, Narrowed),
+        (&[33, 1000], Narrowed, Transposed, Contiguous),
+        (&[4, 33, 7], Broadcast, Contiguous, Transposed),
+        (&[3, 5, 1001], Contiguous, Contiguous, Contiguous),
+    ];
+    let mut rng = Rng::new(45);
+    for dtype in DTYPES {
+        for activation in [GateActivation::Silu, GateActivation::Identity] {
+            for values in [Values::Normal, Values::Wide] {
+                for &(shape, vg, vu, vd) in cases {
+                    let (gate, g_gate) = input(shape, vg, values, dtype, &mut rng);
+                    let (up, g_up) = input(shape, vu, Values::Normal, dtype, &mut rng);
+                    let (grad, g_grad) = input(shape, vd, Values::Normal, dtype, &mut rng);
+                    let what = format!("gated {activation:?} {shape:?} gate {vg:?} {values:?}, up {vu:?}");
+                    let got = g_gate.gated(&g_up, activation).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    check(&what, &got, &gate.gated(&up, activation).unwrap(), tol(dtype), None);
+                    let (got_gate, got_up) = Tensor::gated_backward(&g_gate, &g_up, &g_grad, activation)
+                        .unwrap_or_else(|e| panic!("{what} backward: {e}"));
+                    let (want_gate, want_up) = Tensor::gated_backward(&gate, &up, &grad, activation).unwrap();
+                    check(&format!("{what} grad_gate, grad {vd:?}"), &got_gate, &want_gate, tol(dtype), None);
+                    check(&format!("{what} grad_up, grad {vd:?}"), &got_up, &want_up, tol(dtype), None);
+                }
+            }
+        }
+    }
+    let (gate, up) =
+        (input(&[7], Contiguous, Values::Normal, DType::F32, &mut rng).1, Tensor::zeros(&[7], DType::F32));
+    assert!(gate.gated(&up, GateActivation::Silu).is_err(), "GPU gate with a CPU up must be an error");
 }
 
 #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use cola::autograd::{Result, Tape, Var};
-use cola::tensor::{BinaryOp, Rng, Tensor};
+use cola::tensor::{BinaryOp, GateActivation, Rng, Tensor};
 use common::{
     any_view, broadcastable, check_gradients, check_gradients_skipping, elementwise_composite, input,
     permutation, random_shape_with_numel, Dist, View,
@@ -188,6 +188,13 @@ proptest! {
     #[test]
     fn silu(shape in any_shape(), view in any_view(), seed: u64) {
         check_unary("silu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.silu(x[0])?]));
+    }
+
+    /// The fused gated product `act(gate) * up`, both activations, gate and up in independent layouts
+    /// (gate drawn wide, as for silu, so the SiLU's curved region and its tails are both visited).
+    #[test]
+    fn gated(shape in any_shape(), (vg, vu) in (any_view(), any_view()), silu: bool, seed: u64) {
+        check_gated(&shape, vg, vu, silu, seed);
     }
 
     /// Random subsets of axes (empty = all), some given as negative axes, with and without keepdim.
@@ -431,6 +438,29 @@ proptest! {
         let x = input(&shape, view, normal(), &mut rng);
         let y = input(&shape, View::Contiguous, Dist::AwayFromZero, &mut rng);
         check_gradients(&format!("fan-out {shape:?}"), &[x, y], &elementwise_composite);
+    }
+}
+
+/// Checks `gated(gate, up)` on random inputs of `shape` in layouts `vg` and `vu`.
+fn check_gated(shape: &[usize], vg: View, vu: View, silu: bool, seed: u64) {
+    let activation = if silu { GateActivation::Silu } else { GateActivation::Identity };
+    let mut rng = Rng::new(seed);
+    let gate = input(shape, vg, Dist::Normal(3.0), &mut rng);
+    let up = input(shape, vu, normal(), &mut rng);
+    check_gradients(&format!("gated {activation:?} {shape:?} {vg:?} {vu:?}"), &[gate, up], &move |t, x| {
+        Ok(vec![t.gated(x[0], x[1], activation)?])
+    });
+}
+
+/// Odd sizes beyond the property's 1..=4 dims (primes, a row longer than any SIMD width).
+#[test]
+fn gated_odd_shapes() {
+    let shapes: [&[usize]; 4] = [&[1], &[37], &[3, 5, 7], &[2, 67]];
+    for (i, shape) in shapes.into_iter().enumerate() {
+        for silu in [true, false] {
+            check_gated(shape, View::Contiguous, View::Narrowed, silu, i as u64);
+            check_gated(shape, View::Transposed, View::Broadcast, silu, 100 + i as u64);
+        }
     }
 }
 

@@ -194,5 +194,10 @@ pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
             let grad_loss = g.to_scalar()?;
             Ok(Tensor::cross_entropy_backward(ctx.input(0)?, targets, *ignore_id, grad_loss)?)
         }),
+        // One pass gives both gradients, so they are computed together even when only one is wanted.
+        Op::Gated { activation } => {
+            let (grad_gate, grad_up) = Tensor::gated_backward(ctx.input(0)?, ctx.input(1)?, g, *activation)?;
+            Ok(vec![Some(grad_gate).filter(|_| ctx.wants[0]), Some(grad_up).filter(|_| ctx.wants[1])])
+        }
     }
 }

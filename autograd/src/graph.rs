@@ -11,7 +11,7 @@ use crate::op::Op;
 use crate::param::Parameter;
 use crate::policy::SlotKind;
 use crate::tape::{Tape, Var};
-use cola_tensor::{BinaryOp, Tensor, UnaryOp};
+use cola_tensor::{BinaryOp, GateActivation, Tensor, UnaryOp};
 
 /// An executor of [`Op`]s: the tape (records) or an eager one (computes only).
 pub trait Graph {
@@ -106,6 +106,17 @@ pub trait Graph {
         ignore_id: Option<u32>,
     ) -> Result<Self::Value> {
         self.apply(Op::CrossEntropy { targets: targets.into(), ignore_id }, &[logits])
+    }
+
+    /// The MLP's gated product `act(gate) * up` (same shapes) as one op: one pass forward and backward,
+    /// and only `gate` and `up` saved for backward.
+    fn gated(
+        &mut self,
+        gate: &Self::Value,
+        up: &Self::Value,
+        activation: GateActivation,
+    ) -> Result<Self::Value> {
+        self.apply(Op::Gated { activation }, &[gate, up])
     }
 }
 

@@ -1,6 +1,6 @@
 //! The recorded ops: an enum carrying each op's attributes, its forward (the replayable definition) and
 //! what its backward rule needs. The rules themselves are in `backward.rs`.
-use cola_tensor::{BinaryOp, Result, Shape, Tensor, UnaryOp};
+use cola_tensor::{BinaryOp, GateActivation, Result, Shape, Tensor, UnaryOp};
 use std::sync::Arc;
 
 /// One differentiable op with its attributes. Token ids and targets are attributes, not inputs: they carry
@@ -65,6 +65,11 @@ pub enum Op {
         targets: Arc<[u32]>,
         ignore_id: Option<u32>,
     },
+    /// Inputs gate and up, the same shape: `act(gate) * up`, the MLP's gated product as one op (one
+    /// saved pair instead of the activation's input and the product's two inputs).
+    Gated {
+        activation: GateActivation,
+    },
 }
 
 /// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
@@ -103,6 +108,7 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Embedding { .. } => "embedding",
             Op::CrossEntropy { .. } => "cross_entropy",
+            Op::Gated { .. } => "gated",
         }
     }
 
@@ -130,6 +136,7 @@ impl Op {
             Op::Attention { scale } => Tensor::attention(x, inputs[1], inputs[2], *scale),
             Op::Embedding { ids, ids_shape, .. } => Tensor::embedding(x, ids, ids_shape),
             Op::CrossEntropy { targets, ignore_id } => x.cross_entropy(targets, *ignore_id),
+            Op::Gated { activation } => x.gated(inputs[1], *activation),
         }
     }
 
@@ -143,6 +150,7 @@ impl Op {
             Op::Unary(UnaryOp::Log | UnaryOp::Silu) => Needs { inputs: 1, output: false },
             Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
             Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
+            Op::Gated { .. } => Needs::ALL_INPUTS,
             Op::Affine { .. }
             | Op::Sum { .. }
             | Op::Mean { .. }

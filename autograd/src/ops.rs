@@ -2,7 +2,7 @@
 use crate::error::Result;
 use crate::op::Op;
 use crate::tape::{Tape, Var};
-use cola_tensor::{BinaryOp, UnaryOp};
+use cola_tensor::{BinaryOp, GateActivation, UnaryOp};
 
 impl Tape {
     /// `[..., m, k] @ [..., k, n]`; pass a transposed view (`transpose`, `t`) for `A^T` operands.
@@ -145,5 +145,10 @@ impl Tape {
     /// Mean cross-entropy of `logits: [..., vocab]` against one target per row, skipping `ignore_id`.
     pub fn cross_entropy(&mut self, logits: Var, targets: &[u32], ignore_id: Option<u32>) -> Result<Var> {
         self.record(Op::CrossEntropy { targets: targets.into(), ignore_id }, &[logits])
+    }
+
+    /// `act(gate) * up` for same-shaped `gate` and `up`, recorded as one op.
+    pub fn gated(&mut self, gate: Var, up: Var, activation: GateActivation) -> Result<Var> {
+        self.record(Op::Gated { activation }, &[gate, up])
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! FLOPs are counted from shapes, never measured: [`flops`] holds one formula per op and direction.
 use crate::op::Op;
-use cola_tensor::{Device, TensorError, UnaryOp};
+use cola_tensor::{Device, GateActivation, TensorError, UnaryOp};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -150,6 +150,7 @@ pub fn family(op: &Op) -> &'static str {
         Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::BroadcastTo { .. } => "view",
         Op::Sum { .. } | Op::Mean { .. } => "reduce",
         Op::Concat { .. } => "concat",
+        Op::Gated { .. } => "gated",
     }
 }
 
@@ -186,6 +187,9 @@ fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
 ///   recomputes the sigmoid and forms `g s (1 + x (1 - s))`), elementwise 1 / 1 per input (affine 2 /
 ///   1: a multiply and an add), cross_entropy 4 / 5 per logit (max, shift, exp, sum; backward re-forms
 ///   the softmax, subtracts the target and scales).
+/// - gated `act(gate) * up`, per element forward / backward: SiLU 5 / 11 (silu's 4 and the product;
+///   backward recomputes the sigmoid (3), forms `dh (g s)` (2) and `(dh u) s (1 + g (1 - s))` (6): the
+///   9 + 2 the unfused silu and multiply backward count), identity 1 / 2 (`dh u` and `dh g`).
 /// - reduce: 1 per input element forward; its backward is a broadcast view (0).
 /// - views and concat: 0 (they move or alias data); the backward of a broadcast sums back, 1 per element
 ///   of the broadcast shape.
@@ -221,6 +225,8 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
         Op::Unary(_) => numel(first),
         Op::Affine { .. } => pick(2, 1) * numel(first),
         Op::CrossEntropy { .. } => pick(4, 5) * numel(first),
+        Op::Gated { activation: GateActivation::Silu } => pick(5, 11) * numel(first),
+        Op::Gated { activation: GateActivation::Identity } => pick(1, 2) * numel(first),
         Op::Sum { .. } | Op::Mean { .. } => pick(numel(first), 0),
         Op::BroadcastTo { shape } => pick(0, numel(shape)),
         Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::Concat { .. } => 0,

@@ -179,3 +179,48 @@ extern "C" __global__ void silu_backward_f32(Strided sx, const f32* x, Strided s
 extern "C" __global__ void silu_backward_bf16(Strided sx, const bf16* x, Strided sg, const bf16* g, bf16* y, i64 n) {
     silu_backward<bf16>(sx, x, sg, g, y, n);
 }
+
+// ---- Gated product of the MLP: y[i] = act(g) * u, act = silu (silu != 0) or the identity, y contiguous.
+// Backward in one pass: du = dh * act(g), dg = dh * u * act'(g), with act(g) = g * s and
+// act'(g) = s * (1 + g * (1 - s)), s = sigmoid(g), in the CPU kernel's order of operations.
+
+template <typename T>
+__device__ void gated_forward(Strided sg, const T* g, Strided su, const T* u, T* y, i64 n, int silu) {
+    FOR_EACH(i, n) {
+        float gi = load(g, view_offset(sg, i));
+        float ui = load(u, view_offset(su, i));
+        float a = silu ? OpSilu()(gi) : gi;
+        store(y, i, __fmul_rn(a, ui));
+    }
+}
+
+template <typename T>
+__device__ void gated_backward(Strided sg, const T* g, Strided su, const T* u, Strided sd, const T* dh,
+                               T* grad_gate, T* grad_up, i64 n, int silu) {
+    FOR_EACH(i, n) {
+        float gi = load(g, view_offset(sg, i));
+        float ui = load(u, view_offset(su, i));
+        float di = load(dh, view_offset(sd, i));
+        if (silu) {
+            float s = sigmoid(gi);
+            float slope = __fmul_rn(s, __fadd_rn(1.0f, __fmul_rn(gi, __fsub_rn(1.0f, s))));
+            store(grad_up, i, __fmul_rn(di, __fmul_rn(gi, s)));
+            store(grad_gate, i, __fmul_rn(__fmul_rn(di, ui), slope));
+        } else {
+            store(grad_up, i, __fmul_rn(di, gi));
+            store(grad_gate, i, __fmul_rn(di, ui));
+        }
+    }
+}
+
+#define GATED(T) \
+    extern "C" __global__ void gated_forward_##T(Strided sg, const T* g, Strided su, const T* u, T* y, i64 n, \
+                                                  int silu) { \
+        gated_forward<T>(sg, g, su, u, y, n, silu); \
+    } \
+    extern "C" __global__ void gated_backward_##T(Strided sg, const T* g, Strided su, const T* u, Strided sd, \
+                                                   const T* dh, T* grad_gate, T* grad_up, i64 n, int silu) { \
+        gated_backward<T>(sg, g, su, u, sd, dh, grad_gate, grad_up, n, silu); \
+    }
+GATED(f32)
+GATED(bf16)

@@ -6,7 +6,7 @@ use crate::init::Init;
 use crate::linear::Projection;
 use crate::module::{Module, ParamKind};
 use cola_autograd::{Graph, Parameter};
-use cola_tensor::DType;
+use cola_tensor::{DType, GateActivation};
 
 #[derive(Clone, Debug)]
 pub struct Mlp {
@@ -29,12 +29,11 @@ impl Mlp {
 
     /// `[..., d_model] -> [..., d_model]` through an `[..., ffn_dim]` intermediate.
     pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
-        let mut gate = self.gate_proj.forward(g, x)?;
-        if self.gate_silu {
-            gate = g.silu(&gate)?;
-        }
+        let gate = self.gate_proj.forward(g, x)?;
         let up = self.up_proj.forward(g, x)?;
-        let hidden = g.mul(&gate, &up)?;
+        let activation = if self.gate_silu { GateActivation::Silu } else { GateActivation::Identity };
+        // One op for `act(gate) * up`: backward reads only `gate` and `up` (no saved SiLU output).
+        let hidden = g.gated(&gate, &up, activation)?;
         self.down_proj.forward(g, &hidden)
     }
 }

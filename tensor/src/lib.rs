@@ -15,6 +15,7 @@ pub mod rng;
 pub mod storage;
 pub mod tensor;
 
+pub use cola_kernels::cpu::gated::GateActivation;
 pub use device::{synchronize, Device};
 pub use dtype::DType;
 pub use error::{Result, TensorError};

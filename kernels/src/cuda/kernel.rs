@@ -133,6 +133,10 @@ kernel_table! {
         AffineBf16 = "affine_bf16",
         SiluBackwardF32 = "silu_backward_f32",
         SiluBackwardBf16 = "silu_backward_bf16",
+        GatedForwardF32 = "gated_forward_f32",
+        GatedBackwardF32 = "gated_backward_f32",
+        GatedForwardBf16 = "gated_forward_bf16",
+        GatedBackwardBf16 = "gated_backward_bf16",
     }
     Reduce {
         RowSumF32 = "row_sum_f32",

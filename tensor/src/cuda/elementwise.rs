@@ -1,11 +1,13 @@
-//! GPU implementation of the elementwise ops (see `ops/elementwise.rs` for the CPU path and the shape rules)
-//! and of concatenation. Inputs may be any strided view (broadcast dims have stride 0); outputs are new
-//! contiguous tensors of the input dtype, bf16 computed in f32 inside the kernels.
+//! GPU implementation of the elementwise ops (see `ops/elementwise.rs` for the CPU path and the shape rules),
+//! of the MLP's gated product (`ops/gated.rs`) and of concatenation. Inputs may be any strided view
+//! (broadcast dims have stride 0); outputs are new contiguous tensors of the input dtype, bf16 computed in
+//! f32 inside the kernels.
 use super::{cuda_error, strided_args};
 use crate::error::Result;
 use crate::layout::broadcast_shapes;
 use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::Tensor;
+use cola_kernels::cpu::gated::GateActivation;
 use cola_kernels::cuda::ops::elementwise::{self as kernels, Binary, Operand, Unary};
 use cola_kernels::cuda::StridedArg;
 
@@ -98,4 +100,39 @@ pub(crate) fn concat(parts: &[Tensor], axis: usize, shape: &[usize]) -> Result<T
         start += len;
     }
     Ok(out)
+}
+
+/// `act(gate) * up` elementwise; shapes, dtypes and devices checked by the caller.
+pub(crate) fn gated(gate: &Tensor, up: &Tensor, activation: GateActivation) -> Result<Tensor> {
+    const OP: &str = "gated";
+    let (device, dtype) = (gate.gpu_device(OP)?, gate.gpu_dtype(OP)?);
+    let out = Tensor::gpu_empty(&device, gate.shape(), gate.dtype())?;
+    let args = strided_args(OP, gate.shape(), &[gate.layout(), up.layout(), out.layout()])?;
+    let (g, u) = (operand(OP, gate, args[0])?, operand(OP, up, args[1])?);
+    // SAFETY: the views address only elements of their buffers; `out` is fresh and contiguous.
+    unsafe { kernels::gated(&device, &g, &u, activation, out.gpu_ptr(OP)?, dtype, out.numel()) }
+        .map_err(cuda_error(OP))?;
+    Ok(out)
+}
+
+/// `(grad_gate, grad_up)` of [`gated`] in one kernel; shapes, dtypes and devices checked by the caller.
+pub(crate) fn gated_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    grad: &Tensor,
+    activation: GateActivation,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "gated_backward";
+    let (device, dtype) = (gate.gpu_device(OP)?, gate.gpu_dtype(OP)?);
+    let grad_gate = Tensor::gpu_empty(&device, gate.shape(), gate.dtype())?;
+    let grad_up = Tensor::gpu_empty(&device, gate.shape(), gate.dtype())?;
+    let views = [gate.layout(), up.layout(), grad.layout(), grad_gate.layout(), grad_up.layout()];
+    let args = strided_args(OP, gate.shape(), &views)?;
+    let (g, u) = (operand(OP, gate, args[0])?, operand(OP, up, args[1])?);
+    let dh = operand(OP, grad, args[2])?;
+    let (pg, pu) = (grad_gate.gpu_ptr(OP)?, grad_up.gpu_ptr(OP)?);
+    // SAFETY: the views address only elements of their buffers; both outputs are fresh and contiguous.
+    unsafe { kernels::gated_backward(&device, &g, &u, &dh, activation, pg, pu, dtype, gate.numel()) }
+        .map_err(cuda_error(OP))?;
+    Ok((grad_gate, grad_up))
 }

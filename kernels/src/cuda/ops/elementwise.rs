@@ -1,5 +1,6 @@
 //! Launchers of `kernels/cuda/elementwise.cu`.
 use super::{grid_1d, launch};
+use crate::cpu::gated::GateActivation;
 use crate::cuda::{CudaDevice, GpuDType, Kernel, Result, StridedArg};
 use cudarc::driver::PushKernelArg;
 
@@ -303,5 +304,75 @@ pub unsafe fn silu_backward(
     unsafe {
         launch!(device, kernel, grid_1d(n as usize);
             &x.view, &x.base, &grad.view, &grad.base, &y, &n)
+    }
+}
+
+/// The activation flag the gated kernels take (`int silu`).
+fn silu_flag(activation: GateActivation) -> i32 {
+    match activation {
+        GateActivation::Silu => 1,
+        GateActivation::Identity => 0,
+    }
+}
+
+/// `y[i] = act(gate[i]) * up[i]` over the `n` elements of the views; `y` is contiguous.
+///
+/// # Safety
+/// As for [`binary`].
+pub unsafe fn gated(
+    device: &CudaDevice,
+    gate: &Operand,
+    up: &Operand,
+    activation: GateActivation,
+    y: u64,
+    dtype: GpuDType,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let (n, silu) = (n as i64, silu_flag(activation));
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::GatedForwardF32,
+        GpuDType::BF16 => Kernel::GatedForwardBf16,
+    };
+    // SAFETY: argument list matches `gated_forward_T(Strided, const T*, Strided, const T*, T*, i64, int)`.
+    unsafe {
+        launch!(device, kernel, grid_1d(n as usize);
+            &gate.view, &gate.base, &up.view, &up.base, &y, &n, &silu)
+    }
+}
+
+/// `grad_up[i] = grad[i] * act(gate[i])`, `grad_gate[i] = grad[i] * up[i] * act'(gate[i])` in one pass over
+/// the `n` elements of the views; both outputs are contiguous.
+///
+/// # Safety
+/// As for [`binary`]; `grad_gate` and `grad_up` must each hold `n` elements of `dtype`.
+#[allow(clippy::too_many_arguments)] // three operands, two outputs, kept flat like the other launchers
+pub unsafe fn gated_backward(
+    device: &CudaDevice,
+    gate: &Operand,
+    up: &Operand,
+    grad: &Operand,
+    activation: GateActivation,
+    grad_gate: u64,
+    grad_up: u64,
+    dtype: GpuDType,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let (n, silu) = (n as i64, silu_flag(activation));
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::GatedBackwardF32,
+        GpuDType::BF16 => Kernel::GatedBackwardBf16,
+    };
+    // SAFETY: argument list matches `gated_backward_T(Strided, const T*, Strided, const T*, Strided,
+    // const T*, T*, T*, i64, int)`.
+    unsafe {
+        launch!(device, kernel, grid_1d(n as usize);
+            &gate.view, &gate.base, &up.view, &up.base, &grad.view, &grad.base,
+            &grad_gate, &grad_up, &n, &silu)
     }
 }
