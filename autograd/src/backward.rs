@@ -194,5 +194,12 @@ pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
             let grad_loss = g.to_scalar()?;
             Ok(Tensor::cross_entropy_backward(ctx.input(0)?, targets, *ignore_id, grad_loss)?)
         }),
+        Op::HeadCrossEntropy { targets, ignore_id } => {
+            let grad_loss = g.to_scalar()?;
+            let (hidden, weight) = (ctx.input(0)?, ctx.input(1)?);
+            let (gh, gw) =
+                Tensor::head_cross_entropy_backward(hidden, weight, targets, *ignore_id, grad_loss)?;
+            Ok(vec![Some(gh).filter(|_| ctx.wants[0]), Some(gw).filter(|_| ctx.wants[1])])
+        }
     }
 }

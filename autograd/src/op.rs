@@ -65,6 +65,13 @@ pub enum Op {
         targets: Arc<[u32]>,
         ignore_id: Option<u32>,
     },
+    /// Inputs: hidden states `[..., d]` and the LM head's weight `[d, vocab]`; output the mean
+    /// cross-entropy of `hidden @ weight`, a scalar. Fused so the `[rows, vocab]` logits are never saved:
+    /// backward reads only the two inputs and forms the logits again block by block.
+    HeadCrossEntropy {
+        targets: Arc<[u32]>,
+        ignore_id: Option<u32>,
+    },
 }
 
 /// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
@@ -103,6 +110,7 @@ impl Op {
             Op::Attention { .. } => "attention",
             Op::Embedding { .. } => "embedding",
             Op::CrossEntropy { .. } => "cross_entropy",
+            Op::HeadCrossEntropy { .. } => "head_cross_entropy",
         }
     }
 
@@ -130,6 +138,9 @@ impl Op {
             Op::Attention { scale } => Tensor::attention(x, inputs[1], inputs[2], *scale),
             Op::Embedding { ids, ids_shape, .. } => Tensor::embedding(x, ids, ids_shape),
             Op::CrossEntropy { targets, ignore_id } => x.cross_entropy(targets, *ignore_id),
+            Op::HeadCrossEntropy { targets, ignore_id } => {
+                x.head_cross_entropy(inputs[1], targets, *ignore_id)
+            }
         }
     }
 
@@ -143,6 +154,7 @@ impl Op {
             Op::Unary(UnaryOp::Log | UnaryOp::Silu) => Needs { inputs: 1, output: false },
             Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
             Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
+            Op::HeadCrossEntropy { .. } => Needs::ALL_INPUTS,
             Op::Affine { .. }
             | Op::Sum { .. }
             | Op::Mean { .. }

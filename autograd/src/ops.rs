@@ -146,4 +146,16 @@ impl Tape {
     pub fn cross_entropy(&mut self, logits: Var, targets: &[u32], ignore_id: Option<u32>) -> Result<Var> {
         self.record(Op::CrossEntropy { targets: targets.into(), ignore_id }, &[logits])
     }
+
+    /// Mean cross-entropy of the logits `hidden @ weight` (`[..., d]` by `[d, vocab]`) against one target
+    /// per row, skipping `ignore_id`, without saving the logits.
+    pub fn head_cross_entropy(
+        &mut self,
+        hidden: Var,
+        weight: Var,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+    ) -> Result<Var> {
+        self.record(Op::HeadCrossEntropy { targets: targets.into(), ignore_id }, &[hidden, weight])
+    }
 }

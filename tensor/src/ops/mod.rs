@@ -8,6 +8,7 @@ pub mod attention;
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
+pub mod head_loss;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
