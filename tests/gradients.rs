@@ -558,3 +558,46 @@ fn matmul_fixed_broadcast_shapes() {
         check_matmul(sa, sb, View::Transposed, View::Narrowed, 100 + i as u64);
     }
 }
+
+/// The fused head + loss against `matmul` then `cross_entropy` in f32 at a realistic vocabulary, 37 rows in
+/// blocks of 8 (and one block): one block is the unfused computation itself, so it must match bit for bit;
+/// in blocks, each block's GEMM may take a different path for its few rows (different rounding of the
+/// logits by a few f32 ulps, 6e-8 relative each), so the loss agrees within 1e-6 relative and the
+/// gradients within 1e-6 of their largest entry.
+#[test]
+fn head_cross_entropy_f32_matches_unfused() {
+    let mut rng = Rng::new(21);
+    let (rows, d, vocab) = (37, 48, 1000);
+    let hidden = Tensor::randn(&[rows, d], 0.0, 1.0, cola::tensor::DType::F32, &mut rng);
+    let weight = Tensor::randn(&[d, vocab], 0.0, 0.3, cola::tensor::DType::F32, &mut rng);
+    let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    targets.iter_mut().step_by(4).for_each(|t| *t = 7);
+    let ignore_id = Some(7);
+    let logits = hidden.matmul(&weight).unwrap();
+    let want = logits.cross_entropy(&targets, ignore_id).unwrap().to_scalar().unwrap();
+    let grad_logits = Tensor::cross_entropy_backward(&logits, &targets, ignore_id, 1.0).unwrap();
+    let want_gh = grad_logits.matmul(&weight.t().unwrap()).unwrap().to_vec_f64();
+    let want_gw = hidden.t().unwrap().matmul(&grad_logits).unwrap().to_vec_f64();
+    for chunk_rows in [rows, 8] {
+        let got = hidden.head_cross_entropy_chunked(&weight, &targets, ignore_id, chunk_rows).unwrap();
+        let got = got.to_scalar().unwrap();
+        let (gh, gw) = Tensor::head_cross_entropy_backward_chunked(
+            &hidden, &weight, &targets, ignore_id, 1.0, chunk_rows,
+        )
+        .unwrap();
+        if chunk_rows == rows {
+            assert_eq!(got.to_bits(), want.to_bits(), "one block: loss {got} vs {want}");
+            assert_eq!(gh.to_vec_f64(), want_gh, "one block: d hidden");
+            assert_eq!(gw.to_vec_f64(), want_gw, "one block: d weight");
+            continue;
+        }
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "blocks of {chunk_rows}: loss {got} vs {want}");
+        for (what, got, want) in
+            [("d hidden", gh.to_vec_f64(), &want_gh), ("d weight", gw.to_vec_f64(), &want_gw)]
+        {
+            let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs()));
+            let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-6 * scale, "blocks of {chunk_rows}: {what} error {err:e} (scale {scale:e})");
+        }
+    }
+}
