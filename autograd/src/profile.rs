@@ -229,7 +229,7 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
         Op::CrossEntropy { .. } => pick(4, 5) * numel(first),
         Op::HeadCrossEntropy { .. } => {
             let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
-            let rows = if d == 0 { 0 } else { numel(first) / d };
+            let rows = numel(first).checked_div(d).unwrap_or(0);
             pick(2, 6) * rows * d * vocab + pick(4, 5) * rows * vocab
         }
         Op::Sum { .. } | Op::Mean { .. } => pick(numel(first), 0),

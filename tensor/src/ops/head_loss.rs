@@ -50,7 +50,7 @@ fn check(
             weight.shape()
         ));
     }
-    let rows = if d == 0 { hidden.numel() } else { hidden.numel() / d };
+    let rows = hidden.numel().checked_div(d).unwrap_or(0);
     if targets.len() != rows {
         return invalid(format!(
             "{} targets for hidden of shape {:?} ({rows} rows)",
