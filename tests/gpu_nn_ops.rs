@@ -1,5 +1,5 @@
-//! GPU rms_norm, rope, causal attention, cross-entropy and embedding, forward and backward, against the
-//! CPU ops on the same inputs.
+//! GPU rms_norm, rope, causal attention, cross-entropy, the LM head fused with cross-entropy and
+//! embedding, forward and backward, against the CPU ops on the same inputs.
 //!
 //! Inputs are random (`Rng` + `Tensor::randn`) with odd sizes (rows that are not a multiple of a block,
 //! sequences of 1, 7, 33 and 257, head dims 32 and 64, vocabularies of 1000 and 50257), in f32 and bf16,
@@ -244,6 +244,64 @@ fn cross_entropy_forward_and_backward_match_cpu() {
         let got = Tensor::cross_entropy_backward(&logits_gpu, &targets, None, 1.0).unwrap();
         let want = Tensor::cross_entropy_backward(&logits, &targets, None, 1.0).unwrap();
         check("cross_entropy_backward narrowed", &got, &want);
+    }
+}
+
+/// The fused head + loss is made of matmul and the cross-entropy kernels, so the GPU runs it with the
+/// GPU's pieces; the blocks (of 7 or 64 rows here, to cross block boundaries with a last partial block)
+/// are the same on both sides.
+#[test]
+fn head_cross_entropy_forward_and_backward_match_cpu() {
+    if !have_gpu() {
+        return;
+    }
+    let mut rng = Rng::new(15);
+    for dtype in DTYPES {
+        for (rows, d, vocab, chunk_rows, ignore_id) in [
+            (1, 64, 1000, 7, None),
+            (37, 64, 1000, 7, Some(0)),
+            (33, 96, 50257, 7, Some(50256)),
+            (300, 128, 32000, 64, Some(31999)),
+        ] {
+            let hidden = randn(&[rows, d], 1.0, dtype, &mut rng);
+            let weight = randn(&[d, vocab], 0.1, dtype, &mut rng);
+            let mut targets = random_ids(rows, vocab as u32, &mut rng);
+            if let Some(ignore) = ignore_id {
+                for t in targets.iter_mut().step_by(3) {
+                    *t = ignore;
+                }
+            }
+            let (h, w) = (gpu(&hidden), gpu(&weight));
+            let what = format!("head_cross_entropy [{rows}, {d}] @ [{d}, {vocab}] blocks of {chunk_rows}");
+            let got = h.head_cross_entropy_chunked(&w, &targets, ignore_id, chunk_rows).unwrap();
+            let want = hidden.head_cross_entropy_chunked(&weight, &targets, ignore_id, chunk_rows).unwrap();
+            check(&what, &got, &want);
+            let backward = |h: &Tensor, w: &Tensor| {
+                Tensor::head_cross_entropy_backward_chunked(h, w, &targets, ignore_id, 1.3, chunk_rows)
+                    .unwrap()
+            };
+            let ((gh, gw), (wh, ww)) = (backward(&h, &w), backward(&hidden, &weight));
+            check(&format!("{what} d hidden"), &gh, &wh);
+            check(&format!("{what} d weight"), &gw, &ww);
+        }
+        // Every target ignored: loss and gradients are 0.
+        let (hidden, weight) =
+            (randn(&[9, 32], 1.0, dtype, &mut rng), randn(&[32, 1000], 0.1, dtype, &mut rng));
+        let targets = vec![5u32; 9];
+        let got = gpu(&hidden).head_cross_entropy_chunked(&gpu(&weight), &targets, Some(5), 4).unwrap();
+        assert_eq!(got.to_device(Device::Cpu).unwrap().to_scalar().unwrap(), 0.0);
+        let (gh, gw) = Tensor::head_cross_entropy_backward_chunked(
+            &gpu(&hidden),
+            &gpu(&weight),
+            &targets,
+            Some(5),
+            1.0,
+            4,
+        )
+        .unwrap();
+        for g in [gh, gw] {
+            assert!(g.to_device(Device::Cpu).unwrap().to_vec_f64().iter().all(|&x| x == 0.0));
+        }
     }
 }
 

@@ -431,6 +431,79 @@ proptest! {
         }
     }
 
+    /// The fused head + loss on the tape (one block at these sizes), hidden and weight as any view. Its
+    /// value must equal `matmul` then `cross_entropy` within 1e-12: both sum the same f64 row losses of the
+    /// same f64 logits, in groupings that differ by a few f64 roundings (1e-16 relative each).
+    #[test]
+    fn head_cross_entropy(
+        lead in prop::collection::vec(1usize..=3, 1..=2),
+        d in 1usize..=4,
+        vocab in 1usize..=6,
+        ignore_kind in 0u8..4,
+        (view_h, view_w) in (any_view(), any_view()),
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let rows: usize = lead.iter().product();
+        let (targets, ignore_id) = head_targets(rows, vocab, ignore_kind, &mut rng);
+        let mut shape = lead.clone();
+        shape.push(d);
+        let hidden = input(&shape, view_h, normal(), &mut rng);
+        let weight = input(&[d, vocab], view_w, Dist::Normal(2.0), &mut rng);
+        let fused = hidden.head_cross_entropy(&weight, &targets, ignore_id).unwrap().to_scalar().unwrap();
+        let unfused = hidden.matmul(&weight).unwrap().cross_entropy(&targets, ignore_id).unwrap();
+        let unfused = unfused.to_scalar().unwrap();
+        prop_assert!((fused - unfused).abs() <= 1e-12 * unfused.abs().max(1.0), "{fused} vs {unfused}");
+        let what = format!("head_cross_entropy {shape:?} @ [{d}, {vocab}] targets {targets:?} ignore {ignore_id:?}");
+        let t2 = targets.clone();
+        let grads = check_gradients(&what, &[hidden, weight], &move |t, x| {
+            Ok(vec![t.head_cross_entropy(x[0], x[1], &t2, ignore_id)?])
+        });
+        assert_ignored_rows_zero(&grads[0], d, &targets, ignore_id);
+    }
+
+    /// The fused head + loss in blocks of 1..=4 rows over 1..=11 rows (so the last block is usually
+    /// partial, and blocks with every target ignored occur): the blocked backward agrees with central
+    /// differences of the blocked forward (tolerance of `common::TOLERANCE`), and the blocked values and
+    /// gradients equal the single-block ones within 1e-12 (the same f64 terms, grouped per block).
+    #[test]
+    fn head_cross_entropy_chunked(
+        rows in 1usize..=11,
+        chunk_rows in 1usize..=4,
+        d in 1usize..=3,
+        vocab in 1usize..=5,
+        ignore_kind in 0u8..4,
+        seed: u64,
+    ) {
+        let mut rng = Rng::new(seed);
+        let (targets, ignore_id) = head_targets(rows, vocab, ignore_kind, &mut rng);
+        let hidden = input(&[rows, d], View::Contiguous, normal(), &mut rng);
+        let weight = input(&[d, vocab], View::Contiguous, Dist::Normal(2.0), &mut rng);
+        let loss = |x: &[Tensor], chunk: usize| {
+            x[0].head_cross_entropy_chunked(&x[1], &targets, ignore_id, chunk).unwrap().to_scalar().unwrap()
+        };
+        let inputs = [hidden.clone(), weight.clone()];
+        let (gh, gw) =
+            Tensor::head_cross_entropy_backward_chunked(&hidden, &weight, &targets, ignore_id, 1.0, chunk_rows)
+                .unwrap();
+        let what = format!("head_cross_entropy [{rows}, {d}] @ [{d}, {vocab}] blocks of {chunk_rows}, targets {targets:?} ignore {ignore_id:?}");
+        common::compare_with_numeric(&what, &inputs, &[gh.clone(), gw.clone()], &|_, _| false, &|x| loss(x, chunk_rows));
+        let (blocked, single) = (loss(&inputs, chunk_rows), loss(&inputs, rows));
+        prop_assert!((blocked - single).abs() <= 1e-12 * single.abs().max(1.0), "{what}: {blocked} vs {single}");
+        let (gh1, gw1) =
+            Tensor::head_cross_entropy_backward_chunked(&hidden, &weight, &targets, ignore_id, 1.0, rows).unwrap();
+        for (got, want) in [(&gh, &gh1), (&gw, &gw1)] {
+            for (a, b) in got.to_vec_f64().iter().zip(want.to_vec_f64()) {
+                prop_assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{what}: gradient {a} vs {b}");
+            }
+        }
+        assert_ignored_rows_zero(&gh, d, &targets, ignore_id);
+        if ignore_kind == 3 {
+            prop_assert_eq!(blocked.to_bits(), 0, "all ignored: loss {}", blocked);
+            prop_assert!(gw.to_vec_f64().iter().all(|&x| x.to_bits() == 0), "all ignored: weight gradient");
+        }
+    }
+
     /// One var feeding several ops (gradients summed at the fan-out), a chain of mixed ops, two outputs.
     #[test]
     fn fan_out_composite(shape in prop::collection::vec(1usize..=4, 1..=3), view in any_view(), seed: u64) {
@@ -464,6 +537,35 @@ fn gated_odd_shapes() {
     }
 }
 
+/// Targets for `rows` rows below `vocab` and the id they ignore: `ignore_kind` 0 ignores nothing, 1 an id
+/// inside the vocabulary, 2 one outside it (like -100), 3 ignores every row (the loss and its gradients
+/// are then exactly 0). Otherwise about a third of the rows are ignored.
+fn head_targets(rows: usize, vocab: usize, ignore_kind: u8, rng: &mut Rng) -> (Vec<u32>, Option<u32>) {
+    let ignore_id = match ignore_kind {
+        0 => None,
+        1 => Some(rng.below(vocab as u64) as u32),
+        _ => Some(vocab as u32 + 3),
+    };
+    let targets = (0..rows)
+        .map(|_| match ignore_id {
+            Some(id) if ignore_kind == 3 || rng.below(3) == 0 => id,
+            _ => rng.below(vocab as u64) as u32,
+        })
+        .collect();
+    (targets, ignore_id)
+}
+
+/// Asserts that the gradient rows of `grad_hidden` (rows `d` long) whose target is ignored are exactly 0.
+fn assert_ignored_rows_zero(grad_hidden: &Tensor, d: usize, targets: &[u32], ignore_id: Option<u32>) {
+    let g = grad_hidden.to_vec_f64();
+    for (row, &target) in targets.iter().enumerate() {
+        if Some(target) == ignore_id {
+            let row_grad = &g[row * d..(row + 1) * d];
+            assert!(row_grad.iter().all(|&x| x.to_bits() == 0), "ignored row {row}: {row_grad:?}");
+        }
+    }
+}
+
 /// Axes from a bit mask (empty = all axes), optionally as negative indices.
 fn reduce_axes(rank: usize, mask: u8, negative: bool) -> Vec<isize> {
     (0..rank)
@@ -484,5 +586,48 @@ fn matmul_fixed_broadcast_shapes() {
     for (i, (sa, sb)) in cases.into_iter().enumerate() {
         check_matmul(sa, sb, View::Contiguous, View::Contiguous, i as u64);
         check_matmul(sa, sb, View::Transposed, View::Narrowed, 100 + i as u64);
+    }
+}
+
+/// The fused head + loss against `matmul` then `cross_entropy` in f32 at a realistic vocabulary, 37 rows in
+/// blocks of 8 (and one block): one block is the unfused computation itself, so it must match bit for bit;
+/// in blocks, each block's GEMM may take a different path for its few rows (different rounding of the
+/// logits by a few f32 ulps, 6e-8 relative each), so the loss agrees within 1e-6 relative and the
+/// gradients within 1e-6 of their largest entry.
+#[test]
+fn head_cross_entropy_f32_matches_unfused() {
+    let mut rng = Rng::new(21);
+    let (rows, d, vocab) = (37, 48, 1000);
+    let hidden = Tensor::randn(&[rows, d], 0.0, 1.0, cola::tensor::DType::F32, &mut rng);
+    let weight = Tensor::randn(&[d, vocab], 0.0, 0.3, cola::tensor::DType::F32, &mut rng);
+    let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    targets.iter_mut().step_by(4).for_each(|t| *t = 7);
+    let ignore_id = Some(7);
+    let logits = hidden.matmul(&weight).unwrap();
+    let want = logits.cross_entropy(&targets, ignore_id).unwrap().to_scalar().unwrap();
+    let grad_logits = Tensor::cross_entropy_backward(&logits, &targets, ignore_id, 1.0).unwrap();
+    let want_gh = grad_logits.matmul(&weight.t().unwrap()).unwrap().to_vec_f64();
+    let want_gw = hidden.t().unwrap().matmul(&grad_logits).unwrap().to_vec_f64();
+    for chunk_rows in [rows, 8] {
+        let got = hidden.head_cross_entropy_chunked(&weight, &targets, ignore_id, chunk_rows).unwrap();
+        let got = got.to_scalar().unwrap();
+        let (gh, gw) = Tensor::head_cross_entropy_backward_chunked(
+            &hidden, &weight, &targets, ignore_id, 1.0, chunk_rows,
+        )
+        .unwrap();
+        if chunk_rows == rows {
+            assert_eq!(got.to_bits(), want.to_bits(), "one block: loss {got} vs {want}");
+            assert_eq!(gh.to_vec_f64(), want_gh, "one block: d hidden");
+            assert_eq!(gw.to_vec_f64(), want_gw, "one block: d weight");
+            continue;
+        }
+        assert!((got - want).abs() <= 1e-6 * want.abs(), "blocks of {chunk_rows}: loss {got} vs {want}");
+        for (what, got, want) in
+            [("d hidden", gh.to_vec_f64(), &want_gh), ("d weight", gw.to_vec_f64(), &want_gw)]
+        {
+            let scale = want.iter().fold(0f64, |m, &x| m.max(x.abs()));
+            let err = got.iter().zip(want).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-6 * scale, "blocks of {chunk_rows}: {what} error {err:e} (scale {scale:e})");
+        }
     }
 }

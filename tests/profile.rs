@@ -2,9 +2,9 @@
 //! CPU: 1 warm-up and 2 measured steps of 8 x 16 tokens in two micro-batches of 4.
 //!
 //! What it proves: the rows (with `other`) sum to the measured step; every op family of the model shows
-//! up in forward and backward with the number of calls the model makes; the matmul forward FLOPs equal
-//! the count computed here from the config alone (so the tape's accounting sees every product once, with
-//! the right shapes, and replays do not leak into forward); replays appear as recompute rows under
+//! up in forward and backward with the number of calls the model makes; the matmul forward FLOPs, and
+//! those of the LM head fused with the loss, equal the counts computed here from the config alone (so the
+//! tape's accounting sees every product once, with the right shapes, and replays do not leak into forward); replays appear as recompute rows under
 //! `cola-m` and not under `none`; the optimizer rows count one AdamW element update per parameter.
 //!
 //! Counts and FLOPs are exact integers and compared with `==`. Shares are ratios of one clock: their sum
@@ -52,16 +52,25 @@ fn profile(dir: &TempDir, recompute: Policy) -> StepProfile {
 
 /// Matmul FLOPs of one forward pass of cola-tiny over `rows` sequences, from the config alone: every
 /// projection of a layer is `x @ A` then `code @ B` (`2 tokens (in r + r out)`), four of d -> d in
-/// attention, gate and up d -> ffn and down ffn -> d in the MLP; the head multiplies the `seq - 1`
-/// positions that have a target by the `d x vocab` weight.
+/// attention, gate and up d -> ffn and down ffn -> d in the MLP. The head is fused with the loss and
+/// counted in its own row ([`analytic_head_loss_flops`]).
 fn analytic_forward_matmul_flops(rows: usize) -> u64 {
     let config = LlamaConfig::preset("cola-tiny").unwrap();
     let (d, f, r) = (config.d_model, config.ffn_dim, config.rank.unwrap());
     let tokens = rows * SEQ;
     let projection = |inputs: usize, outputs: usize| 2 * tokens * (inputs * r + r * outputs);
     let layer = 4 * projection(d, d) + 2 * projection(d, f) + projection(f, d);
-    let head = 2 * rows * (SEQ - 1) * d * VOCAB;
-    (config.n_layers * layer + head) as u64
+    (config.n_layers * layer) as u64
+}
+
+/// FLOPs of the LM head fused with the loss over `rows` sequences, forward and backward: the head
+/// multiplies the `seq - 1` positions that have a target by the `d x vocab` weight (`2 t d vocab`), the
+/// loss costs 4 per logit forward and 5 backward, and backward forms the logits again and runs the two
+/// gradient products (`6 t d vocab`), as `autograd/src/profile.rs` documents.
+fn analytic_head_loss_flops(rows: usize) -> (u64, u64) {
+    let d = LlamaConfig::preset("cola-tiny").unwrap().d_model;
+    let (head, logits) = (2 * rows * (SEQ - 1) * d * VOCAB, rows * (SEQ - 1) * VOCAB);
+    ((head + 4 * logits) as u64, (3 * head + 5 * logits) as u64)
 }
 
 fn check_common(report: &StepProfile) {
@@ -77,10 +86,18 @@ fn check_common(report: &StepProfile) {
     let layers = 2;
     for direction in [Direction::Forward, Direction::Backward] {
         let matmul = report.row(direction, "matmul").unwrap();
-        // 7 CoLA projections of two products per layer, and the head.
-        assert_eq!(matmul.calls, micro_batches * (layers * 7 * 2 + 1), "{direction:?}");
+        // 7 CoLA projections of two products per layer; the head is in the fused loss.
+        assert_eq!(matmul.calls, micro_batches * layers * 7 * 2, "{direction:?}");
         assert_eq!(report.row(direction, "attention").unwrap().calls, micro_batches * layers);
-        for family in ["rms_norm", "rope", "silu", "embedding", "cross_entropy"] {
+        let head_loss = report.row(direction, "head_cross_entropy").unwrap();
+        let (forward_flops, backward_flops) = analytic_head_loss_flops(MICRO_BATCH);
+        let flops = if direction == Direction::Forward { forward_flops } else { backward_flops };
+        assert_eq!(
+            (head_loss.calls, head_loss.flops),
+            (micro_batches, micro_batches * flops),
+            "{direction:?}"
+        );
+        for family in ["rms_norm", "rope", "silu", "embedding"] {
             assert!(report.row(direction, family).is_some_and(|r| r.calls > 0), "{family} {direction:?}");
         }
     }

@@ -199,5 +199,12 @@ pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
             let (grad_gate, grad_up) = Tensor::gated_backward(ctx.input(0)?, ctx.input(1)?, g, *activation)?;
             Ok(vec![Some(grad_gate).filter(|_| ctx.wants[0]), Some(grad_up).filter(|_| ctx.wants[1])])
         }
+        Op::HeadCrossEntropy { targets, ignore_id } => {
+            let grad_loss = g.to_scalar()?;
+            let (hidden, weight) = (ctx.input(0)?, ctx.input(1)?);
+            let (gh, gw) =
+                Tensor::head_cross_entropy_backward(hidden, weight, targets, *ignore_id, grad_loss)?;
+            Ok(vec![Some(gh).filter(|_| ctx.wants[0]), Some(gw).filter(|_| ctx.wants[1])])
+        }
     }
 }

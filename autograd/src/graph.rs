@@ -118,6 +118,18 @@ pub trait Graph {
     ) -> Result<Self::Value> {
         self.apply(Op::Gated { activation }, &[gate, up])
     }
+
+    /// Mean cross-entropy of the logits `hidden @ weight` (`[..., d]` by `[d, vocab]`) against one target
+    /// per row, skipping `ignore_id`: the LM head and the loss in one op that never keeps the logits.
+    fn head_cross_entropy(
+        &mut self,
+        hidden: &Self::Value,
+        weight: &Self::Value,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+    ) -> Result<Self::Value> {
+        self.apply(Op::HeadCrossEntropy { targets: targets.into(), ignore_id }, &[hidden, weight])
+    }
 }
 
 impl Graph for Tape {

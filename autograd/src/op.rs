@@ -70,6 +70,13 @@ pub enum Op {
     Gated {
         activation: GateActivation,
     },
+    /// Inputs: hidden states `[..., d]` and the LM head's weight `[d, vocab]`; output the mean
+    /// cross-entropy of `hidden @ weight`, a scalar. Fused so the `[rows, vocab]` logits are never saved:
+    /// backward reads only the two inputs and forms the logits again block by block.
+    HeadCrossEntropy {
+        targets: Arc<[u32]>,
+        ignore_id: Option<u32>,
+    },
 }
 
 /// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
@@ -109,6 +116,7 @@ impl Op {
             Op::Embedding { .. } => "embedding",
             Op::CrossEntropy { .. } => "cross_entropy",
             Op::Gated { .. } => "gated",
+            Op::HeadCrossEntropy { .. } => "head_cross_entropy",
         }
     }
 
@@ -137,6 +145,9 @@ impl Op {
             Op::Embedding { ids, ids_shape, .. } => Tensor::embedding(x, ids, ids_shape),
             Op::CrossEntropy { targets, ignore_id } => x.cross_entropy(targets, *ignore_id),
             Op::Gated { activation } => x.gated(inputs[1], *activation),
+            Op::HeadCrossEntropy { targets, ignore_id } => {
+                x.head_cross_entropy(inputs[1], targets, *ignore_id)
+            }
         }
     }
 
@@ -151,6 +162,7 @@ impl Op {
             Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
             Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
             Op::Gated { .. } => Needs::ALL_INPUTS,
+            Op::HeadCrossEntropy { .. } => Needs::ALL_INPUTS,
             Op::Affine { .. }
             | Op::Sum { .. }
             | Op::Mean { .. }

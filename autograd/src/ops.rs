@@ -151,4 +151,16 @@ impl Tape {
     pub fn gated(&mut self, gate: Var, up: Var, activation: GateActivation) -> Result<Var> {
         self.record(Op::Gated { activation }, &[gate, up])
     }
+
+    /// Mean cross-entropy of the logits `hidden @ weight` (`[..., d]` by `[d, vocab]`) against one target
+    /// per row, skipping `ignore_id`, without saving the logits.
+    pub fn head_cross_entropy(
+        &mut self,
+        hidden: Var,
+        weight: Var,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+    ) -> Result<Var> {
+        self.record(Op::HeadCrossEntropy { targets: targets.into(), ignore_id }, &[hidden, weight])
+    }
 }

@@ -147,6 +147,7 @@ pub fn family(op: &Op) -> &'static str {
         Op::Binary(_) | Op::Unary(_) | Op::Affine { .. } => "elementwise",
         Op::Embedding { .. } => "embedding",
         Op::CrossEntropy { .. } => "cross_entropy",
+        Op::HeadCrossEntropy { .. } => "head_cross_entropy",
         Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::BroadcastTo { .. } => "view",
         Op::Sum { .. } | Op::Mean { .. } => "reduce",
         Op::Concat { .. } => "concat",
@@ -190,6 +191,11 @@ fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
 /// - gated `act(gate) * up`, per element forward / backward: SiLU 5 / 11 (silu's 4 and the product;
 ///   backward recomputes the sigmoid (3), forms `dh (g s)` (2) and `(dh u) s (1 + g (1 - s))` (6): the
 ///   9 + 2 the unfused silu and multiply backward count), identity 1 / 2 (`dh u` and `dh g`).
+/// - head_cross_entropy, hidden `[..., d]` (`rows` rows) by weight `[d, vocab]`: forward is the head's
+///   product and cross_entropy's forward, `2 rows d vocab + 4 rows vocab`; backward forms the logits again
+///   (`2 rows d vocab`), their cross_entropy gradient (`5 rows vocab`) and the two products `d logits @
+///   weight^T` and `hidden^T @ d logits` (`4 rows d vocab`): `6 rows d vocab + 5 rows vocab`, the unfused
+///   head's backward plus one forward product.
 /// - reduce: 1 per input element forward; its backward is a broadcast view (0).
 /// - views and concat: 0 (they move or alias data); the backward of a broadcast sums back, 1 per element
 ///   of the broadcast shape.
@@ -227,6 +233,11 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
         Op::CrossEntropy { .. } => pick(4, 5) * numel(first),
         Op::Gated { activation: GateActivation::Silu } => pick(5, 11) * numel(first),
         Op::Gated { activation: GateActivation::Identity } => pick(1, 2) * numel(first),
+        Op::HeadCrossEntropy { .. } => {
+            let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
+            let rows = numel(first).checked_div(d).unwrap_or(0);
+            pick(2, 6) * rows * d * vocab + pick(4, 5) * rows * vocab
+        }
         Op::Sum { .. } | Op::Mean { .. } => pick(numel(first), 0),
         Op::BroadcastTo { shape } => pick(0, numel(shape)),
         Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::Concat { .. } => 0,

@@ -143,7 +143,9 @@ impl Llama {
 
     /// Next-token cross-entropy, a scalar: the logits at positions `0..seq-1` predict `ids[1..seq]` of the
     /// same row, averaged over targets that are not `pad_id` (`mean_t -log softmax(logits_t)[ids_{t+1}]`).
-    /// The head runs only on the `seq - 1` positions that have a target. Needs `seq >= 2`.
+    /// The head runs only on the `seq - 1` positions that have a target, fused with the loss so its
+    /// `[tokens, vocab]` logits are never saved for backward (`Tensor::head_cross_entropy`); the value is
+    /// that of [`Llama::head`] then cross-entropy. Needs `seq >= 2`.
     pub fn loss<G: Graph>(&self, g: &mut G, ids: &[u32], batch: usize, seq: usize) -> Result<G::Value> {
         if seq < 2 {
             return Err(NnError::InvalidInput {
@@ -152,9 +154,9 @@ impl Llama {
         }
         let hidden = self.hidden_states(g, ids, batch, seq)?;
         let predicting = g.narrow(&hidden, 1, 0, seq - 1)?;
-        let logits = self.head(g, &predicting)?;
+        let head_weight = g.param(self.lm_head.weight());
         let targets = next_token_targets(ids, batch, seq);
-        Ok(g.cross_entropy(&logits, &targets, Some(self.config.pad_id))?)
+        Ok(g.head_cross_entropy(&predicting, &head_weight, &targets, Some(self.config.pad_id))?)
     }
 }
 

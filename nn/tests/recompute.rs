@@ -53,6 +53,43 @@ fn every_policy_gives_bit_identical_loss_and_gradients() {
     }
 }
 
+/// The loss fuses the LM head with the cross-entropy: recorded unfused (head, then cross_entropy) the tape
+/// saves the `[tokens, vocab]` logits for backward; fused it saves exactly those bytes less under every
+/// policy that keeps anything (recompute-everything saves nothing either way), and under all gives the same loss and gradients bit for bit (at 22 tokens the fused op runs one block,
+/// whose products and loss kernels are the unfused ones on the same rows).
+#[test]
+fn the_loss_saves_no_logits() {
+    let config = LlamaConfig::preset("cola-tiny").unwrap();
+    let (batch, seq, vocab) = (2, 12, config.vocab_size);
+    let policies = policies(&config);
+    let model = Llama::new(config, &mut Rng::new(3)).unwrap();
+    let mut ids = random_ids(64, batch * seq, 9);
+    ids[20..].fill(0);
+    for policy in policies {
+        let (fused_bits, fused_grads, fused) = run(&model, &ids, batch, seq, policy);
+        let mut tape = Tape::with_policy(policy);
+        let hidden = model.hidden_states(&mut tape, &ids, batch, seq).unwrap();
+        let predicting = tape.narrow(hidden, 1, 0, seq - 1).unwrap();
+        let logits = model.head(&mut tape, &predicting).unwrap();
+        let targets = cola_nn::model::next_token_targets(&ids, batch, seq);
+        let loss = tape.cross_entropy(logits, &targets, Some(0)).unwrap();
+        let bits = tape.value(loss).unwrap().to_vec_f64()[0].to_le_bytes().to_vec();
+        let grads = tape.backward(loss).unwrap();
+        let unfused = tape.memory_stats();
+        let logits_bytes = if policy == Policy::RecomputeAll { 0 } else { batch * (seq - 1) * vocab * 4 };
+        assert_eq!(
+            unfused.saved_bytes - fused.saved_bytes,
+            logits_bytes,
+            "{policy:?}: {unfused:?} vs {fused:?}"
+        );
+        assert_eq!(bits, fused_bits, "{policy:?}: loss");
+        for p in model.parameters() {
+            let (a, b) = (grads.param(p.id()).unwrap(), fused_grads.param(p.id()).unwrap());
+            assert_eq!(a.to_vec_f64(), b.to_vec_f64(), "{policy:?}: {}", p.name());
+        }
+    }
+}
+
 /// Saved bytes per token of one decoder layer: the difference between models of `layers + 1` and `layers`.
 fn saved_per_layer_per_token(preset: &str, policy: Policy) -> f64 {
     let (batch, seq) = (2, 16);

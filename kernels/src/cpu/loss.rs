@@ -16,9 +16,6 @@ pub fn counted_targets(targets: &[u32], ignore_id: Option<u32>) -> usize {
 
 /// Mean over counted rows of `logsumexp(logits[row]) - logits[row, target]`; rows are `vocab` long.
 /// Returns 0 when no row is counted. Targets of counted rows must be `< vocab` (checked by the caller).
-///
-/// Per-row losses are computed in parallel into a buffer, then summed sequentially in row order (in f64,
-/// so a long batch loses no precision in f32) so the result is independent of the thread count.
 pub fn cross_entropy_forward<T: Float>(
     logits: &[T],
     vocab: usize,
@@ -29,6 +26,24 @@ pub fn cross_entropy_forward<T: Float>(
     if count == 0 || vocab == 0 {
         return T::ZERO;
     }
+    T::from_f64(cross_entropy_sum(logits, vocab, targets, ignore_id) / count as f64)
+}
+
+/// Sum over counted rows of `logsumexp(logits[row]) - logits[row, target]`, in f64; 0 when no row is
+/// counted. The mean is this over [`counted_targets`]; a caller that sees the rows in blocks (the LM head
+/// fused with the loss) adds the blocks' sums in order and divides once.
+///
+/// Per-row losses are computed in parallel into a buffer, then summed sequentially in row order (in f64,
+/// so a long batch loses no precision in f32) so the result is independent of the thread count.
+pub fn cross_entropy_sum<T: Float>(
+    logits: &[T],
+    vocab: usize,
+    targets: &[u32],
+    ignore_id: Option<u32>,
+) -> f64 {
+    if vocab == 0 || counted_targets(targets, ignore_id) == 0 {
+        return 0.0;
+    }
     let mut row_loss = vec![T::ZERO; targets.len()];
     let isa = Isa::active();
     for_each_row_block(&mut row_loss, 1, vocab, |row0, losses| {
@@ -36,12 +51,11 @@ pub fn cross_entropy_forward<T: Float>(
         let x = &logits[rows.start * vocab..rows.end * vocab];
         loss_rows(isa, x, vocab, &targets[rows], ignore_id, losses);
     });
-    let total: f64 = targets
+    targets
         .iter()
         .zip(&row_loss)
         .filter(|(&t, _)| Some(t) != ignore_id)
-        .fold(0.0, |acc, (_, &l)| acc + l.to_f64());
-    T::from_f64(total / count as f64)
+        .fold(0.0, |acc, (_, &l)| acc + l.to_f64())
 }
 
 /// `grad_logits[row] = grad_loss / count * (softmax(logits[row]) - onehot(target))` for counted rows,

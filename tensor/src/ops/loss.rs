@@ -2,7 +2,7 @@
 use super::{in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
-use cola_kernels::cpu::loss::{cross_entropy_backward, cross_entropy_forward};
+use cola_kernels::cpu::loss::{cross_entropy_backward, cross_entropy_forward, cross_entropy_sum};
 use cola_kernels::Float;
 
 /// Checks logits `[..., vocab]` against one target per row; returns `vocab`.
@@ -48,6 +48,26 @@ impl Tensor {
             let ld = logits.contiguous_data::<T>()?;
             let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
             Ok(Tensor::from_compute(vec![loss], &[]))
+        })
+    }
+
+    /// Sum (not mean) over rows whose target is not `ignore_id` of `-log softmax(logits[row])[target]`,
+    /// in f64: the form a caller that sees the rows in blocks adds up in order before dividing once by the
+    /// total count. On the CPU it is the kernel's own f64 sum; the GPU kernel returns the f32 mean of the
+    /// block, which is multiplied back by the block's count (one extra f32 rounding of the block's mean).
+    pub(crate) fn cross_entropy_sum(&self, targets: &[u32], ignore_id: Option<u32>) -> Result<f64> {
+        let vocab = check("cross_entropy", self, targets, ignore_id)?;
+        super::check_same("cross_entropy", &[self])?;
+        #[cfg(feature = "cuda")]
+        if self.is_cuda() {
+            let mean = crate::cuda::loss::cross_entropy(self, targets, ignore_id)?.to_scalar()?;
+            let count = cola_kernels::cpu::loss::counted_targets(targets, ignore_id);
+            return Ok(mean * count as f64);
+        }
+        let logits = self.to_dtype(self.dtype().compute_dtype())?;
+        match_float!("cross_entropy", logits.dtype(), T => {
+            let ld = logits.contiguous_data::<T>()?;
+            Ok(cross_entropy_sum(&ld, vocab, targets, ignore_id))
         })
     }
 

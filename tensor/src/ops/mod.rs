@@ -9,6 +9,7 @@ pub mod concat;
 pub mod elementwise;
 pub mod embedding;
 pub mod gated;
+pub mod head_loss;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
