@@ -13,25 +13,10 @@
 //! twice those bounds.
 use cola_kernels::cpu::gemm::{gemm, gemm_batched, gemm_with_path, BatchRef, Dims, KernelPath, MatRef};
 use cola_kernels::Float;
+use common::{Rng, Stored};
 use proptest::prelude::*;
 
-/// SplitMix64: cheap reproducible fill for large operands (proptest shrinking of big vectors is slow).
-struct Rng(u64);
-
-impl Rng {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
+mod common;
 
 /// How an operand sits in memory: column-major (the transpose of a row-major buffer) or row-major,
 /// a leading dimension `pad` wider than the logical width, and a start offset.
@@ -50,40 +35,12 @@ fn layout() -> impl Strategy<Value = Layout> {
     })
 }
 
-/// A `rows x cols` matrix inside a NaN-filled buffer: reading anything outside the view poisons C.
-struct Stored<T> {
-    data: Vec<T>,
-    offset: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<T: Float> Stored<T> {
-    fn random(rows: usize, cols: usize, layout: Layout, rng: &mut Rng) -> Self {
-        let (outer, width) = if layout.transposed { (cols, rows) } else { (rows, cols) };
-        let leading = width + layout.pad;
-        let mut data = vec![T::from_f64(f64::NAN); layout.offset + leading * outer + layout.pad];
-        let (row_stride, col_stride) = if layout.transposed { (1, leading) } else { (leading, 1) };
-        for i in 0..rows {
-            for j in 0..cols {
-                data[layout.offset + i * row_stride + j * col_stride] = T::from_f64(rng.uniform());
-            }
-        }
-        Stored { data, offset: layout.offset, row_stride, col_stride }
-    }
-
-    fn view(&self) -> MatRef<'_, T> {
-        MatRef {
-            data: &self.data,
-            offset: self.offset,
-            row_stride: self.row_stride,
-            col_stride: self.col_stride,
-        }
-    }
-
-    fn get(&self, i: usize, j: usize) -> f64 {
-        self.data[self.offset + i * self.row_stride + j * self.col_stride].to_f64()
-    }
+/// A random `rows x cols` matrix laid out as `layout` says, inside a NaN-filled buffer.
+fn random<T: Float>(rows: usize, cols: usize, layout: Layout, rng: &mut Rng) -> Stored<T> {
+    let width = if layout.transposed { rows } else { cols };
+    let leading = width + layout.pad;
+    let strides = if layout.transposed { (1, leading) } else { (leading, 1) };
+    Stored::new(rows, cols, strides, layout.offset, rng)
 }
 
 /// C before the call: random, or all NaN when beta == 0 (which must ignore it).
@@ -103,8 +60,8 @@ fn check_path<T: Float>(
 ) -> Result<Vec<T>, TestCaseError> {
     let Dims { m, n, k } = dims;
     let mut rng = Rng(seed);
-    let a = Stored::<T>::random(m, k, layouts.0, &mut rng);
-    let b = Stored::<T>::random(k, n, layouts.1, &mut rng);
+    let a = random::<T>(m, k, layouts.0, &mut rng);
+    let b = random::<T>(k, n, layouts.1, &mut rng);
     let c0 = initial_c::<T>(m * n, beta, &mut rng);
     let mut c = c0.clone();
     let (alpha_t, beta_t) = (T::from_f64(alpha), T::from_f64(beta));
@@ -270,8 +227,8 @@ fn check_batched<T: Float>(
 ) {
     let Dims { m, n, k } = dims;
     let mut rng = Rng(seed);
-    let a = Stored::<T>::random(m, k * distinct.0, layouts.0, &mut rng);
-    let b = Stored::<T>::random(k, n * distinct.1, layouts.1, &mut rng);
+    let a = random::<T>(m, k * distinct.0, layouts.0, &mut rng);
+    let b = random::<T>(k, n * distinct.1, layouts.1, &mut rng);
     let a_offsets: Vec<usize> =
         (0..batch).map(|_| a.offset + (rng.next_u64() as usize % distinct.0) * k * a.col_stride).collect();
     let b_offsets: Vec<usize> =
@@ -326,8 +283,8 @@ proptest! {
 /// not change.
 fn check_thread_count_independence<T: Float>(path: KernelPath, dims: Dims, layouts: (Layout, Layout)) {
     let mut rng = Rng(7);
-    let a = Stored::<T>::random(dims.m, dims.k, layouts.0, &mut rng);
-    let b = Stored::<T>::random(dims.k, dims.n, layouts.1, &mut rng);
+    let a = random::<T>(dims.m, dims.k, layouts.0, &mut rng);
+    let b = random::<T>(dims.k, dims.n, layouts.1, &mut rng);
     let c0 = initial_c::<T>(dims.m * dims.n, 1.0, &mut rng);
     let run = |threads| {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
@@ -389,8 +346,8 @@ fn check_simd_against_portable<T: Float>(
     let portable = check_path::<T>(Some(KernelPath::Portable), dims, layouts, scalars, seed, tol)?;
     // The inputs are regenerated from the seed, so the magnitudes match those of the reference check.
     let mut rng = Rng(seed);
-    let a = Stored::<T>::random(dims.m, dims.k, layouts.0, &mut rng);
-    let b = Stored::<T>::random(dims.k, dims.n, layouts.1, &mut rng);
+    let a = random::<T>(dims.m, dims.k, layouts.0, &mut rng);
+    let b = random::<T>(dims.k, dims.n, layouts.1, &mut rng);
     let c0 = initial_c::<T>(dims.m * dims.n, scalars.1, &mut rng);
     for (index, (x, y)) in simd.iter().zip(&portable).enumerate() {
         let (i, j) = (index / dims.n, index % dims.n);
@@ -485,8 +442,8 @@ fn batch_of_stacked_rows_equals_per_item_gemm() {
             let mut rng = Rng(batch as u64);
             // A's batch items stacked along rows: one (batch * m) x k matrix.
             let layout = Layout { transposed: a_transposed, pad: 2, offset: 1 };
-            let a = Stored::<f32>::random(batch * m, k, layout, &mut rng);
-            let b = Stored::<f32>::random(k, n, Layout { transposed: false, pad: 1, offset: 0 }, &mut rng);
+            let a = random::<f32>(batch * m, k, layout, &mut rng);
+            let b = random::<f32>(k, n, Layout { transposed: false, pad: 1, offset: 0 }, &mut rng);
             let a_offsets: Vec<usize> = (0..batch).map(|i| a.offset + i * m * a.row_stride).collect();
             let b_offsets = vec![b.offset; batch];
             let c0 = initial_c::<f32>(batch * m * n, 1.0, &mut rng);

@@ -19,60 +19,9 @@ use cola_kernels::cpu::gemm::{
 };
 use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::Float;
+use common::{Rng, Stored};
 
-/// SplitMix64 values uniform in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-    }
-}
-
-/// A `rows x cols` matrix inside a NaN-filled buffer at `offset`, with the given strides.
-struct Stored<T> {
-    data: Vec<T>,
-    offset: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<T: Float> Stored<T> {
-    fn new(
-        rows: usize,
-        cols: usize,
-        (row_stride, col_stride): (usize, usize),
-        offset: usize,
-        rng: &mut Rng,
-    ) -> Self {
-        let len = offset + (rows - 1) * row_stride + (cols - 1) * col_stride + 1 + 3;
-        let mut data = vec![T::from_f64(f64::NAN); len];
-        for i in 0..rows {
-            for j in 0..cols {
-                data[offset + i * row_stride + j * col_stride] = T::from_f64(rng.uniform());
-            }
-        }
-        Stored { data, offset, row_stride, col_stride }
-    }
-
-    fn view(&self) -> MatRef<'_, T> {
-        MatRef {
-            data: &self.data,
-            offset: self.offset,
-            row_stride: self.row_stride,
-            col_stride: self.col_stride,
-        }
-    }
-
-    fn get(&self, i: usize, j: usize) -> f64 {
-        self.data[self.offset + i * self.row_stride + j * self.col_stride].to_f64()
-    }
-}
+mod common;
 
 /// One product's inputs: A (`a_layout`: row-major with a padded row, or transposed), B row-major with a
 /// padded row (the few-row layout), C random or NaN when beta is 0 (which must ignore it).
