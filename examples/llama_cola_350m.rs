@@ -33,7 +33,7 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
     if options.audit {
         let model = options.model.unwrap_or(train::plan::DEFAULT_MODEL);
         let micro_batch = options.micro_batch.unwrap_or(model.cpu_micro_batch());
-        let seq_len = options.seq_len.unwrap_or(256);
+        let seq_len = options.seq_len.unwrap_or(model.config().max_seq_len);
         let report = cola::audit::audit(model, micro_batch, seq_len).map_err(TrainError::from)?;
         if options.json {
             print_json(&report)?;
