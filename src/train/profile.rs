@@ -27,12 +27,22 @@ pub const DEFAULT_WARMUP_STEPS: u64 = 1;
 /// Measured steps unless `--steps` says otherwise: enough for a mean, short on a CPU.
 pub const DEFAULT_MEASURED_STEPS: u64 = 3;
 
+/// A row's direction by name, `other` for the untimed rest.
+fn direction_name<S: serde::Serializer>(
+    direction: &Option<Direction>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(direction.map_or("other", Direction::name))
+}
+
 /// One row of a [`StepProfile`]: totals over the measured steps.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ProfileRow {
-    /// `forward`, `backward`, `recompute`, `optimizer`, or `other` for the untimed rest.
-    pub direction: String,
-    pub family: String,
+    /// Where the time went; `None` for the untimed rest (`other` in the table and the JSON).
+    #[serde(serialize_with = "direction_name")]
+    pub direction: Option<Direction>,
+    /// The op family (`cola_autograd::profile::family`), or `other`.
+    pub family: &'static str,
     pub calls: u64,
     pub seconds: f64,
     /// Fraction of the measured time (the rows sum to 1).
@@ -114,8 +124,8 @@ pub fn profile(config: &TrainConfig, warmup: u64, steps: u64) -> Result<StepProf
         .map(|(direction, family, entry)| {
             let seconds = seconds_of(entry.nanos);
             ProfileRow {
-                direction: direction.name().into(),
-                family: family.into(),
+                direction: Some(direction),
+                family,
                 calls: entry.calls,
                 seconds,
                 share: share(seconds),
@@ -128,8 +138,8 @@ pub fn profile(config: &TrainConfig, warmup: u64, steps: u64) -> Result<StepProf
     let timed_seconds = seconds_of(profiler.total_nanos());
     let other = measured_seconds - timed_seconds;
     let other_row = ProfileRow {
-        direction: "other".into(),
-        family: "other".into(),
+        direction: None,
+        family: "other",
         calls: steps,
         seconds: other,
         share: share(other),
@@ -181,7 +191,7 @@ fn step_error(error: StepError) -> TrainError {
 impl StepProfile {
     /// The row of `direction` and `family`, if any call ran there.
     pub fn row(&self, direction: Direction, family: &str) -> Option<&ProfileRow> {
-        self.rows.iter().find(|r| r.direction == direction.name() && r.family == family)
+        self.rows.iter().find(|r| r.direction == Some(direction) && r.family == family)
     }
 }
 
@@ -207,14 +217,14 @@ impl std::fmt::Display for StepProfile {
         )?;
         writeln!(
             f,
-            "{:<10} {:<16} {:>8} {:>11} {:>7} {:>11} {:>9}",
+            "{:<10} {:<18} {:>8} {:>11} {:>7} {:>11} {:>9}",
             "direction", "family", "calls", "ms", "share", "GFLOP", "GFLOP/s"
         )?;
         for row in &self.rows {
             writeln!(
                 f,
-                "{:<10} {:<16} {:>8.0} {:>11.2} {:>6.1}% {:>11.3} {:>9.2}",
-                row.direction,
+                "{:<10} {:<18} {:>8.0} {:>11.2} {:>6.1}% {:>11.3} {:>9.2}",
+                row.direction.map_or("other", Direction::name),
                 row.family,
                 row.calls as f64 / steps,
                 row.seconds / steps * 1e3,
@@ -227,7 +237,7 @@ impl std::fmt::Display for StepProfile {
         let flops: u64 = self.rows.iter().map(|r| r.flops).sum();
         writeln!(
             f,
-            "{:<10} {:<16} {:>8} {:>11.2} {:>6.1}% {:>11.3} {:>9.2}",
+            "{:<10} {:<18} {:>8} {:>11.2} {:>6.1}% {:>11.3} {:>9.2}",
             "total",
             "",
             "",
