@@ -23,7 +23,7 @@
 //! the same repeat. Peak memory is the peak resident set size (`VmHWM` of `/proc/self/status`, reset
 //! through `/proc/self/clear_refs` after the model is built) over the child's measurements: weights,
 //! activations, logits and caches, as the operating system sees them.
-use cola::nn::{argmax, Llama, LlamaConfig, Module, Session};
+use cola::nn::{argmax, Family, Llama, LlamaConfig, Module, Preset, Session};
 use cola::tensor::Rng;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
@@ -96,7 +96,10 @@ fn run(args: &[String]) -> Result<(), String> {
     }
     let size = flag(args, "--size").unwrap_or_else(|| "350m".into());
     let models = flag(args, "--models").unwrap_or(format!("cola-{size},full-{size}"));
-    let models: Vec<&str> = models.split(',').collect();
+    let models: Vec<Preset> = models
+        .split(',')
+        .map(|m| m.parse::<Preset>().map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
     println!(
         "inference on the CPU, f32, {} threads; prefill {} tokens per row; decode {} new tokens after a \
          {}-token prompt; medians of {} repeats",
@@ -117,7 +120,7 @@ fn run(args: &[String]) -> Result<(), String> {
         for (m, model) in models.iter().enumerate() {
             eprintln!("repeat {} of {}: {model} ...", repeat + 1, plan.repeats);
             let mut child = Command::new(&exe);
-            child.args(args).args(["--worker", model, "--seed", &repeat.to_string()]);
+            child.args(args).args(["--worker", model.name(), "--seed", &repeat.to_string()]);
             if threads == 0 {
                 child.args(["--threads", &rayon::current_num_threads().to_string()]);
             }
@@ -136,9 +139,9 @@ fn run(args: &[String]) -> Result<(), String> {
                     .ok_or_else(|| format!("{model}: no {key} in the worker's output"))?;
                 values[m][k].push(value);
             }
-            if let (Some(python), true) = (&hf_python, model.starts_with("full-")) {
+            if let (Some(python), Family::Full) = (&hf_python, model.family) {
                 eprintln!("repeat {} of {}: transformers {model} ...", repeat + 1, plan.repeats);
-                hf[m].push(hf_decode(python, model, plan)?);
+                hf[m].push(hf_decode(python, *model, plan)?);
             }
         }
     }
@@ -165,7 +168,7 @@ fn key(name: &str) -> usize {
 }
 
 /// Decode at batch 1 reads every weight once per token: weight bytes x tokens/s, next to a plain copy.
-fn print_bandwidth(models: &[&str], columns: &[Vec<f64>]) {
+fn print_bandwidth(models: &[Preset], columns: &[Vec<f64>]) {
     const MIB: f64 = 1024.0 * 1024.0;
     let copy = copy_bandwidth();
     for (model, column) in models.iter().zip(columns) {
@@ -195,12 +198,12 @@ fn copy_bandwidth() -> f64 {
 }
 
 /// One repeat of `scripts/reference/bench_hf_decode.py`: Hugging Face's decode tokens/s at batch 1 and 8.
-fn hf_decode(python: &str, model: &str, plan: Plan) -> Result<(f64, f64), String> {
+fn hf_decode(python: &str, model: Preset, plan: Plan) -> Result<(f64, f64), String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = Command::new(python)
         .arg(root.join("scripts/reference/bench_hf_decode.py"))
         .arg(root.join("tests/fixtures/parity/presets.json"))
-        .arg(model)
+        .arg(model.name())
         .args(["--threads", &rayon::current_num_threads().to_string()])
         .args(["--prompt", &plan.decode_prompt.to_string(), "--new", &plan.new_tokens.to_string()])
         .args(["--repeats", "1"])
@@ -221,8 +224,9 @@ fn hf_decode(python: &str, model: &str, plan: Plan) -> Result<(f64, f64), String
 
 /// Our decode next to transformers' on the same full-rank shapes; CoLA's decode next to the same
 /// reference. Ratios are of the medians.
-fn print_hf_table(models: &[&str], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>]) {
-    let Some(full) = models.iter().position(|m| m.starts_with("full-")).filter(|&f| !hf[f].is_empty()) else {
+fn print_hf_table(models: &[Preset], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>]) {
+    let Some(full) = models.iter().position(|m| m.family == Family::Full).filter(|&f| !hf[f].is_empty())
+    else {
         println!("no full-rank model in --models: nothing to compare with transformers");
         return;
     };
@@ -237,7 +241,7 @@ fn print_hf_table(models: &[&str], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>])
         let ours = columns[full][key(if pick == 0 { "decode_1" } else { "decode_8" })];
         println!("| batch {batch} | {reference:.1} | {ours:.1} | {:.2} |", ours / reference);
     }
-    for (model, column) in models.iter().zip(columns).filter(|(m, _)| !m.starts_with("full-")) {
+    for (model, column) in models.iter().zip(columns).filter(|(m, _)| m.family != Family::Full) {
         let reference = median(hf[full].iter().map(|v| v.0).collect());
         println!(
             "{model} decode batch 1: {:.1} tokens/s, {:.2}x transformers {}",
@@ -248,13 +252,15 @@ fn print_hf_table(models: &[&str], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>])
     }
 }
 
-fn print_table(models: &[&str], columns: &[Vec<f64>], ratios: Option<&[f64]>, plan: Plan) {
+fn print_table(models: &[Preset], columns: &[Vec<f64>], ratios: Option<&[f64]>, plan: Plan) {
     print!("| {:<28} |", "measure");
     for model in models {
         print!(" {model:>10} |");
     }
     match ratios {
-        Some(_) => println!(" {:>9} |", format!("{}/{}", family(models[0]), family(models[1]))),
+        Some(_) => {
+            println!(" {:>9} |", format!("{}/{}", models[0].family.prefix(), models[1].family.prefix()))
+        }
         None => println!(),
     }
     let ratio_rule = if ratios.is_some() { "-----------|" } else { "" };
@@ -269,11 +275,6 @@ fn print_table(models: &[&str], columns: &[Vec<f64>], ratios: Option<&[f64]>, pl
         }
         println!();
     }
-}
-
-/// `cola` of `cola-350m`.
-fn family(model: &str) -> &str {
-    model.split('-').next().unwrap_or(model)
 }
 
 /// A `[prompt_len]` prompt per row of pseudo-random ids.
