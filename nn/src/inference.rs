@@ -16,7 +16,7 @@ use crate::config::LlamaConfig;
 use crate::error::{NnError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
-use cola_autograd::{AutogradError, Graph, Op, Parameter};
+use cola_autograd::{AutogradError, Eager, Graph, Op, Parameter};
 use cola_tensor::{Tensor, TensorError};
 
 /// A batch of sequences being generated from one model: the model's weights and the cache of every row.
@@ -150,7 +150,7 @@ impl Graph for CachedGraph<'_> {
         match op {
             Op::Rope { positions, theta } => self.shifted_rope(inputs[0], &positions, theta),
             Op::Attention { scale } => self.cached_attention(inputs[0], inputs[1], inputs[2], scale),
-            op => Ok(op.forward(inputs)?),
+            op => Ok(Eager.apply(op, inputs)?),
         }
         .map_err(|e| match e {
             NnError::Autograd(e) => e,
@@ -163,11 +163,11 @@ impl Graph for CachedGraph<'_> {
     }
 
     fn param(&mut self, param: &Parameter) -> Tensor {
-        param.value().clone()
+        Eager.param(param)
     }
 
     fn shape(&self, value: &Tensor) -> cola_autograd::Result<Vec<usize>> {
-        Ok(value.shape().to_vec())
+        Eager.shape(value)
     }
 
     fn layer<R>(&mut self, index: usize, f: impl FnOnce(&mut Self) -> R) -> R {
