@@ -69,8 +69,11 @@ pub struct ShardSet {
     /// Files tokenized by this call, and files whose shards were reused.
     pub tokenized: usize,
     pub reused: usize,
-    /// Bytes on disk of the files tokenized by this call, and the seconds it took.
+    /// Of the files tokenized by this call: bytes on disk, bytes of document text, ids made; and the
+    /// seconds the call took.
     pub tokenized_bytes: u64,
+    pub tokenized_text_bytes: u64,
+    pub tokenized_tokens: u64,
     pub seconds: f64,
 }
 
@@ -200,13 +203,18 @@ pub fn prepare_shards(
     manifest.shards = slots.into_iter().flatten().collect();
     save_manifest(dir, &manifest)?;
     remove_unlisted_shards(dir, &manifest);
+    let fresh_entries = || todo.iter().map(|&i| &manifest.shards[i]);
+    let tokenized_text_bytes = fresh_entries().map(|entry| entry.read.text_bytes).sum();
+    let tokenized_tokens = fresh_entries().map(|entry| entry.tokens).sum();
     let set = ShardSet {
         dir: dir.to_path_buf(),
-        manifest,
         tokenized: todo.len(),
         reused,
         tokenized_bytes,
+        tokenized_text_bytes,
+        tokenized_tokens,
         seconds: start.elapsed().as_secs_f64(),
+        manifest,
     };
     if verbose && !todo.is_empty() {
         let read = set.read_report();
