@@ -2,7 +2,8 @@
 //! command line's library path (`train::resolve`, then `train::run`; `--audit` through `plan::audit_plan`):
 //! - the tiny presets, whose own 64-entry vocabulary is smaller than any byte-level BPE, train one optimizer
 //!   step of 2 x 32 tokens with the vocabulary raised for them (tokenizer and model), announced by a note,
-//!   and a resume takes that vocabulary from the checkpoint;
+//!   and a resume takes that vocabulary from the checkpoint; a `TrainConfig` built in code without a
+//!   vocabulary trains the same step bit for bit (same seed, data and sizes);
 //! - every other preset goes through the `--audit` plan and the model-free part of the audit report: the
 //!   vocabulary a run would use is the preset's own, the same the run's config gets, and the parameter
 //!   counts are PyTorch's (`tests/fixtures/parity/param_counts.json`). No model is built for them.
@@ -16,7 +17,7 @@ use cola::data::shakespeare::{shakespeare_dir, SHAKESPEARE_ARCHIVE};
 use cola::data::tokenizer::MIN_BPE_VOCAB;
 use cola::data::{cache_root, Tokenizer};
 use cola::train::plan::{audit_plan, ModelVocab, SMALL_PRESET_BPE_VOCAB};
-use cola::train::{self, Options, RunOutcome, TrainError};
+use cola::train::{self, Options, RunOutcome, TrainConfig, TrainError};
 use cola_nn::{Preset, Size};
 use common::TempDir;
 use std::path::PathBuf;
@@ -88,6 +89,21 @@ fn tiny_presets_train_a_step_on_the_default_corpus_with_a_raised_vocabulary() {
         assert!((loss - expected).abs() < FIRST_LOSS_TOLERANCE, "{preset}: loss {loss}, ln V {expected}");
         let tokenizer = Tokenizer::load(&out.join("tokenizer.json")).unwrap();
         assert_eq!(tokenizer.vocab_size(), SMALL_PRESET_BPE_VOCAB, "{preset}");
+
+        // A config built in code, without a vocabulary, gets the same one from the run itself.
+        let mut direct = TrainConfig::new(preset, dir.join(&format!("{preset}-direct")));
+        direct.steps = config.steps;
+        direct.warmup = config.warmup;
+        direct.batch_size = config.batch_size;
+        direct.micro_batch = config.micro_batch;
+        direct.seq_len = config.seq_len;
+        direct.eval_every = 0;
+        direct.cache_dir = Some(cache.clone());
+        let direct_loss = match train::run(&direct).unwrap() {
+            RunOutcome::Trained(summary) => summary.last_loss.unwrap(),
+            other => panic!("{preset}: expected a training run, got {other:?}"),
+        };
+        assert_eq!(direct_loss.to_bits(), loss.to_bits(), "{preset}: {direct_loss} vs {loss}");
 
         // The audit counts the model the run trained: the preset's, with 448 more rows of embedding and head.
         let sizes = cola::audit::sizes(preset, plan.vocab.size(), plan.micro_batch, plan.seq_len);
