@@ -44,8 +44,9 @@ fn reference_counts(preset: Preset) -> (usize, usize, usize) {
 }
 
 /// Why 0.05: with all-zero logits the first step's cross-entropy is exactly ln V; the small initial weights
-/// spread the logits and move it by about half their variance (0.005 on cola-tiny at 512). The preset's
-/// own 64 rows would give ln 64 = 4.16, more than 2 away, so the loss proves the model's vocabulary.
+/// spread the logits, and 62 targets are few, so it lands near ln V, not on it: 0.016 below for cola-tiny
+/// and 0.020 for full-tiny here. The preset's own 64 rows would give ln 64 = 4.16, more than 2 away, so
+/// the loss proves the model's vocabulary.
 const FIRST_LOSS_TOLERANCE: f64 = 0.05;
 
 #[test]
