@@ -31,10 +31,12 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
         train::set_threads(threads)?;
     }
     if options.audit {
-        let model = options.model.unwrap_or(train::plan::DEFAULT_MODEL);
-        let micro_batch = options.micro_batch.unwrap_or(model.cpu_micro_batch());
-        let seq_len = options.seq_len.unwrap_or(model.config().max_seq_len);
-        let report = cola::audit::audit(model, micro_batch, seq_len).map_err(TrainError::from)?;
+        let plan = train::plan::audit_plan(&options)?;
+        if let Some(note) = plan.vocab.note(plan.model) {
+            eprintln!("note: {note}");
+        }
+        let report = cola::audit::audit(plan.model, plan.vocab.size(), plan.micro_batch, plan.seq_len)
+            .map_err(TrainError::from)?;
         if options.json {
             print_json(&report)?;
         } else {

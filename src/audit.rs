@@ -137,6 +137,8 @@ pub fn human_bytes(bytes: f64) -> String {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Audit {
     pub preset: String,
+    /// Rows of the embedding and the head: the vocabulary a run of the preset would use.
+    pub vocab_size: usize,
     pub params_total: usize,
     pub params_low_rank: usize,
     pub params_other: usize,
@@ -144,6 +146,7 @@ pub struct Audit {
     pub training_flops_per_token: f64,
     pub micro_batch: usize,
     pub seq_len: usize,
+    /// Empty in the report of [`sizes`], which builds no model.
     pub policies: Vec<AuditRow>,
 }
 
@@ -159,19 +162,43 @@ pub struct AuditRow {
     pub step_seconds: f64,
 }
 
-/// Audits `preset` with one `micro_batch x seq_len` micro-batch per policy that applies to it
-/// ([`LlamaConfig::policies`]). The weights are zeros (memory and time do not depend on values), so even
-/// large presets start at once.
-pub fn audit(preset: Preset, micro_batch: usize, seq_len: usize) -> Result<Audit, NnError> {
-    let config = preset.config();
+/// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` with
+/// `vocab_size` rows of embedding and head, and no policy rows. Nothing is allocated, so it answers at once
+/// for every preset, 7b included.
+pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usize) -> Audit {
+    let config = LlamaConfig { vocab_size, ..preset.config() };
     let counts = config.param_counts();
     let flops = flops_per_token(&config, seq_len);
+    Audit {
+        preset: preset.to_string(),
+        vocab_size,
+        params_total: counts.total,
+        params_low_rank: counts.low_rank,
+        params_other: counts.other,
+        forward_flops_per_token: flops.forward,
+        training_flops_per_token: flops.training,
+        micro_batch,
+        seq_len,
+        policies: Vec::new(),
+    }
+}
+
+/// [`sizes`], then one `micro_batch x seq_len` micro-batch per policy that applies to the preset
+/// ([`LlamaConfig::policies`]) through a model with `vocab_size` rows of embedding and head. The weights are
+/// zeros (memory and time do not depend on values), so even large presets start at once.
+pub fn audit(
+    preset: Preset,
+    vocab_size: usize,
+    micro_batch: usize,
+    seq_len: usize,
+) -> Result<Audit, NnError> {
+    let mut report = sizes(preset, vocab_size, micro_batch, seq_len);
+    let config = LlamaConfig { vocab_size, ..preset.config() };
     let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
-    let ids = synthetic_ids(config.vocab_size, micro_batch * seq_len, 1);
-    let mut policies = Vec::new();
+    let ids = synthetic_ids(vocab_size, micro_batch * seq_len, 1);
     for policy in config.policies() {
         let m = measure_step(&model, policy, &ids, micro_batch, seq_len)?;
-        policies.push(AuditRow {
+        report.policies.push(AuditRow {
             policy: policy.name().to_string(),
             saved_bytes_per_token: m.saved_bytes_per_token(),
             saved_bytes: m.activations.saved_bytes,
@@ -181,17 +208,7 @@ pub fn audit(preset: Preset, micro_batch: usize, seq_len: usize) -> Result<Audit
             step_seconds: m.step_seconds,
         });
     }
-    Ok(Audit {
-        preset: preset.to_string(),
-        params_total: counts.total,
-        params_low_rank: counts.low_rank,
-        params_other: counts.other,
-        forward_flops_per_token: flops.forward,
-        training_flops_per_token: flops.training,
-        micro_batch,
-        seq_len,
-        policies,
-    })
+    Ok(report)
 }
 
 impl std::fmt::Display for Audit {
@@ -199,8 +216,8 @@ impl std::fmt::Display for Audit {
         writeln!(f, "audit of {} (f32, CPU)", self.preset)?;
         writeln!(
             f,
-            "parameters: {} total, {} low-rank, {} other",
-            self.params_total, self.params_low_rank, self.params_other
+            "parameters: {} total, {} low-rank, {} other (vocabulary {})",
+            self.params_total, self.params_low_rank, self.params_other, self.vocab_size
         )?;
         writeln!(
             f,
@@ -209,6 +226,9 @@ impl std::fmt::Display for Audit {
             self.training_flops_per_token / 1e9,
             self.seq_len
         )?;
+        if self.policies.is_empty() {
+            return Ok(());
+        }
         writeln!(f, "one micro-batch of {} x {} tokens through the tape:", self.micro_batch, self.seq_len)?;
         writeln!(
             f,

@@ -4,8 +4,10 @@
 //! a resumed run continues the schedule and data order it started with.
 use super::checkpoint;
 use super::{DeviceChoice, Options, Precision, Result, TrainConfig, TrainError};
+use crate::data::tokenizer::MIN_BPE_VOCAB;
+use crate::data::CorpusFormat;
 use cola_nn::Preset;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Validation tokens per periodic evaluation unless `--eval-tokens` says otherwise: 32 sequences of 256
@@ -18,6 +20,97 @@ pub const CPU_BATCH_SIZE: usize = 8;
 
 /// The model trained when `--model` is not given: the program's namesake.
 pub const DEFAULT_MODEL: Preset = Preset::new(cola_nn::Family::Cola, cola_nn::Size::M350);
+
+/// The vocabulary given to a preset whose own is too small for the byte-level BPE a run trains on its
+/// corpus (the tiny presets' 64): the smallest power of two that holds one, 512, which leaves a few hundred
+/// merges so that the BPE is more than a byte table.
+pub const SMALL_PRESET_BPE_VOCAB: usize = MIN_BPE_VOCAB.next_power_of_two();
+
+/// The vocabulary of a run's model (and of the BPE trained for it) and where that size came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelVocab {
+    /// The preset's own size.
+    Preset(usize),
+    /// `--vocab-size`, or on resume the size the checkpoint's run used.
+    Given(usize),
+    /// The preset's `preset` entries cannot hold the byte-level BPE the run trains, so the tokenizer and
+    /// the model get `size` ([`SMALL_PRESET_BPE_VOCAB`]).
+    Raised { preset: usize, size: usize },
+}
+
+impl ModelVocab {
+    /// The vocabulary of the model (its embedding and head rows) and of a BPE trained for it.
+    pub const fn size(self) -> usize {
+        match self {
+            ModelVocab::Preset(size) | ModelVocab::Given(size) | ModelVocab::Raised { size, .. } => size,
+        }
+    }
+
+    /// The one-line note a raised vocabulary is announced with; `None` for a size the user or the preset
+    /// chose.
+    pub fn note(self, model: Preset) -> Option<String> {
+        match self {
+            ModelVocab::Raised { preset, size } => Some(format!(
+                "vocabulary: {model}'s {preset} entries cannot hold a byte-level BPE (at least {MIN_BPE_VOCAB}: \
+                 256 bytes + 3 special tokens), so the tokenizer trained on the corpus and the model get \
+                 {size} (pass --vocab-size or --tokenizer to choose)"
+            )),
+            ModelVocab::Preset(_) | ModelVocab::Given(_) => None,
+        }
+    }
+}
+
+/// The vocabulary a run of `model` uses: `vocab_size` when given, else the preset's, raised to
+/// [`SMALL_PRESET_BPE_VOCAB`] when a BPE is to be trained (no `tokenizer`, and `data` is not a `.bin` of
+/// token ids) and the preset's is below [`MIN_BPE_VOCAB`]. A given size too small for that BPE is an
+/// error here, before any data is read.
+pub fn model_vocab(
+    model: Preset,
+    vocab_size: Option<usize>,
+    tokenizer: Option<&Path>,
+    data: Option<&Path>,
+) -> Result<ModelVocab> {
+    let trains_bpe =
+        tokenizer.is_none() && data.and_then(CorpusFormat::of_path) != Some(CorpusFormat::TokenIds);
+    let preset = model.config().vocab_size;
+    let default = if trains_bpe && preset < MIN_BPE_VOCAB {
+        ModelVocab::Raised { preset, size: SMALL_PRESET_BPE_VOCAB }
+    } else {
+        ModelVocab::Preset(preset)
+    };
+    match vocab_size {
+        None => Ok(default),
+        Some(size) if trains_bpe && size < MIN_BPE_VOCAB => Err(TrainError::Config(format!(
+            "--vocab-size {size} cannot hold the byte-level BPE trained on the corpus, which needs at least \
+             {MIN_BPE_VOCAB} entries (256 bytes + 3 special tokens); pass --vocab-size {MIN_BPE_VOCAB} or \
+             more, or leave it out ({model} then gets {}), or give a --tokenizer or a .bin corpus of token ids",
+            default.size()
+        ))),
+        Some(size) => Ok(ModelVocab::Given(size)),
+    }
+}
+
+/// What `--audit` examines: the preset with the vocabulary a run given the same options would use, and
+/// the micro-batch it measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditPlan {
+    pub model: Preset,
+    pub vocab: ModelVocab,
+    pub micro_batch: usize,
+    pub seq_len: usize,
+}
+
+/// The [`AuditPlan`] of `options`: the micro-batch defaults to the preset's CPU one and the sequence
+/// length to the preset's context, so that every preset audits without further flags.
+pub fn audit_plan(options: &Options) -> Result<AuditPlan> {
+    let model = options.model.unwrap_or(DEFAULT_MODEL);
+    Ok(AuditPlan {
+        model,
+        vocab: model_vocab(model, options.vocab_size, options.tokenizer.as_deref(), options.data.as_deref())?,
+        micro_batch: options.micro_batch.unwrap_or(model.cpu_micro_batch()),
+        seq_len: options.seq_len.unwrap_or(model.config().max_seq_len),
+    })
+}
 
 /// The config `options` ask for and notes on each default chosen for the user (to print before the run).
 pub fn resolve(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
@@ -36,7 +129,14 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     let recipe = model.recipe();
     let out = options.out.clone().unwrap_or_else(|| default_out(model));
     let mut config = TrainConfig::new(model, out);
-    config.vocab_size = options.vocab_size;
+    // A raised vocabulary is stored as the run's own, so that a resumed run takes it from the checkpoint.
+    let vocab =
+        model_vocab(model, options.vocab_size, options.tokenizer.as_deref(), options.data.as_deref())?;
+    notes.extend(vocab.note(model));
+    config.vocab_size = match vocab {
+        ModelVocab::Preset(_) => None,
+        ModelVocab::Given(size) | ModelVocab::Raised { size, .. } => Some(size),
+    };
     config.device = options.device.unwrap_or(DeviceChoice::Auto);
     let on_gpu = config.resolve_device()? != cola_tensor::Device::Cpu;
     config.precision =
@@ -166,12 +266,10 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     same!("--batch-size", batch_size);
     same!("--seq-len", seq_len);
     same!("--seed", seed);
-    if options.vocab_size.is_some() && options.vocab_size != config.vocab_size {
-        return Err(conflict(
-            "--vocab-size",
-            format!("{:?}", options.vocab_size),
-            format!("{:?}", config.vocab_size),
-        ));
+    // Compared by size: a checkpoint without one used its preset's, and a raised one is stored as its own.
+    let saved_vocab = config.vocab_size.unwrap_or(config.model.config().vocab_size);
+    if let Some(given) = options.vocab_size.filter(|&given| given != saved_vocab) {
+        return Err(conflict("--vocab-size", given.to_string(), saved_vocab.to_string()));
     }
     if options.data.is_some() && options.data != config.data {
         return Err(conflict("--data", format!("{:?}", options.data), format!("{:?}", config.data)));

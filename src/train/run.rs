@@ -3,6 +3,7 @@
 use super::checkpoint::{self, RngState, RunState};
 use super::eval::{evaluate, EvalResult};
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
+use super::plan::model_vocab;
 use super::progress::{format_duration, Progress};
 use super::trainer::norms_and_embedding;
 use super::trainer::{StepError, Trainer};
@@ -175,18 +176,21 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
             eprintln!("{message}");
         }
     };
-    let mut model_config = config.model.config();
-    if let Some(vocab) = config.vocab_size {
-        model_config.vocab_size = vocab;
+    // A resumed run reads its token ids with the tokenizer it was trained with.
+    let tokenizer = resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone());
+    let vocab = model_vocab(config.model, config.vocab_size, tokenizer.as_deref(), config.data.as_deref())?;
+    if let Some(note) = vocab.note(config.model) {
+        say(&format!("note: {note}"));
     }
+    let mut model_config = config.model.config();
+    model_config.vocab_size = vocab.size();
     // RoPE has no position table: a longer --seq-len needs no other change.
     model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
 
     let data_config = DataConfig {
         data: config.data.clone(),
         val_data: config.val_data.clone(),
-        // A resumed run reads its token ids with the tokenizer it was trained with.
-        tokenizer: resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone()),
+        tokenizer,
         vocab_size: model_config.vocab_size,
         seq_len: config.seq_len,
         seed: config.seed,
