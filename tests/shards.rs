@@ -251,4 +251,17 @@ fn a_damaged_shard_index_is_an_error_naming_it() {
     std::fs::File::options().write(true).open(&ids).unwrap().set_len(len - 2).unwrap();
     let again = prepare_shards(&source, &tokenizer, &shard_dir, false, false).unwrap();
     assert_eq!((again.tokenized, again.reused), (1, 3));
+    // The pipeline recovers from a damaged index by itself: the shard is deleted and its file tokenized
+    // again, alone.
+    let config = config(corpus.clone(), tokenizer_path, dir.join("cache"));
+    let first = tokenize(&config);
+    let shards = first.train.shards.as_ref().unwrap();
+    let ends = shards.dir.join(format!("{}.ends", shards.manifest.shards[0].name));
+    let mut bytes = std::fs::read(&ends).unwrap();
+    bytes[0] ^= 0xFF;
+    std::fs::write(&ends, bytes).unwrap();
+    let recovered = tokenize(&config);
+    let shards = recovered.train.shards.as_ref().unwrap();
+    assert_eq!((shards.tokenized, shards.reused), (1, 3));
+    assert_eq!(recovered.train.stream.to_vec(), reference_ids(&corpus, &tokenizer).0);
 }

@@ -36,6 +36,7 @@ pub use stream::{IdWidth, TokenStream};
 pub use tokenizer::{check_vocab, Tokenizer, EOS_ID, PAD_ID};
 pub use tokens::TokenizedCorpus;
 
+use error::io_error;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -471,6 +472,17 @@ fn corpus_tokens(
         };
         return Err(DataError::EmptyCorpus { path: source.path.clone(), reason });
     }
-    let stream = shards.stream()?;
+    let (stream, shards) = match shards.stream() {
+        Ok(stream) => (stream, shards),
+        // A shard damaged since it was written: delete the file, and the next preparation finds the
+        // shard missing and tokenizes its source file again (alone).
+        Err(DataError::BadCache { path, reason }) => {
+            eprintln!("data: {}: {reason}; tokenizing its file again", path.display());
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            let shards = prepare_shards(&source, tokenizer, &dir, config.strict, config.verbose)?;
+            (shards.stream()?, shards)
+        }
+        Err(err) => return Err(err),
+    };
     Ok(CorpusTokens { source, stream, read, max_id: shards.max_id(), shards: Some(shards) })
 }
