@@ -1,6 +1,8 @@
 //! Checkpoints: everything a run needs to continue bit for bit, in one folder `checkpoint-<step>/` of the
 //! run directory:
 //! - `model.safetensors`: the weights in the PyTorch reference's names and layouts (written by cola-nn);
+//! - `config.json`: the model config in the Hugging Face form ([`HfConfig`]): a full-rank checkpoint
+//!   loads in `transformers` as a `LlamaForCausalLM`;
 //! - `optimizer.safetensors`: AdamW's moments as `<parameter>.exp_avg` / `<parameter>.exp_avg_sq`;
 //! - `tokenizer.json`: the tokenizer the token ids came from;
 //! - `state.json`: update count, tokens seen, data position, RNG state, the run config, and the size and
@@ -10,12 +12,13 @@
 //! only then renamed into place; only after that are the checkpoints the retention rule does not keep
 //! deleted ([`Retention`]: by default all but the newest). A crash at any moment leaves the last
 //! complete checkpoint loadable, and the half-written temp folder is ignored (and swept by the next save).
+use super::hf_config::{HfConfig, HF_CONFIG_FILE};
 use super::{Result, Retention, TrainConfig, TrainError};
 use crate::data::{DataState, Tokenizer};
 use cola_autograd::Parameter;
 use cola_nn::{load_safetensors, save_safetensors, Llama, Module, ParamKind, WEIGHTS_FILE};
 use cola_optim::AdamW;
-use cola_tensor::Tensor;
+use cola_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -131,10 +134,13 @@ pub fn save(
         }
         std::fs::create_dir_all(&temp).map_err(TrainError::io(&temp))?;
         model.save_safetensors(&temp.join(WEIGHTS_FILE))?;
+        // `Llama::save_safetensors` stores f32 whatever the training precision.
+        HfConfig::of(model.config(), DType::F32, tokenizer.map(Tokenizer::eos_id))
+            .write(&temp.join(HF_CONFIG_FILE))?;
         let moments =
             optimizer.state_tensors().into_iter().map(|(name, t)| Parameter::new(name, t)).collect();
         save_safetensors(&NamedTensors(moments), &temp.join(OPTIMIZER_FILE))?;
-        let mut names = vec![WEIGHTS_FILE, OPTIMIZER_FILE];
+        let mut names = vec![WEIGHTS_FILE, HF_CONFIG_FILE, OPTIMIZER_FILE];
         if let Some(tokenizer) = tokenizer {
             tokenizer.save_into_dir(&temp)?;
             names.push(TOKENIZER_FILE);

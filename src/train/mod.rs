@@ -10,11 +10,13 @@
 //!
 //! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs`
 //! (orchestration), `trainer.rs` (one optimizer step), `eval.rs` (validation loss), `checkpoint.rs` (run
-//! state on disk), `retention.rs` (which checkpoints are kept), `lock.rs` (one process per run
-//! directory), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output), `profile.rs` (`--profile`:
-//! time and FLOPs per op family and direction over a few steps).
+//! state on disk), `hf_config.rs` (its `config.json` for other tools), `retention.rs` (which checkpoints
+//! are kept), `lock.rs` (one process per run directory), `metrics.rs` (jsonl + plot), `progress.rs`
+//! (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and direction over a few
+//! steps).
 pub mod checkpoint;
 pub mod eval;
+pub mod hf_config;
 pub mod lock;
 pub mod metrics;
 pub mod options;
@@ -28,6 +30,7 @@ pub mod trainer;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use eval::{evaluate, EvalResult};
+pub use hf_config::{HfConfig, HF_CONFIG_FILE};
 pub use lock::{RunLock, LOCK_FILE};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
 pub use options::{gpu_count, DeviceChoice, Options, Precision};
