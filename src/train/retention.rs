@@ -43,9 +43,7 @@ impl FromStr for Keep {
             return Ok(Keep::All);
         }
         text.parse::<NonZeroUsize>().map(Keep::Latest).map_err(|_| {
-            TrainError::Config(format!(
-                "--keep-checkpoints {text}: expected a number of checkpoints (at least 1) or all"
-            ))
+            TrainError::Config(format!("expected a number of checkpoints (at least 1) or all, got {text:?}"))
         })
     }
 }
