@@ -5,7 +5,7 @@
 use clap::Parser;
 use cola::train::checkpoint::RunState;
 use cola::train::trainer::norms_and_embedding;
-use cola::train::{DeviceChoice, Options, Precision, TrainConfig};
+use cola::train::{DeviceChoice, Keep, Options, Precision, TrainConfig};
 use cola_autograd::Policy;
 use cola_nn::{Family, Llama, LlamaConfig, ParamKind, Preset, Size};
 use cola_tensor::Rng;
@@ -87,6 +87,8 @@ fn a_state_json_written_before_the_typed_config_loads_with_typed_values() {
     assert_eq!((config.vocab_size, config.steps, config.lr, config.micro_batch), (Some(300), 2, 0.006, 8));
     assert_eq!(config.data, Some(PathBuf::from("corpus.txt")));
     assert_eq!((old.step, old.rng.counter, old.files.len()), (2, 27136, 3));
+    // Older than the retention fields: the latest checkpoint only, as those runs kept.
+    assert_eq!((config.keep_checkpoints, config.keep_every), (Keep::default(), 0));
 
     // Other spellings of the same era: a GPU by ordinal, the `dtype` alias of `precision`, and no
     // `recompute` field at all (files older than the field), which means `none`.

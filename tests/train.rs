@@ -5,60 +5,16 @@
 mod common;
 
 use cola::data::{BatchMode, DataConfig, Dataset, Tokenizer};
-use cola::train::{
-    self, checkpoint, Options, Precision, RunOutcome, TrainConfig, TrainError, TrainSummary, Trainer,
-};
+use cola::train::{self, checkpoint, Options, Precision, RunOutcome, TrainConfig, TrainError, Trainer};
 use cola_autograd::Policy;
 use cola_nn::{Llama, LlamaConfig, Preset};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::Rng;
+use common::training::{tiny_config, trained, write_corpus, SEQ, VOCAB};
 use common::TempDir;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-const VOCAB: usize = 300;
-const SEQ: usize = 16;
-
-/// A repetitive text: a handful of sentences in a fixed pseudo-random order.
-fn write_corpus(dir: &TempDir) -> PathBuf {
-    let sentences = [
-        "the cat sat on the mat.",
-        "a dog ran to the red house.",
-        "birds sing in the tall green tree.",
-        "we bake bread every morning.",
-    ];
-    let mut rng = Rng::new(7);
-    let text: Vec<&str> = (0..400).map(|_| sentences[rng.below(4) as usize]).collect();
-    let path = dir.join("corpus.txt");
-    std::fs::write(&path, text.join(" ")).unwrap();
-    path
-}
-
-/// cola-tiny (or `model`) with a 300-entry vocabulary on the test corpus: 8 x 16 tokens per step in one
-/// micro-batch, no evaluations or periodic checkpoints unless a test asks.
-fn tiny_config(dir: &TempDir, model: &str, out: &str, steps: u64) -> TrainConfig {
-    let mut config = TrainConfig::new(model.parse().unwrap(), dir.join(out));
-    config.vocab_size = Some(VOCAB);
-    config.data = Some(dir.join("corpus.txt"));
-    config.cache_dir = Some(dir.join("cache"));
-    config.seq_len = SEQ;
-    config.batch_size = 8;
-    config.micro_batch = 8;
-    config.steps = steps;
-    config.warmup = 2;
-    config.lr = 1e-2;
-    config.eval_every = 0;
-    config.save_every = 0;
-    config
-}
-
-fn trained(config: &TrainConfig) -> TrainSummary {
-    match train::run(config).unwrap() {
-        RunOutcome::Trained(summary) => summary,
-        other => panic!("expected a training run, got {other:?}"),
-    }
-}
 
 /// `(step, loss)` of every step line of `run_dir/metrics.jsonl`, and the eval lines' `(step, val_loss)`.
 /// `(step, loss)` pairs.
@@ -258,11 +214,12 @@ fn checkpoints_are_atomic_and_a_crashed_save_leaves_the_last_one() {
     assert!(checkpoint::locate(&run).unwrap().ends_with("checkpoint-6"));
     std::fs::remove_file(run.join("checkpoint-9")).unwrap();
 
-    // The leftover temp folder breaks nothing: resume from step 6 finishes the run and sweeps it.
+    // The leftover temp folder breaks nothing: resume from step 6 finishes the run and sweeps it. The
+    // checkpoint the run resumed from is kept while that run lasts.
     assert_eq!(trained(&resume).steps, 9);
     assert!(!crashed.exists());
     let kept: Vec<u64> = checkpoint::list(&run).into_iter().map(|(step, _)| step).collect();
-    assert_eq!(kept, vec![9]);
+    assert_eq!(kept, vec![6, 9]);
 }
 
 /// The message of the error `run` returns for `config`, which must not panic.

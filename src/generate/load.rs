@@ -4,11 +4,13 @@
 //! run directory (its latest checkpoint), a folder with a `model.safetensors` in the reference's names
 //! and layouts (optionally with a Hugging Face style `config.json`), or such a `.safetensors` file.
 //! The model config comes from, in order: `--model` (a preset; the vocabulary from the weights' shapes),
-//! `state.json` (the run's config), `config.json` plus the weights' shapes, or the shapes alone matched
-//! against the presets.
+//! `state.json` (the run's config, cross-checked with the `config.json` the same save wrote),
+//! `config.json` plus the weights' shapes (any Hugging Face style file, so read field by field), or the
+//! shapes alone matched against the presets.
 use super::{GenerateError, Result};
 use crate::data::Tokenizer;
 use crate::train::checkpoint::{self, RunState, STATE_FILE, TOKENIZER_FILE};
+use crate::train::hf_config::{HfConfig, HF_CONFIG_FILE};
 use cola_nn::{Init, Llama, LlamaConfig, PRESET_NAMES, WEIGHTS_FILE};
 use cola_tensor::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -216,6 +218,26 @@ fn config_of_run(state: &RunState) -> Result<LlamaConfig> {
     Ok(config)
 }
 
+/// Cross-checks the `config.json` beside `weights`, if there is one, with the run's `config`: both are
+/// written by the same save, so a difference means files of two checkpoints were mixed.
+fn check_hf_config(weights: &Path, config: &LlamaConfig) -> Result<()> {
+    let path = weights.with_file_name(HF_CONFIG_FILE);
+    if !path.is_file() {
+        return Ok(()); // written before checkpoints had one
+    }
+    let differences = HfConfig::read(&path)?.differences(config);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    Err(bad(
+        &path,
+        format!(
+            "disagrees with {STATE_FILE} beside it ({}); the folder mixes files of different checkpoints",
+            differences.join(", ")
+        ),
+    ))
+}
+
 /// The tokenizer to use: `explicit`, else `tokenizer.json` beside the weights or in the folder above.
 pub fn find_tokenizer(weights: &Path, explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(path) = explicit {
@@ -250,10 +272,14 @@ pub fn load(options: &LoadOptions) -> Result<Loaded> {
             config.vocab_size = embedding_shape(&files.weights, &shapes)?.0;
             (config, format!("--model {preset}"))
         }
-        (None, Some(state)) => (config_of_run(state)?, format!("{STATE_FILE} ({})", state.config.model)),
+        (None, Some(state)) => {
+            let config = config_of_run(state)?;
+            check_hf_config(&files.weights, &config)?;
+            (config, format!("{STATE_FILE} ({})", state.config.model))
+        }
         (None, None) => {
             let dir = files.weights.parent().unwrap_or(Path::new("."));
-            let hf_path = dir.join("config.json");
+            let hf_path = dir.join(HF_CONFIG_FILE);
             let hf = match std::fs::read_to_string(&hf_path) {
                 Ok(text) => Some(
                     serde_json::from_str::<serde_json::Value>(&text)

@@ -1,21 +1,24 @@
 //! Checkpoints: everything a run needs to continue bit for bit, in one folder `checkpoint-<step>/` of the
 //! run directory:
 //! - `model.safetensors`: the weights in the PyTorch reference's names and layouts (written by cola-nn);
+//! - `config.json`: the model config in the Hugging Face form ([`HfConfig`]): a full-rank checkpoint
+//!   loads in `transformers` as a `LlamaForCausalLM`;
 //! - `optimizer.safetensors`: AdamW's moments as `<parameter>.exp_avg` / `<parameter>.exp_avg_sq`;
 //! - `tokenizer.json`: the tokenizer the token ids came from;
 //! - `state.json`: update count, tokens seen, data position, RNG state, the run config, and the size and
 //!   checksum of every other file, so a truncated or damaged checkpoint is named as such on load.
 //!
 //! A checkpoint is written into a temp folder (`.checkpoint-<step>.tmp-<pid>`), every file fsynced, and
-//! only then renamed into place; the previous checkpoint is deleted after that. A crash at any moment
-//! leaves the last complete checkpoint loadable, and the half-written temp folder is ignored (and swept
-//! by the next save).
-use super::{Result, TrainConfig, TrainError};
+//! only then renamed into place; only after that are the checkpoints the retention rule does not keep
+//! deleted ([`Retention`]: by default all but the newest). A crash at any moment leaves the last
+//! complete checkpoint loadable, and the half-written temp folder is ignored (and swept by the next save).
+use super::hf_config::{HfConfig, HF_CONFIG_FILE};
+use super::{Result, Retention, TrainConfig, TrainError};
 use crate::data::{DataState, Tokenizer};
 use cola_autograd::Parameter;
 use cola_nn::{load_safetensors, save_safetensors, Llama, Module, ParamKind, WEIGHTS_FILE};
 use cola_optim::AdamW;
-use cola_tensor::Tensor;
+use cola_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -109,10 +112,12 @@ impl Module for NamedTensors {
     }
 }
 
-/// Writes a checkpoint of `state` into `run_dir/checkpoint-<step>` and deletes older ones. Returns the
-/// folder and whether it was written (a checkpoint of the same step already there is kept as it is).
+/// Writes a checkpoint of `state` into `run_dir/checkpoint-<step>`, then deletes the ones `retention`
+/// does not keep. Returns the folder and whether it was written (a checkpoint of the same step already
+/// there is kept as it is).
 pub fn save(
     run_dir: &Path,
+    retention: &Retention,
     mut state: RunState,
     model: &Llama,
     optimizer: &AdamW,
@@ -129,10 +134,13 @@ pub fn save(
         }
         std::fs::create_dir_all(&temp).map_err(TrainError::io(&temp))?;
         model.save_safetensors(&temp.join(WEIGHTS_FILE))?;
+        // `Llama::save_safetensors` stores f32 whatever the training precision.
+        HfConfig::of(model.config(), DType::F32, tokenizer.map(Tokenizer::eos_id))
+            .write(&temp.join(HF_CONFIG_FILE))?;
         let moments =
             optimizer.state_tensors().into_iter().map(|(name, t)| Parameter::new(name, t)).collect();
         save_safetensors(&NamedTensors(moments), &temp.join(OPTIMIZER_FILE))?;
-        let mut names = vec![WEIGHTS_FILE, OPTIMIZER_FILE];
+        let mut names = vec![WEIGHTS_FILE, HF_CONFIG_FILE, OPTIMIZER_FILE];
         if let Some(tokenizer) = tokenizer {
             tokenizer.save_into_dir(&temp)?;
             names.push(TOKENIZER_FILE);
@@ -158,19 +166,26 @@ pub fn save(
         let _ = std::fs::remove_dir_all(&temp);
         return Err(error);
     }
-    sweep(run_dir, state.step);
+    sweep(run_dir, retention);
     Ok((target, true))
 }
 
-/// Deletes checkpoints older than `keep_step` and temp folders of interrupted saves. Failures only
-/// leave files behind, so they are ignored.
-fn sweep(run_dir: &Path, keep_step: u64) {
+/// Deletes the complete checkpoints `retention` does not keep and the temp folders of interrupted saves
+/// (the run directory's lock means no other process is writing one). Failures only leave files behind,
+/// so they are ignored.
+fn sweep(run_dir: &Path, retention: &Retention) {
+    let complete = list(run_dir);
+    let steps: Vec<u64> = complete.iter().map(|&(step, _)| step).collect();
+    let kept = retention.retained(&steps);
+    for (step, dir) in complete {
+        if kept.binary_search(&step).is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
     let Ok(entries) = std::fs::read_dir(run_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let stale_temp = name.starts_with(&format!(".{CHECKPOINT_PREFIX}")) && name.contains(".tmp-");
-        let older = checkpoint_step(&name).is_some_and(|step| step < keep_step);
-        if stale_temp || older {
+        if name.starts_with(&format!(".{CHECKPOINT_PREFIX}")) && name.contains(".tmp-") {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

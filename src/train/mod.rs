@@ -10,25 +10,33 @@
 //!
 //! Files: `options.rs` (the typed command line), `plan.rs` (defaults and their reasons), `run.rs`
 //! (orchestration), `trainer.rs` (one optimizer step), `eval.rs` (validation loss), `checkpoint.rs` (run
-//! state on disk), `metrics.rs` (jsonl + plot), `progress.rs` (terminal output), `profile.rs`
-//! (`--profile`: time and FLOPs per op family and direction over a few steps).
+//! state on disk), `hf_config.rs` (its `config.json` for other tools), `retention.rs` (which checkpoints
+//! are kept), `lock.rs` (one process per run directory), `metrics.rs` (jsonl + plot), `progress.rs`
+//! (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and direction over a few
+//! steps).
 pub mod checkpoint;
 pub mod eval;
+pub mod hf_config;
+pub mod lock;
 pub mod metrics;
 pub mod options;
 pub mod plan;
 pub mod profile;
 mod progress;
+pub mod retention;
 mod run;
 pub mod sample;
 pub mod trainer;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use eval::{evaluate, EvalResult};
+pub use hf_config::{HfConfig, HF_CONFIG_FILE};
+pub use lock::{RunLock, LOCK_FILE};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
 pub use options::{gpu_count, DeviceChoice, Options, Precision};
 pub use plan::resolve;
 pub use profile::{profile, ProfileRow, StepProfile};
+pub use retention::{Keep, Retention};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
@@ -90,6 +98,14 @@ pub struct TrainConfig {
     pub eval_tokens: usize,
     /// Checkpoint every this many updates (and after the last, and on Ctrl-C); 0 only at those times.
     pub save_every: u64,
+    /// How many of the newest checkpoints the run directory keeps (`"1"` or `"all"` in `state.json`);
+    /// files written before the field existed mean the latest one, as those runs kept.
+    #[serde(default, with = "options::by_name")]
+    pub keep_checkpoints: Keep,
+    /// Also keep every checkpoint whose step is a multiple of this; 0 (the default, and the meaning of
+    /// files older than the field) keeps no milestones.
+    #[serde(default)]
+    pub keep_every: u64,
     pub weight_decay: f64,
     /// `--no-decay-norms-embeddings`: RMSNorm weights and the embedding get no weight decay.
     pub no_decay_norms_embeddings: bool,
@@ -149,6 +165,8 @@ impl TrainConfig {
             eval_every: 1000,
             eval_tokens: plan::DEFAULT_EVAL_TOKENS,
             save_every: 1000,
+            keep_checkpoints: Keep::default(),
+            keep_every: 0,
             weight_decay: 0.01,
             no_decay_norms_embeddings: false,
             clip_norm: 0.5,
@@ -264,6 +282,9 @@ pub enum TrainError {
     },
     #[error("checkpoint {}: {reason}", .path.display())]
     Checkpoint { path: PathBuf, reason: String },
+    /// The run directory belongs to another process (see [`lock`]).
+    #[error("run directory locked: {}: {reason}", .path.display())]
+    Locked { path: PathBuf, reason: String },
     #[error(
         "training diverged at step {step}: the {what} is {value}, so the update was not applied and nothing \
          was saved for it. {}. Lower --lr (now {lr:e}) or lengthen --warmup, then resume from the last \

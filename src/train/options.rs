@@ -1,8 +1,8 @@
 //! The training program's command line, typed: clap parses straight into [`Options`], whose fields are
-//! the types the run uses ([`Preset`], [`Precision`], [`Policy`], [`DeviceChoice`]), so a value is parsed
-//! once, where it is typed, and a bad one is clap's error listing the valid ones. Also the serde forms of
+//! the types the run uses ([`Preset`], [`Precision`], [`Policy`], [`DeviceChoice`], [`Keep`]), so a value
+//! is parsed once, where it is typed, and a bad one is clap's error listing the valid ones. Also the serde forms of
 //! these types in `state.json` (the names the command line uses).
-use super::{Result, TrainError};
+use super::{Keep, Result, TrainError};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use cola_autograd::Policy;
 use cola_nn::Preset;
@@ -148,8 +148,9 @@ fn policy_parser() -> impl TypedValueParser<Value = Policy> {
     })
 }
 
-/// `--device`: clap's error carries the message alone (clap already names the flag and the value).
-fn device_parser(text: &str) -> std::result::Result<DeviceChoice, String> {
+/// A value typed by its `FromStr` (`--device`, `--keep-checkpoints`): clap's error carries the message
+/// alone (clap already names the flag and the value).
+fn parsed<T: FromStr<Err = TrainError>>(text: &str) -> std::result::Result<T, String> {
     text.parse().map_err(|e: TrainError| match e {
         TrainError::Config(message) => message,
         other => other.to_string(),
@@ -170,7 +171,7 @@ pub struct Options {
     pub model: Option<Preset>,
     /// Where to train: auto (the first GPU when one is usable, else the CPU), cpu, cuda or cuda:N
     /// [default: auto]
-    #[arg(long, value_parser = device_parser)]
+    #[arg(long, value_parser = parsed::<DeviceChoice>)]
     pub device: Option<DeviceChoice>,
     /// Numeric precision: bf16-mixed (bf16 weights and activations, f32 accumulation, f32 master weights
     /// and AdamW state), pure-bf16 (the paper's setting) or f32 [default: bf16-mixed on a GPU, f32 on
@@ -224,6 +225,13 @@ pub struct Options {
     /// Checkpoint every N updates, and always at the end and on Ctrl-C [default: steps/10, at most 1000]
     #[arg(long)]
     pub save_every: Option<u64>,
+    /// Checkpoints the run directory keeps: the newest N, or all; the one a run resumed from stays until
+    /// that run ends [default: 1, on --resume the run's]
+    #[arg(long, value_name = "N|all", value_parser = parsed::<Keep>)]
+    pub keep_checkpoints: Option<Keep>,
+    /// Also keep every checkpoint whose step is a multiple of K; 0 none [default: 0, on --resume the run's]
+    #[arg(long, value_name = "K")]
+    pub keep_every: Option<u64>,
     /// Exempt RMSNorm weights and the embedding from weight decay
     #[arg(long)]
     pub no_decay_norms_embeddings: bool,

@@ -194,6 +194,8 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     config.eval_every = options.eval_every.unwrap_or_else(|| (config.steps / 20).clamp(10, 500));
     config.save_every = options.save_every.unwrap_or_else(|| (config.steps / 10).clamp(20, 1000));
     config.eval_tokens = options.eval_tokens.unwrap_or(DEFAULT_EVAL_TOKENS);
+    config.keep_checkpoints = options.keep_checkpoints.unwrap_or_default();
+    config.keep_every = options.keep_every.unwrap_or(0);
     if options.eval_every.is_none() || options.save_every.is_none() {
         // About 20 evaluations and 10 checkpoints per run; a checkpoint of cola-350m with its AdamW
         // state is 2.2 GB, so not more often than every 20 steps.
@@ -333,6 +335,8 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     config.eval_every = options.eval_every.unwrap_or(config.eval_every);
     config.eval_tokens = options.eval_tokens.unwrap_or(config.eval_tokens);
     config.save_every = options.save_every.unwrap_or(config.save_every);
+    config.keep_checkpoints = options.keep_checkpoints.unwrap_or(config.keep_checkpoints);
+    config.keep_every = options.keep_every.unwrap_or(config.keep_every);
     config.strict |= options.strict;
     // Without --out the run goes on in the directory that holds the checkpoint.
     config.out = match &options.out {

@@ -2,12 +2,13 @@
 //! evaluations, logs and checkpoints, and the `--eval-only` path.
 use super::checkpoint::{self, RngState, RunState};
 use super::eval::{evaluate, EvalResult};
+use super::lock::RunLock;
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
 use super::plan::model_vocab;
 use super::progress::{format_duration, Progress};
 use super::trainer::norms_and_embedding;
 use super::trainer::{StepError, Trainer};
-use super::{Precision, Result, TrainConfig, TrainError};
+use super::{Precision, Result, Retention, TrainConfig, TrainError};
 use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
 use cola_nn::{Init, Llama};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
@@ -74,6 +75,12 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         }
         None => None,
     };
+    // Training writes the run directory, so it holds the directory's lock until it returns (the guard
+    // lives to the end of this function); --eval-only only reads a checkpoint.
+    let lock = if config.eval_only { None } else { Some(RunLock::acquire(&config.out)?) };
+    if let Some(note) = lock.as_ref().and_then(RunLock::note) {
+        say(&format!("note: {note}"));
+    }
     if let (None, Some((step, dir))) = (&resume, checkpoint::list(&config.out).pop()) {
         return Err(TrainError::Config(format!(
             "{} already holds a run (checkpoint at step {step}: {}); pass --resume {} to continue it, or \
@@ -97,6 +104,8 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
     }
 
     std::fs::create_dir_all(&config.out).map_err(TrainError::io(&config.out))?;
+    let retention =
+        Retention::of_run(config, resume.as_ref().map(|(dir, state)| (dir.as_path(), state.step)));
     let (rng, data_state, tokens, elapsed, last_checkpoint) = match &resume {
         Some((dir, state)) => {
             checkpoint::load(dir, state, &mut trainer.model, &mut trainer.optimizer)?;
@@ -153,10 +162,13 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         elapsed_before: elapsed,
         started: Instant::now(),
         last_checkpoint,
+        retention,
         last_val,
         last_eval: None,
     };
-    looper.train().map(RunOutcome::Trained)
+    let outcome = looper.train().map(RunOutcome::Trained);
+    drop(lock);
+    outcome
 }
 
 /// What a run starts from: the prepared data and a trainer holding the model and AdamW.
@@ -260,6 +272,7 @@ struct Loop<'a> {
     elapsed_before: f64,
     started: Instant,
     last_checkpoint: Option<PathBuf>,
+    retention: Retention,
     last_val: Option<f64>,
     last_eval: Option<EvalResult>,
 }
@@ -424,6 +437,7 @@ impl Loop<'_> {
         );
         let (dir, written) = checkpoint::save(
             &self.config.out,
+            &self.retention,
             state,
             &self.trainer.model,
             &self.trainer.optimizer,

@@ -7,6 +7,7 @@
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod network;
+pub mod training;
 
 use cola::autograd::{Policy, Result, Tape, Var};
 use cola::tensor::{DType, Rng, Tensor};
