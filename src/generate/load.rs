@@ -293,13 +293,8 @@ pub fn load(options: &LoadOptions) -> Result<Loaded> {
     };
     let tokenizer_path = find_tokenizer(&files.weights, options.tokenizer.as_deref())?;
     let tokenizer = Tokenizer::load(&tokenizer_path)?;
-    if tokenizer.vocab_size() > config.vocab_size {
-        return Err(GenerateError::VocabMismatch {
-            tokenizer: tokenizer_path,
-            tokenizer_vocab: tokenizer.vocab_size(),
-            model_vocab: config.vocab_size,
-        });
-    }
+    // A tokenizer larger than the model (T5's 32100 entries against 32000) is accepted, as in training:
+    // the prompts are checked id by id (`encode_prompts`), and generated ids are the model's own.
     config.pad_id = Some(tokenizer.pad_id()).filter(|&id| (id as usize) < config.vocab_size).unwrap_or(0);
     let mut model = Llama::build(config, DType::F32, &mut Init::Zeros)?;
     model.load_safetensors(&files.weights)?;

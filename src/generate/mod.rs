@@ -17,12 +17,6 @@ use std::path::PathBuf;
 pub enum GenerateError {
     #[error("checkpoint {}: {reason}", .path.display())]
     Checkpoint { path: PathBuf, reason: String },
-    #[error(
-        "tokenizer {} has {tokenizer_vocab} entries but the checkpoint's vocabulary has {model_vocab}: it is \
-         not the tokenizer the model was trained with; pass the right one with --tokenizer",
-        .tokenizer.display()
-    )]
-    VocabMismatch { tokenizer: PathBuf, tokenizer_vocab: usize, model_vocab: usize },
     #[error("--device {device}: {reason}")]
     Device { device: Device, reason: String },
     #[error("{0}")]
@@ -47,6 +41,16 @@ pub fn encode_prompts(model: &Llama, tokenizer: &Tokenizer, prompts: &[String]) 
     let mut encoded = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let ids = tokenizer.encode(prompt)?;
+        let vocab = model.config().vocab_size;
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(GenerateError::Prompt(format!(
+                "prompt {} ({:?}) encodes to token id {id}, which the model's vocabulary of {vocab} lacks (the \
+                 tokenizer has {} entries)",
+                i + 1,
+                shorten(prompt),
+                tokenizer.vocab_size()
+            )));
+        }
         check_prompt(model, &ids).map_err(|e| {
             let reason = match e {
                 NnError::InvalidInput { reason } => reason,
