@@ -175,12 +175,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
             eprintln!("{message}");
         }
     };
-    let mut model_config = config.model.config();
-    if let Some(vocab) = config.vocab_size {
-        model_config.vocab_size = vocab;
-    }
-    // RoPE has no position table: a longer --seq-len needs no other change.
-    model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
+    let mut model_config = config.model_config();
 
     let data_config = DataConfig {
         data: config.data.clone(),
