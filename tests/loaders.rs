@@ -63,16 +63,22 @@ fn copy_checkpoint(from: &Path, scratch: &TempDir, name: &str) -> PathBuf {
     to
 }
 
-/// The tensor entries of a safetensors header (its `__metadata__` is free text).
+/// The tensor entries of a safetensors header, `None` unless its `__metadata__` is absent, null or a map
+/// of strings (the only rule on it).
 fn tensor_entries(header: &Value) -> Option<Vec<(&String, &Value)>> {
-    Some(header.as_object()?.iter().filter(|(name, _)| *name != "__metadata__").collect())
+    let metadata_ok = header.get("__metadata__").is_none_or(|m| {
+        m.is_null() || m.as_object().is_some_and(|fields| fields.values().all(Value::is_string))
+    });
+    let entries = header.as_object()?.iter().filter(|(name, _)| *name != "__metadata__");
+    metadata_ok.then(|| entries.collect())
 }
 
 /// Whether `damaged` is a valid safetensors file with the tensors of `original` (only data changed).
 fn same_tensors(original: &[u8], damaged: &[u8]) -> bool {
     match (SafetensorsFile::split(original), SafetensorsFile::split(damaged)) {
         (Some(a), Some(b)) => {
-            a.data.len() == b.data.len() && tensor_entries(&a.header) == tensor_entries(&b.header)
+            let entries = tensor_entries(&b.header);
+            a.data.len() == b.data.len() && entries.is_some() && tensor_entries(&a.header) == entries
         }
         _ => false,
     }
@@ -289,4 +295,33 @@ proptest! {
             prop_assert_eq!(read, Ok(ids));
         }
     }
+}
+
+/// The edits of `state.json` and of a weights header that once sized a model from a damaged number: a
+/// vocabulary of 2^60 (a model of 2^65 f32 weights), and a tensor name of layer 999999 (a model of a
+/// million layers inferred from the names alone).
+#[test]
+fn numbers_that_would_size_a_model_are_checked_against_the_weights() {
+    let run = WEIGHTS_RUNS.with(|runs| runs[1].checkpoint.clone());
+    let scratch = TempDir::new("sizes");
+    let dir = copy_checkpoint(&run, &scratch, "checkpoint");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(run.join(STATE_FILE)).unwrap()).unwrap();
+    state["config"]["vocab_size"] = Value::from(1u64 << 60);
+    std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state).unwrap()).unwrap();
+    let error = checkpoint::read_state(&dir).unwrap_err().to_string();
+    assert!(
+        error.contains("model.embed_tokens.weight expected [1152921504606846976, 32] got [300, 32]"),
+        "{error}"
+    );
+    let error = generate::load(&options(dir.clone(), None)).err().unwrap().to_string();
+    assert!(error.contains("does not match the model"), "{error}");
+
+    let mut weights = SafetensorsFile::split(&std::fs::read(run.join(WEIGHTS_FILE)).unwrap()).unwrap();
+    let entries = weights.header.as_object_mut().unwrap();
+    let norm = entries.remove("model.norm.weight").unwrap();
+    entries.insert("model.layers.999999.input_layernorm.weight".into(), norm);
+    let file = scratch.join("renamed.safetensors");
+    std::fs::write(&file, weights.join()).unwrap();
+    let error = generate::load(&options(file, Some(run.join(TOKENIZER_FILE)))).err().unwrap().to_string();
+    assert!(error.contains("match no preset"), "{error}");
 }
