@@ -11,9 +11,11 @@ use crate::module::{Module, ParamKind};
 use cola_autograd::Parameter;
 use cola_tensor::{bf16, DType, Element, Tensor};
 use half::f16;
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -182,22 +184,12 @@ pub fn load_safetensors<M: Module + ?Sized>(module: &mut M, path: &Path) -> Resu
     module.visit_mut(&mut |p, kind| params.push((p, kind)));
 
     let in_file: BTreeMap<String, safetensors::tensor::TensorView<'_>> = file.tensors().into_iter().collect();
-    let (mut missing, mut misshaped) = (Vec::new(), Vec::new());
-    for (param, kind) in &params {
-        let expected = disk_shape(*kind, param.value().shape());
-        match in_file.get(param.name()) {
-            None => missing.push(param.name().to_string()),
-            Some(view) if view.shape() != expected.as_slice() => {
-                misshaped.push((param.name().to_string(), expected, view.shape().to_vec()))
-            }
-            Some(_) => {}
-        }
-    }
-    let unexpected: Vec<String> =
-        in_file.keys().filter(|name| !params.iter().any(|(p, _)| p.name() == *name)).cloned().collect();
-    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
-        return Err(NnError::Mismatch { path: path.to_path_buf(), missing, unexpected, misshaped });
-    }
+    let expected: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|(param, kind)| (param.name().to_string(), disk_shape(*kind, param.value().shape())))
+        .collect();
+    let found = in_file.iter().map(|(name, view)| (name.clone(), view.shape().to_vec())).collect();
+    check_tensors(path, &expected, &found)?;
 
     let mut values = Vec::with_capacity(params.len());
     for (param, kind) in &params {
@@ -211,6 +203,103 @@ pub fn load_safetensors<M: Module + ?Sized>(module: &mut M, path: &Path) -> Resu
         param.set_value(value);
     }
     Ok(())
+}
+
+/// Fails unless `found` holds exactly the names of `expected` with their on-disk shapes; the error lists
+/// every missing, unexpected and mis-shaped tensor.
+fn check_tensors(
+    path: &Path,
+    expected: &[(String, Vec<usize>)],
+    found: &BTreeMap<String, Vec<usize>>,
+) -> Result<()> {
+    let (mut missing, mut misshaped) = (Vec::new(), Vec::new());
+    for (name, shape) in expected {
+        match found.get(name) {
+            None => missing.push(name.clone()),
+            Some(got) if got != shape => misshaped.push((name.clone(), shape.clone(), got.clone())),
+            Some(_) => {}
+        }
+    }
+    let unexpected: Vec<String> =
+        found.keys().filter(|name| !expected.iter().any(|(n, _)| n == *name)).cloned().collect();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+        return Err(NnError::Mismatch { path: path.to_path_buf(), missing, unexpected, misshaped });
+    }
+    Ok(())
+}
+
+/// The largest header a safetensors file may have (the safetensors crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// Name and on-disk shape of every tensor of the safetensors file `path`, from its header alone. The
+/// header is checked as a load checks it (each tensor's byte range holds exactly its shape and dtype,
+/// the ranges tile the data, the data ends where the file does), so the shapes describe no more bytes
+/// than the file holds and a model sized from them is bounded by the file's size.
+pub fn read_safetensors_shapes(path: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
+    let corrupt = |reason: String| NnError::Format { path: path.to_path_buf(), reason };
+    let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix).map_err(|_| corrupt(format!("{file_len} bytes, too short for a header")))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > file_len.saturating_sub(8) || header_len > MAX_HEADER_BYTES {
+        return Err(corrupt(format!("header length {header_len} does not fit the file of {file_len} bytes")));
+    }
+    // At most MAX_HEADER_BYTES and no more than the file holds.
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| io_error(path, e))?;
+    let metadata: Metadata =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("invalid header ({e})")))?;
+    let mut end = 0usize;
+    for name in metadata.offset_keys() {
+        let Some(info) = metadata.info(&name) else { continue };
+        let (start, stop) = info.data_offsets;
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(info.dtype.bitsize()))
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8);
+        if start != end || bytes.is_none() || bytes != stop.checked_sub(start) {
+            return Err(corrupt(format!(
+                "tensor {name:?}: bytes {start}..{stop} do not hold its {:?} of shape {:?} (the previous \
+                 tensor ends at {end})",
+                info.dtype, info.shape
+            )));
+        }
+        end = stop;
+    }
+    if (end as u64).checked_add(8 + header_len) != Some(file_len) {
+        return Err(corrupt(format!(
+            "the tensors end at byte {} of the data but the file holds {} bytes of data",
+            end,
+            file_len - 8 - header_len
+        )));
+    }
+    Ok(metadata.tensors().into_iter().map(|(name, info)| (name, info.shape.clone())).collect())
+}
+
+impl LlamaConfig {
+    /// Checks that `shapes` (of the weights file `path`, from [`read_safetensors_shapes`]) are exactly the
+    /// tensors of a model of this config, before the model is built: a config read from a damaged or
+    /// foreign file then fails with the mismatch instead of allocating a model the file cannot fill.
+    pub fn check_weights(&self, path: &Path, shapes: &BTreeMap<String, Vec<usize>>) -> Result<()> {
+        // Every layer has tensors of its own: this bounds the list of expected names by the file.
+        if self.n_layers > shapes.len() {
+            return Err(NnError::TooFewTensors {
+                path: path.to_path_buf(),
+                n_layers: self.n_layers,
+                tensors: shapes.len(),
+            });
+        }
+        let expected: Vec<(String, Vec<usize>)> = self
+            .parameter_shapes()
+            .into_iter()
+            .map(|(name, shape, kind)| (name, disk_shape(kind, &shape)))
+            .collect();
+        check_tensors(path, &expected, shapes)
+    }
 }
 
 impl Llama {

@@ -30,6 +30,12 @@ pub enum NnError {
     )]
     UnsupportedDType { path: PathBuf, name: String, dtype: String },
     #[error(
+        "checkpoint {} does not match the model: a model of {n_layers} layers has more tensors than the \
+         file's {tensors}",
+        .path.display()
+    )]
+    TooFewTensors { path: PathBuf, n_layers: usize, tensors: usize },
+    #[error(
         "checkpoint {} does not match the model: {}",
         .path.display(),
         describe_mismatch(.missing, .unexpected, .misshaped)

@@ -23,7 +23,9 @@ pub mod sampling;
 
 pub use attention::Attention;
 pub use block::Block;
-pub use checkpoint::{load_safetensors, save_safetensors, save_safetensors_as, WEIGHTS_FILE};
+pub use checkpoint::{
+    load_safetensors, read_safetensors_shapes, save_safetensors, save_safetensors_as, WEIGHTS_FILE,
+};
 pub use config::{LlamaConfig, PRESET_NAMES};
 pub use embedding::Embedding;
 pub use error::{NnError, Result};

@@ -67,6 +67,11 @@ impl Tokenizer {
 
     /// Parses the JSON text of a `tokenizer.json`.
     pub fn from_json(json: &str) -> Result<Tokenizer> {
+        // The tokenizers crate panics (an `expect` in its decoder's deserializer) on some syntax errors
+        // inside the decoder; JSON that parses reaches only its error paths.
+        serde_json::from_str::<serde::de::IgnoredAny>(json).map_err(|err| DataError::Tokenizer {
+            reason: format!("not a tokenizer.json: not JSON ({err})"),
+        })?;
         let mut inner: tokenizers::Tokenizer = json
             .parse()
             .map_err(|err| DataError::Tokenizer { reason: format!("not a tokenizer.json: {err}") })?;

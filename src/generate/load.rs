@@ -11,10 +11,9 @@ use super::{GenerateError, Result};
 use crate::data::Tokenizer;
 use crate::train::checkpoint::{self, RunState, STATE_FILE, TOKENIZER_FILE};
 use crate::train::hf_config::{HfConfig, HF_CONFIG_FILE};
-use cola_nn::{Init, Llama, LlamaConfig, PRESET_NAMES, WEIGHTS_FILE};
+use cola_nn::{read_safetensors_shapes, Init, Llama, LlamaConfig, PRESET_NAMES, WEIGHTS_FILE};
 use cola_tensor::{DType, Device, Tensor};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// What to load.
@@ -81,31 +80,10 @@ pub fn locate(path: &Path) -> Result<CheckpointFiles> {
     Ok(CheckpointFiles { weights, state })
 }
 
-/// Name and shape of every tensor of a safetensors file, from its header alone.
+/// Name and shape of every tensor of a safetensors file, from its header alone (checked against the
+/// file's size: see [`cola_nn::read_safetensors_shapes`]).
 pub fn read_shapes(weights: &Path) -> Result<BTreeMap<String, Vec<usize>>> {
-    let corrupt = |reason: String| bad(weights, format!("not a valid safetensors file: {reason}"));
-    let mut file = std::fs::File::open(weights).map_err(|e| bad(weights, e.to_string()))?;
-    let file_len = file.metadata().map_err(|e| bad(weights, e.to_string()))?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| corrupt(format!("{file_len} bytes, too short for a header")))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-        return Err(corrupt(format!("header length {header_len} does not fit the file of {file_len} bytes")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(|e| corrupt(e.to_string()))?;
-    let entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header is not JSON ({e})")))?;
-    let mut shapes = BTreeMap::new();
-    for (name, entry) in entries.into_iter().filter(|(name, _)| name != "__metadata__") {
-        let shape = entry
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .and_then(|dims| dims.iter().map(|d| d.as_u64().map(|d| d as usize)).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| corrupt(format!("tensor {name:?} has no valid shape")))?;
-        shapes.insert(name, shape);
-    }
-    Ok(shapes)
+    Ok(read_safetensors_shapes(weights)?)
 }
 
 /// The `(vocab_size, d_model)` of the embedding in `shapes`.
@@ -210,12 +188,7 @@ fn read_state(path: &Path) -> Result<RunState> {
 
 /// The model config of the run that wrote `state` (as the training program builds it).
 fn config_of_run(state: &RunState) -> Result<LlamaConfig> {
-    let mut config = state.config.model.config();
-    if let Some(vocab) = state.config.vocab_size {
-        config.vocab_size = vocab;
-    }
-    config.max_seq_len = config.max_seq_len.max(state.config.seq_len);
-    Ok(config)
+    Ok(state.config.model_config())
 }
 
 /// Cross-checks the `config.json` beside `weights`, if there is one, with the run's `config`: both are
@@ -296,6 +269,7 @@ pub fn load(options: &LoadOptions) -> Result<Loaded> {
     // A tokenizer larger than the model (T5's 32100 entries against 32000) is accepted, as in training:
     // the prompts are checked id by id (`encode_prompts`), and generated ids are the model's own.
     config.pad_id = Some(tokenizer.pad_id()).filter(|&id| (id as usize) < config.vocab_size).unwrap_or(0);
+    config.check_weights(&files.weights, &shapes)?;
     let mut model = Llama::build(config, DType::F32, &mut Init::Zeros)?;
     model.load_safetensors(&files.weights)?;
     model.to_device(options.device, DType::F32)?;

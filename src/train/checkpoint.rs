@@ -16,7 +16,9 @@ use super::hf_config::{HfConfig, HF_CONFIG_FILE};
 use super::{Result, Retention, TrainConfig, TrainError};
 use crate::data::{DataState, Tokenizer};
 use cola_autograd::Parameter;
-use cola_nn::{load_safetensors, save_safetensors, Llama, Module, ParamKind, WEIGHTS_FILE};
+use cola_nn::{
+    load_safetensors, read_safetensors_shapes, save_safetensors, Llama, Module, ParamKind, WEIGHTS_FILE,
+};
 use cola_optim::AdamW;
 use cola_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -263,6 +265,10 @@ pub fn read_state(dir: &Path) -> Result<RunState> {
             ));
         }
     }
+    // The digests cover the other files, not state.json itself: a damaged number in its config (say a
+    // vocabulary of 2^60) would size a model before any weight is read. The weights must be that model's.
+    let weights = dir.join(WEIGHTS_FILE);
+    state.config.model_config().check_weights(&weights, &read_safetensors_shapes(&weights)?)?;
     Ok(state)
 }
 

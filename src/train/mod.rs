@@ -42,7 +42,7 @@ pub use trainer::{StepStats, Trainer};
 
 use crate::data::DataError;
 use cola_autograd::{AutogradError, Policy};
-use cola_nn::{NnError, Preset};
+use cola_nn::{LlamaConfig, NnError, Preset};
 use cola_optim::OptimError;
 use cola_tensor::Device;
 use serde::{Deserialize, Serialize};
@@ -180,6 +180,18 @@ impl TrainConfig {
             verbose: false,
             interrupt: None,
         }
+    }
+
+    /// The model this run trains: the preset with the run's vocabulary, its context at least `seq_len`
+    /// (RoPE has no position table: a longer `--seq-len` needs no other change). The pad id is the
+    /// tokenizer's, set once the data is prepared.
+    pub fn model_config(&self) -> LlamaConfig {
+        let mut config = self.model.config();
+        if let Some(vocab) = self.vocab_size {
+            config.vocab_size = vocab;
+        }
+        config.max_seq_len = config.max_seq_len.max(self.seq_len);
+        config
     }
 
     /// Resolves `device` on this machine and remembers the answer for [`TrainConfig::target_device`].

@@ -194,10 +194,8 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     if let Some(note) = vocab.note(config.model) {
         say(&format!("note: {note}"));
     }
-    let mut model_config = config.model.config();
+    let mut model_config = config.model_config();
     model_config.vocab_size = vocab.size();
-    // RoPE has no position table: a longer --seq-len needs no other change.
-    model_config.max_seq_len = model_config.max_seq_len.max(config.seq_len);
 
     let data_config = DataConfig {
         data: config.data.clone(),
@@ -433,7 +431,8 @@ impl Loop<'_> {
             self.batches.state(),
             RngState { seed: self.rng.seed, counter: self.rng.counter },
             self.last_val,
-            self.config.clone(),
+            // The vocabulary the model was built with, also when the config left it to the run.
+            TrainConfig { vocab_size: Some(self.trainer.model.config().vocab_size), ..self.config.clone() },
         );
         let (dir, written) = checkpoint::save(
             &self.config.out,

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "cuda")]
 pub mod gpu;
+pub mod mutation;
 pub mod network;
 pub mod training;
 
