@@ -4,7 +4,8 @@
 //! cola-tiny or full-tiny run of 2 steps, its trained 300-entry BPE, a small corpus) and truncates it,
 //! flips bits, overwrites or splices bytes, replaces it with random bytes, or puts a hostile value
 //! (2^64 - 1, -1, 1e300, a wrong type or dtype name) in place of any JSON value of a header or
-//! `state.json`.
+//! `state.json`. Token shards: a damaged manifest is rebuilt to the same ids; a damaged `.ids` / `.ends`
+//! file is an error naming it unless the damage kept its size and invariants.
 //!
 //! "A valid file" is decided without the loader: a safetensors file whose tensor entries are the
 //! original's (only data bytes changed), JSON that parses, a gzip stream that still holds the same
@@ -13,11 +14,10 @@
 //! a single changed word always changes it (several words collide with probability 2^-64).
 //!
 //! 64 cases per property (96 for the cheap ones) keep the file at a few seconds in release; a panic
-//! saves its input under `target/tmp/loader-failures/`. Adding a file kind (a token shard, a manifest)
-//! is one more property: write a valid file, mutate it, call `run_loader`, state when `Ok` is allowed.
+//! saves its input under `target/tmp/loader-failures/`. Adding a file kind is one more property: write a valid file, mutate it, call `run_loader`, state when `Ok` is allowed.
 mod common;
 
-use cola::data::{CorpusSource, Tokenizer};
+use cola::data::{prepare_shards, CorpusSource, ShardSet, Tokenizer};
 use cola::generate::{self, LoadOptions};
 use cola::train::{
     self, checkpoint, RunOutcome, TrainConfig, HF_CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE,
@@ -330,4 +330,73 @@ fn numbers_that_would_size_a_model_are_checked_against_the_weights() {
     std::fs::write(&file, weights.join()).unwrap();
     let error = generate::load(&options(file, Some(run.join(TOKENIZER_FILE)))).err().unwrap().to_string();
     assert!(error.contains("match no preset"), "{error}");
+}
+
+/// A two-file corpus tokenized into shards in `scratch`, with its tokenizer and its ids.
+fn shard_fixture(scratch: &TempDir) -> (CorpusSource, Tokenizer, PathBuf, ShardSet, Vec<u32>) {
+    scratch.write("corpus/a.jsonl", LINES.join("\n").as_bytes());
+    scratch.write("corpus/b.txt", "a text file, one more document".as_bytes());
+    let tokenizer = Tokenizer::train_bpe(LINES.iter(), 300, false).unwrap();
+    let source = CorpusSource::open(&scratch.join("corpus")).unwrap();
+    let dir = scratch.join("shards");
+    let set = prepare_shards(&source, &tokenizer, &dir, false, false).unwrap();
+    let ids = set.stream().unwrap().to_vec();
+    (source, tokenizer, dir, set, ids)
+}
+
+/// Every id and every document range of the shards, read through the mapped stream.
+fn read_shards(set: &ShardSet) -> Result<Vec<u32>, cola::data::DataError> {
+    let stream = set.stream()?;
+    let mut all = Vec::new();
+    for index in 0..stream.num_documents().unwrap_or(0) {
+        let range = stream.document(index);
+        stream.extend(range.start, range.end - range.start, &mut all);
+    }
+    assert_eq!(all.len() as u64, stream.num_tokens(), "documents tile the stream");
+    Ok(stream.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// A damaged shard manifest is never trusted blindly: preparing again reuses what still fits and
+    /// tokenizes the rest, so the ids come out the same.
+    #[test]
+    fn damaged_manifests_are_rebuilt_to_the_same_ids(mutation in byte_mutation(), edit in json_edit()) {
+        let scratch = TempDir::new("manifest");
+        let (source, tokenizer, dir, _, ids) = shard_fixture(&scratch);
+        let file = dir.join(cola::data::shards::MANIFEST_FILE);
+        let original = std::fs::read(&file).unwrap();
+        let edited = serde_json::to_vec(&edit.apply(&serde_json::from_slice(&original).unwrap())).unwrap();
+        for (case, bytes) in [("manifest-bytes", mutation.apply(&original)), ("manifest-json", edited)] {
+            let again = run_loader(case, &file, &bytes, || {
+                prepare_shards(&source, &tokenizer, &dir, false, false).and_then(|set| read_shards(&set))
+            })?;
+            prop_assert_eq!(&again, &Ok(ids.clone()), "{}", case);
+        }
+    }
+
+    /// A damaged shard file is an error naming it, unless the damage keeps its size (ids) or its
+    /// invariants (document ends rising to the id count): then every read stays inside the files.
+    #[test]
+    fn damaged_shard_files_are_errors_or_stay_in_bounds(ends in any::<bool>(), mutation in byte_mutation()) {
+        let scratch = TempDir::new("shard");
+        let (_, _, dir, set, ids) = shard_fixture(&scratch);
+        let file = dir.join(format!("{}.{}", set.manifest.shards[0].name, if ends { "ends" } else { "ids" }));
+        let original = std::fs::read(&file).unwrap();
+        let bytes = mutation.apply(&original);
+        match run_loader("shard", &file, &bytes, || read_shards(&set))? {
+            Ok(read) => {
+                prop_assert_eq!(bytes.len(), original.len());
+                prop_assert_eq!(read.len(), ids.len());
+                if ends {
+                    prop_assert_eq!(read, ids, "the ends changed, not the ids");
+                }
+            }
+            Err(error) => {
+                prop_assert!(bytes != original, "the valid shard failed: {}", error);
+                prop_assert!(error.contains(&*file.to_string_lossy()), "{}", error);
+            }
+        }
+    }
 }
