@@ -296,7 +296,7 @@ pub fn read_u16_bin(path: &Path) -> Result<Vec<u32>> {
 pub fn bin_max_id(path: &Path) -> Result<Option<u32>> {
     let mut file = File::open(path).map_err(io_error(path))?;
     let len = file.metadata().map_err(io_error(path))?.len();
-    if len % 2 != 0 {
+    if !len.is_multiple_of(2) {
         return Err(DataError::OddBinLength { path: path.to_path_buf(), bytes: len });
     }
     let mut block = vec![0u8; 1 << 20];
