@@ -67,16 +67,17 @@ fi
 bin="${CARGO_TARGET_DIR:-$root/target}/release/examples"
 rss() { "$python" "$scripts/peak_rss.py" "$@"; }
 
-# corpus NAME MIB SEED: generates $workdir/NAME unless a finished one is there, and keeps its summary.
+# corpus NAME MIB SEED: generates $workdir/NAME unless a finished one is there. Its summary lies beside
+# the folder, not in it: the corpus readers would take a .json file inside for corpus text.
 corpus() {
   local dir="$workdir/$1"
-  if [ ! -f "$dir/summary.json" ]; then
+  if [ ! -f "$dir.summary.json" ]; then
     rm -rf "$dir"
     "$python" "$scripts/reference/synthetic_c4.py" --out "$dir" --size-mb "$2" --seed "$3" --jobs 2 \
       >"$dir.summary.tmp"
-    mv "$dir.summary.tmp" "$dir/summary.json"
+    mv "$dir.summary.tmp" "$dir.summary.json"
   fi
-  cp "$dir/summary.json" "$results/corpus-$1.json"
+  cp "$dir.summary.json" "$results/corpus-$1.json"
 }
 big="c4-${size_mb}mb"
 small="c4-${small_mb}mb"
