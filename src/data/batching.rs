@@ -5,10 +5,11 @@
 //! id matrices. Each sequence is both input and label: the model predicts ids `1..seq_len` from the
 //! positions before them, so the loss covers `seq_len - 1` positions per row.
 use super::error::{DataError, Result};
+use super::permutation::Permutation;
 use super::sequences::Sequences;
+use super::stream::TokenStream;
 use super::tokens::TokenizedCorpus;
 use cola_tensor::rng::bits_at;
-use cola_tensor::Rng;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -99,22 +100,75 @@ impl Batch {
 
 /// The training and validation sequences of a corpus. Unit indices name sequences (packed) or documents
 /// (document mode) in file order.
+///
+/// Nothing here grows with the corpus: held-out units are the first `held` of a seeded [`Permutation`]
+/// of all units (so membership is one inverse permutation), and each epoch's order is another
+/// permutation, of the training units.
 #[derive(Debug)]
 pub struct DataSplits {
     train: Arc<Sequences>,
     val: Arc<Sequences>,
-    train_units: Arc<Vec<usize>>,
-    val_units: Vec<usize>,
-    held_out: bool,
+    split: Split,
     config: BatchConfig,
 }
 
+/// Where validation sequences come from.
+#[derive(Clone, Debug)]
+enum Split {
+    /// Units `order.apply(0..held)` of the training corpus are held out.
+    HeldOut { order: Permutation, held: u64 },
+    /// A separate validation corpus; every training unit trains.
+    Separate { train: u64 },
+}
+
+impl Split {
+    fn train_len(&self) -> u64 {
+        match self {
+            Split::HeldOut { order, held } => order.len() - held,
+            Split::Separate { train } => *train,
+        }
+    }
+
+    fn is_held_out(&self, unit: u64) -> bool {
+        match self {
+            Split::HeldOut { order, held } => order.invert(unit) < *held,
+            Split::Separate { .. } => false,
+        }
+    }
+
+    /// Training unit `j` of a fixed arbitrary enumeration (the one epoch shuffles permute).
+    fn train_unit(&self, j: u64) -> u64 {
+        match self {
+            Split::HeldOut { order, held } => order.apply(held + j),
+            Split::Separate { .. } => j,
+        }
+    }
+
+    /// The first training unit at or after corpus unit `from`, in file order.
+    fn next_train_unit(&self, mut from: u64) -> u64 {
+        while self.is_held_out(from) {
+            from += 1;
+        }
+        from
+    }
+}
+
 impl DataSplits {
-    /// Forms the sequences of `train` and holds out `config.val_fraction` of them for validation, or
-    /// uses all of `val` for validation when it is given.
+    /// [`DataSplits::from_streams`] of corpora in memory (documents end with `config.eos_id`).
     pub fn new(
         train: TokenizedCorpus,
         val: Option<TokenizedCorpus>,
+        config: BatchConfig,
+    ) -> Result<DataSplits> {
+        let eos = config.eos_id;
+        Self::from_streams(train.into_stream(eos), val.map(|v| v.into_stream(eos)), config)
+    }
+
+    /// Forms the sequences of `train` and holds out `config.val_fraction` of them for validation, or
+    /// uses all of `val` for validation when it is given.
+    pub fn from_streams(
+        train: TokenStream,
+        val: Option<TokenStream>,
         config: BatchConfig,
     ) -> Result<DataSplits> {
         if config.seq_len < 2 {
@@ -132,41 +186,67 @@ impl DataSplits {
         }
         let train = Arc::new(Sequences::new(train, &config, "the training corpus")?);
         let count = train.len();
-        let (val, train_units, val_units, held_out) = match val {
+        let (val, split) = match val {
             Some(val) => {
                 let val = Arc::new(Sequences::new(val, &config, "the validation corpus")?);
-                let val_units = (0..val.len()).collect();
-                (val, (0..count).collect(), val_units, false)
+                (val, Split::Separate { train: count })
             }
             None => {
-                let (train_units, val_units) = hold_out(count, config.val_fraction, config.seed)?;
-                (train.clone(), train_units, val_units, true)
+                let held = held_out_count(count, config.val_fraction)?;
+                let order = Permutation::new(count, bits_at(config.seed, VALIDATION_SALT));
+                (train.clone(), Split::HeldOut { order, held })
             }
         };
-        Ok(DataSplits { train, val, train_units: Arc::new(train_units), val_units, held_out, config })
+        Ok(DataSplits { train, val, split, config })
     }
 
     pub fn config(&self) -> &BatchConfig {
         &self.config
     }
 
-    /// Training units (sequence or document indices of the training corpus), ascending.
-    pub fn train_units(&self) -> &[usize] {
-        &self.train_units
+    /// The token streams read: the training corpus's, and the validation corpus's when it is separate.
+    pub fn streams(&self) -> impl Iterator<Item = &TokenStream> {
+        let val = matches!(self.split, Split::Separate { .. }).then(|| self.val.stream());
+        std::iter::once(self.train.stream()).chain(val)
     }
 
-    /// Validation units, ascending: indices into the training corpus when held out from it
+    /// Number of training units (an epoch serves all of them but the last partial batch).
+    pub fn train_len(&self) -> u64 {
+        self.split.train_len()
+    }
+
+    /// Number of validation sequences.
+    pub fn val_len(&self) -> u64 {
+        match &self.split {
+            Split::HeldOut { held, .. } => *held,
+            Split::Separate { .. } => self.val.len(),
+        }
+    }
+
+    /// The training units in file order (a scan: for tests and small corpora).
+    pub fn train_units(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.train.len()).filter(|&unit| !self.split.is_held_out(unit))
+    }
+
+    /// The validation units in serving order: indices into the training corpus when held out from it
     /// ([`DataSplits::val_is_held_out`]), else into the validation corpus.
-    pub fn val_units(&self) -> &[usize] {
-        &self.val_units
+    pub fn val_units(&self) -> impl Iterator<Item = u64> + '_ {
+        (0..self.val_len()).map(|i| self.val_unit(i))
+    }
+
+    fn val_unit(&self, i: u64) -> u64 {
+        match &self.split {
+            Split::HeldOut { order, .. } => order.apply(i),
+            Split::Separate { .. } => i,
+        }
     }
 
     pub fn val_is_held_out(&self) -> bool {
-        self.held_out
+        matches!(self.split, Split::HeldOut { .. })
     }
 
     /// Training sequence `unit` of the corpus (`seq_len` ids).
-    pub fn train_sequence(&self, unit: usize) -> Vec<u32> {
+    pub fn train_sequence(&self, unit: u64) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.config.seq_len);
         self.train.write(unit, &mut out);
         out
@@ -179,23 +259,32 @@ impl DataSplits {
 
     /// The infinite training stream from `state`, as [`TrainBatches::state`] reported it.
     pub fn train_batches_from(&self, batch_size: usize, state: DataState) -> Result<TrainBatches> {
-        check_batch(batch_size, self.train_units.len(), self.config.seq_len, "training")?;
-        if state.index > self.train_units.len() as u64 {
+        let train_len = self.train_len();
+        check_batch(batch_size, train_len, self.config.seq_len, "training")?;
+        if state.index > train_len {
             return Err(DataError::BadResumeState {
                 state: format!("{state:?}"),
-                reason: format!("the epoch has only {} training sequences", self.train_units.len()),
+                reason: format!("the epoch has only {train_len} training sequences"),
             });
         }
         let mut batches = TrainBatches {
             sequences: self.train.clone(),
-            units: self.train_units.clone(),
+            split: self.split.clone(),
             batch_size,
             seed: self.config.seed,
             shuffle: self.config.shuffle,
-            state,
-            order: Vec::new(),
+            state: DataState { index: 0, ..state },
+            order: Permutation::new(train_len, 0),
+            cursor: 0,
         };
-        batches.order = batches.epoch_order(state.epoch);
+        batches.start_epoch(state.epoch);
+        // Without shuffling, file order is a scan past held-out units: move the cursor to the position.
+        if !batches.shuffle {
+            for _ in 0..state.index {
+                batches.cursor = batches.split.next_train_unit(batches.cursor) + 1;
+            }
+        }
+        batches.state.index = state.index;
         Ok(batches)
     }
 
@@ -208,43 +297,32 @@ impl DataSplits {
     }
 }
 
-/// Holds out `max(1, round(fraction * count))` of `count` units (none when `fraction` is 0): those with
-/// the smallest seeded hashes, so the split depends on the seed alone, not on the order of anything.
-fn hold_out(count: usize, fraction: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+/// `max(1, round(fraction * count))` units to hold out of `count` (none when `fraction` is 0); an error
+/// when that leaves nothing to train on.
+fn held_out_count(count: u64, fraction: f64) -> Result<u64> {
     if fraction == 0.0 {
-        return Ok(((0..count).collect(), Vec::new()));
+        return Ok(0);
     }
-    let held = ((fraction * count as f64).round() as usize).max(1);
+    let held = ((fraction * count as f64).round() as u64).max(1);
     if held >= count {
         return Err(DataError::TooSmall {
             what: "the training corpus".into(),
-            tokens: count,
+            tokens: count as usize,
             reason: format!(
                 "only {count} sequences/documents, too few to hold out {held} for validation and train on \
                  the rest (give a validation corpus or more data)"
             ),
         });
     }
-    let split_seed = bits_at(seed, VALIDATION_SALT);
-    let mut ranked: Vec<(u64, usize)> =
-        (0..count).map(|unit| (bits_at(split_seed, unit as u64), unit)).collect();
-    ranked.select_nth_unstable(held - 1);
-    let mut val: Vec<usize> = ranked[..held].iter().map(|&(_, unit)| unit).collect();
-    val.sort_unstable();
-    let mut is_val = vec![false; count];
-    for &unit in &val {
-        is_val[unit] = true;
-    }
-    let train = (0..count).filter(|&unit| !is_val[unit]).collect();
-    Ok((train, val))
+    Ok(held)
 }
 
-fn check_batch(batch_size: usize, sequences: usize, seq_len: usize, split: &'static str) -> Result<()> {
+fn check_batch(batch_size: usize, sequences: u64, seq_len: usize, split: &'static str) -> Result<()> {
     if batch_size == 0 {
         return Err(DataError::InvalidConfig { reason: "batch size must be positive".into() });
     }
-    if sequences < batch_size {
-        return Err(DataError::TooFewSequences { split, sequences, seq_len, batch_size });
+    if sequences < batch_size as u64 {
+        return Err(DataError::TooFewSequences { split, sequences: sequences as usize, seq_len, batch_size });
     }
     Ok(())
 }
@@ -255,12 +333,15 @@ fn check_batch(batch_size: usize, sequences: usize, seq_len: usize, split: &'sta
 #[derive(Debug)]
 pub struct TrainBatches {
     sequences: Arc<Sequences>,
-    units: Arc<Vec<usize>>,
+    split: Split,
     batch_size: usize,
     seed: u64,
     shuffle: bool,
     state: DataState,
-    order: Vec<usize>,
+    /// This epoch's order of the training units (when shuffling).
+    order: Permutation,
+    /// Without shuffling: the corpus unit from which to look for the next training unit.
+    cursor: u64,
 }
 
 impl TrainBatches {
@@ -270,42 +351,44 @@ impl TrainBatches {
     }
 
     pub fn batches_per_epoch(&self) -> usize {
-        self.units.len() / self.batch_size
+        (self.split.train_len() / self.batch_size as u64) as usize
     }
 
     pub fn batch_size(&self) -> usize {
         self.batch_size
     }
 
-    /// The units of `epoch` in serving order: a Fisher-Yates shuffle driven by the counter-based stream
-    /// of seed `hash(seed, epoch)`.
-    fn epoch_order(&self, epoch: u64) -> Vec<usize> {
-        let mut order = self.units.as_ref().clone();
+    /// Starts `epoch`: its order is the permutation of seed `hash(seed, epoch)`.
+    fn start_epoch(&mut self, epoch: u64) {
+        self.state = DataState { epoch, index: 0 };
+        self.order = Permutation::new(self.split.train_len(), bits_at(self.seed ^ SHUFFLE_SALT, epoch));
+        self.cursor = 0;
+    }
+
+    /// The corpus unit served at the current position.
+    fn next_unit(&mut self) -> u64 {
         if self.shuffle {
-            let mut rng = Rng::new(bits_at(self.seed ^ SHUFFLE_SALT, epoch));
-            for i in (1..order.len()).rev() {
-                let j = rng.below(i as u64 + 1) as usize;
-                order.swap(i, j);
-            }
+            self.split.train_unit(self.order.apply(self.state.index))
+        } else {
+            let unit = self.split.next_train_unit(self.cursor);
+            self.cursor = unit + 1;
+            unit
         }
-        order
     }
 
     /// The next batch, moving on to the next epoch when this one has no full batch left.
     pub fn next_batch(&mut self) -> Batch {
-        if self.state.index as usize + self.batch_size > self.order.len() {
-            self.state = DataState { epoch: self.state.epoch + 1, index: 0 };
-            self.order = self.epoch_order(self.state.epoch);
+        if self.state.index + self.batch_size as u64 > self.split.train_len() {
+            self.start_epoch(self.state.epoch + 1);
         }
-        let start = self.state.index as usize;
         let seq_len = self.sequences.seq_len();
         let mut tokens = Vec::with_capacity(self.batch_size * seq_len);
-        for &unit in &self.order[start..start + self.batch_size] {
+        for _ in 0..self.batch_size {
+            let unit = self.next_unit();
             self.sequences.write(unit, &mut tokens);
+            self.state.index += 1;
         }
-        let batch = Batch { tokens, rows: self.batch_size, seq_len, epoch: self.state.epoch };
-        self.state.index += self.batch_size as u64;
-        batch
+        Batch { tokens, rows: self.batch_size, seq_len, epoch: self.state.epoch }
     }
 }
 
@@ -317,29 +400,29 @@ impl Iterator for TrainBatches {
     }
 }
 
-/// The validation sequences in unit order, `batch_size` at a time.
+/// The validation sequences in a fixed order, `batch_size` at a time.
 #[derive(Debug)]
 pub struct ValBatches<'a> {
     splits: &'a DataSplits,
     batch_size: usize,
-    next: usize,
+    next: u64,
 }
 
 impl Iterator for ValBatches<'_> {
     type Item = Batch;
 
     fn next(&mut self) -> Option<Batch> {
-        let units = &self.splits.val_units;
-        if self.next >= units.len() {
+        let len = self.splits.val_len();
+        if self.next >= len {
             return None;
         }
-        let end = (self.next + self.batch_size).min(units.len());
+        let end = (self.next + self.batch_size as u64).min(len);
         let seq_len = self.splits.config.seq_len;
-        let mut tokens = Vec::with_capacity((end - self.next) * seq_len);
-        for &unit in &units[self.next..end] {
-            self.splits.val.write(unit, &mut tokens);
+        let mut tokens = Vec::with_capacity((end - self.next) as usize * seq_len);
+        for i in self.next..end {
+            self.splits.val.write(self.splits.val_unit(i), &mut tokens);
         }
-        let batch = Batch { tokens, rows: end - self.next, seq_len, epoch: 0 };
+        let batch = Batch { tokens, rows: (end - self.next) as usize, seq_len, epoch: 0 };
         self.next = end;
         Some(batch)
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How one corpus file is read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +58,20 @@ pub struct ReadReport {
     pub first_malformed: Option<String>,
 }
 
+impl ReadReport {
+    /// Adds the counts of a later part of the corpus (the first malformed line stays the earliest).
+    pub fn merge(&mut self, later: ReadReport) {
+        self.files += later.files;
+        self.documents += later.documents;
+        self.text_bytes += later.text_bytes;
+        self.empty_documents += later.empty_documents;
+        self.malformed_lines += later.malformed_lines;
+        if self.first_malformed.is_none() {
+            self.first_malformed = later.first_malformed;
+        }
+    }
+}
+
 /// A corpus on disk: one file, or a folder whose text and JSON-lines files are read in sorted path order.
 #[derive(Clone, Debug)]
 pub struct CorpusSource {
@@ -65,9 +80,13 @@ pub struct CorpusSource {
 }
 
 impl CorpusSource {
-    /// Lists the corpus at `path`: a missing path, an unknown file type, or a folder without readable
-    /// files is an error.
+    /// Lists the corpus at `path`: a file, a folder (read recursively), or a glob pattern of files such as
+    /// `c4/c4-train.*-of-01024.json.gz`. A missing path, an unknown file type, or a folder or pattern
+    /// without readable files is an error.
     pub fn open(path: &Path) -> Result<CorpusSource> {
+        if !path.exists() && is_pattern(path) {
+            return Self::open_pattern(path);
+        }
         let metadata = std::fs::metadata(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => DataError::MissingPath { path: path.to_path_buf() },
             _ => DataError::Io { path: path.to_path_buf(), source },
@@ -76,13 +95,7 @@ impl CorpusSource {
             let mut found = Vec::new();
             list_files(path, &mut found)?;
             found.sort();
-            let files: Vec<_> = found
-                .into_iter()
-                .filter_map(|f| match CorpusFormat::of_path(&f) {
-                    Some(CorpusFormat::TokenIds) | None => None,
-                    Some(format) => Some((f, format)),
-                })
-                .collect();
+            let files = text_files(found);
             if files.is_empty() {
                 return Err(DataError::EmptyCorpus {
                     path: path.to_path_buf(),
@@ -98,6 +111,30 @@ impl CorpusSource {
             vec![(path.to_path_buf(), format)]
         };
         Ok(CorpusSource { path: path.to_path_buf(), files })
+    }
+
+    /// The text and JSON-lines files a glob pattern matches, in sorted order.
+    fn open_pattern(pattern: &Path) -> Result<CorpusSource> {
+        let invalid = |reason: String| DataError::InvalidConfig {
+            reason: format!("--data {}: {reason}", pattern.display()),
+        };
+        let text = pattern.to_str().ok_or_else(|| invalid("the pattern is not valid UTF-8".into()))?;
+        let mut found = Vec::new();
+        for entry in glob::glob(text).map_err(|err| invalid(format!("not a valid glob pattern: {err}")))? {
+            let file = entry.map_err(|err| invalid(err.to_string()))?;
+            if file.is_file() {
+                found.push(file);
+            }
+        }
+        found.sort();
+        let files = text_files(found);
+        if files.is_empty() {
+            return Err(DataError::EmptyCorpus {
+                path: pattern.to_path_buf(),
+                reason: "the pattern matches no .txt, .jsonl, .json or .json.gz file".into(),
+            });
+        }
+        Ok(CorpusSource { path: pattern.to_path_buf(), files })
     }
 
     /// Whether the corpus is a pre-tokenized `.bin` stream (which needs no tokenizer).
@@ -130,6 +167,24 @@ impl CorpusSource {
         Ok(hash.finish())
     }
 
+    /// A hash of where the corpus is (its absolute path, or pattern in an absolute folder): the key of
+    /// its cache folder, which stays the same when files change.
+    pub fn location_hash(&self) -> Result<u64> {
+        let absolute = match std::fs::canonicalize(&self.path) {
+            Ok(path) => path,
+            Err(_) => {
+                // A glob pattern: the folder part exists, the pattern itself does not.
+                let parent =
+                    self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let parent = std::fs::canonicalize(parent).map_err(io_error(parent))?;
+                parent.join(self.path.file_name().unwrap_or_default())
+            }
+        };
+        let mut hash = Fnv::new();
+        hash.write(absolute.to_string_lossy().as_bytes());
+        Ok(hash.finish())
+    }
+
     /// Calls `visit` with each non-empty document in order until it returns `false`. With `strict`, a
     /// malformed JSON line is an error naming its file and line; otherwise it is skipped and counted.
     pub fn for_each_document(
@@ -138,6 +193,28 @@ impl CorpusSource {
         visit: &mut dyn FnMut(String) -> Result<bool>,
     ) -> Result<ReadReport> {
         let mut report = ReadReport::default();
+        for index in 0..self.files.len() {
+            let (file_report, keep_going) = self.read_file(index, strict, None, visit)?;
+            report.merge(file_report);
+            if !keep_going {
+                break;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Calls `visit` with each non-empty document of file `index` until it returns `false`; returns the
+    /// file's report and whether `visit` wanted more. `consumed` counts the file's bytes as they are read
+    /// from disk (before decompression), for a progress bar.
+    pub fn read_file(
+        &self,
+        index: usize,
+        strict: bool,
+        consumed: Option<&AtomicU64>,
+        visit: &mut dyn FnMut(String) -> Result<bool>,
+    ) -> Result<(ReadReport, bool)> {
+        let (path, format) = &self.files[index];
+        let mut report = ReadReport { files: 1, ..ReadReport::default() };
         let mut deliver = |text: String, report: &mut ReadReport| -> Result<bool> {
             if text.is_empty() {
                 report.empty_documents += 1;
@@ -147,40 +224,37 @@ impl CorpusSource {
             report.text_bytes += text.len() as u64;
             visit(text)
         };
-        for (path, format) in &self.files {
-            report.files += 1;
-            let keep_going = match format {
-                CorpusFormat::Text => {
-                    let bytes = std::fs::read(path).map_err(io_error(path))?;
-                    let text = match String::from_utf8(bytes) {
-                        Ok(text) => text,
-                        Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
-                    };
-                    deliver(text, &mut report)?
+        let keep_going = match format {
+            CorpusFormat::Text => {
+                let bytes = std::fs::read(path).map_err(io_error(path))?;
+                if let Some(counter) = consumed {
+                    counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 }
-                CorpusFormat::JsonLines { gzip } => {
-                    let file = File::open(path).map_err(io_error(path))?;
-                    let reader: Box<dyn Read> =
-                        if *gzip { Box::new(MultiGzDecoder::new(file)) } else { Box::new(file) };
-                    read_json_lines(
-                        path,
-                        BufReader::with_capacity(1 << 20, reader),
-                        strict,
-                        &mut report,
-                        &mut deliver,
-                    )?
-                }
-                CorpusFormat::TokenIds => {
-                    return Err(DataError::InvalidConfig {
-                        reason: format!("{} holds token ids, not text", path.display()),
-                    })
-                }
-            };
-            if !keep_going {
-                break;
+                let text = match String::from_utf8(bytes) {
+                    Ok(text) => text,
+                    Err(err) => String::from_utf8_lossy(err.as_bytes()).into_owned(),
+                };
+                deliver(text, &mut report)?
             }
-        }
-        Ok(report)
+            CorpusFormat::JsonLines { gzip } => {
+                let file = CountingReader { inner: File::open(path).map_err(io_error(path))?, consumed };
+                let reader: Box<dyn Read + '_> =
+                    if *gzip { Box::new(MultiGzDecoder::new(file)) } else { Box::new(file) };
+                read_json_lines(
+                    path,
+                    BufReader::with_capacity(1 << 20, reader),
+                    strict,
+                    &mut report,
+                    &mut deliver,
+                )?
+            }
+            CorpusFormat::TokenIds => {
+                return Err(DataError::InvalidConfig {
+                    reason: format!("{} holds token ids, not text", path.display()),
+                })
+            }
+        };
+        Ok((report, keep_going))
     }
 
     /// Every non-empty document, in order (convenient for small corpora and tests).
@@ -215,6 +289,25 @@ pub fn read_u16_bin(path: &Path) -> Result<Vec<u32>> {
         return Err(DataError::OddBinLength { path: path.to_path_buf(), bytes: bytes.len() as u64 });
     }
     Ok(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).collect())
+}
+
+/// The largest id of a `.bin` of little-endian u16 ids, read through a buffer (not mapped, so the scan
+/// leaves no pages resident); `None` for an empty file.
+pub fn bin_max_id(path: &Path) -> Result<Option<u32>> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let len = file.metadata().map_err(io_error(path))?.len();
+    if len % 2 != 0 {
+        return Err(DataError::OddBinLength { path: path.to_path_buf(), bytes: len });
+    }
+    let mut block = vec![0u8; 1 << 20];
+    let (mut left, mut max) = (len, None);
+    while left > 0 {
+        let take = left.min(block.len() as u64) as usize;
+        file.read_exact(&mut block[..take]).map_err(io_error(path))?;
+        max = max.max(block[..take].chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]]) as u32).max());
+        left -= take as u64;
+    }
+    Ok(max)
 }
 
 /// Writes token ids as a `.bin` of little-endian u16 (the format [`read_u16_bin`] reads); ids above
@@ -276,6 +369,38 @@ fn read_json_lines(
                 }
             }
         }
+    }
+}
+
+/// Whether a `--data` path is a glob pattern rather than a file name.
+fn is_pattern(path: &Path) -> bool {
+    path.to_string_lossy().contains(['*', '?', '['])
+}
+
+/// The text and JSON-lines files among `found` (`.bin` streams are only read when named alone).
+fn text_files(found: Vec<PathBuf>) -> Vec<(PathBuf, CorpusFormat)> {
+    found
+        .into_iter()
+        .filter_map(|f| match CorpusFormat::of_path(&f) {
+            Some(CorpusFormat::TokenIds) | None => None,
+            Some(format) => Some((f, format)),
+        })
+        .collect()
+}
+
+/// A reader that adds the bytes it reads to a shared counter.
+struct CountingReader<'a, R> {
+    inner: R,
+    consumed: Option<&'a AtomicU64>,
+}
+
+impl<R: Read> Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        if let Some(counter) = self.consumed {
+            counter.fetch_add(read as u64, Ordering::Relaxed);
+        }
+        Ok(read)
     }
 }
 

@@ -43,6 +43,13 @@ pub enum DataError {
     TooFewSequences { split: &'static str, sequences: usize, seq_len: usize, batch_size: usize },
     #[error("{}: token id {id} is not below the tokenizer's vocabulary size {vocab}", .path.display())]
     TokenOutOfRange { path: PathBuf, id: u32, vocab: usize },
+    #[error(
+        "{}: token id {id} (position {position} of its tokenized ids) is not below the model's vocabulary size \
+         {model_vocab} (the tokenizer has {tokenizer_vocab} entries); raise the model's vocab_size to \
+         {tokenizer_vocab} or use a tokenizer whose ids fit",
+        .path.display()
+    )]
+    IdBeyondVocab { path: PathBuf, position: u64, id: u32, model_vocab: usize, tokenizer_vocab: usize },
     #[error("invalid data setting: {reason}")]
     InvalidConfig { reason: String },
     #[error("resume state {state} does not fit this data: {reason}")]

@@ -2,11 +2,15 @@
 //!
 //! [`Dataset::prepare`] does the whole job from a [`DataConfig`] (the command line's `--data`,
 //! `--val-data`, `--tokenizer`, ...):
-//! - the corpus is read from `.txt` files or folders, JSON lines (`.jsonl`, `.json.gz`: C4's format) or a
-//!   pre-tokenized `.bin`; with no path, Shakespeare's works are fetched once into the cache;
+//! - the corpus is read from `.txt` files, JSON lines (`.jsonl`, `.json.gz`: C4's format), folders or glob
+//!   patterns of those, or a pre-tokenized `.bin`; with no path, Shakespeare's works are fetched once into
+//!   the cache;
 //! - the tokenizer is `--tokenizer tokenizer.json` (the paper used T5's) or a byte-level BPE trained on
-//!   the corpus once and cached as `<corpus cache>/tokenizer-<vocab>.json` (pad 0, eos 1, unk 2);
-//! - the tokenized corpus is cached beside it as `tokens-<tokenizer hash>.bin`;
+//!   the corpus once and cached as `<corpus cache>/tokenizer-<vocab>-<corpus fingerprint>.json`
+//!   (`tokenizer-<vocab>.json` for the default corpus; pad 0, eos 1, unk 2);
+//! - the corpus is tokenized in parallel into memory-mapped shards, one per file, in
+//!   `<corpus cache>/shards-<tokenizer hash>/` (`shards.rs`); a later run reuses the shards of unchanged
+//!   files, and training reads its windows from the mapped files, so memory does not grow with the corpus;
 //! - sequences are formed per document (the paper's C4 setting, the default for JSON lines) or packed
 //!   (the default for text and `.bin`), a seeded 1% is held out for validation unless a validation corpus
 //!   is given, and training batches come in a seeded per-epoch shuffle whose position ([`DataState`]) a
@@ -16,14 +20,19 @@
 pub mod batching;
 pub mod corpus;
 pub mod error;
+pub mod permutation;
 mod sequences;
 pub mod shakespeare;
+pub mod shards;
+pub mod stream;
 pub mod tokenizer;
 pub mod tokens;
 
 pub use batching::{Batch, BatchConfig, BatchMode, DataSplits, DataState, TrainBatches, ValBatches};
 pub use corpus::{CorpusFormat, CorpusSource, ReadReport};
 pub use error::{DataError, Result};
+pub use shards::{prepare_shards, ShardSet};
+pub use stream::{IdWidth, TokenStream};
 pub use tokenizer::{check_vocab, Tokenizer, EOS_ID, PAD_ID};
 pub use tokens::TokenizedCorpus;
 
@@ -89,10 +98,10 @@ pub struct DataReport {
     pub val_path: Option<PathBuf>,
     pub train_read: ReadReport,
     pub val_read: Option<ReadReport>,
-    pub train_tokens: usize,
-    pub val_tokens: Option<usize>,
-    pub train_sequences: usize,
-    pub val_sequences: usize,
+    pub train_tokens: u64,
+    pub val_tokens: Option<u64>,
+    pub train_sequences: u64,
+    pub val_sequences: u64,
     pub mode: BatchMode,
     /// Where the tokenizer came from (the given file or its cache), `None` for a `.bin` without one.
     pub tokenizer_path: Option<PathBuf>,
@@ -127,6 +136,75 @@ impl std::fmt::Display for DataReport {
     }
 }
 
+/// One corpus as tokens: its mapped stream and what reading it found.
+#[derive(Debug)]
+pub struct CorpusTokens {
+    pub source: CorpusSource,
+    pub stream: TokenStream,
+    pub read: ReadReport,
+    /// The largest id in the stream, `None` when it is empty.
+    pub max_id: Option<u32>,
+    /// The shards the stream maps; `None` for `.bin` files, which are mapped as they are.
+    pub shards: Option<ShardSet>,
+}
+
+/// The tokenizer and the tokenized corpora a [`DataConfig`] names, before they are cut into sequences:
+/// what `prepare_data` makes and training reads.
+#[derive(Debug)]
+pub struct TokenizedData {
+    pub tokenizer: Option<Tokenizer>,
+    /// Where the tokenizer came from (the given file or its cache), `None` for a `.bin` without one.
+    pub tokenizer_path: Option<PathBuf>,
+    pub train: CorpusTokens,
+    pub val: Option<CorpusTokens>,
+    /// The training corpus's cache folder.
+    pub cache_dir: PathBuf,
+}
+
+/// Opens the corpora of `config`, obtains the tokenizer (given, cached or trained) and tokenizes both
+/// corpora into shards (reusing the shards of unchanged files).
+pub fn tokenize_corpora(config: &DataConfig) -> Result<TokenizedData> {
+    let root = config.cache_dir.clone().unwrap_or_else(cache_root);
+    let (train_source, cache_dir) = match &config.data {
+        Some(path) => {
+            let source = CorpusSource::open(path)?;
+            let dir = corpus_cache_dir(&root, &source)?;
+            (source, dir)
+        }
+        None => {
+            let texts = shakespeare::shakespeare_texts(&root, config.verbose)?;
+            (CorpusSource::open(&texts)?, shakespeare::shakespeare_dir(&root))
+        }
+    };
+    let val_source = config.val_data.as_deref().map(CorpusSource::open).transpose()?;
+    let (tokenizer, tokenizer_path) = match &config.tokenizer {
+        Some(path) => (Some(Tokenizer::load(path)?), Some(path.clone())),
+        None if train_source.is_token_ids() => (None, None),
+        None => {
+            // A user's corpus may change, and the tokenizer trained on it with it (the fingerprint covers
+            // every file's size and time); the default corpus is a fixed release.
+            let name = match &config.data {
+                Some(_) => {
+                    format!("tokenizer-{}-{:016x}.json", config.vocab_size, train_source.fingerprint()?)
+                }
+                None => format!("tokenizer-{}.json", config.vocab_size),
+            };
+            let path = cache_dir.join(name);
+            let tokenizer = trained_tokenizer(&train_source, &path, config)?;
+            (Some(tokenizer), Some(path))
+        }
+    };
+    let train = corpus_tokens(train_source, tokenizer.as_ref(), &cache_dir, config)?;
+    let val = match val_source {
+        Some(source) => {
+            let dir = corpus_cache_dir(&root, &source)?;
+            Some(corpus_tokens(source, tokenizer.as_ref(), &dir, config)?)
+        }
+        None => None,
+    };
+    Ok(TokenizedData { tokenizer, tokenizer_path, train, val, cache_dir })
+}
+
 /// A prepared corpus: its tokenizer, its train/validation sequences, and a report of what was read.
 #[derive(Debug)]
 pub struct Dataset {
@@ -134,54 +212,32 @@ pub struct Dataset {
     splits: DataSplits,
     report: DataReport,
     vocab_size: usize,
+    /// The largest id of the training (and validation) corpus, with the corpus path.
+    max_ids: Vec<(u32, PathBuf)>,
+    verbose: bool,
 }
 
 impl Dataset {
     /// Reads, tokenizes (through the caches) and splits the corpus `config` names.
     pub fn prepare(config: &DataConfig) -> Result<Dataset> {
-        let root = config.cache_dir.clone().unwrap_or_else(cache_root);
-        let (train_source, cache_dir) = match &config.data {
-            Some(path) => {
-                let source = CorpusSource::open(path)?;
-                let dir = corpus_cache_dir(&root, &source)?;
-                (source, dir)
-            }
-            None => {
-                let texts = shakespeare::shakespeare_texts(&root, config.verbose)?;
-                (CorpusSource::open(&texts)?, shakespeare::shakespeare_dir(&root))
-            }
-        };
-        let val_source = config.val_data.as_deref().map(CorpusSource::open).transpose()?;
-
-        let (tokenizer, tokenizer_path) = match &config.tokenizer {
-            Some(path) => (Some(Tokenizer::load(path)?), Some(path.clone())),
-            None if train_source.is_token_ids() => (None, None),
-            None => {
-                let path = cache_dir.join(format!("tokenizer-{}.json", config.vocab_size));
-                let tokenizer = trained_tokenizer(&train_source, &path, config)?;
-                (Some(tokenizer), Some(path))
-            }
-        };
-        let (train, train_read) = load_tokens(&train_source, tokenizer.as_ref(), &cache_dir, config)?;
-        let (val, val_read) = match &val_source {
-            Some(source) => {
-                let dir = corpus_cache_dir(&root, source)?;
-                let (tokens, read) = load_tokens(source, tokenizer.as_ref(), &dir, config)?;
-                (Some(tokens), Some(read))
-            }
-            None => (None, None),
-        };
-        let mode = config.mode.unwrap_or(if train_source.is_json_lines() {
+        let data = tokenize_corpora(config)?;
+        let TokenizedData { tokenizer, tokenizer_path, train, val, cache_dir } = data;
+        let mode = config.mode.unwrap_or(if train.source.is_json_lines() {
             BatchMode::Document
         } else {
             BatchMode::Packed
         });
-        let max_id = train.max_token_id().max(val.as_ref().and_then(TokenizedCorpus::max_token_id));
+        let max_id = train.max_id.max(val.as_ref().and_then(|v| v.max_id));
         let vocab_size = match &tokenizer {
             Some(tokenizer) => tokenizer.vocab_size(),
             None => max_id.map_or(0, |id| id as usize + 1),
         };
-        let (train_tokens, val_tokens) = (train.tokens.len(), val.as_ref().map(|v| v.tokens.len()));
+        let max_ids = std::iter::once(&train)
+            .chain(val.as_ref())
+            .filter_map(|corpus| Some((corpus.max_id?, corpus.source.path.clone())))
+            .collect();
+        let (train_tokens, val_tokens) =
+            (train.stream.num_tokens(), val.as_ref().map(|v| v.stream.num_tokens()));
         let batch_config = BatchConfig {
             seq_len: config.seq_len,
             mode,
@@ -191,16 +247,19 @@ impl Dataset {
             pad_id: tokenizer.as_ref().map_or(PAD_ID, Tokenizer::pad_id),
             eos_id: tokenizer.as_ref().map_or(EOS_ID, Tokenizer::eos_id),
         };
-        let splits = DataSplits::new(train, val, batch_config)?;
+        let train_path = train.source.path.clone();
+        let val_path = val.as_ref().map(|v| v.source.path.clone());
+        let (train_read, val_read) = (train.read.clone(), val.as_ref().map(|v| v.read.clone()));
+        let splits = DataSplits::from_streams(train.stream, val.map(|v| v.stream), batch_config)?;
         let report = DataReport {
-            train_path: train_source.path.clone(),
-            val_path: val_source.map(|s| s.path),
+            train_path,
+            val_path,
             train_read,
             val_read,
             train_tokens,
             val_tokens,
-            train_sequences: splits.train_units().len(),
-            val_sequences: splits.val_units().len(),
+            train_sequences: splits.train_len(),
+            val_sequences: splits.val_len(),
             mode,
             tokenizer_path,
             cache_dir,
@@ -208,7 +267,7 @@ impl Dataset {
         if report.train_read.malformed_lines > 0 && config.verbose {
             eprintln!("data: warning: {report}");
         }
-        Ok(Dataset { tokenizer, splits, report, vocab_size })
+        Ok(Dataset { tokenizer, splits, report, vocab_size, max_ids, verbose: config.verbose })
     }
 
     /// The tokenizer; `None` for a `.bin` corpus given without `--tokenizer`.
@@ -237,9 +296,45 @@ impl Dataset {
         self.splits.config().eos_id
     }
 
-    /// [`check_vocab`] of this data against a model's vocabulary.
+    /// Checks that every id the model will see has a row in its embedding of `model_vocab` rows. A
+    /// tokenizer larger than the model (T5's 32100 entries against the presets' 32000) is accepted when no
+    /// id of the corpus (nor the pad id) reaches `model_vocab`; otherwise the error names the first
+    /// offending id and where it is.
     pub fn check_model_vocab(&self, model_vocab: usize) -> Result<()> {
-        check_vocab(self.vocab_size, model_vocab)
+        if check_vocab(self.vocab_size, model_vocab).is_ok() {
+            return Ok(());
+        }
+        let bound = u32::try_from(model_vocab).unwrap_or(u32::MAX);
+        for (stream, (max_id, path)) in self.streams().zip(&self.max_ids) {
+            if *max_id < bound {
+                continue;
+            }
+            let (file, position, id) =
+                stream.first_id_at_least(bound).unwrap_or_else(|| (path.clone(), 0, *max_id));
+            return Err(DataError::IdBeyondVocab {
+                path: file,
+                position,
+                id,
+                model_vocab,
+                tokenizer_vocab: self.vocab_size,
+            });
+        }
+        if self.pad_id() >= bound {
+            return Err(DataError::VocabTooLarge { tokenizer_vocab: self.vocab_size, model_vocab });
+        }
+        if self.verbose {
+            let largest = self.max_ids.iter().map(|(id, _)| *id).max().unwrap_or(0);
+            eprintln!(
+                "data: the tokenizer has {} entries, the model {model_vocab}; no id of the corpus reaches \
+                 {model_vocab} (the largest is {largest}), so the model's vocabulary suffices",
+                self.vocab_size
+            );
+        }
+        Ok(())
+    }
+
+    fn streams(&self) -> impl Iterator<Item = &TokenStream> {
+        self.splits.streams()
     }
 
     /// See [`DataSplits::train_batches`].
@@ -263,7 +358,8 @@ impl Dataset {
     }
 }
 
-/// `root/corpora/<name>-<fingerprint>`: caches derived from a corpus, invalidated when it changes.
+/// `root/corpora/<name>-<hash of the corpus's absolute path>`: the caches derived from one corpus (its
+/// trained tokenizer, its shards), which track changes to its files themselves.
 pub fn corpus_cache_dir(root: &Path, source: &CorpusSource) -> Result<PathBuf> {
     let name: String = source
         .path
@@ -272,7 +368,7 @@ pub fn corpus_cache_dir(root: &Path, source: &CorpusSource) -> Result<PathBuf> {
             n.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
         })
         .unwrap_or_else(|| "corpus".into());
-    Ok(root.join("corpora").join(format!("{name}-{:016x}", source.fingerprint()?)))
+    Ok(root.join("corpora").join(format!("{name}-{:016x}", source.location_hash()?)))
 }
 
 /// The BPE cached at `path`, or one trained on the first [`TOKENIZER_TRAINING_BYTES`] of `source` and
@@ -315,23 +411,28 @@ fn trained_tokenizer(source: &CorpusSource, path: &Path, config: &DataConfig) ->
     Ok(tokenizer)
 }
 
-/// The token ids of `source`: a `.bin` read directly (ids checked against the tokenizer, if any), text
-/// tokenized through the cache `cache_dir/tokens-<tokenizer hash>.bin`.
-fn load_tokens(
-    source: &CorpusSource,
+/// The tokens of `source`: `.bin` files mapped as they are (ids checked against the tokenizer, if any),
+/// text tokenized into the shards of `cache_dir/shards-<tokenizer hash>`.
+fn corpus_tokens(
+    source: CorpusSource,
     tokenizer: Option<&Tokenizer>,
     cache_dir: &Path,
     config: &DataConfig,
-) -> Result<(TokenizedCorpus, ReadReport)> {
+) -> Result<CorpusTokens> {
     if source.is_token_ids() {
-        let tokens = source.read_token_ids()?;
-        if tokens.is_empty() {
+        let paths: Vec<PathBuf> = source.files.iter().map(|(path, _)| path.clone()).collect();
+        let stream = TokenStream::map_bins(&paths)?;
+        if stream.num_tokens() == 0 {
             return Err(DataError::EmptyCorpus {
                 path: source.path.clone(),
                 reason: "the .bin holds no token ids".into(),
             });
         }
-        if let (Some(tokenizer), Some(&id)) = (tokenizer, tokens.iter().max()) {
+        let mut max_id = None;
+        for path in &paths {
+            max_id = max_id.max(corpus::bin_max_id(path)?);
+        }
+        if let (Some(tokenizer), Some(id)) = (tokenizer, max_id) {
             if id as usize >= tokenizer.vocab_size() {
                 return Err(DataError::TokenOutOfRange {
                     path: source.path.clone(),
@@ -341,7 +442,7 @@ fn load_tokens(
             }
         }
         let read = ReadReport { files: source.files.len(), documents: 1, ..ReadReport::default() };
-        return Ok((TokenizedCorpus::from_stream(tokens), read));
+        return Ok(CorpusTokens { source, stream, read, max_id, shards: None });
     }
     let tokenizer = tokenizer.ok_or_else(|| DataError::InvalidConfig {
         reason: format!(
@@ -349,9 +450,18 @@ fn load_tokens(
             source.path.display()
         ),
     })?;
-    let cache = cache_dir.join(format!("tokens-{:016x}.bin", tokenizer.hash()));
-    let (tokens, read) = tokens::tokenize_cached(source, tokenizer, &cache, config.strict, config.verbose)?;
-    if tokens.num_documents() == 0 {
+    let dir = cache_dir.join(format!("shards-{:016x}", tokenizer.hash()));
+    let shards = prepare_shards(&source, tokenizer, &dir, config.strict, config.verbose)?;
+    let read = shards.read_report();
+    if config.verbose && shards.tokenized == 0 {
+        eprintln!(
+            "data: {} tokens of {} from the shards in {}",
+            shards.tokens(),
+            source.path.display(),
+            dir.display()
+        );
+    }
+    if shards.documents() == 0 {
         let reason = match read.malformed_lines {
             0 => format!("{} files without any non-empty document", read.files),
             n => format!(
@@ -361,5 +471,6 @@ fn load_tokens(
         };
         return Err(DataError::EmptyCorpus { path: source.path.clone(), reason });
     }
-    Ok((tokens, read))
+    let stream = shards.stream()?;
+    Ok(CorpusTokens { source, stream, read, max_id: shards.max_id(), shards: Some(shards) })
 }

@@ -137,10 +137,11 @@ impl Tokenizer {
         Ok(self.inner.encode(text, false).map_err(tokenizer_error)?.get_ids().to_vec())
     }
 
-    /// [`Tokenizer::encode`] of many texts, in parallel.
+    /// [`Tokenizer::encode`] of many texts, in parallel on the rayon pool (without the character offsets,
+    /// which the pipeline does not use; the ids are the same).
     pub fn encode_batch(&self, texts: &[String]) -> Result<Vec<Vec<u32>>> {
         let inputs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        let encodings = self.inner.encode_batch(inputs, false).map_err(tokenizer_error)?;
+        let encodings = self.inner.encode_batch_fast(inputs, false).map_err(tokenizer_error)?;
         Ok(encodings.into_iter().map(|e| e.get_ids().to_vec()).collect())
     }
 
