@@ -14,7 +14,8 @@
 #  3. tokenization of the small corpus with 1 and 2 threads, --repeats times, ours and theirs alternating
 #     so that both see the same load: ours `prepare_data --threads N --json` into an empty cache (read,
 #     gunzip, JSON, encode and writing the token shards), theirs scripts/reference/bench_tokenize.py
-#     (read, gunzip, JSON, encode_batch) with RAYON_NUM_THREADS=N, TOKENIZERS_PARALLELISM=true;
+#     (read, gunzip, JSON, encode) with RAYON_NUM_THREADS=N, TOKENIZERS_PARALLELISM=true, once with
+#     encode_batch_fast (no character offsets: what our pipeline calls) and once with encode_batch;
 #  4. peak RSS (scripts/peak_rss.py) of `prepare_data --threads 2` on the large corpus (empty cache) and
 #     of 20 training steps of cola-60m (1 x 256 tokens) on each prepared corpus, run twice: the second
 #     run's time from launch to its first step line is the time to first step on a cached corpus;
@@ -99,7 +100,7 @@ import json, sys, tokenizers
 prepared = json.load(open(sys.argv[1]))
 vocab_size = tokenizers.Tokenizer.from_file(sys.argv[2]).get_vocab_size(with_added_tokens=True)
 keys = ("documents", "text_bytes", "seconds")
-print(json.dumps({"vocab_size": vocab_size, "corpus": sys.argv[3], **{k: prepared[k] for k in keys}}))
+print(json.dumps({"vocab_size": vocab_size, "corpus": sys.argv[3], **{k: prepared["train"][k] for k in keys}}))
 PY
 fi
 cp "$tokenizer.summary" "$results/tokenizer.json"
@@ -112,9 +113,11 @@ for repeat in $(seq "$repeats"); do
     COLA_CACHE="$workdir/cache-throughput" rss --report "$results/tokenize-ours-$name.rss.json" \
       --log "$results/tokenize-ours-$name.log" -- "$bin/prepare_data" --data "$workdir/$small" \
       --tokenizer "$tokenizer" --threads "$threads" --json >"$results/tokenize-ours-$name.json"
-    RAYON_NUM_THREADS=$threads TOKENIZERS_PARALLELISM=true rss --report "$results/tokenize-theirs-$name.rss.json" \
-      -- "$python" "$scripts/reference/bench_tokenize.py" --tokenizer "$tokenizer" "$workdir/$small" \
-      >"$results/tokenize-theirs-$name.json"
+    for api in encode_batch_fast encode_batch; do
+      RAYON_NUM_THREADS=$threads TOKENIZERS_PARALLELISM=true rss --report "$results/tokenize-$api-$name.rss.json" \
+        -- "$python" "$scripts/reference/bench_tokenize.py" --api "$api" --tokenizer "$tokenizer" \
+        "$workdir/$small" >"$results/tokenize-$api-$name.json"
+    done
   done
 done
 # The last 2-thread run above prepared the small corpus from an empty cache: its memory is the small row.

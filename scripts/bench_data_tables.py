@@ -31,12 +31,17 @@ def table(header, rows):
     print()
 
 
+THEIR_APIS = ("encode_batch_fast", "encode_batch")
+
+
 def runs(results, side, threads):
-    """(result, rss report) of every repeat of one side at one thread count."""
+    """(totals, rss report) of every repeat of one side ("ours" or a `tokenizers` API) at one thread count;
+    prepare_data's totals of the training corpus are under "train"."""
     found = []
     for path in sorted(glob.glob(os.path.join(results, f"tokenize-{side}-t{threads}-r*.json"))):
         if not path.endswith(".rss.json"):
-            found.append((load(path), load(path[: -len(".json")] + ".rss.json")))
+            result = load(path)
+            found.append((result.get("train", result), load(path[: -len(".json")] + ".rss.json")))
     return found
 
 
@@ -48,7 +53,7 @@ def token_agreement(ours, theirs):
     if ours["tokens"] == theirs["tokens"]:
         return "equal"
     if ours["tokens"] == theirs["tokens"] + ours["documents"]:
-        return "equal (ours + 1 eos per document)"
+        return "equal (ours has 1 eos per document more)"
     return f"DIFFER by {ours['tokens'] - theirs['tokens']:+,}"
 
 
@@ -78,35 +83,43 @@ def tokenizer_table(results):
 def throughput_table(results):
     rows = []
     for threads in (1, 2):
-        ours, theirs = runs(results, "ours", threads), runs(results, "theirs", threads)
-        if not ours or not theirs:
+        ours = runs(results, "ours", threads)
+        if not ours:
             continue
         ours_rate = median([r["text_bytes"] / r["seconds"] / MIB for r, _ in ours])
-        theirs_rate = median([r["text_bytes"] / r["seconds"] / MIB for r, _ in theirs])
         ours_tokens = median([r["tokens"] / r["seconds"] for r, _ in ours])
-        theirs_tokens = median([r["tokens"] / r["seconds"] for r, _ in theirs])
-        rows.append([threads, len(ours), f"{ours_rate:.2f}", f"{theirs_rate:.2f}", f"{ours_rate / theirs_rate:.2f}",
-                     f"{ours_tokens:,.0f}", f"{theirs_tokens:,.0f}",
-                     f"{median([rss['wall_seconds'] for _, rss in ours]):.1f}",
-                     f"{median([rss['wall_seconds'] for _, rss in theirs]):.1f}",
-                     f"{ours[0][0]['tokens']:,}", f"{theirs[0][0]['tokens']:,}", token_agreement(ours[0][0], theirs[0][0])])
+        ours_wall = median([rss["wall_seconds"] for _, rss in ours])
+        for api in THEIR_APIS:
+            theirs = runs(results, api, threads)
+            if not theirs:
+                continue
+            theirs_rate = median([r["text_bytes"] / r["seconds"] / MIB for r, _ in theirs])
+            theirs_tokens = median([r["tokens"] / r["seconds"] for r, _ in theirs])
+            theirs_wall = median([rss["wall_seconds"] for _, rss in theirs])
+            rows.append([threads, f"`{api}`", len(ours), f"{ours_rate:.2f}", f"{theirs_rate:.2f}",
+                         f"{ours_rate / theirs_rate:.2f}", f"{ours_tokens:,.0f}", f"{theirs_tokens:,.0f}",
+                         f"{ours_wall:.1f}", f"{theirs_wall:.1f}", f"{ours[0][0]['tokens']:,}",
+                         f"{theirs[0][0]['tokens']:,}", token_agreement(ours[0][0], theirs[0][0])])
     if not rows:
         return
     corpus = runs(results, "ours", 1)[0][0]
-    api = runs(results, "theirs", 1)[0][0]
-    print(f"Tokenization, {corpus['documents']:,} documents, {corpus['text_bytes'] / MIB:.1f} MiB of text: ours "
-          f"`prepare_data --threads N` into an empty cache (its own `seconds`), theirs `tokenizers` "
-          f"{api['tokenizers_version']} `{api['api']}` of {api['batch_docs']} documents, RAYON_NUM_THREADS=N "
-          "(read + gunzip + JSON + encode; nothing written). Medians over the repeats; wall s is launch to exit:\n")
-    table(["threads", "repeats", "ours MiB/s", "theirs MiB/s", "ratio", "ours tokens/s", "theirs tokens/s",
-           "ours wall s", "theirs wall s", "ours tokens", "theirs tokens", "token counts"], rows)
+    reference = next(r for api in THEIR_APIS for r, _ in runs(results, api, 1))
+    print(f"Tokenization of {corpus['documents']:,} documents, {corpus['text_bytes'] / MIB:.1f} MiB of text. Ours: "
+          "`prepare_data --threads N` into an empty cache, timed by its own `seconds` (read, gunzip, JSON, "
+          f"encode, writing the shards). Theirs: `tokenizers` {reference['tokenizers_version']} "
+          f"(PyPI), batches of {reference['batch_docs']} documents, RAYON_NUM_THREADS=N (read, gunzip, JSON, "
+          "encode; nothing written). Medians over the repeats; ratio = ours / theirs of MiB/s; wall s is "
+          "launch to exit (tokenizer loading and start-up included):\n")
+    table(["threads", "their API", "repeats", "ours MiB/s", "theirs MiB/s", "ratio", "ours tokens/s",
+           "theirs tokens/s", "ours wall s", "theirs wall s", "ours tokens", "theirs tokens", "token counts"],
+          rows)
 
 
 def memory_table(results):
     rows = []
     for path in sorted(glob.glob(os.path.join(results, "prepare-*.rss.json"))):
         name = os.path.basename(path)[len("prepare-") : -len(".rss.json")]
-        rss, prepared = load(path), load(path[: -len(".rss.json")] + ".json")
+        rss, prepared = load(path), load(path[: -len(".rss.json")] + ".json")["train"]
         rate = prepared["text_bytes"] / prepared["seconds"] / MIB
         rows.append([f"prepare_data {name}, 2 threads, empty cache", f"{rss['peak_rss_bytes'] / MIB:.0f}",
                      f"{rss['wall_seconds']:.1f}", f"{rate:.2f} MiB/s, {prepared['tokens']:,} tokens"])
