@@ -77,7 +77,8 @@ def tokenizer_table(results):
     t = load(path)
     print("Tokenizer (trained by `prepare_data --vocab-size`, used by both sides):\n")
     table(["vocabulary", "trained on", "documents", "text MiB", "seconds"],
-          [[t["vocab_size"], t["corpus"], f"{t['documents']:,}", f"{t['text_bytes'] / MIB:.1f}", f"{t['seconds']:.1f}"]])
+          [[t["vocab_size"], t["corpus"], f"{t['documents']:,}", f"{t['text_bytes'] / MIB:.1f}",
+            f"{t['seconds']:.1f}"]])
 
 
 def throughput_table(results):

@@ -172,7 +172,9 @@ def write_shard(job):
     documents = json_bytes = 0
     doc_text_bytes = []
     per_chunk = max(1, int(CHUNK_BYTES / (tables.mean_entry_bytes * max(1.0, float(word_counts.mean())))))
-    with open(temporary, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as gz:
+    # Level 6 is gzip's default; no name or time in the header, so the bytes depend on the seed only.
+    gzip_file = {"filename": "", "mode": "wb", "compresslevel": 6, "mtime": 0}
+    with open(temporary, "wb") as raw, gzip.GzipFile(fileobj=raw, **gzip_file) as gz:
         for first in range(0, len(word_counts), per_chunk):
             counts = word_counts[first : first + per_chunk]
             bodies, body_text_bytes = document_bodies(tables, rng, counts)
