@@ -18,7 +18,8 @@
 #     encode_batch_fast (no character offsets: what our pipeline calls) and once with encode_batch;
 #  4. peak RSS (scripts/peak_rss.py) of `prepare_data --threads 2` on the large corpus (empty cache) and
 #     of 20 training steps of cola-60m (1 x 256 tokens) on each prepared corpus, run twice: the second
-#     run's time from launch to its first step line is the time to first step on a cached corpus;
+#     run's time from launch to its first step line (printed once step 1 is done) is the time to first
+#     step on a cached corpus;
 #  5. Markdown tables (scripts/bench_data_tables.py).
 # PY (default $PYTHON, else python3) must import numpy and tokenizers; if it cannot, both are installed
 # from PyPI into a virtual environment under the work folder. At 1024 MiB this takes about 15 minutes on

@@ -137,7 +137,8 @@ def memory_table(results):
         return
     print("Peak resident memory (ru_maxrss of the process, `scripts/peak_rss.py`; mapped corpus pages count as "
           "far as they were touched). Training: cola-60m, 20 steps of 1 x 256 tokens, 2 threads, on the cache "
-          "prepare_data built; run2 is an identical second run, its first step line is the time to first step:\n")
+          "prepare_data built; run2 is an identical second run; the first step line, printed once step 1 is "
+          "done, is the time to first step:\n")
     table(["workload", "peak RSS MiB", "wall s", "notes"], rows)
 
 
