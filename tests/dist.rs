@@ -190,7 +190,8 @@ fn a_killed_rank_stops_the_run_within_seconds_and_the_last_checkpoint_stays_vali
     let dir = TempDir::new("dist-kill");
     write_corpus(&dir);
     let mut args = flags(&dir, "run", 100_000, 2, 1);
-    args.extend(["--save-every".into(), "2".into()]);
+    let save_every = args.iter().position(|flag| flag == "--save-every").unwrap() + 1;
+    args[save_every] = "2".into();
     let mut launch = mpirun(2).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let first = dir.join("run").join("checkpoint-2");
     let began = Instant::now();
@@ -214,4 +215,15 @@ fn a_killed_rank_stops_the_run_within_seconds_and_the_last_checkpoint_stays_vali
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     succeeded(output, "--eval-only on the last checkpoint");
     assert!(stdout.contains("val loss"), "{stdout}");
+}
+
+#[test]
+fn a_batch_that_does_not_divide_among_the_ranks_stops_every_rank_with_the_rank_named() {
+    let dir = TempDir::new("dist-divide");
+    write_corpus(&dir);
+    let output = mpirun(2).args(flags(&dir, "run", 2, 3, 1)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("error on rank"), "{stderr}");
+    assert!(stderr.contains("--batch-size 3 does not divide among 2 ranks"), "{stderr}");
 }
