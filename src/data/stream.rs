@@ -204,7 +204,7 @@ impl TokenStream {
         for path in paths {
             let bytes = Bytes::map(path)?;
             let len = bytes.as_slice().len() as u64;
-            if len % 2 != 0 {
+            if !len.is_multiple_of(2) {
                 return Err(DataError::OddBinLength { path: path.clone(), bytes: len });
             }
             segments.push(Segment { ids: Ids::U16(bytes), ends: None, source: path.clone() });
