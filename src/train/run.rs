@@ -323,6 +323,7 @@ impl Loop<'_> {
             Ok(any[0] > 0.0)
         };
         let (mut train_time, mut run_tokens, mut last_loss) = (Duration::ZERO, 0u64, None);
+        let (mut reduce_time, mut reduce_bytes) = (Duration::ZERO, 0usize);
         let mut was_interrupted = false;
         while self.trainer.step < stop_at {
             if interrupted()? {
@@ -350,6 +351,9 @@ impl Loop<'_> {
             };
             let took = began.elapsed();
             train_time += took;
+            if let Some(reduction) = self.trainer.last_reduction() {
+                (reduce_time, reduce_bytes) = (reduce_time + reduction.time, reduction.bytes);
+            }
             run_tokens += stats.tokens;
             self.tokens += stats.tokens;
             last_loss = Some(stats.loss);
@@ -397,6 +401,13 @@ impl Loop<'_> {
             );
             if let Some(loss) = last_loss {
                 line += &format!(", last train loss {loss:.4}");
+            }
+            if reduce_bytes > 0 {
+                line += &format!(
+                    ", gradient all-reduce {:.1} MiB in {:.1} ms per update (waits for the slowest rank included)",
+                    reduce_bytes as f64 / (1 << 20) as f64,
+                    1e3 * reduce_time.as_secs_f64() / (self.trainer.step - start).max(1) as f64
+                );
             }
             if let Some(val) = self.last_val {
                 line += &format!(", last val loss {val:.4} (ppl {:.2})", val.exp());

@@ -16,8 +16,8 @@
 //! the same global norm and applies the same AdamW update.
 //!
 //! With a profiler set ([`Trainer::set_profiler`]) every micro-batch's tape times its ops, and the
-//! trainer times its own phases as optimizer rows: `grad_accumulate`, `all_reduce` (under N ranks),
-//! `clip_grad_norm`, `adamw`.
+//! trainer times its own phases as optimizer rows: `grad_accumulate`, `all_reduce_wait` and
+//! `all_reduce` (under N ranks), `clip_grad_norm`, `adamw`.
 use super::TrainError;
 use crate::data::Batch;
 use crate::dist::{self, Collective, Single};
@@ -231,6 +231,7 @@ impl Trainer {
         let (targets, tokens) = (counts[0] as u64, counts[1] as u64);
 
         self.grads.clear();
+        self.last_reduce = None;
         let mut loss = 0.0f64;
         for &(start, end) in &micro_rows {
             let count = targets_of(start, end);
@@ -276,8 +277,13 @@ impl Trainer {
         Ok((loss, tokens, targets))
     }
 
-    /// Sums the gradients over the ranks, timed as the optimizer row `all_reduce`.
+    /// Sums the gradients over the ranks, timed as the optimizer row `all_reduce`. When profiling, a
+    /// barrier first waits for the slowest rank (row `all_reduce_wait`), so that the `all_reduce` row is
+    /// the transfer and its copies alone; unprofiled steps have no barrier.
     fn reduce_gradients(&mut self) -> std::result::Result<(), StepError> {
+        if self.profiler.is_some() {
+            self.optimizer_phase("all_reduce_wait", |_| 0, |t| Ok(t.collective.barrier()?))?;
+        }
         let began = Instant::now();
         let bytes = self.optimizer_phase(
             "all_reduce",
