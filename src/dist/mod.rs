@@ -108,12 +108,29 @@ impl Collective for Single {
 /// The world this process belongs to: MPI's when built with `mpi` and started by a launcher (`mpirun`,
 /// `srun`), else [`Single`]. A process started without a launcher stays single even in an `mpi` build,
 /// so that the plain command line never needs an MPI runtime.
+///
+/// A build without `mpi` started as one of several ranks is an error: each rank would train alone on
+/// the whole batch and write the same run directory.
 pub fn detect() -> Result<Arc<dyn Collective>> {
     #[cfg(feature = "mpi")]
     if launched_by_mpi() {
         return Ok(Arc::new(Mpi::initialize()?));
     }
+    #[cfg(not(feature = "mpi"))]
+    if let Some(ranks) = launcher_world_size().filter(|&ranks| ranks > 1) {
+        return Err(DistError::Mpi(format!(
+            "this process is one of {ranks} ranks started by an MPI launcher, but it was built without MPI: \
+             every rank would train alone and write the same run directory. Build with --features mpi \
+             (scripts/install_mpi.sh installs Open MPI), or run one process"
+        )));
+    }
     Ok(Arc::new(Single))
+}
+
+/// The number of ranks a launcher announced in the environment (Open MPI's `OMPI_COMM_WORLD_SIZE`,
+/// PMI's `PMI_SIZE`), if any.
+pub fn launcher_world_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].iter().find_map(|name| std::env::var(name).ok()?.trim().parse().ok())
 }
 
 /// The collective a run on `device` sums its gradients with: NCCL between GPUs when built with `nccl`
@@ -151,4 +168,37 @@ pub fn local_rank() -> usize {
 pub fn shard_rows(rows: usize, rank: usize, world_size: usize) -> std::ops::Range<usize> {
     let world_size = world_size.max(1);
     rank * rows / world_size..(rank + 1) * rows / world_size
+}
+
+#[cfg(test)]
+mod tests {
+    //! The world's arithmetic and, in a build without MPI, the refusal to run as one of several ranks.
+    use super::*;
+
+    #[test]
+    fn shards_are_disjoint_and_cover_the_batch() {
+        for (rows, world_size) in [(8, 2), (8, 4), (6, 3), (2, 2), (5, 1)] {
+            let shards: Vec<_> = (0..world_size).map(|rank| shard_rows(rows, rank, world_size)).collect();
+            assert_eq!(shards[0].start, 0);
+            assert_eq!(shards[world_size - 1].end, rows);
+            for pair in shards.windows(2) {
+                assert_eq!(pair[0].end, pair[1].start, "{rows} rows over {world_size} ranks");
+            }
+            assert!(shards.iter().all(|s| s.len() == rows / world_size));
+        }
+    }
+
+    /// Sets a launcher variable of this test process; no other test of this binary reads it.
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn a_build_without_mpi_refuses_to_be_one_of_several_ranks() {
+        std::env::set_var("OMPI_COMM_WORLD_SIZE", "2");
+        let refused = detect().map(|world| world.world_size());
+        std::env::set_var("OMPI_COMM_WORLD_SIZE", "1");
+        let alone = detect().map(|world| world.world_size());
+        std::env::remove_var("OMPI_COMM_WORLD_SIZE");
+        let message = refused.expect_err("one of 2 ranks without MPI").to_string();
+        assert!(message.contains("one of 2 ranks") && message.contains("--features mpi"), "{message}");
+        assert_eq!(alone.unwrap(), 1);
+    }
 }
