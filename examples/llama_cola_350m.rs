@@ -7,18 +7,41 @@
 //!     cargo run --release --example llama_cola_350m -- --resume DIR --eval-only     # validation ppl
 //!     cargo run --release --example llama_cola_350m -- --model cola-60m --profile   # time per op family
 //!
+//! Data parallel over N processes, same flags (`--batch-size` stays the global batch); rank 0 prints
+//! and writes the run directory. Needs a build with `--features mpi`:
+//!
+//!     mpirun -np 2 target/release/examples/llama_cola_350m --model cola-60m --threads 1
+//!
 //! The work happens in `cola::train`, whose `Options` is the command line (`--help` lists it); this file
 //! parses it, prints, and sets the exit code (0 done, 1 error, 130 stopped by Ctrl-C after saving a
 //! checkpoint).
 use clap::Parser;
-use cola::train::{self, Options, RunOutcome, TrainError};
+use cola::dist::{self, Collective};
+use cola::train::{self, DeviceChoice, Options, RunOutcome, TrainError};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn main() -> ExitCode {
-    match run(Options::parse()) {
+    let options = Options::parse();
+    let world = match dist::detect() {
+        Ok(world) => world,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(options, &world) {
         Ok(code) => code,
+        Err(error) if world.world_size() > 1 => {
+            // The other ranks may be waiting in a collective call for this one: stop them all.
+            eprintln!(
+                "error on rank {} of {}: {error}; stopping every rank",
+                world.rank(),
+                world.world_size()
+            );
+            world.abort(1)
+        }
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::FAILURE
@@ -26,7 +49,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(options: Options) -> Result<ExitCode, TrainError> {
+fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainError> {
     if let Some(threads) = options.threads {
         train::set_threads(threads)?;
     }
@@ -45,13 +68,24 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
         return Ok(ExitCode::SUCCESS);
     }
     let (mut config, notes) = train::resolve(&options)?;
-    for note in notes {
-        eprintln!("note: {note}");
+    if world.is_root() {
+        for note in notes {
+            eprintln!("note: {note}");
+        }
     }
-    config.verbose = true;
+    if world.world_size() > 1 && config.target_device()? != cola::tensor::Device::Cpu {
+        // One GPU per rank: the launcher numbers the ranks of each node.
+        config.device = DeviceChoice::Cuda(dist::local_rank());
+        config.resolve_device()?;
+    }
+    config.collective = Some(world.clone());
+    config.verbose = world.is_root();
     if options.profile {
         let steps = options.steps.unwrap_or(train::profile::DEFAULT_MEASURED_STEPS);
         let report = train::profile(&config, train::profile::DEFAULT_WARMUP_STEPS, steps)?;
+        if !world.is_root() {
+            return Ok(ExitCode::SUCCESS);
+        }
         if options.json {
             print_json(&report)?;
         } else {
@@ -62,6 +96,7 @@ fn run(options: Options) -> Result<ExitCode, TrainError> {
     config.interrupt = Some(ctrl_c_flag());
 
     match train::run(&config)? {
+        RunOutcome::Evaluated(_) if !world.is_root() => Ok(ExitCode::SUCCESS),
         RunOutcome::Evaluated(summary) => {
             match summary.result {
                 Some(r) => println!(

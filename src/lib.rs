@@ -12,6 +12,7 @@ pub use cola_tensor as tensor;
 
 pub mod audit;
 pub mod data;
+pub mod dist;
 pub mod generate;
 pub mod tour;
 pub mod train;

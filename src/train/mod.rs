@@ -41,6 +41,7 @@ pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
 pub use trainer::{StepStats, Trainer};
 
 use crate::data::DataError;
+use crate::dist::{Collective, DistError, Single};
 use cola_autograd::{AutogradError, Policy};
 use cola_nn::{LlamaConfig, NnError, Preset};
 use cola_optim::OptimError;
@@ -138,6 +139,10 @@ pub struct TrainConfig {
     /// Set (by a Ctrl-C handler) to save a checkpoint after the current step and stop.
     #[serde(skip)]
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The ranks this run is one of ([`crate::dist`]); `None` is one process. The global batch, not the
+    /// world, is the run's identity, so a checkpoint resumes under any world size that divides it.
+    #[serde(skip)]
+    pub collective: Option<Arc<dyn Collective>>,
 }
 
 impl TrainConfig {
@@ -179,6 +184,7 @@ impl TrainConfig {
             cache_dir: None,
             verbose: false,
             interrupt: None,
+            collective: None,
         }
     }
 
@@ -192,6 +198,11 @@ impl TrainConfig {
         }
         config.max_seq_len = config.max_seq_len.max(self.seq_len);
         config
+    }
+
+    /// The world of this run: [`TrainConfig::collective`], or one process.
+    pub fn world(&self) -> Arc<dyn Collective> {
+        self.collective.clone().unwrap_or_else(|| Arc::new(Single))
     }
 
     /// Resolves `device` on this machine and remembers the answer for [`TrainConfig::target_device`].
@@ -243,6 +254,14 @@ impl TrainConfig {
                 self.batch_size, self.micro_batch
             ));
         }
+        let ranks = self.collective.as_ref().map_or(1, |c| c.world_size());
+        if !self.batch_size.is_multiple_of(ranks) {
+            return bad(format!(
+                "--batch-size {} does not divide among {ranks} ranks: each rank trains batch-size / ranks \
+                 sequences of every update; pass a multiple of {ranks}",
+                self.batch_size
+            ));
+        }
         if self.seq_len < 2 {
             return bad(format!(
                 "--seq-len must be at least 2 (the loss predicts the next token), got {}",
@@ -282,6 +301,8 @@ pub enum TrainError {
     Autograd(#[from] AutogradError),
     #[error("tensor: {0}")]
     Tensor(#[from] cola_tensor::TensorError),
+    #[error("data parallelism: {0}")]
+    Dist(#[from] DistError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error("--device {device}: no usable GPU ({reason}); use --device cpu or --device auto")]

@@ -59,7 +59,18 @@ pub fn set_threads(threads: usize) -> Result<()> {
 }
 
 /// Trains (or with `eval_only` evaluates) as `config` says. See the module docs of [`super`].
+///
+/// Under several ranks ([`TrainConfig::collective`]) every rank trains and loads checkpoints; rank 0
+/// alone prints, evaluates, and writes the run directory (metrics, plot, tokenizer, checkpoints).
 pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
+    let quiet;
+    let config = match config.world().is_root() {
+        true => config,
+        false => {
+            quiet = TrainConfig { verbose: false, ..config.clone() };
+            &quiet
+        }
+    };
     let device = config.target_device()?;
     config.validate_on(device)?;
     let say = |message: &str| {
@@ -76,8 +87,10 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         None => None,
     };
     // Training writes the run directory, so it holds the directory's lock until it returns (the guard
-    // lives to the end of this function); --eval-only only reads a checkpoint.
-    let lock = if config.eval_only { None } else { Some(RunLock::acquire(&config.out)?) };
+    // lives to the end of this function); --eval-only only reads a checkpoint, and under several ranks
+    // rank 0 alone writes (and locks) the directory.
+    let writes = !config.eval_only && config.world().is_root();
+    let lock = if writes { Some(RunLock::acquire(&config.out)?) } else { None };
     if let Some(note) = lock.as_ref().and_then(RunLock::note) {
         say(&format!("note: {note}"));
     }
@@ -103,7 +116,10 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         return Ok(RunOutcome::Evaluated(EvalSummary { checkpoint: dir, step: state.step, result }));
     }
 
-    std::fs::create_dir_all(&config.out).map_err(TrainError::io(&config.out))?;
+    let root = config.world().is_root();
+    if root {
+        std::fs::create_dir_all(&config.out).map_err(TrainError::io(&config.out))?;
+    }
     let retention =
         Retention::of_run(config, resume.as_ref().map(|(dir, state)| (dir.as_path(), state.step)));
     let (rng, data_state, tokens, elapsed, last_checkpoint) = match &resume {
@@ -126,10 +142,11 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         None => (rng.unwrap_or(Rng::new(config.seed)), DataState::default(), 0, 0.0, None),
     };
     let batches = dataset.train_batches_from(config.batch_size, data_state)?;
-    if let Some(path) = dataset.save_tokenizer(&config.out)? {
+    if let Some(path) = root.then(|| dataset.save_tokenizer(&config.out)).transpose()?.flatten() {
         say(&format!("tokenizer: saved to {}", path.display()));
     }
-    let metrics = MetricsLog::open(&config.out, resume.as_ref().map(|(_, s)| s.step))?;
+    let metrics =
+        root.then(|| MetricsLog::open(&config.out, resume.as_ref().map(|(_, s)| s.step))).transpose()?;
     let last_val = resume.as_ref().and_then(|(_, s)| s.last_val_loss);
     say(&format!(
         "training: {} updates of {} sequences x {} tokens (micro-batches of {}), peak lr {:e}, warmup {}, \
@@ -146,6 +163,15 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         rayon::current_num_threads(),
         config.precision,
     ));
+    let world = config.world();
+    if world.world_size() > 1 {
+        say(&format!(
+            "data parallel: {} ranks of {} sequences each per update; gradients summed in buckets of {} MiB",
+            world.world_size(),
+            config.batch_size / world.world_size(),
+            crate::dist::DEFAULT_BUCKET_BYTES >> 20
+        ));
+    }
     say(&format!(
         "run directory: {} (metrics.jsonl, loss.png, tokenizer.json, checkpoint-<step>/); resume with --resume {}",
         config.out.display(),
@@ -210,7 +236,15 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
         verbose: config.verbose,
         ..DataConfig::default()
     };
+    // Rank 0 prepares (tokenizes and caches) first; the other ranks then read its cache.
+    let world = config.world();
+    if !world.is_root() {
+        world.barrier()?;
+    }
     let dataset = Dataset::prepare(&data_config)?;
+    if world.is_root() {
+        world.barrier()?;
+    }
     dataset.check_model_vocab(model_config.vocab_size)?;
     model_config.pad_id = dataset.pad_id();
     say(&format!("data: {}", dataset.report()));
@@ -255,6 +289,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     }
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
     trainer.policy = config.recompute;
+    trainer.set_collective(crate::dist::for_device(world, device)?);
     Ok(Prepared { dataset, trainer, rng })
 }
 
@@ -264,7 +299,8 @@ struct Loop<'a> {
     dataset: &'a Dataset,
     trainer: Trainer,
     batches: TrainBatches,
-    metrics: MetricsLog,
+    /// Rank 0's log; `None` on the other ranks.
+    metrics: Option<MetricsLog>,
     rng: Rng,
     tokens: u64,
     elapsed_before: f64,
@@ -288,11 +324,22 @@ impl Loop<'_> {
         if start >= stop_at {
             progress.note(&format!("already at step {start} of {stop_at}: nothing to train"));
         }
-        let interrupted = || config.interrupt.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+        let world = config.world();
+        let root = world.is_root();
+        // Every rank stops at the same step when any rank saw the flag (the launcher forwards Ctrl-C).
+        let interrupted = || -> Result<bool> {
+            let seen = config.interrupt.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
+            let mut any = [f64::from(u8::from(seen))];
+            if world.world_size() > 1 {
+                world.all_reduce_sum_f64(&mut any)?;
+            }
+            Ok(any[0] > 0.0)
+        };
         let (mut train_time, mut run_tokens, mut last_loss) = (Duration::ZERO, 0u64, None);
+        let (mut reduce_time, mut reduce_bytes) = (Duration::ZERO, 0usize);
         let mut was_interrupted = false;
         while self.trainer.step < stop_at {
-            if interrupted() {
+            if interrupted()? {
                 was_interrupted = true;
                 break;
             }
@@ -317,19 +364,24 @@ impl Loop<'_> {
             };
             let took = began.elapsed();
             train_time += took;
+            if let Some(reduction) = self.trainer.last_reduction() {
+                (reduce_time, reduce_bytes) = (reduce_time + reduction.time, reduction.bytes);
+            }
             run_tokens += stats.tokens;
             self.tokens += stats.tokens;
             last_loss = Some(stats.loss);
             let tokens_per_s = stats.tokens as f64 / took.as_secs_f64().max(1e-9);
             let done = self.trainer.step;
-            self.metrics.log_step(StepRecord {
+            let elapsed_s = self.elapsed();
+            let Some(metrics) = self.metrics.as_mut() else { continue };
+            metrics.log_step(StepRecord {
                 step: done,
                 loss: stats.loss,
                 lr: stats.lr,
                 grad_norm: stats.grad_norm,
                 tokens: self.tokens,
                 tokens_per_s,
-                elapsed_s: self.elapsed(),
+                elapsed_s,
             })?;
             let per_step = train_time.as_secs_f64() / (done - start) as f64;
             progress.step(&stats, tokens_per_s, Duration::from_secs_f64(per_step * (stop_at - done) as f64));
@@ -341,7 +393,7 @@ impl Loop<'_> {
                 self.save(&progress)?;
             }
         }
-        if was_interrupted {
+        if was_interrupted && root {
             progress.note(&format!("interrupted at step {}: saving a checkpoint", self.trainer.step));
             self.save(&progress)?;
         }
@@ -362,6 +414,13 @@ impl Loop<'_> {
             );
             if let Some(loss) = last_loss {
                 line += &format!(", last train loss {loss:.4}");
+            }
+            if reduce_bytes > 0 {
+                line += &format!(
+                    ", gradient all-reduce {:.1} MiB in {:.1} ms per update (waits for the slowest rank included)",
+                    reduce_bytes as f64 / (1 << 20) as f64,
+                    1e3 * reduce_time.as_secs_f64() / (self.trainer.step - start).max(1) as f64
+                );
             }
             if let Some(val) = self.last_val {
                 line += &format!(", last val loss {val:.4} (ppl {:.2})", val.exp());
@@ -401,7 +460,8 @@ impl Loop<'_> {
             return Ok(());
         };
         let step = self.trainer.step;
-        self.metrics.log_eval(EvalRecord { step, val_loss: result.loss, val_ppl: result.perplexity })?;
+        let Some(metrics) = self.metrics.as_mut() else { return Ok(()) };
+        metrics.log_eval(EvalRecord { step, val_loss: result.loss, val_ppl: result.perplexity })?;
         self.last_val = Some(result.loss);
         self.last_eval = Some(result);
         progress.note(&format!(
@@ -414,7 +474,7 @@ impl Loop<'_> {
         ));
         progress.note(&super::sample::sample_line(&self.trainer.model, self.dataset));
         progress.restore();
-        if let Err(warning) = self.metrics.plot(&format!("{} on {}", config.model, data_name(config))) {
+        if let Err(warning) = metrics.plot(&format!("{} on {}", config.model, data_name(config))) {
             progress.note(&format!("warning: {warning}; training goes on"));
         }
         Ok(())

@@ -9,14 +9,24 @@
 //! documents). When every micro-batch has the same number of targets (always in packed mode) this is the
 //! PyTorch reference's `loss / gradient_accumulation`.
 //!
+//! Under N ranks ([`Trainer::set_collective`]) each rank runs only its slice of the global batch's rows
+//! ([`crate::dist::shard_rows`]); the target count `N` is summed over the ranks before any weight is
+//! set, and the weighted gradients and losses are summed after backward (in buckets,
+//! [`crate::dist::all_reduce_gradients`]), so every rank holds the single-process gradient, clips it by
+//! the same global norm and applies the same AdamW update.
+//!
 //! With a profiler set ([`Trainer::set_profiler`]) every micro-batch's tape times its ops, and the
-//! trainer times its own phases as optimizer rows: `grad_accumulate`, `clip_grad_norm`, `adamw`.
+//! trainer times its own phases as optimizer rows: `grad_accumulate`, `all_reduce_wait` and
+//! `all_reduce` (under N ranks), `clip_grad_norm`, `adamw`.
 use super::TrainError;
 use crate::data::Batch;
+use crate::dist::{self, Collective, Single};
 use cola_autograd::profile::{Direction, Profiler};
 use cola_autograd::{GradStore, Gradients, Policy, Tape};
 use cola_nn::{Llama, Module, ParamKind};
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The names of the parameters `--no-decay-norms-embeddings` spares from weight decay, chosen by role:
 /// RMSNorm weights ([`ParamKind::Vector`]) and the token embedding table ([`ParamKind::Table`]).
@@ -76,6 +86,17 @@ pub struct Trainer {
     pub policy: Policy,
     grads: GradStore,
     profiler: Option<Profiler>,
+    collective: Arc<dyn Collective>,
+    last_reduce: Option<Reduction>,
+}
+
+/// What the gradient sum over the ranks of one update moved and how long it took.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reduction {
+    /// Gradient bytes each rank contributed (f32 elements x 4).
+    pub bytes: usize,
+    /// Wall time of the bucketed sum, copies in and out included.
+    pub time: Duration,
 }
 
 /// Error of [`Trainer::train_step`]: a lower layer's, or a non-finite loss or gradient norm.
@@ -98,7 +119,8 @@ step_error_from!(
     cola_nn::NnError,
     cola_autograd::AutogradError,
     cola_optim::OptimError,
-    cola_tensor::TensorError
+    cola_tensor::TensorError,
+    crate::dist::DistError
 );
 
 impl std::fmt::Display for StepError {
@@ -130,7 +152,20 @@ impl Trainer {
             policy: Policy::KeepAll,
             grads: GradStore::new(),
             profiler: None,
+            collective: Arc::new(Single),
+            last_reduce: None,
         }
+    }
+
+    /// Makes this trainer one rank of `collective`'s world: it trains its slice of every batch and sums
+    /// gradients with the other ranks.
+    pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
+        self.collective = collective;
+    }
+
+    /// The gradient sum of the last update under several ranks (`None` in one process).
+    pub fn last_reduction(&self) -> Option<Reduction> {
+        self.last_reduce
     }
 
     /// Times every following step: tape ops per direction and family, and the optimizer's phases. A
@@ -168,23 +203,35 @@ impl Trainer {
         &self.grads
     }
 
-    /// Runs forward and backward over the micro-batches of `batch` (the global batch) and leaves the
-    /// accumulated gradient of its token-mean loss in [`Trainer::gradients`]. Returns the loss and the
-    /// counts of non-pad input tokens and targets.
+    /// Runs forward and backward over the micro-batches of this rank's rows of `batch` (the global batch)
+    /// and leaves the accumulated gradient of the global batch's token-mean loss, summed over the ranks,
+    /// in [`Trainer::gradients`]. Returns the loss and the global counts of non-pad input tokens and
+    /// targets.
     pub fn accumulate_gradients(&mut self, batch: &Batch) -> std::result::Result<(f64, u64, u64), StepError> {
         let pad = self.model.config().pad_id;
         let (rows, seq) = (batch.rows, batch.seq_len);
         let targets_of = |start: usize, end: usize| -> u64 {
             (start..end).map(|r| batch.row(r)[1..].iter().filter(|&&t| t != pad).count() as u64).sum()
         };
-        let micro_rows: Vec<(usize, usize)> = (0..rows)
+        let world = self.collective.world_size();
+        let shard = dist::shard_rows(rows, self.collective.rank(), world);
+        let micro_rows: Vec<(usize, usize)> = shard
+            .clone()
             .step_by(self.micro_batch)
-            .map(|start| (start, (start + self.micro_batch).min(rows)))
+            .map(|start| (start, (start + self.micro_batch).min(shard.end)))
             .collect();
-        let targets: u64 = micro_rows.iter().map(|&(s, e)| targets_of(s, e)).sum();
-        let tokens = batch.tokens.iter().filter(|&&t| t != pad).count() as u64;
+        let local_targets: u64 = micro_rows.iter().map(|&(s, e)| targets_of(s, e)).sum();
+        let local_tokens =
+            batch.tokens[shard.start * seq..shard.end * seq].iter().filter(|&&t| t != pad).count();
+        // Counts below 2^53 are exact in f64, so the sum is the integer sum.
+        let mut counts = [local_targets as f64, local_tokens as f64];
+        if world > 1 {
+            self.collective.all_reduce_sum_f64(&mut counts)?;
+        }
+        let (targets, tokens) = (counts[0] as u64, counts[1] as u64);
 
         self.grads.clear();
+        self.last_reduce = None;
         let mut loss = 0.0f64;
         for &(start, end) in &micro_rows {
             let count = targets_of(start, end);
@@ -201,9 +248,12 @@ impl Trainer {
             let micro_loss = self.model.loss(&mut tape, ids, end - start, seq)?;
             let value = tape.value(micro_loss)?.to_scalar()?;
             if !value.is_finite() {
-                self.grads.clear();
-                let lr = self.next_lr();
-                return Err(StepError::NonFinite(NonFinite { step: self.step, what: "loss", value, lr }));
+                if world > 1 {
+                    // The other ranks learn of it from the summed loss, so every rank refuses the update.
+                    loss = value;
+                    break;
+                }
+                return Err(self.refuse("loss", value));
             }
             loss += weight * value;
             let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(micro_loss, weight)? };
@@ -212,7 +262,47 @@ impl Trainer {
             let added = |t: &Self| summed_elements(&t.grads, &grads);
             self.optimizer_phase("grad_accumulate", added, |t| Ok(t.grads.accumulate(&grads)?))?;
         }
+        if world > 1 {
+            let mut summed = [loss];
+            self.collective.all_reduce_sum_f64(&mut summed)?;
+            loss = summed[0];
+            if !loss.is_finite() {
+                return Err(self.refuse("loss", loss));
+            }
+            // With no target on any rank no rank has a gradient: one process would have none either.
+            if targets > 0 {
+                self.reduce_gradients()?;
+            }
+        }
         Ok((loss, tokens, targets))
+    }
+
+    /// Sums the gradients over the ranks, timed as the optimizer row `all_reduce`. When profiling, a
+    /// barrier first waits for the slowest rank (row `all_reduce_wait`), so that the `all_reduce` row is
+    /// the transfer and its copies alone; unprofiled steps have no barrier.
+    fn reduce_gradients(&mut self) -> std::result::Result<(), StepError> {
+        if self.profiler.is_some() {
+            self.optimizer_phase("all_reduce_wait", |_| 0, |t| Ok(t.collective.barrier()?))?;
+        }
+        let began = Instant::now();
+        let bytes = self.optimizer_phase(
+            "all_reduce",
+            |_| 0,
+            |t| {
+                let mut params = Vec::new();
+                t.model.visit(&mut |param, _| params.push(param));
+                let collective = t.collective.as_ref();
+                Ok(dist::all_reduce_gradients(collective, &params, &mut t.grads, dist::DEFAULT_BUCKET_BYTES)?)
+            },
+        )?;
+        self.last_reduce = Some(Reduction { bytes, time: began.elapsed() });
+        Ok(())
+    }
+
+    /// Forgets the gradients and returns the refusal of the next update for a non-finite `what`.
+    fn refuse(&mut self, what: &'static str, value: f64) -> StepError {
+        self.grads.clear();
+        StepError::NonFinite(NonFinite { step: self.step, what, value, lr: self.next_lr() })
     }
 
     /// One optimizer update on `batch` (the global batch). A non-finite loss or gradient norm leaves the

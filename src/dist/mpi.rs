@@ -1,0 +1,93 @@
+//! The MPI world (the `mpi` crate over the system's Open MPI): CPU processes on one node or many, started
+//! by `mpirun` or `srun`. MPI's default error handler on the world communicator aborts every rank on a
+//! failed call, so the operations below cannot return an MPI error; a rank that dies is noticed by the
+//! launcher, which stops the others.
+use super::{Collective, DistError, Result};
+use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+use mpi::environment::Universe;
+use mpi::topology::{Communicator, SimpleCommunicator};
+
+/// This process's membership of the MPI world. Holding it keeps MPI initialised; dropping the last
+/// handle finalises it.
+pub struct Mpi {
+    rank: usize,
+    world_size: usize,
+    /// Finalises MPI when dropped.
+    _universe: Universe,
+}
+
+impl std::fmt::Debug for Mpi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mpi {{ rank: {}, world_size: {} }}", self.rank, self.world_size)
+    }
+}
+
+impl Mpi {
+    /// Initialises MPI (once per process) and joins the world. Only the thread that called this makes
+    /// MPI calls; the compute pool's threads never do.
+    pub fn initialize() -> Result<Mpi> {
+        let universe = mpi::initialize()
+            .ok_or_else(|| DistError::Mpi("MPI was already initialised in this process".into()))?;
+        let world = universe.world();
+        let (rank, world_size) = (world.rank(), world.size());
+        Ok(Mpi { rank: rank as usize, world_size: world_size as usize, _universe: universe })
+    }
+
+    /// The world communicator: a constant handle, fetched per call so that `Mpi` holds no raw MPI handle
+    /// and can be shared between threads.
+    fn world(&self) -> SimpleCommunicator {
+        SimpleCommunicator::world()
+    }
+}
+
+/// MPI counts are C ints: a longer buffer is refused rather than silently truncated.
+fn check_count(len: usize) -> Result<()> {
+    if len > i32::MAX as usize {
+        return Err(DistError::Mpi(format!(
+            "a buffer of {len} elements is longer than MPI's count type holds"
+        )));
+    }
+    Ok(())
+}
+
+impl Collective for Mpi {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+
+    fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<()> {
+        check_count(buffer.len())?;
+        let send = buffer.to_vec();
+        self.world().all_reduce_into(&send[..], buffer, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
+        check_count(values.len())?;
+        let send = values.to_vec();
+        self.world().all_reduce_into(&send[..], values, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn broadcast(&self, buffer: &mut [u8], root: usize) -> Result<()> {
+        check_count(buffer.len())?;
+        if root >= self.world_size {
+            return Err(DistError::Mpi(format!("broadcast from rank {root} of {}", self.world_size)));
+        }
+        self.world().process_at_rank(root as i32).broadcast_into(buffer);
+        Ok(())
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world().barrier();
+        Ok(())
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world().abort(code)
+    }
+}

@@ -1,0 +1,102 @@
+//! Gradient buckets summed between GPUs by NCCL (cudarc's `nccl` feature; `libnccl.so.2` is opened at
+//! run time, so building needs no NCCL). The communicator is bootstrapped as llm.c does: rank 0 draws
+//! NCCL's unique id and the MPI world broadcasts it, then every rank joins with its rank and world size.
+//! Everything other than the f32 bucket sums (statistics, broadcasts, barriers, abort) goes over the
+//! bootstrap world.
+//!
+//! A bucket is staged through the GPU: copied from the host, summed in place, copied back. The trainer's
+//! buckets are host buffers today (`bucket.rs`); summing the gradients where they lie is the next step.
+//!
+//! cudarc's communicator holds a raw NCCL handle, which may not move between threads, so it lives in a
+//! thread-local of the thread that created it; like MPI here, only that thread makes collective calls.
+use super::{Collective, DistError, Result};
+use cudarc::nccl::safe::{Comm, Id, ReduceOp};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+thread_local! {
+    static COMM: RefCell<Option<Comm>> = const { RefCell::new(None) };
+}
+
+/// NCCL between one GPU per rank, over a bootstrap world of the same ranks.
+#[derive(Debug)]
+pub struct Nccl {
+    world: Arc<dyn Collective>,
+    ordinal: usize,
+}
+
+fn nccl_error(what: &str) -> impl FnOnce(cudarc::nccl::result::NcclError) -> DistError + '_ {
+    move |e| DistError::Nccl(format!("{what}: {e:?}"))
+}
+
+fn driver_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> DistError + '_ {
+    move |e| DistError::Nccl(format!("{what}: {e}"))
+}
+
+impl Nccl {
+    /// Joins the NCCL communicator of `world`'s ranks on CUDA device `ordinal` (every rank calls it).
+    pub fn over(world: Arc<dyn Collective>, ordinal: usize) -> Result<Nccl> {
+        let device = cola_kernels::cuda::device(ordinal)
+            .map_err(|e| DistError::Nccl(format!("cuda:{ordinal}: {e}")))?;
+        let mut id = [0u8; 128];
+        if world.is_root() {
+            let drawn = Id::new().map_err(nccl_error("ncclGetUniqueId (is libnccl.so.2 installed?)"))?;
+            for (byte, &c) in id.iter_mut().zip(drawn.internal()) {
+                *byte = c as u8;
+            }
+        }
+        world.broadcast(&mut id, 0)?;
+        let comm = Comm::from_rank(
+            device.stream().clone(),
+            world.rank(),
+            world.world_size(),
+            Id::uninit(id.map(|b| b as _)),
+        )
+        .map_err(nccl_error("ncclCommInitRank"))?;
+        COMM.with(|slot| *slot.borrow_mut() = Some(comm));
+        Ok(Nccl { world, ordinal })
+    }
+}
+
+impl Collective for Nccl {
+    fn rank(&self) -> usize {
+        self.world.rank()
+    }
+
+    fn world_size(&self) -> usize {
+        self.world.world_size()
+    }
+
+    fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<()> {
+        COMM.with(|slot| {
+            let slot = slot.borrow();
+            let comm = slot.as_ref().ok_or_else(|| {
+                DistError::Nccl(format!(
+                    "the communicator of cuda:{} belongs to the thread that created it",
+                    self.ordinal
+                ))
+            })?;
+            let stream = comm.stream();
+            let mut staged = stream.clone_htod(buffer).map_err(driver_error("copy to the GPU"))?;
+            comm.all_reduce_in_place(&mut staged, &ReduceOp::Sum).map_err(nccl_error("ncclAllReduce"))?;
+            stream.memcpy_dtoh(&staged, buffer).map_err(driver_error("copy from the GPU"))?;
+            stream.synchronize().map_err(driver_error("synchronize"))
+        })
+    }
+
+    fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
+        self.world.all_reduce_sum_f64(values)
+    }
+
+    fn broadcast(&self, buffer: &mut [u8], root: usize) -> Result<()> {
+        self.world.broadcast(buffer, root)
+    }
+
+    fn barrier(&self) -> Result<()> {
+        self.world.barrier()
+    }
+
+    fn abort(&self, code: i32) -> ! {
+        self.world.abort(code)
+    }
+}

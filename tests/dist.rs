@@ -1,0 +1,243 @@
+//! Data-parallel training over MPI, end to end: the training program under `mpirun --oversubscribe -np 2`
+//! against the same program in one process, on cola-tiny with a 300-entry BPE of a small corpus (16
+//! tokens per sequence, one compute thread per process, so that only the split of the batch differs).
+//!
+//! What it proves:
+//! - 2 ranks x 1 sequence compute the 1-process update with micro-batches of 1 BIT FOR BIT: each rank's
+//!   gradient is the one-row micro-batch gradient of the single process, weighted by the same
+//!   `count / global count`, and a sum of two f32 values is the same in either order. The final
+//!   `model.safetensors` and every logged loss are identical.
+//! - 2 ranks x 2 micro-batches match 1 process within 1e-6 relative on the losses: the 4 micro-batch
+//!   gradients are summed as (g0 + g1) + (g2 + g3) instead of ((g0 + g1) + g2) + g3, which changes
+//!   only the last f32 bit of a sum (2^-24 = 6e-8 relative per addition); over 3 updates that stays far
+//!   below 1e-6 on the loss, while a wrong weight or a missed shard moves it by more than 1e-3.
+//! - a 2-rank checkpoint resumed in 1 process continues the 1-process trajectory bit for bit.
+//! - a rank killed mid-run makes the launch exit non-zero within seconds, and the last checkpoint stays
+//!   valid (`--eval-only` loads it).
+#![cfg(feature = "mpi")]
+mod common;
+
+use common::TempDir;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The training program built with `--features mpi`, next to this test's own binary
+/// (`target/release/deps/dist-*` -> `target/release/examples/llama_cola_350m`); built once if needed.
+fn program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--features", "mpi", "--example", "llama_cola_350m"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the training program with --features mpi failed");
+        let exe = std::env::current_exe().unwrap();
+        let release = exe.parent().and_then(Path::parent).unwrap();
+        release.join("examples").join("llama_cola_350m")
+    })
+}
+
+fn write_corpus(dir: &TempDir) {
+    let sentences = [
+        "the cat sat on the mat.",
+        "a dog ran to the red house.",
+        "birds sing in the tall green tree.",
+        "we bake bread every morning.",
+    ];
+    let text: Vec<&str> = (0..400usize).map(|i| sentences[(i * 7 + i / 3) % 4]).collect();
+    std::fs::write(dir.join("corpus.txt"), text.join(" ")).unwrap();
+}
+
+/// The flags of a tiny run into `dir/out` (no evaluation, a checkpoint at the end only).
+fn flags(dir: &TempDir, out: &str, steps: u64, batch: usize, micro: usize) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut flags: Vec<String> =
+        ["--model", "cola-tiny", "--vocab-size", "300", "--seq-len", "16"].map(String::from).to_vec();
+    flags.extend(["--data".into(), path("corpus.txt"), "--cache-dir".into(), path("cache")]);
+    flags.extend(["--out".into(), path(out), "--threads".into(), "1".into()]);
+    for (flag, value) in [
+        ("--steps", steps.to_string()),
+        ("--batch-size", batch.to_string()),
+        ("--micro-batch", micro.to_string()),
+        ("--warmup", "2".into()),
+        ("--lr", "1e-2".into()),
+        ("--eval-every", "0".into()),
+        ("--save-every", "0".into()),
+    ] {
+        flags.extend([flag.to_string(), value]);
+    }
+    flags
+}
+
+/// Held by each test while its runs go: on a machine of 2 cores, the ranks of several launches at once
+/// would poll for each other's messages and starve the ranks that compute.
+fn one_launch_at_a_time() -> MutexGuard<'static, ()> {
+    static LAUNCH: Mutex<()> = Mutex::new(());
+    LAUNCH.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `mpirun` for `ranks` processes on this machine, allowed to run as root (CI containers), not pinned to
+/// cores, and yielding the core while waiting for a message.
+fn mpirun(ranks: usize) -> Command {
+    let mut command = Command::new("mpirun");
+    command.args(["--oversubscribe", "--bind-to", "none", "-np", &ranks.to_string()]);
+    command.args(["--mca", "mpi_yield_when_idle", "1"]);
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if root {
+        command.arg("--allow-run-as-root");
+    }
+    // Containers often forbid the cross-memory attach of shared-memory transfers.
+    command.args(["--mca", "btl_vader_single_copy_mechanism", "none"]);
+    command.arg(program());
+    command
+}
+
+fn succeeded(output: Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn one_process(args: &[String]) {
+    succeeded(Command::new(program()).args(args).output().unwrap(), "the 1-process run");
+}
+
+fn two_ranks(args: &[String]) {
+    succeeded(mpirun(2).args(args).output().unwrap(), "the 2-rank run");
+}
+
+/// The train losses of `dir/out/metrics.jsonl`, in step order.
+fn losses(dir: &TempDir, out: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|value| value.get("loss").and_then(serde_json::Value::as_f64))
+        .collect()
+}
+
+fn weights(dir: &TempDir, out: &str) -> Vec<u8> {
+    let checkpoint = cola::train::checkpoint::locate(&dir.join(out)).unwrap();
+    std::fs::read(checkpoint.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn two_ranks_of_one_sequence_are_one_process_bit_for_bit() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-bits");
+    write_corpus(&dir);
+    one_process(&flags(&dir, "single", 4, 2, 1));
+    two_ranks(&flags(&dir, "ranks", 4, 2, 1));
+    let (single, ranks) = (losses(&dir, "single"), losses(&dir, "ranks"));
+    assert_eq!(single.len(), 4);
+    let bits = |v: &[f64]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&single), bits(&ranks), "losses: {single:?} vs {ranks:?}");
+    assert!(weights(&dir, "single") == weights(&dir, "ranks"), "the final weights differ");
+}
+
+#[test]
+fn two_ranks_of_two_micro_batches_match_one_process_within_1e_6() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-micro");
+    write_corpus(&dir);
+    one_process(&flags(&dir, "single", 3, 8, 2));
+    two_ranks(&flags(&dir, "ranks", 3, 8, 2));
+    let (single, ranks) = (losses(&dir, "single"), losses(&dir, "ranks"));
+    assert_eq!((single.len(), ranks.len()), (3, 3));
+    for (step, (a, b)) in single.iter().zip(&ranks).enumerate() {
+        assert!((a - b).abs() <= 1e-6 * a.abs(), "step {}: loss {a} vs {b}", step + 1);
+    }
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process_on_the_same_trajectory() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-resume");
+    write_corpus(&dir);
+    one_process(&flags(&dir, "whole", 6, 2, 1));
+    let mut first = flags(&dir, "halves", 6, 2, 1);
+    first.extend(["--stop-after".into(), "3".into()]);
+    two_ranks(&first);
+    let resume = ["--resume".to_string(), dir.join("halves").display().to_string()];
+    one_process(&[&resume[..], &["--threads".to_string(), "1".to_string()]].concat());
+    let (whole, halves) = (losses(&dir, "whole"), losses(&dir, "halves"));
+    assert_eq!(halves.len(), 6);
+    let bits = |v: &[f64]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&whole), bits(&halves), "losses: {whole:?} vs {halves:?}");
+    assert!(weights(&dir, "whole") == weights(&dir, "halves"), "the final weights differ");
+}
+
+/// The process ids whose parent is `parent` and whose environment holds `OMPI_COMM_WORLD_RANK=rank`.
+fn rank_process(parent: u32, rank: usize) -> Option<u32> {
+    let wanted = format!("OMPI_COMM_WORLD_RANK={rank}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // `pid (name) state ppid ...`: the name may hold spaces, so split after the closing parenthesis.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let environ = std::fs::read(entry.path().join("environ")).ok()?;
+        let has_rank = environ.split(|&b| b == 0).any(|var| var == wanted.as_bytes());
+        (ppid == parent && has_rank).then_some(pid)
+    })
+}
+
+fn wait_with_limit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let began = Instant::now();
+    while began.elapsed() < limit {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_killed_rank_stops_the_run_within_seconds_and_the_last_checkpoint_stays_valid() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-kill");
+    write_corpus(&dir);
+    let mut args = flags(&dir, "run", 100_000, 2, 1);
+    let save_every = args.iter().position(|flag| flag == "--save-every").unwrap() + 1;
+    args[save_every] = "2".into();
+    let mut launch = mpirun(2).args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    // Older checkpoints are removed as newer ones are saved, so wait for any, not for checkpoint-2.
+    let began = Instant::now();
+    while cola::train::checkpoint::list(&dir.join("run")).is_empty() {
+        assert!(began.elapsed() < Duration::from_secs(120), "no checkpoint after 2 minutes");
+        assert!(launch.try_wait().unwrap().is_none(), "the run ended before its first checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let victim = rank_process(launch.id(), 1).expect("rank 1 is a child of mpirun");
+    let killed = Command::new("kill").args(["-KILL", &victim.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = wait_with_limit(&mut launch, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = launch.kill();
+    }
+    let status = status.expect("the other rank still runs 20 s after rank 1 was killed");
+    assert!(!status.success(), "the launch reported success after a rank was killed");
+    // The newest checkpoint is complete: --eval-only loads and evaluates it.
+    let resume = ["--resume".to_string(), dir.join("run").display().to_string(), "--eval-only".into()];
+    let output = Command::new(program()).args(&resume).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    succeeded(output, "--eval-only on the last checkpoint");
+    assert!(stdout.contains("val loss"), "{stdout}");
+}
+
+#[test]
+fn a_batch_that_does_not_divide_among_the_ranks_stops_every_rank_with_the_rank_named() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-divide");
+    write_corpus(&dir);
+    let output = mpirun(2).args(flags(&dir, "run", 2, 3, 1)).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("error on rank"), "{stderr}");
+    assert!(stderr.contains("--batch-size 3 does not divide among 2 ranks"), "{stderr}");
+}
