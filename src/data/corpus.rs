@@ -155,11 +155,7 @@ impl CorpusSource {
         hash.write(root.to_string_lossy().as_bytes());
         for (file, _) in &self.files {
             let metadata = std::fs::metadata(file).map_err(io_error(file))?;
-            let modified = metadata
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos() as u64);
+            let modified = modified_ns(&metadata);
             hash.write(file.to_string_lossy().as_bytes());
             hash.write(&metadata.len().to_le_bytes());
             hash.write(&modified.to_le_bytes());
@@ -370,6 +366,16 @@ fn read_json_lines(
             }
         }
     }
+}
+
+/// A file's modification time in nanoseconds since the Unix epoch (0 where the platform has none): with
+/// its size, what says a corpus file changed.
+pub(crate) fn modified_ns(metadata: &std::fs::Metadata) -> u64 {
+    metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Whether a `--data` path is a glob pattern rather than a file name.

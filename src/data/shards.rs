@@ -10,7 +10,7 @@
 //! Tokenization runs on the rayon pool: files in parallel, and inside each file the documents of a batch
 //! in parallel (the `tokenizers` crate's batch encoding). Memory holds one batch of text per busy file,
 //! never the corpus.
-use super::corpus::{CorpusSource, Fnv, ReadReport};
+use super::corpus::{modified_ns, CorpusSource, Fnv, ReadReport};
 use super::error::{io_error, DataError, Result};
 use super::stream::{IdWidth, ShardFiles, TokenStream};
 use super::tokenizer::{write_atomically, Tokenizer};
@@ -247,13 +247,8 @@ impl Identity {
 
 fn identify(path: &Path) -> Result<Identity> {
     let metadata = std::fs::metadata(path).map_err(io_error(path))?;
-    let modified_ns = metadata
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as u64);
     let path = std::fs::canonicalize(path).map_err(io_error(path))?;
-    Ok(Identity { path, size: metadata.len(), modified_ns })
+    Ok(Identity { path, size: metadata.len(), modified_ns: modified_ns(&metadata) })
 }
 
 /// Whether the entry's shard files are there with the sizes it promises (their contents are checked

@@ -21,6 +21,7 @@ pub mod lock;
 pub mod metrics;
 pub mod options;
 pub mod plan;
+mod prepare;
 pub mod profile;
 mod progress;
 pub mod retention;

@@ -1,6 +1,6 @@
 //! `--profile`: where the time of a training step goes, per op family and direction.
 //!
-//! The run is set up as a normal run would be ([`super::run::prepare`]), then trains `warmup` steps that
+//! The run is set up as a normal run would be ([`super::prepare::prepare`]), then trains `warmup` steps that
 //! are not counted (first-touch allocations, caches, kernel compilation on a GPU) and `steps` measured
 //! ones with a [`Profiler`] on the trainer: each tape op is timed where it runs (forward, backward,
 //! recompute) and the trainer times its optimizer phases. The measured time of a step also covers what
@@ -10,7 +10,7 @@
 //! On a GPU every timed op is bracketed by device synchronisations, so a profiled step is slower than a
 //! plain one, but each row is the time of its own kernels.
 use super::options::{by_name, policy_name};
-use super::run::{prepare, Prepared};
+use super::prepare::{prepare, Prepared};
 use super::trainer::StepError;
 use super::{Precision, Result, TrainConfig, TrainError};
 use crate::audit::flops_per_token;

@@ -4,15 +4,12 @@ use super::checkpoint::{self, RngState, RunState};
 use super::eval::{evaluate, EvalResult};
 use super::lock::RunLock;
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
-use super::plan::model_vocab;
+use super::prepare::{prepare, Prepared};
 use super::progress::{format_duration, Progress};
-use super::trainer::norms_and_embedding;
 use super::trainer::{StepError, Trainer};
-use super::{Precision, Result, Retention, TrainConfig, TrainError};
-use crate::data::{DataConfig, DataState, Dataset, TrainBatches};
-use cola_nn::{Init, Llama};
-use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
-use cola_tensor::{DType, Device, Rng};
+use super::{Result, Retention, TrainConfig, TrainError};
+use crate::data::{DataState, Dataset, TrainBatches};
+use cola_tensor::Rng;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -195,102 +192,6 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
     let outcome = looper.train().map(RunOutcome::Trained);
     drop(lock);
     outcome
-}
-
-/// What a run starts from: the prepared data and a trainer holding the model and AdamW.
-pub(super) struct Prepared {
-    pub dataset: Dataset,
-    pub trainer: Trainer,
-    /// The generator that drew the fresh weights (`None` when resuming: the checkpoint's is used).
-    pub rng: Option<Rng>,
-}
-
-/// Prepares the data (with the tokenizer of `resume_dir`'s checkpoint when resuming), builds the model
-/// (seeded weights, or zeros that the checkpoint will overwrite) on the run's device and precision, and
-/// the trainer with AdamW, the schedule and the retention policy of `config`.
-pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&Path>) -> Result<Prepared> {
-    let say = |message: &str| {
-        if config.verbose {
-            eprintln!("{message}");
-        }
-    };
-    // A resumed run reads its token ids with the tokenizer it was trained with.
-    let tokenizer = resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone());
-    let vocab = model_vocab(config.model, config.vocab_size, tokenizer.as_deref(), config.data.as_deref())?;
-    if let Some(note) = vocab.note(config.model) {
-        say(&format!("note: {note}"));
-    }
-    let mut model_config = config.model_config();
-    model_config.vocab_size = vocab.size();
-
-    let data_config = DataConfig {
-        data: config.data.clone(),
-        val_data: config.val_data.clone(),
-        tokenizer,
-        vocab_size: model_config.vocab_size,
-        seq_len: config.seq_len,
-        seed: config.seed,
-        shuffle: config.shuffle,
-        strict: config.strict,
-        cache_dir: config.cache_dir.clone(),
-        verbose: config.verbose,
-        ..DataConfig::default()
-    };
-    // Rank 0 prepares (tokenizes and caches) first; the other ranks then read its cache.
-    let world = config.world();
-    if !world.is_root() {
-        world.barrier()?;
-    }
-    let dataset = Dataset::prepare(&data_config)?;
-    if world.is_root() {
-        world.barrier()?;
-    }
-    dataset.check_model_vocab(model_config.vocab_size)?;
-    model_config.pad_id = dataset.pad_id();
-    say(&format!("data: {}", dataset.report()));
-
-    let counts = model_config.param_counts();
-    let millions = |n: usize| n as f64 / 1e6;
-    say(&format!(
-        "model {}: {:.2}M parameters (low-rank {:.2}M, other {:.2}M: embedding, head, norms{}); d_model {}, \
-         {} layers, {} heads, {}",
-        config.model,
-        millions(counts.total),
-        millions(counts.low_rank),
-        millions(counts.other),
-        if model_config.is_cola() { "" } else { ", dense projections" },
-        model_config.d_model,
-        model_config.n_layers,
-        model_config.n_heads,
-        model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
-    ));
-
-    let precision = config.precision;
-    let mut adamw = AdamW::new(AdamWConfig {
-        weight_decay: config.weight_decay,
-        master_weights: precision != Precision::PureBf16,
-        ..AdamWConfig::default()
-    });
-    let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
-    let (mut model, rng) = match resume_dir {
-        Some(_) => (Llama::build(model_config, DType::F32, &mut Init::Zeros)?, None),
-        None => {
-            let mut rng = Rng::new(config.seed);
-            (Llama::new(model_config, &mut rng)?, Some(rng))
-        }
-    };
-    if config.no_decay_norms_embeddings {
-        adamw.exempt_from_decay(norms_and_embedding(&model));
-    }
-    // Weights are drawn on the CPU in f32 (the same numbers on every device), then moved and converted.
-    if device != Device::Cpu || precision != Precision::F32 {
-        model.to_device(device, precision.param_dtype())?;
-        say(&format!("device: {device}, precision {precision}"));
-    }
-    let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
-    trainer.policy = config.recompute;
-    trainer.set_collective(crate::dist::for_device(world, device)?);
-    Ok(Prepared { dataset, trainer, rng })
 }
 
 /// The state of the step loop.
