@@ -178,8 +178,9 @@ pub struct Options {
     /// the CPU]
     #[arg(long, alias = "dtype", value_parser = precision_parser())]
     pub precision: Option<Precision>,
-    /// Training corpus: .txt file or folder, .jsonl / .json.gz (a "text" field per line), or .bin of u16
-    /// token ids [default: Shakespeare's works, fetched once]
+    /// Training corpus: a .txt, .jsonl or .json.gz file (a "text" field per line), a folder or a quoted glob
+    /// pattern of those (C4's 'c4-train.*-of-01024.json.gz'), or a .bin of u16 token ids; tokenized once into
+    /// token shards in the cache [default: Shakespeare's works, fetched once]
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Validation corpus [default: 1% of the training sequences, held out by seed]
@@ -188,7 +189,8 @@ pub struct Options {
     /// A tokenizer.json [default: a byte-level BPE of the model's vocabulary trained once on the corpus]
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
-    /// Model vocabulary size, overriding the preset's 32000
+    /// Model vocabulary size, overriding the preset's (32000; the tiny presets' 64 becomes 512 when a BPE is
+    /// trained on the corpus)
     #[arg(long)]
     pub vocab_size: Option<usize>,
     /// Optimizer updates of the schedule [default: the recipe's total, e.g. 60000 for 350m]
