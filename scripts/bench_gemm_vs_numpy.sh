@@ -9,15 +9,19 @@
 # Threads: both sides use every core (nproc) unless RAYON_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise.
 # PEAK=1 also prints the ceiling: the FMA peak of our micro-kernel path on one thread and on all threads
 # (`cargo bench --bench gemm -- fma_peak`, criterion's "elem/s" = FLOP/s).
-# numpy is installed into local/venv on first use.
+# numpy (and threadpoolctl, which names the kernel OpenBLAS chose) is installed into local/venv on first use.
+# The numpy side runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: either one, when set, can make
+# OpenBLAS use an older kernel than this CPU's own (Haswell's instead of SkylakeX's AVX-512), which would
+# flatter our side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
 venv=local/venv
-if ! "$venv/bin/python" -c "import numpy" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import numpy, threadpoolctl" 2>/dev/null; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet numpy
+  "$venv/bin/pip" install --quiet numpy threadpoolctl
 fi
+numpy_py() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" scripts/numpy_gemm.py "$@"; }
 threads=$(nproc)
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-$threads}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
@@ -27,11 +31,12 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin" --list >"$work/cases"
 echo "threads: ours $RAYON_NUM_THREADS, numpy/OpenBLAS $OPENBLAS_NUM_THREADS; $rounds rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+numpy_py info
 for round in $(seq "$rounds"); do
   "$bin" --gemm-only >"$work/round$round"
-  "$venv/bin/python" scripts/numpy_gemm.py time <"$work/cases" >>"$work/round$round"
+  numpy_py time <"$work/cases" >>"$work/round$round"
 done
-"$venv/bin/python" scripts/numpy_gemm.py table "$work"/round* <"$work/cases"
+numpy_py table "$work"/round* <"$work/cases"
 if [ "${PEAK:-0}" = 1 ]; then
   cargo bench --bench gemm -- fma_peak 2>/dev/null | grep -E '^fma_peak/|thrpt:' | grep -v '%' | paste - -
 fi

@@ -4,6 +4,9 @@
 repetitions, f32, A stored transposed when a_transposed says so, as our side does) and prints
 `numpy <name> gflops=<x>` lines.
 
+`numpy_gemm.py info`: prints numpy's version and, per BLAS library it loaded, the library, its version, the
+kernel it chose for this CPU (threadpoolctl's "architecture") and its thread count.
+
 `numpy_gemm.py table ROUND...`: reads the cases on stdin and, from each round file, our lines
 (`gemm <name> ... gflops=<x>`) and numpy's; prints per case the median GFLOP/s of each side over the rounds
 and the ratio ours/numpy of the medians, then the geometric mean of the ratios, the lowest one, and each
@@ -15,6 +18,7 @@ import sys
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 
 def median_seconds(fn, min_reps=5, budget=1.0):
@@ -76,15 +80,26 @@ def table(cases, paths):
     print("per-round geometric means: " + " ".join(f"{g:.3f}" for g in per_round))
 
 
+def info():
+    print(f"numpy {np.__version__}")
+    for pool in threadpool_info():
+        if pool.get("user_api") == "blas":
+            fields = ("internal_api", "version", "architecture", "num_threads")
+            print("blas: " + ", ".join(f"{field} {pool.get(field)}" for field in fields))
+
+
 def main():
     mode = sys.argv[1]
+    if mode == "info":
+        info()
+        return
     cases = read_cases()
     if mode == "time":
         time_numpy(cases)
     elif mode == "table":
         table(cases, sys.argv[2:])
     else:
-        sys.exit(f"unknown mode {mode!r}: expected 'time' or 'table'")
+        sys.exit(f"unknown mode {mode!r}: expected 'info', 'time' or 'table'")
 
 
 if __name__ == "__main__":

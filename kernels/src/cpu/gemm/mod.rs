@@ -13,11 +13,11 @@
 //!
 //! Micro-kernels and block sizes (f32 / f64), chosen at run time from the CPU's features:
 //!
-//! | path       | MR x NR            | KC  | MC (A block rows) | B panel                  |
-//! |------------|--------------------|-----|-------------------|--------------------------|
-//! | avx512f    | 12 x 32 / 12 x 16  | 128 | 288 / 144         | <= 4096 cols and 8 MiB   |
-//! | avx2+fma   | 6 x 16 / 6 x 8     | 256 | 144 / 72          | <= 4080 cols and 8 MiB   |
-//! | portable   | 6 x 8 / 6 x 4      | 256 | 144 / 72          | <= 2048 cols and 8 MiB   |
+//! | path       | MR x NR            | KC        | MC (A block rows) | B panel                  |
+//! |------------|--------------------|-----------|-------------------|--------------------------|
+//! | avx512f    | 12 x 32 / 12 x 16  | 256 / 128 | 288 / 144         | <= 4096 cols and 8 MiB   |
+//! | avx2+fma   | 6 x 16 / 6 x 8     | 256       | 144 / 72          | <= 4080 cols and 8 MiB   |
+//! | portable   | 6 x 8 / 6 x 4      | 256       | 144 / 72          | <= 2048 cols and 8 MiB   |
 //!
 //! When a task's share of a B depth block fits in L2 (256 KiB: narrow products such as `x @ A` with
 //! rank-256 A), A is packed in groups of 8 slivers (48 rows on AVX2) that each meet the whole block
@@ -27,9 +27,10 @@
 //! instead (`gemv`): B read once in place, no packing, the same bits as the blocked GEMM on the same
 //! path. [`gemm`], [`gemm_with_path`] and [`gemm_batched`] take it by themselves.
 //!
-//! Files: `driver` (the loop nest and the thread split), `pack` (packing), `kernel` (run-time choice of
-//! micro-kernel and block sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and
-//! AVX-512F micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
+//! Files: `driver` (the loop nest and the thread split), `pack` (packing), `pack_x86` (register-transpose
+//! packing of a row-major f32 A on AVX2 and AVX-512), `kernel` (run-time choice of micro-kernel and block
+//! sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and AVX-512F
+//! micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
 //! `gemv_x86` (the few-row path and its SIMD tiles), `peak` (the FMA ceiling benchmarks compare
 //! against).
 //!
@@ -46,6 +47,8 @@ mod gemv;
 mod gemv_x86;
 mod kernel;
 mod pack;
+#[cfg(target_arch = "x86_64")]
+mod pack_x86;
 mod peak;
 mod portable;
 #[cfg(target_arch = "x86_64")]
