@@ -213,8 +213,8 @@ pub struct Dataset {
     splits: DataSplits,
     report: DataReport,
     vocab_size: usize,
-    /// The largest id of the training (and validation) corpus, with the corpus path.
-    max_ids: Vec<(u32, PathBuf)>,
+    /// The largest id of the training and validation corpora (eos included), `None` when both are empty.
+    max_id: Option<u32>,
     verbose: bool,
 }
 
@@ -233,10 +233,6 @@ impl Dataset {
             Some(tokenizer) => tokenizer.vocab_size(),
             None => max_id.map_or(0, |id| id as usize + 1),
         };
-        let max_ids = std::iter::once(&train)
-            .chain(val.as_ref())
-            .filter_map(|corpus| Some((corpus.max_id?, corpus.source.path.clone())))
-            .collect();
         let (train_tokens, val_tokens) =
             (train.stream.num_tokens(), val.as_ref().map(|v| v.stream.num_tokens()));
         let batch_config = BatchConfig {
@@ -268,7 +264,7 @@ impl Dataset {
         if report.train_read.malformed_lines > 0 && config.verbose {
             eprintln!("data: warning: {report}");
         }
-        Ok(Dataset { tokenizer, splits, report, vocab_size, max_ids, verbose: config.verbose })
+        Ok(Dataset { tokenizer, splits, report, vocab_size, max_id, verbose: config.verbose })
     }
 
     /// The tokenizer; `None` for a `.bin` corpus given without `--tokenizer`.
@@ -306,25 +302,24 @@ impl Dataset {
             return Ok(());
         }
         let bound = u32::try_from(model_vocab).unwrap_or(u32::MAX);
-        for (stream, (max_id, path)) in self.streams().zip(&self.max_ids) {
-            if *max_id < bound {
-                continue;
+        let largest = self.max_id.unwrap_or(0);
+        if largest >= bound {
+            // The manifest's largest id says there is a culprit; the streams, read in order, name the first.
+            let first = self.splits.streams().find_map(|stream| stream.first_id_at_least(bound));
+            if let Some((path, position, id)) = first {
+                return Err(DataError::IdBeyondVocab {
+                    path,
+                    position,
+                    id,
+                    model_vocab,
+                    tokenizer_vocab: self.vocab_size,
+                });
             }
-            let (file, position, id) =
-                stream.first_id_at_least(bound).unwrap_or_else(|| (path.clone(), 0, *max_id));
-            return Err(DataError::IdBeyondVocab {
-                path: file,
-                position,
-                id,
-                model_vocab,
-                tokenizer_vocab: self.vocab_size,
-            });
         }
         if self.pad_id() >= bound {
             return Err(DataError::VocabTooLarge { tokenizer_vocab: self.vocab_size, model_vocab });
         }
         if self.verbose {
-            let largest = self.max_ids.iter().map(|(id, _)| *id).max().unwrap_or(0);
             eprintln!(
                 "data: the tokenizer has {} entries, the model {model_vocab}; no id of the corpus reaches \
                  {model_vocab} (the largest is {largest}), so the model's vocabulary suffices",
@@ -332,10 +327,6 @@ impl Dataset {
             );
         }
         Ok(())
-    }
-
-    fn streams(&self) -> impl Iterator<Item = &TokenStream> {
-        self.splits.streams()
     }
 
     /// See [`DataSplits::train_batches`].

@@ -86,8 +86,8 @@ impl ShardSet {
             .iter()
             .map(|entry| ShardFiles {
                 source: entry.source.clone(),
-                ids: self.dir.join(format!("{}.ids", entry.name)),
-                ends: self.dir.join(format!("{}.ends", entry.name)),
+                ids: shard_file(&self.dir, &entry.name, IDS),
+                ends: shard_file(&self.dir, &entry.name, ENDS),
                 width: self.manifest.width,
                 tokens: entry.tokens,
                 documents: entry.documents,
@@ -254,9 +254,17 @@ fn identify(path: &Path) -> Result<Identity> {
 /// Whether the entry's shard files are there with the sizes it promises (their contents are checked
 /// when mapped).
 fn shard_files_fit(dir: &Path, entry: &ShardEntry, width: IdWidth) -> bool {
-    let size =
-        |suffix: &str| std::fs::metadata(dir.join(format!("{}.{suffix}", entry.name))).map(|m| m.len()).ok();
-    size("ids") == entry.tokens.checked_mul(width.bytes()) && size("ends") == entry.documents.checked_mul(8)
+    let size = |suffix| std::fs::metadata(shard_file(dir, &entry.name, suffix)).map(|m| m.len()).ok();
+    size(IDS) == entry.tokens.checked_mul(width.bytes()) && size(ENDS) == entry.documents.checked_mul(8)
+}
+
+/// The suffixes of a shard's two files.
+const IDS: &str = "ids";
+const ENDS: &str = "ends";
+
+/// The file `<name>.<suffix>` of a shard in `dir`.
+fn shard_file(dir: &Path, name: &str, suffix: &str) -> PathBuf {
+    dir.join(format!("{name}.{suffix}"))
 }
 
 /// The shard name of a corpus file: its file name made safe, and a hash of its full path.
@@ -285,9 +293,8 @@ fn tokenize_file(
     progress: &Progress,
 ) -> Result<ShardEntry> {
     let name = shard_name(&identity.path);
-    let final_path = |suffix: &str| dir.join(format!("{name}.{suffix}"));
-    let temp_path = |suffix: &str| dir.join(format!("{name}.{suffix}.tmp{}", std::process::id()));
-    let mut writer = ShardWriter::create(&temp_path("ids"), &temp_path("ends"), width)?;
+    let temp_path = |suffix| shard_file(dir, &name, &format!("{suffix}.tmp{}", std::process::id()));
+    let mut writer = ShardWriter::create(&temp_path(IDS), &temp_path(ENDS), width)?;
     let eos = tokenizer.eos_id();
     let mut batch: Vec<String> = Vec::new();
     let mut batch_bytes = 0;
@@ -313,8 +320,9 @@ fn tokenize_file(
     flush(&mut batch, &mut writer)?;
     let (documents, tokens, max_id) = (writer.documents, writer.tokens, writer.max_id);
     writer.finish()?;
-    for suffix in ["ids", "ends"] {
-        std::fs::rename(temp_path(suffix), final_path(suffix)).map_err(io_error(final_path(suffix)))?;
+    for suffix in [IDS, ENDS] {
+        let path = shard_file(dir, &name, suffix);
+        std::fs::rename(temp_path(suffix), &path).map_err(io_error(&path))?;
     }
     Ok(ShardEntry {
         source: identity.path.clone(),
@@ -404,7 +412,10 @@ fn remove_unlisted_shards(dir: &Path, manifest: &Manifest) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        let Some(stem) = file.strip_suffix(".ids").or_else(|| file.strip_suffix(".ends")) else { continue };
+        let Some(stem) = [IDS, ENDS].iter().find_map(|suffix| file.strip_suffix(&format!(".{suffix}")[..]))
+        else {
+            continue;
+        };
         if !manifest.shards.iter().any(|shard| shard.name == stem) {
             let _ = std::fs::remove_file(entry.path());
         }

@@ -17,8 +17,25 @@ pub(super) fn pack_a_avx2_f32(
     depth: Range<usize>,
     dst: &mut [f32],
 ) {
-    const W: usize = 6;
-    if src.depth_stride != 1 || !KernelPath::Avx2Fma.is_available() {
+    pack_rows_with::<6>(src, lanes, depth, dst, KernelPath::Avx2Fma, |rows, kc, sliver| {
+        // SAFETY: the CPU has AVX2 (checked by `pack_rows_with`); each row holds `kc` values and `sliver`
+        // `6 * kc`.
+        unsafe { transpose_6_rows_avx2(rows.map(<[f32]>::as_ptr), kc, sliver.as_mut_ptr()) }
+    })
+}
+
+/// What both x86 packs share: the portable pack unless A's depth is contiguous and `path` is available;
+/// otherwise `transpose(rows, kc, sliver)` for each full sliver (its `W` rows of `kc` values, and its
+/// `W * kc` destination), and the portable pack for the partial last sliver.
+fn pack_rows_with<const W: usize>(
+    src: PanelSource<'_, f32>,
+    lanes: Range<usize>,
+    depth: Range<usize>,
+    dst: &mut [f32],
+    path: KernelPath,
+    transpose: impl Fn([&[f32]; W], usize, &mut [f32]),
+) {
+    if src.depth_stride != 1 || !path.is_available() {
         return pack::<f32, W>(src, lanes, depth, dst);
     }
     let kc = depth.len();
@@ -28,9 +45,7 @@ pub(super) fn pack_a_avx2_f32(
     for (s, sliver) in full_dst.chunks_exact_mut(W * kc).enumerate() {
         let start = src.offset + depth.start + (lanes.start + s * W) * src.across_stride;
         let rows: [&[f32]; W] = std::array::from_fn(|l| &src.data[start + l * src.across_stride..][..kc]);
-        // SAFETY: the CPU has AVX2 (checked above); each row holds `kc` values and `sliver` `W * kc`
-        // (sliced above).
-        unsafe { transpose_6_rows_avx2(rows.map(<[f32]>::as_ptr), kc, sliver.as_mut_ptr()) }
+        transpose(rows, kc, sliver);
     }
     if full * W < lanes.len() {
         pack::<f32, W>(src, lanes.start + full * W..lanes.end, depth, rest_dst);
@@ -103,28 +118,16 @@ pub(super) fn pack_a_avx512_f32<const W: usize>(
     depth: Range<usize>,
     dst: &mut [f32],
 ) {
-    if src.depth_stride != 1 || !KernelPath::Avx512F.is_available() {
-        return pack::<f32, W>(src, lanes, depth, dst);
-    }
-    let kc = depth.len();
-    assert_eq!(dst.len(), lanes.len().div_ceil(W) * W * kc, "pack: destination length");
-    let full = lanes.len() / W;
-    let (full_dst, rest_dst) = dst.split_at_mut(full * W * kc);
-    for (s, sliver) in full_dst.chunks_exact_mut(W * kc).enumerate() {
-        let start = src.offset + depth.start + (lanes.start + s * W) * src.across_stride;
-        let rows: [&[f32]; W] = std::array::from_fn(|l| &src.data[start + l * src.across_stride..][..kc]);
+    pack_rows_with::<W>(src, lanes, depth, dst, KernelPath::Avx512F, |rows, kc, sliver| {
         for first in (0..W).step_by(16) {
             let count = (W - first).min(16);
             let block: [*const f32; 16] = std::array::from_fn(|l| rows[first + l.min(count - 1)].as_ptr());
-            // SAFETY: the CPU has AVX-512F (checked above); rows `first..first + count` each hold `kc`
-            // values (the unused pointers repeat the last of them and are not read), and `sliver` holds
-            // `W * kc` values with `first + count <= W` (sliced above).
+            // SAFETY: the CPU has AVX-512F (checked by `pack_rows_with`); rows `first..first + count` each
+            // hold `kc` values (the unused pointers repeat the last of them and are not read), and `sliver`
+            // holds `W * kc` values with `first + count <= W`.
             unsafe { transpose_16_rows_avx512(block, count, kc, sliver[first..].as_mut_ptr(), W) }
         }
-    }
-    if full * W < lanes.len() {
-        pack::<f32, W>(src, lanes.start + full * W..lanes.end, depth, rest_dst);
-    }
+    })
 }
 
 /// `out[p * stride + l] = rows[l][p]` for `l < count` and `p < kc`: for every 16 depth steps, a 16 x 16
