@@ -26,8 +26,13 @@ It also builds every preset on the meta device and writes their parameter counts
 FIXTURE_DIR/param_counts.json. Everything runs on one CPU thread with deterministic algorithms, so a rerun
 writes the same bytes.
 
+`bench_torch_gpu.py` imports this model to time it (on a GPU, under autocast, with `fused_attention`
+putting PyTorch's scaled_dot_product_attention in place of the explicit softmax); the thread and
+determinism settings are this program's, made in `main`, not on import.
+
 Usage: parity.py FIXTURE_DIR   (normally through scripts/reference/run.sh)
 """
+import functools
 import json
 import math
 import sys
@@ -39,11 +44,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-
-torch.set_num_threads(1)
-torch.set_num_interop_threads(1)
-torch.use_deterministic_algorithms(True)
-torch.manual_seed(0)
 
 # Paper constants (docs/METHOD.md sections 3 and 6).
 ROPE_THETA = 10000.0
@@ -65,6 +65,9 @@ class Config:
     rank: Optional[int]  # None: dense projections (the full-rank baseline)
     only_lr_act: bool  # True: the MLP's own gate SiLU is dropped
     max_seq_len: int = 256
+    # True: attention through F.scaled_dot_product_attention (fused kernels; the benchmark's setting),
+    # False: the explicit masked softmax the fixtures are computed with.
+    fused_attention: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -138,10 +141,14 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope_cos_sin(seq_len: int, head_dim: int, dtype):
-    """cos and sin of position * theta^(-2i/head_dim), pair i = dims (i, i + head_dim/2); angles in f64."""
-    inv_freq = ROPE_THETA ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    angles = torch.arange(seq_len, dtype=torch.float64)[:, None] * inv_freq[None, :]
+@functools.lru_cache(maxsize=16)
+def rope_cos_sin(seq_len: int, head_dim: int, dtype, device=None):
+    """cos and sin of position * theta^(-2i/head_dim), pair i = dims (i, i + head_dim/2); angles in f64.
+
+    Constants of the shapes, so they are computed once per shape, dtype and device.
+    """
+    inv_freq = ROPE_THETA ** (-torch.arange(0, head_dim, 2, dtype=torch.float64, device=device) / head_dim)
+    angles = torch.arange(seq_len, dtype=torch.float64, device=device)[:, None] * inv_freq[None, :]
     emb = torch.cat((angles, angles), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
@@ -150,6 +157,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.fused_attention = cfg.fused_attention
         self.q_proj = projection(cfg, cfg.d_model, cfg.d_model)
         self.k_proj = projection(cfg, cfg.d_model, cfg.d_model)
         self.v_proj = projection(cfg, cfg.d_model, cfg.d_model)
@@ -162,15 +170,19 @@ class Attention(nn.Module):
             return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
 
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        cos, sin = rope_cos_sin(t, self.head_dim, x.dtype)
+        # In the projections' dtype: the model's, or bf16 under autocast.
+        cos, sin = rope_cos_sin(t, self.head_dim, q.dtype, q.device)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-        causal = torch.ones(t, t, dtype=torch.bool).triu(1)
-        scores = scores.masked_fill(causal, float("-inf"))
-        probs = F.softmax(scores.to(compute_dtype(x.dtype)), dim=-1).to(x.dtype)
-        out = (probs @ v).transpose(1, 2).reshape(b, t, d)
-        return self.o_proj(out)
+        if self.fused_attention:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(causal, float("-inf"))
+            probs = F.softmax(scores.to(compute_dtype(x.dtype)), dim=-1).to(x.dtype)
+            out = probs @ v
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
 class MLP(nn.Module):
@@ -326,6 +338,10 @@ def check_config(cfg: Config, exported: dict, variant: str):
 def main():
     if len(sys.argv) != 2:
         raise SystemExit("usage: parity.py FIXTURE_DIR")
+    torch.set_num_threads(1)
+    torch.set_num_interop_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(0)
     root = Path(sys.argv[1])
 
     presets = load_presets(root)
