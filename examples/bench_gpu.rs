@@ -8,8 +8,14 @@
 //! caching allocator's high-water mark of live buffers during the timed steps. When a micro-batch does not
 //! fit, the row is retried with half of it.
 //!
+//! `--json FILE` also writes the settings and rows as JSON, the schema `scripts/reference/bench_torch_gpu.py`
+//! writes for PyTorch, which `scripts/bench_gpu_table.py` joins by row name. `--device cpu` runs the same
+//! loop on the CPU in f32 (no peak memory: the CPU has no allocator statistics), a check of the program and
+//! its JSON on a machine without a GPU, not a benchmark.
+//!
 //! Usage: `cargo run --release --example bench_gpu -- [--rows full-350m,cola-350m,cola-350m:cola-m,...]
-//! [--steps 5] [--warmup 2] [--seq 256] [--precision bf16-mixed] [--peak-tflops 989] [--device cuda:0]`.
+//! [--steps 5] [--warmup 2] [--seq 256] [--precision bf16-mixed] [--peak-tflops 989] [--device cuda:0]
+//! [--micro-batch N] [--json FILE]`.
 use cola::audit::{flops_per_token, synthetic_ids};
 use cola::autograd::Policy;
 use cola::data::Batch;
@@ -29,17 +35,44 @@ fn fail(message: &str) -> ! {
     std::process::exit(1)
 }
 
+/// One measured row; `row` is its `--rows` entry (`cola-350m:cola-m`), the key the table joins on.
+#[derive(serde::Serialize)]
 struct Row {
+    row: String,
     name: String,
     micro_batch: usize,
     tokens_per_s: f64,
+    flops_per_token: f64,
     mfu: f64,
-    peak_bytes: usize,
+    /// `None` on the CPU.
+    peak_bytes: Option<usize>,
     step_s: f64,
     loss: f64,
 }
 
+/// A row that did not run, with the reason.
+#[derive(serde::Serialize)]
+struct Failed {
+    row: String,
+    error: String,
+}
+
+/// What `--json` writes.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    program: &'static str,
+    device: String,
+    precision: String,
+    seq: usize,
+    steps: usize,
+    warmup: usize,
+    peak_tflops: f64,
+    rows: &'a [Row],
+    failed: &'a [Failed],
+}
+
 fn run_row(
+    spec: &str,
     preset: Preset,
     policy: Policy,
     micro_batch: usize,
@@ -56,9 +89,9 @@ fn run_row(
     let schedule = CosineSchedule::new(1e-3, 1, 1000)?;
     let mut trainer = Trainer::new(model, optimizer, schedule, micro_batch, 0.5);
     trainer.policy = policy;
-    let ordinal = match args.device {
-        Device::Cuda(n) => n,
-        Device::Cpu => fail("bench_gpu needs a CUDA device"),
+    let synchronize = || match args.device {
+        Device::Cuda(n) => cola::tensor::cuda::cuda_synchronize(n),
+        Device::Cpu => Ok(()),
     };
     let batch = |step: usize| Batch {
         tokens: synthetic_ids(config.vocab_size, micro_batch * args.seq, step as u64 + 1),
@@ -70,15 +103,20 @@ fn run_row(
     for step in 0..args.warmup {
         loss = trainer.train_step(&batch(step)).map_err(|e| e.to_string())?.loss;
     }
-    cola::tensor::cuda::cuda_synchronize(ordinal)?;
-    cola::tensor::cuda::cuda_reset_peak(ordinal)?;
+    synchronize()?;
+    if let Device::Cuda(n) = args.device {
+        cola::tensor::cuda::cuda_reset_peak(n)?;
+    }
     let start = Instant::now();
     for step in 0..args.steps {
         loss = trainer.train_step(&batch(args.warmup + step)).map_err(|e| e.to_string())?.loss;
     }
-    cola::tensor::cuda::cuda_synchronize(ordinal)?;
+    synchronize()?;
     let elapsed = start.elapsed().as_secs_f64();
-    let peak_bytes = cola::tensor::cuda::cuda_memory_stats(ordinal)?.peak;
+    let peak_bytes = match args.device {
+        Device::Cuda(n) => Some(cola::tensor::cuda::cuda_memory_stats(n)?.peak),
+        Device::Cpu => None,
+    };
     let tokens = (micro_batch * args.seq * args.steps) as f64;
     let tokens_per_s = tokens / elapsed;
     let flops = flops_per_token(&config, args.seq).training;
@@ -87,9 +125,11 @@ fn run_row(
         if policy == Policy::KeepAll { String::new() } else { format!(" +{}", policy.name()) }
     );
     Ok(Row {
+        row: spec.to_string(),
         name,
         micro_batch,
         tokens_per_s,
+        flops_per_token: flops,
         mfu: tokens_per_s * flops / (args.peak_tflops * 1e12),
         peak_bytes,
         step_s: elapsed / args.steps as f64,
@@ -175,10 +215,11 @@ fn main() {
     }
     let device: Device =
         arg("--device").unwrap_or_else(|| "cuda:0".into()).parse().unwrap_or_else(|e: String| fail(&e));
-    let precision: Precision = arg("--precision")
-        .unwrap_or_else(|| "bf16-mixed".into())
-        .parse()
-        .unwrap_or_else(|e: cola::train::TrainError| fail(&e.to_string()));
+    // The CPU computes in f32 only.
+    let default_precision = if device == Device::Cpu { "f32" } else { "bf16-mixed" };
+    let precision_name = arg("--precision").unwrap_or_else(|| default_precision.into());
+    let precision: Precision =
+        precision_name.parse().unwrap_or_else(|e: cola::train::TrainError| fail(&e.to_string()));
     let number = |name: &str, default: f64| {
         arg(name).map_or(default, |v| v.parse().unwrap_or_else(|_| fail(&format!("{name} {v}"))))
     };
@@ -193,8 +234,7 @@ fn main() {
     let rows = arg("--rows")
         .unwrap_or_else(|| "full-350m,cola-350m,cola-350m:cola-m,full-1b,cola-1b,cola-1b:cola-m".into());
     println!(
-        "GPU training throughput ({device}, {}, seq {}, {} timed steps after {} warmup; MFU against {} TFLOP/s)",
-        arg("--precision").unwrap_or_else(|| "bf16-mixed".into()),
+        "Training throughput ({device}, {precision_name}, seq {}, {} timed steps after {} warmup; MFU against {} TFLOP/s)",
         settings.seq,
         settings.steps,
         settings.warmup,
@@ -205,6 +245,7 @@ fn main() {
         "model", "micro", "tokens/s", "MFU", "peak mem", "step s", "loss"
     );
     let mut results: Vec<Row> = Vec::new();
+    let mut failed: Vec<Failed> = Vec::new();
     for spec in rows.split(',') {
         let (name, policy) = match spec.split_once(':') {
             Some((p, policy)) => {
@@ -216,15 +257,16 @@ fn main() {
         let mut micro =
             arg("--micro-batch").and_then(|v| v.parse().ok()).unwrap_or_else(|| preset.gpu_micro_batch());
         loop {
-            match run_row(preset, policy, micro, &settings) {
+            match run_row(spec, preset, policy, micro, &settings) {
                 Ok(row) => {
                     println!(
-                        "{:<22} {:>6} {:>12.0} {:>6.1}% {:>8.2} GiB {:>8.3} {:>8.4}",
+                        "{:<22} {:>6} {:>12.0} {:>6.1}% {:>12} {:>8.3} {:>8.4}",
                         row.name,
                         row.micro_batch,
                         row.tokens_per_s,
                         100.0 * row.mfu,
-                        row.peak_bytes as f64 / (1u64 << 30) as f64,
+                        row.peak_bytes
+                            .map_or("-".into(), |b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)),
                         row.step_s,
                         row.loss
                     );
@@ -238,6 +280,7 @@ fn main() {
                 }
                 Err(e) => {
                     println!("{spec}: failed: {e}");
+                    failed.push(Failed { row: spec.to_string(), error: e.to_string() });
                     break;
                 }
             }
@@ -256,8 +299,24 @@ fn main() {
         }
     }
     for (a, b) in [("cola-1b +cola-m", "cola-1b"), ("cola-350m +cola-m", "cola-350m")] {
-        if let (Some(x), Some(y)) = (find(a), find(b)) {
-            println!("{a} / {b} peak memory: {:.2}x", x.peak_bytes as f64 / y.peak_bytes as f64);
+        if let (Some(Some(x)), Some(Some(y))) = (find(a).map(|r| r.peak_bytes), find(b).map(|r| r.peak_bytes))
+        {
+            println!("{a} / {b} peak memory: {:.2}x", x as f64 / y as f64);
         }
+    }
+    if let Some(path) = arg("--json") {
+        let report = Report {
+            program: "bench_gpu",
+            device: device.to_string(),
+            precision: precision_name,
+            seq: settings.seq,
+            steps: settings.steps,
+            warmup: settings.warmup,
+            peak_tflops: settings.peak_tflops,
+            rows: &results,
+            failed: &failed,
+        };
+        let text = serde_json::to_string_pretty(&report).unwrap_or_else(|e| fail(&e.to_string()));
+        std::fs::write(&path, text + "\n").unwrap_or_else(|e| fail(&format!("{path}: {e}")));
     }
 }
