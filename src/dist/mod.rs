@@ -6,7 +6,8 @@
 //! know nothing of ranks. A [`Collective`] is the few operations the trainer needs: sums over f32
 //! gradient buckets and f64 statistics, a broadcast and a barrier. [`Single`] is the one-process world;
 //! `Mpi` (feature `mpi`) runs over MPI between CPU processes and nodes; `Nccl` (feature `nccl`) sums
-//! gradient buckets between GPUs and uses MPI for everything else.
+//! gradient buckets between GPUs and uses the process world (MPI's with several ranks) for everything
+//! else.
 //!
 //! Files: `bucket.rs` (gradients flattened into fixed-size buckets, one collective call per bucket),
 //! `mpi.rs`, `nccl.rs`.
@@ -64,6 +65,13 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     /// Stops every rank with exit status `code`: a rank that fails cannot leave the others waiting in a
     /// collective call that will never complete.
     fn abort(&self, code: i32) -> !;
+
+    /// Whether the trainer sums gradients, losses and counts over this collective. With one rank the sums
+    /// are identities and are skipped; a collective under test at one rank (NCCL's world-size-1 check)
+    /// says true so that its path runs.
+    fn sums(&self) -> bool {
+        self.world_size() > 1
+    }
 
     /// Rank 0 alone prints, logs, evaluates and writes the run directory.
     fn is_root(&self) -> bool {
@@ -134,13 +142,25 @@ pub fn launcher_world_size() -> Option<usize> {
 }
 
 /// The collective a run on `device` sums its gradients with: NCCL between GPUs when built with `nccl`
-/// and there are several ranks, else `world` itself (MPI sums GPU gradients through host buffers).
-pub fn for_device(world: Arc<dyn Collective>, device: cola_tensor::Device) -> Result<Arc<dyn Collective>> {
+/// and there are several ranks or `nccl` asks for it (the one-GPU check of the NCCL path), else `world`
+/// itself (MPI sums GPU gradients through host buffers). Asking for NCCL off a GPU, or in a build
+/// without it, is an error.
+pub fn for_device(
+    world: Arc<dyn Collective>,
+    device: cola_tensor::Device,
+    nccl: bool,
+) -> Result<Arc<dyn Collective>> {
     #[cfg(feature = "nccl")]
-    if let (cola_tensor::Device::Cuda(ordinal), true) = (device, world.world_size() > 1) {
+    if let (cola_tensor::Device::Cuda(ordinal), true) = (device, nccl || world.world_size() > 1) {
         return Ok(Arc::new(Nccl::over(world, ordinal)?));
     }
-    let _ = device;
+    if nccl {
+        return Err(DistError::Nccl(if cfg!(feature = "nccl") {
+            format!("--nccl sums gradients between GPUs, but this run is on {device}")
+        } else {
+            "--nccl needs a build with --features nccl".into()
+        }));
+    }
     Ok(world)
 }
 

@@ -1,8 +1,9 @@
 //! Gradient buckets summed between GPUs by NCCL (cudarc's `nccl` feature; `libnccl.so.2` is opened at
 //! run time, so building needs no NCCL). The communicator is bootstrapped as llm.c does: rank 0 draws
-//! NCCL's unique id and the MPI world broadcasts it, then every rank joins with its rank and world size.
-//! Everything other than the f32 bucket sums (statistics, broadcasts, barriers, abort) goes over the
-//! bootstrap world.
+//! NCCL's unique id and the process world broadcasts it, then every rank joins with its rank and world
+//! size. The world is MPI's in a build with `mpi` started by a launcher, else one process: NCCL itself
+//! needs no MPI, so a one-GPU build links none. Everything other than the f32 bucket sums (statistics,
+//! broadcasts, barriers, abort) goes over the bootstrap world.
 //!
 //! A bucket is staged through the GPU: copied from the host, summed in place, copied back. The trainer's
 //! buckets are host buffers today (`bucket.rs`); summing the gradients where they lie is the next step.
@@ -82,6 +83,12 @@ impl Collective for Nccl {
             stream.memcpy_dtoh(&staged, buffer).map_err(driver_error("copy from the GPU"))?;
             stream.synchronize().map_err(driver_error("synchronize"))
         })
+    }
+
+    /// True at any world size: a one-rank NCCL run exists to take the NCCL path, whose sum of one rank
+    /// must leave every gradient as it was.
+    fn sums(&self) -> bool {
+        true
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {

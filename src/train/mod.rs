@@ -144,6 +144,9 @@ pub struct TrainConfig {
     /// world, is the run's identity, so a checkpoint resumes under any world size that divides it.
     #[serde(skip)]
     pub collective: Option<Arc<dyn Collective>>,
+    /// Sum gradients over NCCL even with one rank (`--nccl`, [`crate::dist::for_device`]).
+    #[serde(skip)]
+    pub nccl: bool,
 }
 
 impl TrainConfig {
@@ -186,6 +189,7 @@ impl TrainConfig {
             verbose: false,
             interrupt: None,
             collective: None,
+            nccl: false,
         }
     }
 

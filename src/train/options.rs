@@ -263,6 +263,10 @@ pub struct Options {
     /// [default: none]
     #[arg(long, value_parser = policy_parser())]
     pub recompute: Option<Policy>,
+    /// Sum the gradients over NCCL even in a run of one process (a build with --features nccl, on a GPU):
+    /// the one-GPU check of the data-parallel GPU path, whose losses must equal those of a plain run
+    #[arg(long)]
+    pub nccl: bool,
     /// Print parameter counts, FLOPs per token and the measured activation memory of one micro-batch under
     /// each applicable --recompute policy, then exit without training
     #[arg(long)]

@@ -151,6 +151,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     config.strict = options.strict;
     config.stop_after = options.stop_after;
     config.cache_dir = options.cache_dir.clone();
+    config.nccl = options.nccl;
     config.lr = options.lr.unwrap_or(recipe.peak_lr);
 
     config.steps = options.steps.unwrap_or(recipe.total_steps);
@@ -347,5 +348,6 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     config.eval_only = options.eval_only;
     config.stop_after = options.stop_after;
     config.cache_dir = options.cache_dir.clone();
+    config.nccl = options.nccl;
     Ok((config, notes))
 }

@@ -103,6 +103,6 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     }
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
     trainer.policy = config.recompute;
-    trainer.set_collective(crate::dist::for_device(world, device)?);
+    trainer.set_collective(crate::dist::for_device(world, device, config.nccl)?);
     Ok(Prepared { dataset, trainer, rng })
 }

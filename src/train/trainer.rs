@@ -214,6 +214,7 @@ impl Trainer {
             (start..end).map(|r| batch.row(r)[1..].iter().filter(|&&t| t != pad).count() as u64).sum()
         };
         let world = self.collective.world_size();
+        let sums = self.collective.sums();
         let shard = dist::shard_rows(rows, self.collective.rank(), world);
         let micro_rows: Vec<(usize, usize)> = shard
             .clone()
@@ -225,7 +226,7 @@ impl Trainer {
             batch.tokens[shard.start * seq..shard.end * seq].iter().filter(|&&t| t != pad).count();
         // Counts below 2^53 are exact in f64, so the sum is the integer sum.
         let mut counts = [local_targets as f64, local_tokens as f64];
-        if world > 1 {
+        if sums {
             self.collective.all_reduce_sum_f64(&mut counts)?;
         }
         let (targets, tokens) = (counts[0] as u64, counts[1] as u64);
@@ -248,7 +249,7 @@ impl Trainer {
             let micro_loss = self.model.loss(&mut tape, ids, end - start, seq)?;
             let value = tape.value(micro_loss)?.to_scalar()?;
             if !value.is_finite() {
-                if world > 1 {
+                if sums {
                     // The other ranks learn of it from the summed loss, so every rank refuses the update.
                     loss = value;
                     break;
@@ -262,7 +263,7 @@ impl Trainer {
             let added = |t: &Self| summed_elements(&t.grads, &grads);
             self.optimizer_phase("grad_accumulate", added, |t| Ok(t.grads.accumulate(&grads)?))?;
         }
-        if world > 1 {
+        if sums {
             let mut summed = [loss];
             self.collective.all_reduce_sum_f64(&mut summed)?;
             loss = summed[0];
