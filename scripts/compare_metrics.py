@@ -33,7 +33,11 @@ def main(argv):
     if len(argv) != 2:
         print(__doc__.strip().splitlines()[-1], file=sys.stderr)
         return 2
-    a, b = records(argv[0]), records(argv[1])
+    try:
+        a, b = records(argv[0]), records(argv[1])
+    except (OSError, ValueError) as error:
+        print(f"DIFFER: cannot read the metrics ({error})")
+        return 1
     found = differences(a, b)
     if not a:
         found.insert(0, f"{argv[0]} has no records")

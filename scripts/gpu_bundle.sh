@@ -3,7 +3,8 @@
 # machine that has none, stripped, in one folder: every GPU test binary (tests/gpu_*.rs), bench_gpu, the
 # training program, the training program built with --features nccl (llama_cola_350m_nccl: NCCL opened at
 # run time, no MPI linked, for the one-GPU check of the NCCL path) and, when the data cache holds it, the
-# cached default corpus (cache/shakespeare) for the training steps. The PyTorch side runs from the tree
+# tokenized default corpus (cache/shakespeare: its token shards and tokenizer, all a cached run reads; the
+# archive and texts they were made from stay behind, 13 of the 17 MiB) for the training steps. The PyTorch side runs from the tree
 # (scripts/reference/bench_torch_gpu.py, with the preset table of tests/fixtures/parity/presets.json).
 # Usage: scripts/gpu_bundle.sh [folder (default: local/gpu, which git ignores)] [data cache (default:
 #        $COLA_CACHE or local/cache)]
@@ -39,10 +40,11 @@ for t in "${tests[@]}"; do
     [ -x "$out/$t" ] || { echo "gpu_bundle: no binary for tests/$t.rs" >&2; exit 1; }
 done
 strip "$out"/* || true
-if [ -d "$cache/shakespeare" ]; then
-    mkdir -p "$out/cache" && cp -r "$cache/shakespeare" "$out/cache/"
+if compgen -G "$cache/shakespeare/shards-*" > /dev/null; then
+    mkdir -p "$out/cache/shakespeare"
+    cp -r "$cache"/shakespeare/shards-* "$cache"/shakespeare/tokenizer-*.json "$out/cache/shakespeare/"
 else
-    echo "gpu_bundle: no $cache/shakespeare: the training steps of gpu_check.sh will be skipped" >&2
+    echo "gpu_bundle: no token shards in $cache/shakespeare: the training steps of gpu_check.sh will be skipped" >&2
 fi
 ls -la "$out"
 du -sh "$out"

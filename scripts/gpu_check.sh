@@ -27,11 +27,13 @@ budget="${GPU_CHECK_BUDGET:-540}"
 mkdir -p "$out"
 exec > >(tee "$out/gpu_check.log") 2>&1
 
-# libnvrtc and libcublas are opened at run time: find them in the CUDA install or in Python wheels
-# (PyTorch's nvidia-* wheels also hold libnccl.so.2).
+# libnvrtc, libcublas and libnccl are opened at run time: find them in the CUDA install or in the Python
+# wheels next to PyTorch (nvidia-nccl-cu13 and the like).
+sites=$("$python" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
 for lib in libnvrtc.so.13 libcublas.so.13 libnccl.so.2; do
-    dir=$(find /usr/local/cuda*/ /usr/lib /opt /usr/local/lib /root/.local /usr/lib/python3* /usr/local/lib/python3* \
-        -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
+    # shellcheck disable=SC2086  # $sites is a list of folders
+    dir=$(find /usr/local/cuda*/ $sites /usr/lib /opt /usr/local/lib /root/.local /usr/lib/python3* \
+        /usr/local/lib/python3* -name "$lib" -printf '%h\n' 2>/dev/null | head -1)
     if [ -n "$dir" ]; then export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"; fi
     echo "$lib: ${dir:-not found}"
 done
