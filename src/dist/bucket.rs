@@ -105,13 +105,18 @@ impl Buckets {
 /// Replaces every gradient in `grads` by its sum over the ranks of `collective`, through buckets of
 /// `bucket_bytes`. Every parameter of `params` takes part, in that order (the same on every rank): a
 /// parameter without a gradient on this rank (its micro-batches were all padding) contributes zeros,
-/// so the layout never depends on the data. Returns the bytes reduced.
+/// so the layout never depends on the data. Gradients stay where they lie when the collective sums
+/// device buffers ([`Collective::sums_on_device`]: NCCL, whose runs are on GPUs), else they are staged
+/// through host memory. Returns the bytes reduced.
 pub fn all_reduce_gradients(
     collective: &dyn Collective,
     params: &[&Parameter],
     grads: &mut GradStore,
     bucket_bytes: usize,
 ) -> Result<usize> {
+    if collective.sums_on_device() {
+        return all_reduce_on_device(collective, params, grads, bucket_bytes);
+    }
     let mut host = Vec::with_capacity(params.len());
     for param in params {
         host.push(match grads.get(param.id()) {
@@ -132,6 +137,50 @@ pub fn all_reduce_gradients(
         let like = grads.get(param.id()).unwrap_or(param.value());
         let (dtype, device) = (like.dtype(), like.device());
         grads.set(param.id(), from_host_f32(summed, param.value().shape(), dtype, device)?);
+    }
+    Ok(buckets.total() * size_of::<f32>())
+}
+
+/// [`all_reduce_gradients`] where the gradients lie: each gradient is widened to a flat f32 tensor on its
+/// device, each bucket is assembled from its pieces into one contiguous f32 tensor, summed in place and
+/// written back; nothing crosses to the host. Holds an f32 copy of every gradient while it runs, as the
+/// host path holds its host copy.
+fn all_reduce_on_device(
+    collective: &dyn Collective,
+    params: &[&Parameter],
+    grads: &mut GradStore,
+    bucket_bytes: usize,
+) -> Result<usize> {
+    let mut flat = Vec::with_capacity(params.len());
+    for param in params {
+        let (numel, device) = (param.value().numel(), param.value().device());
+        let grad = match grads.get(param.id()) {
+            Some(grad) => grad.to_dtype(DType::F32)?,
+            None => Tensor::zeros_on(&[numel], DType::F32, device)?,
+        };
+        flat.push(grad.reshape(&[numel])?);
+    }
+    let sizes: Vec<usize> = flat.iter().map(Tensor::numel).collect();
+    let buckets = Buckets::new(&sizes, (bucket_bytes / size_of::<f32>()).max(1))?;
+    for bucket in 0..buckets.count() {
+        let segments = buckets.segments(bucket);
+        let Some(first) = segments.first() else { continue };
+        let device = flat[first.tensor].device();
+        let mut buffer = Tensor::zeros_on(&[buckets.range(bucket).len()], DType::F32, device)?;
+        for s in &segments {
+            let piece = flat[s.tensor].narrow(0, s.within_tensor.start, s.within_tensor.len())?;
+            buffer.write_slice(0, s.within_bucket.start, &piece)?;
+        }
+        collective.all_reduce_sum_on_device(&mut buffer)?;
+        for s in &segments {
+            let piece = buffer.narrow(0, s.within_bucket.start, s.within_bucket.len())?;
+            flat[s.tensor].write_slice(0, s.within_tensor.start, &piece)?;
+        }
+    }
+    for (param, summed) in params.iter().zip(flat) {
+        let dtype = grads.get(param.id()).unwrap_or(param.value()).dtype();
+        let summed = summed.reshape(param.value().shape())?;
+        grads.set(param.id(), if dtype == DType::F32 { summed } else { summed.to_dtype(dtype)? });
     }
     Ok(buckets.total() * size_of::<f32>())
 }
@@ -159,8 +208,97 @@ fn from_host_f32(values: Vec<f32>, shape: &[usize], dtype: DType, device: Device
 #[cfg(test)]
 mod tests {
     //! The layout is pure index arithmetic, so the tests are exact: every element of a gradient lands in
-    //! exactly one bucket position and comes back to where it was.
+    //! exactly one bucket position and comes back to where it was. The two reduction paths are compared
+    //! on a world of two identical ranks, where a sum is a doubling: exact in f32 and bf16, so the host
+    //! and device paths must agree bit for bit.
     use super::*;
+    use cola_tensor::Rng;
+
+    /// Rank 0 of two ranks holding the same values: every sum doubles, through host buffers or in
+    /// tensors (the device path, here on CPU tensors: the same assembly as on a GPU).
+    #[derive(Debug)]
+    struct TwinRanks {
+        on_device: bool,
+    }
+
+    impl Collective for TwinRanks {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<()> {
+            buffer.iter_mut().for_each(|x| *x *= 2.0);
+            Ok(())
+        }
+        fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {
+            values.iter_mut().for_each(|x| *x *= 2.0);
+            Ok(())
+        }
+        fn sums_on_device(&self) -> bool {
+            self.on_device
+        }
+        fn all_reduce_sum_on_device(&self, buffer: &mut Tensor) -> Result<()> {
+            *buffer = buffer.mul_scalar(2.0)?;
+            Ok(())
+        }
+        fn broadcast(&self, _buffer: &mut [u8], _root: usize) -> Result<()> {
+            Ok(())
+        }
+        fn barrier(&self) -> Result<()> {
+            Ok(())
+        }
+        fn abort(&self, code: i32) -> ! {
+            std::process::exit(code)
+        }
+    }
+
+    #[test]
+    fn the_device_path_sums_as_the_host_path_does() {
+        let mut rng = Rng::new(7);
+        let shapes: [(&[usize], DType); 4] =
+            [(&[3, 4], DType::F32), (&[5], DType::BF16), (&[2, 3], DType::F32), (&[7], DType::F32)];
+        let params: Vec<Parameter> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, (shape, dtype))| Parameter::new(format!("p{i}"), Tensor::zeros(shape, *dtype)))
+            .collect();
+        let refs: Vec<&Parameter> = params.iter().collect();
+        let mut grads = GradStore::new();
+        for (param, (shape, dtype)) in params.iter().zip(shapes) {
+            if shape != [2, 3] {
+                // The third parameter has no gradient on this rank: it contributes zeros.
+                grads.set(param.id(), Tensor::randn(shape, 0.0, 1.0, dtype, &mut rng));
+            }
+        }
+        for bucket_elements in [1, 4, 6, 1000] {
+            let mut summed = [grads.clone(), grads.clone()];
+            for (store, on_device) in summed.iter_mut().zip([false, true]) {
+                let bytes = all_reduce_gradients(&TwinRanks { on_device }, &refs, store, bucket_elements * 4);
+                assert_eq!(bytes.unwrap(), (12 + 5 + 6 + 7) * 4);
+            }
+            for (param, (shape, dtype)) in params.iter().zip(shapes) {
+                let [host, device] = [&summed[0], &summed[1]].map(|s| s.get(param.id()).unwrap().clone());
+                let twice: Vec<f64> = grads
+                    .get(param.id())
+                    .map_or(vec![0.0; host.numel()], |g| g.to_vec_f64().iter().map(|x| 2.0 * x).collect());
+                assert_eq!((device.dtype(), device.shape()), (dtype, shape), "{}", param.name());
+                assert_eq!(
+                    host.to_vec_f64(),
+                    twice,
+                    "host path, {}, buckets of {bucket_elements}",
+                    param.name()
+                );
+                assert_eq!(
+                    device.to_vec_f64(),
+                    twice,
+                    "device path, {}, buckets of {bucket_elements}",
+                    param.name()
+                );
+            }
+        }
+    }
 
     fn segment(tensor: usize, within_tensor: Range<usize>, within_bucket: Range<usize>) -> Segment {
         Segment { tensor, within_tensor, within_bucket }

@@ -23,6 +23,7 @@ pub use mpi::Mpi;
 #[cfg(feature = "nccl")]
 pub use nccl::Nccl;
 
+use cola_tensor::Tensor;
 use std::sync::Arc;
 
 /// A failed collective operation or a world that could not be set up.
@@ -55,6 +56,17 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
 
     /// [`Collective::all_reduce_sum`] over f64 values: loss sums and target counts, which must not round.
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()>;
+
+    /// Whether [`Collective::all_reduce_sum_on_device`] sums GPU tensors where they lie (NCCL). When not,
+    /// GPU gradients are staged through host memory for [`Collective::all_reduce_sum`].
+    fn sums_on_device(&self) -> bool {
+        false
+    }
+
+    /// [`Collective::all_reduce_sum`] of a contiguous f32 tensor on this rank's GPU, in place.
+    fn all_reduce_sum_on_device(&self, _buffer: &mut Tensor) -> Result<()> {
+        Err(DistError::Nccl("this collective sums host buffers only".into()))
+    }
 
     /// Replaces `buffer` on every rank by `root`'s.
     fn broadcast(&self, buffer: &mut [u8], root: usize) -> Result<()>;

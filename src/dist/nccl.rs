@@ -5,12 +5,17 @@
 //! needs no MPI, so a one-GPU build links none. Everything other than the f32 bucket sums (statistics,
 //! broadcasts, barriers, abort) goes over the bootstrap world.
 //!
-//! A bucket is staged through the GPU: copied from the host, summed in place, copied back. The trainer's
-//! buckets are host buffers today (`bucket.rs`); summing the gradients where they lie is the next step.
+//! GPU gradients are summed where they lie: `bucket.rs` assembles each bucket as a contiguous f32 GPU
+//! tensor and this collective hands its storage to NCCL, on the stream every kernel of the device runs
+//! on, so the sum is ordered after the copies that filled the bucket and before those that empty it,
+//! with no synchronisation. A host buffer (`all_reduce_sum`) is staged through the GPU: copied from the
+//! host, summed in place, copied back.
 //!
 //! cudarc's communicator holds a raw NCCL handle, which may not move between threads, so it lives in a
 //! thread-local of the thread that created it; like MPI here, only that thread makes collective calls.
 use super::{Collective, DistError, Result};
+use cola_tensor::{DType, Device, Tensor};
+use cudarc::driver::{sys::CUdeviceptr, CudaStream, DevicePtrMut, DeviceSlice, SyncOnDrop};
 use cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -34,7 +39,46 @@ fn driver_error(what: &str) -> impl FnOnce(cudarc::driver::DriverError) -> DistE
     move |e| DistError::Nccl(format!("{what}: {e}"))
 }
 
+/// `len` f32 elements at a device address, on the communicator's stream: a tensor's storage (memory of the
+/// engine's allocator, not a cudarc slice) in the form cudarc's NCCL calls take. The work around it is
+/// ordered by that one stream, so handing out the address needs no event or synchronisation.
+struct DeviceSpan {
+    address: CUdeviceptr,
+    len: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl DeviceSlice<f32> for DeviceSpan {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+}
+
+impl DevicePtrMut<f32> for DeviceSpan {
+    fn device_ptr_mut<'a>(&'a mut self, _stream: &'a CudaStream) -> (CUdeviceptr, SyncOnDrop<'a>) {
+        (self.address, SyncOnDrop::Sync(None))
+    }
+}
+
 impl Nccl {
+    /// Runs `f` with this thread's communicator.
+    fn with_comm<T>(&self, f: impl FnOnce(&Comm) -> Result<T>) -> Result<T> {
+        COMM.with(|slot| {
+            let slot = slot.borrow();
+            let comm = slot.as_ref().ok_or_else(|| {
+                DistError::Nccl(format!(
+                    "the communicator of cuda:{} belongs to the thread that created it",
+                    self.ordinal
+                ))
+            })?;
+            f(comm)
+        })
+    }
+
     /// Joins the NCCL communicator of `world`'s ranks on CUDA device `ordinal` (every rank calls it).
     pub fn over(world: Arc<dyn Collective>, ordinal: usize) -> Result<Nccl> {
         let device = cola_kernels::cuda::device(ordinal)
@@ -69,14 +113,7 @@ impl Collective for Nccl {
     }
 
     fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<()> {
-        COMM.with(|slot| {
-            let slot = slot.borrow();
-            let comm = slot.as_ref().ok_or_else(|| {
-                DistError::Nccl(format!(
-                    "the communicator of cuda:{} belongs to the thread that created it",
-                    self.ordinal
-                ))
-            })?;
+        self.with_comm(|comm| {
             let stream = comm.stream();
             let mut staged = stream.clone_htod(buffer).map_err(driver_error("copy to the GPU"))?;
             comm.all_reduce_in_place(&mut staged, &ReduceOp::Sum).map_err(nccl_error("ncclAllReduce"))?;
@@ -89,6 +126,28 @@ impl Collective for Nccl {
     /// must leave every gradient as it was.
     fn sums(&self) -> bool {
         true
+    }
+
+    fn sums_on_device(&self) -> bool {
+        true
+    }
+
+    fn all_reduce_sum_on_device(&self, buffer: &mut Tensor) -> Result<()> {
+        if buffer.dtype() != DType::F32 || buffer.device() != Device::Cuda(self.ordinal) {
+            return Err(DistError::Nccl(format!(
+                "a device bucket is f32 on cuda:{}, not {} on {}",
+                self.ordinal,
+                buffer.dtype(),
+                buffer.device()
+            )));
+        }
+        let len = buffer.numel();
+        let address = buffer.cuda_elements_mut()?;
+        self.with_comm(|comm| {
+            let mut span = DeviceSpan { address, len, stream: comm.stream() };
+            comm.all_reduce_in_place(&mut span, &ReduceOp::Sum).map_err(nccl_error("ncclAllReduce"))?;
+            Ok(())
+        })
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {

@@ -189,6 +189,19 @@ impl Tensor {
         Ok(out)
     }
 
+    /// The device address of this GPU tensor's elements, for a library that writes them in place on the
+    /// device's stream (NCCL summing a gradient bucket). A tensor that shares its storage or is a view
+    /// first gets a contiguous storage of its own (copy on write, as in `write_slice`), so no other
+    /// tensor sees the write.
+    pub fn cuda_elements_mut(&mut self) -> Result<u64> {
+        const OP: &str = "cuda_elements_mut";
+        self.expect_cuda(OP)?;
+        if !self.storage_is_unique() || !self.is_contiguous() {
+            *self = self.gpu_copy(self.dtype())?;
+        }
+        self.gpu_ptr(OP)
+    }
+
     /// Copies this view into a new contiguous GPU tensor of `dtype` (a cast when the dtypes differ).
     pub(crate) fn gpu_copy(&self, dtype: DType) -> Result<Tensor> {
         let out = Tensor::gpu_empty(&self.gpu_device("copy")?, self.shape(), dtype)?;
