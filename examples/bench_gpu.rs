@@ -57,9 +57,9 @@ struct Failed {
     error: String,
 }
 
-/// What `--json` writes.
+/// What `--json` writes, rewritten after every row so that an interrupted run leaves the rows it measured.
 #[derive(serde::Serialize)]
-struct Report<'a> {
+struct Report {
     program: &'static str,
     device: String,
     precision: String,
@@ -67,8 +67,15 @@ struct Report<'a> {
     steps: usize,
     warmup: usize,
     peak_tflops: f64,
-    rows: &'a [Row],
-    failed: &'a [Failed],
+    rows: Vec<Row>,
+    failed: Vec<Failed>,
+}
+
+impl Report {
+    fn write(&self, path: &str) {
+        let text = serde_json::to_string_pretty(self).unwrap_or_else(|e| fail(&e.to_string()));
+        std::fs::write(path, text + "\n").unwrap_or_else(|e| fail(&format!("{path}: {e}")));
+    }
 }
 
 fn run_row(
@@ -244,8 +251,18 @@ fn main() {
         "{:<22} {:>6} {:>12} {:>7} {:>11} {:>8} {:>8}",
         "model", "micro", "tokens/s", "MFU", "peak mem", "step s", "loss"
     );
-    let mut results: Vec<Row> = Vec::new();
-    let mut failed: Vec<Failed> = Vec::new();
+    let json = arg("--json");
+    let mut report = Report {
+        program: "bench_gpu",
+        device: device.to_string(),
+        precision: precision_name,
+        seq: settings.seq,
+        steps: settings.steps,
+        warmup: settings.warmup,
+        peak_tflops: settings.peak_tflops,
+        rows: Vec::new(),
+        failed: Vec::new(),
+    };
     for spec in rows.split(',') {
         let (name, policy) = match spec.split_once(':') {
             Some((p, policy)) => {
@@ -270,7 +287,7 @@ fn main() {
                         row.step_s,
                         row.loss
                     );
-                    results.push(row);
+                    report.rows.push(row);
                     print_profile();
                     break;
                 }
@@ -280,7 +297,7 @@ fn main() {
                 }
                 Err(e) => {
                     println!("{spec}: failed: {e}");
-                    failed.push(Failed { row: spec.to_string(), error: e.to_string() });
+                    report.failed.push(Failed { row: spec.to_string(), error: e.to_string() });
                     break;
                 }
             }
@@ -291,8 +308,11 @@ fn main() {
         if let Device::Cuda(n) = device {
             let _ = cola::tensor::cuda::cuda_release_cached(n);
         }
+        if let Some(path) = &json {
+            report.write(path);
+        }
     }
-    let find = |name: &str| results.iter().find(|r| r.name == name);
+    let find = |name: &str| report.rows.iter().find(|r| r.name == name);
     for (a, b, what) in [("cola-350m", "full-350m", "tokens/s"), ("cola-1b", "full-1b", "tokens/s")] {
         if let (Some(x), Some(y)) = (find(a), find(b)) {
             println!("{a} / {b} {what}: {:.2}x", x.tokens_per_s / y.tokens_per_s);
@@ -303,20 +323,5 @@ fn main() {
         {
             println!("{a} / {b} peak memory: {:.2}x", x as f64 / y as f64);
         }
-    }
-    if let Some(path) = arg("--json") {
-        let report = Report {
-            program: "bench_gpu",
-            device: device.to_string(),
-            precision: precision_name,
-            seq: settings.seq,
-            steps: settings.steps,
-            warmup: settings.warmup,
-            peak_tflops: settings.peak_tflops,
-            rows: &results,
-            failed: &failed,
-        };
-        let text = serde_json::to_string_pretty(&report).unwrap_or_else(|e| fail(&e.to_string()));
-        std::fs::write(&path, text + "\n").unwrap_or_else(|e| fail(&format!("{path}: {e}")));
     }
 }

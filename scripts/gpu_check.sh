@@ -9,7 +9,8 @@
 #   5. a kernel-time profile of one cola-350m step (COLA_CUDA_PROFILE=1 bench_gpu)
 #   6. 60 steps of the training program, a resume, and the same 60 steps summing gradients over NCCL at
 #      world size 1 (llama_cola_350m_nccl --nccl): MATCH when every loss, gradient norm and validation
-#      loss equals the plain run's, else DIFFER
+#      loss equals the plain run's, else DIFFER; then the training program's --profile of one cola-350m
+#      step (time per op family and direction)
 #   7. PyTorch again under torch.compile (its table in $OUT/bench_table_compiled.md)
 # Each step has its own time limit, cut to what is left of the whole check's budget (GPU_CHECK_BUDGET
 # seconds, default 540); a step that fails or times out does not stop the others, and the summary lists
@@ -95,12 +96,16 @@ if [ -d "$cache/shakespeare" ]; then
     else
         skip train_cola_60m_nccl "no $bundle/llama_cola_350m_nccl"
     fi
+    # Where one cola-350m step's time goes per op family and direction (each op synchronised).
+    step profile_train_cola_350m 45 "$bundle/llama_cola_350m" --profile --device cuda --model cola-350m --steps 1 \
+        --batch-size 64 --micro-batch 64 --cache-dir "$cache"
 else
     skip train_cola_60m "no $cache/shakespeare in the bundle"
 fi
 
-step bench_torch_compiled 75 "$python" scripts/reference/bench_torch_gpu.py --rows "$rows" --steps 5 --warmup 2 \
-    "${match[@]}" --compile --json "$out/bench_torch_compiled.json"
+# Compiling takes tens of seconds per model: the rows that matter most first, each saved as it ends.
+step bench_torch_compiled 75 "$python" scripts/reference/bench_torch_gpu.py --rows "${COMPILED_ROWS:-cola-350m,full-350m,cola-1b,full-1b}" \
+    --steps 5 --warmup 2 "${match[@]}" --compile --json "$out/bench_torch_compiled.json"
 if [ -f "$out/bench_ours.json" ] && [ -f "$out/bench_torch_compiled.json" ]; then
     step table_compiled 10 python3 scripts/bench_gpu_table.py "$out/bench_ours.json" \
         "$out/bench_torch_compiled.json" "$out/bench_table_compiled.md"

@@ -283,6 +283,20 @@ def main(argv):
     )
     print(f"{'model':<22} {'micro':>6} {'tokens/s':>12} {'MFU':>7} {'peak mem':>12} {'step s':>8} {'loss':>8}")
     rows, failed = [], []
+    report = {
+        "program": "bench_torch_gpu",
+        "torch": torch.__version__,
+        "device": str(device),
+        "precision": args.precision,
+        "attention": attention,
+        "compile": args.compile,
+        "seq": args.seq,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "peak_tflops": args.peak_tflops,
+        "rows": rows,
+        "failed": failed,
+    }
     for spec in args.rows.split(","):
         name, _, policy = spec.partition(":")
         policy = policy or "none"
@@ -318,22 +332,8 @@ def main(argv):
             break
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        report = {
-            "program": "bench_torch_gpu",
-            "torch": torch.__version__,
-            "device": str(device),
-            "precision": args.precision,
-            "attention": attention,
-            "compile": args.compile,
-            "seq": args.seq,
-            "steps": args.steps,
-            "warmup": args.warmup,
-            "peak_tflops": args.peak_tflops,
-            "rows": rows,
-            "failed": failed,
-        }
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        if args.json:  # after every row, so that an interrupted run leaves the rows it measured
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if rows and not failed else 1
 
 
