@@ -324,4 +324,7 @@ fn main() {
             println!("{a} / {b} peak memory: {:.2}x", x as f64 / y as f64);
         }
     }
+    if !report.failed.is_empty() || report.rows.is_empty() {
+        std::process::exit(1);
+    }
 }

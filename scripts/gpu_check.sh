@@ -54,7 +54,7 @@ step() {
     [ "$limit" -gt "$left" ] && limit=$left
     echo "=== $name (limit $limit s)"
     local start=$SECONDS
-    timeout "$limit" "$@"
+    timeout -k 5 "$limit" "$@"
     local rc=$?
     echo "=== $name: rc=$rc in $((SECONDS - start)) s"
     status+=("$name rc=$rc")
