@@ -31,6 +31,7 @@ Usage: bench_torch_gpu.py [--rows ...] [--steps 5] [--warmup 2] [--seq 256] [--m
 """
 import argparse
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -240,6 +241,16 @@ def run_row(cfg, policy, micro_batch, args, device, flash):
     }
 
 
+def release(device: torch.device, compiled: bool):
+    """Frees what a row held: compiled graphs keep their model's parameters alive until dynamo forgets
+    them, and the caching allocator keeps freed blocks until emptied (the next row's peak starts there)."""
+    if compiled:
+        torch._dynamo.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=DEFAULT_ROWS)
@@ -310,13 +321,13 @@ def main(argv):
             try:
                 row = run_row(cfg, policy, micro, args, device, flash)
             except torch.cuda.OutOfMemoryError as error:
-                if micro > 1:
-                    print(f"{spec}: micro-batch {micro} does not fit; retrying with {micro // 2}")
-                    micro //= 2
-                    torch.cuda.empty_cache()
-                    continue
-                failed.append({"row": spec, "error": f"out of memory: {error}"})
-                break
+                if micro == 1:
+                    failed.append({"row": spec, "error": f"out of memory: {error}"})
+                    break
+                print(f"{spec}: micro-batch {micro} does not fit; retrying with {micro // 2}")
+                micro //= 2
+                release(device, args.compile)
+                continue
             except Exception as error:
                 print(f"{spec}: failed: {type(error).__name__}: {error}")
                 failed.append({"row": spec, "error": f"{type(error).__name__}: {error}"})
@@ -330,8 +341,7 @@ def main(argv):
                 f"{peak:>12} {row['step_s']:>8.3f} {row['loss']:>8.4f}"
             )
             break
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        release(device, args.compile)
         if args.json:  # after every row, so that an interrupted run leaves the rows it measured
             args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0 if rows and not failed else 1
