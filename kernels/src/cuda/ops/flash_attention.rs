@@ -42,7 +42,7 @@ impl Operand {
     pub fn is_staging_aligned(&self, dtype: GpuDType) -> bool {
         let chunk = (16 / dtype.size_in_bytes()) as i64;
         dtype == GpuDType::F32
-            || (self.ptr % 16 == 0
+            || (self.ptr.is_multiple_of(16)
                 && [self.rows.batch, self.rows.row, self.rows.head].iter().all(|s| s % chunk == 0))
     }
 }
