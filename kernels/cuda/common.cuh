@@ -190,7 +190,8 @@ __device__ void stage_rows(bf16* tile, const bf16* src, AttentionRows s, i64 b, 
     }
 }
 
-// One warp per row: the warps of the whole grid over `count` rows (the grid is capped; warps loop over the rest).
+// One warp per row: the warps of the whole grid over `count` rows (the grid is capped; warps loop over
+// the rest).
 #define WARP_PER_ROW(row, count)                                                   \
     const int lane = threadIdx.x & 31;                                             \
     const i64 warps = ((i64)gridDim.x * blockDim.x) >> 5;                          \

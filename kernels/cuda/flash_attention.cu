@@ -144,8 +144,8 @@ extern "C" __global__ void flash_attention_forward_bf16(const bf16* q, Attention
 }
 
 template <int D>
-__device__ void forward_f32(const float* q, AttentionRows qs, const float* k, AttentionRows ks, const float* v,
-                            AttentionRows vs, float* o, float* lse, FlashShape s) {
+__device__ void forward_f32(const float* q, AttentionRows qs, const float* k, AttentionRows ks,
+                            const float* v, AttentionRows vs, float* o, float* lse, FlashShape s) {
     const int E = D / 32;
     WARP_PER_ROW(row, s.batch * s.heads * s.q_len) {
         const i64 i = row % s.q_len, h = (row / s.q_len) % s.heads, b = row / (s.q_len * s.heads);

@@ -50,10 +50,11 @@ __device__ void row_dot(const T* o, AttentionRows os, const T* dout, AttentionRo
     }
 }
 
-#define ROW_DOT(T)                                                                                       \
-    extern "C" __global__ void flash_attention_backward_dot_##T(const T* o, AttentionRows os, const T* dout, \
-                                                                AttentionRows dos, float* dot, FlashShape s) { \
-        row_dot<T>(o, os, dout, dos, dot, s);                                                            \
+#define ROW_DOT(T)                                                                                  \
+    extern "C" __global__ void flash_attention_backward_dot_##T(const T* o, AttentionRows os,            \
+                                                                const T* dout, AttentionRows dos,       \
+                                                                float* dot, FlashShape s) {             \
+        row_dot<T>(o, os, dout, dos, dot, s);                                                       \
     }
 ROW_DOT(f32)
 ROW_DOT(bf16)

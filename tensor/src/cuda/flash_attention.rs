@@ -38,7 +38,7 @@ fn operand(op: &'static str, t: &Tensor) -> Result<(Tensor, Operand)> {
         let rows = AttentionRows { batch: stride(0), row: stride(1), head: stride(2) };
         Ok(Operand { ptr: t.gpu_ptr(op)?, rows })
     };
-    if t.shape()[3] <= 1 || t.layout().strides()[3] == 1 {
+    if t.layout().strides()[3] == 1 {
         let operand = view(t)?;
         if operand.is_staging_aligned(dtype) {
             return Ok((t.clone(), operand));
