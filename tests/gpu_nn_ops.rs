@@ -13,7 +13,9 @@
 //! - bf16: `err <= 1e-2`. Both sides compute in f32 from the same bf16 values and round once to bf16 (8
 //!   significant bits: one ulp is 2^-8 to 2^-7, 3.9e-3 to 7.8e-3, of the value), so results differ by at
 //!   most an ulp; GPU attention also rounds the probabilities and score gradients to bf16 before their
-//!   products (the cuBLAS GEMMs need bf16 operands), which moves results by less than that.
+//!   products (bf16 operands of cuBLAS GEMMs or, for head dim 64, of the flash kernels' tensor-core
+//!   products), which moves results by less than that (`gpu_flash_attention.rs` covers head dims 64 and
+//!   128 with the flash kernels' own bounds).
 //!
 //! Without a CUDA device every test prints `skipped: no CUDA device` and returns.
 #![cfg(feature = "cuda")]

@@ -2,7 +2,7 @@
 //! gradients of the inputs that want one.
 use crate::error::{AutogradError, Result};
 use crate::op::Op;
-use cola_tensor::{BinaryOp, Tensor, TensorError, UnaryOp};
+use cola_tensor::{AttentionSaved, BinaryOp, Tensor, TensorError, UnaryOp};
 
 /// What a backward rule sees of its node.
 pub struct Context<'a> {
@@ -11,6 +11,9 @@ pub struct Context<'a> {
     pub input_shapes: Vec<&'a [usize]>,
     /// The output value, present when `Op::needs` asked for it.
     pub output: Option<&'a Tensor>,
+    /// The auxiliary tensor [`Op::forward_saving`] produced with the output, when it produced one and
+    /// the output is present.
+    pub saved: Option<&'a Tensor>,
     /// Gradient of the loss with respect to the output.
     pub grad: &'a Tensor,
     /// Whether input i wants a gradient; rules skip the work for the others.
@@ -184,7 +187,9 @@ pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
         }
         Op::Rope { positions, theta } => one(&|| Ok(Tensor::rope_backward(g, positions, *theta)?)),
         Op::Attention { scale } => {
-            let grads = Tensor::attention_backward(ctx.input(0)?, ctx.input(1)?, ctx.input(2)?, g, *scale)?;
+            let saved = ctx.output.zip(ctx.saved).map(|(output, lse)| AttentionSaved { output, lse });
+            let (q, k, v) = (ctx.input(0)?, ctx.input(1)?, ctx.input(2)?);
+            let grads = Tensor::attention_backward_saved(q, k, v, g, saved, *scale)?;
             Ok(grads.into_iter().zip(&ctx.wants).map(|(t, &w)| Some(t).filter(|_| w)).collect())
         }
         Op::Embedding { ids, pad_id, .. } => {

@@ -151,10 +151,27 @@ impl Op {
         }
     }
 
+    /// [`Op::forward`] and, for an op whose backward reuses one, an auxiliary tensor forward computed on
+    /// the way: attention's per-row log-sum-exp on the GPU flash path (`None` elsewhere, the CPU
+    /// included). The tape keeps the two together in the output's slot: released together, replayed
+    /// together (by this same call, so the replayed pair is bit-identical to the recorded one).
+    ///
+    /// Saving the log-sum-exp costs `batch * heads * q_len` f32, a `head_dim`-th of the output; without
+    /// it the GPU backward would run the forward again (two more products per tile) to rebuild it.
+    pub fn forward_saving(&self, inputs: &[&Tensor]) -> Result<(Tensor, Option<Tensor>)> {
+        match self {
+            Op::Attention { scale } => Tensor::attention_saving_lse(inputs[0], inputs[1], inputs[2], *scale),
+            _ => Ok((self.forward(inputs)?, None)),
+        }
+    }
+
     /// What backward reads. Everything else can be released as soon as forward no longer needs it.
     pub fn needs(&self) -> Needs {
         match self {
-            Op::Matmul | Op::RmsNorm { .. } | Op::Attention { .. } => Needs::ALL_INPUTS,
+            Op::Matmul | Op::RmsNorm { .. } => Needs::ALL_INPUTS,
+            // The output, with its saved log-sum-exp, spares the GPU backward a forward pass (the CPU
+            // rule ignores both).
+            Op::Attention { .. } => Needs { inputs: u32::MAX, output: true },
             Op::Binary(BinaryOp::Add | BinaryOp::Sub) => Needs::NOTHING,
             Op::Binary(BinaryOp::Mul | BinaryOp::Div) => Needs::ALL_INPUTS,
             Op::Unary(UnaryOp::Exp) => Needs { inputs: 0, output: true },

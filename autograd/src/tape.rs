@@ -32,6 +32,9 @@ impl Var {
 
 struct Slot {
     value: Option<Tensor>,
+    /// What the producer's forward saved next to the value for its backward ([`Op::forward_saving`]):
+    /// present exactly when `value` is and the op saves one; released and replayed with it.
+    saved: Option<Tensor>,
     shape: Shape,
     producer: Option<usize>,
     kind: SlotKind,
@@ -122,7 +125,7 @@ impl Tape {
 
     fn push_slot(
         &mut self,
-        value: Tensor,
+        (value, saved): (Tensor, Option<Tensor>),
         producer: Option<usize>,
         kind: SlotKind,
         requires_grad: bool,
@@ -132,9 +135,13 @@ impl Tape {
             self.meter.add_leaf(&value);
         }
         self.meter.hold(&value);
+        if let Some(saved) = &saved {
+            self.meter.hold(saved);
+        }
         let in_layer = self.layer_depth > 0;
         self.slots.push(Slot {
             value: Some(value),
+            saved,
             shape,
             producer,
             kind,
@@ -145,22 +152,28 @@ impl Tape {
         Var(self.slots.len() - 1)
     }
 
-    /// Stores a (re)computed value in its slot.
-    fn put(&mut self, var: Var, value: Tensor) {
-        self.meter.hold(&value);
-        self.slots[var.0].value = Some(value);
+    /// Stores a (re)computed value, and what its forward saved with it, in its slot.
+    fn put(&mut self, var: Var, (value, saved): (Tensor, Option<Tensor>)) {
+        for t in std::iter::once(&value).chain(&saved) {
+            self.meter.hold(t);
+        }
+        let slot = &mut self.slots[var.0];
+        slot.value = Some(value);
+        slot.saved = saved;
     }
 
-    /// Drops a slot's value (it can be rebuilt by replay when the slot was recorded).
+    /// Drops a slot's value and what was saved with it (rebuilt by replay when the slot was recorded).
     fn release(&mut self, var: Var) {
-        if let Some(value) = self.slots[var.0].value.take() {
-            self.meter.release(&value);
+        let slot = &mut self.slots[var.0];
+        let (value, saved) = (slot.value.take(), slot.saved.take());
+        for t in value.iter().chain(&saved) {
+            self.meter.release(t);
         }
     }
 
     /// A leaf; with `requires_grad` backward reports its gradient.
     pub fn leaf(&mut self, value: Tensor, requires_grad: bool) -> Var {
-        self.push_slot(value, None, SlotKind::Input, requires_grad)
+        self.push_slot((value, None), None, SlotKind::Input, requires_grad)
     }
 
     /// A leaf that needs no gradient (data).
@@ -170,7 +183,7 @@ impl Tape {
 
     /// A parameter as a leaf that requires a gradient; its gradient is reported under its id.
     pub fn param(&mut self, param: &Parameter) -> Var {
-        self.push_slot(param.value().clone(), None, SlotKind::Parameter(param.id()), true)
+        self.push_slot((param.value().clone(), None), None, SlotKind::Parameter(param.id()), true)
     }
 
     /// Marks what a value is (for retention policies). Leaves keep their kind.
@@ -291,7 +304,8 @@ impl Tape {
             requires_grad |= self.slot(v)?.requires_grad;
         }
         if self.grad_disabled || !requires_grad {
-            return Ok(self.push_slot(out, None, SlotKind::Other, false));
+            // No backward reads this value, so nothing saved for one is kept.
+            return Ok(self.push_slot((out.0, None), None, SlotKind::Other, false));
         }
         let node = self.nodes.len();
         let output = self.push_slot(out, Some(node), SlotKind::Other, true);
@@ -299,12 +313,18 @@ impl Tape {
         Ok(output)
     }
 
-    /// Runs `op`'s forward on the values of `inputs` (timed under `direction` when profiling).
-    fn run_forward(&mut self, op: &Op, inputs: &[Var], direction: Direction) -> Result<Tensor> {
+    /// Runs `op`'s forward on the values of `inputs` (timed under `direction` when profiling): the value
+    /// and what the op saves with it for backward.
+    fn run_forward(
+        &mut self,
+        op: &Op,
+        inputs: &[Var],
+        direction: Direction,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let slots = &self.slots;
         let values: Vec<&Tensor> = inputs.iter().map(|&v| value_in(slots, v)).collect::<Result<_>>()?;
         let shapes = || inputs.iter().map(|v| &slots[v.0].shape[..]).collect();
-        profile::timed_op(&mut self.profiler, direction, op, shapes, || Ok(op.forward(&values)?))
+        profile::timed_op(&mut self.profiler, direction, op, shapes, || Ok(op.forward_saving(&values)?))
     }
 
     /// Recomputes a released value by replaying its producer (and, recursively, whatever it needs).
@@ -404,6 +424,7 @@ impl Tape {
                         .collect(),
                     input_shapes: node.inputs.iter().map(|v| &slots[v.0].shape[..]).collect(),
                     output: if needs.output { slots[node.output.0].value.as_ref() } else { None },
+                    saved: if needs.output { slots[node.output.0].saved.as_ref() } else { None },
                     grad: &grad,
                     wants: node.inputs.iter().map(|v| slots[v.0].requires_grad).collect(),
                 };

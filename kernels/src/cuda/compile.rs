@@ -25,13 +25,30 @@ pub const NORM: KernelSource = KernelSource { name: "norm", code: include_str!("
 pub const ROPE: KernelSource = KernelSource { name: "rope", code: include_str!("../../cuda/rope.cu") };
 pub const ATTENTION: KernelSource =
     KernelSource { name: "attention", code: include_str!("../../cuda/attention.cu") };
+pub const FLASH_ATTENTION: KernelSource =
+    KernelSource { name: "flash_attention", code: include_str!("../../cuda/flash_attention.cu") };
+pub const FLASH_ATTENTION_BACKWARD: KernelSource = KernelSource {
+    name: "flash_attention_backward",
+    code: include_str!("../../cuda/flash_attention_backward.cu"),
+};
 pub const LOSS: KernelSource = KernelSource { name: "loss", code: include_str!("../../cuda/loss.cu") };
 pub const EMBEDDING: KernelSource =
     KernelSource { name: "embedding", code: include_str!("../../cuda/embedding.cu") };
 pub const ADAMW: KernelSource = KernelSource { name: "adamw", code: include_str!("../../cuda/adamw.cu") };
 
 /// Every kernel family.
-pub const SOURCES: &[KernelSource] = &[ELEMENTWISE, REDUCE, NORM, ROPE, ATTENTION, LOSS, EMBEDDING, ADAMW];
+pub const SOURCES: &[KernelSource] = &[
+    ELEMENTWISE,
+    REDUCE,
+    NORM,
+    ROPE,
+    ATTENTION,
+    FLASH_ATTENTION,
+    FLASH_ATTENTION_BACKWARD,
+    LOSS,
+    EMBEDDING,
+    ADAMW,
+];
 
 /// True when libnvrtc can be loaded (it is opened by name, so `LD_LIBRARY_PATH` decides).
 pub fn nvrtc_available() -> bool {

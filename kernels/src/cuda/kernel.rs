@@ -13,6 +13,8 @@ pub enum Module {
     Norm,
     Rope,
     Attention,
+    FlashAttention,
+    FlashAttentionBackward,
     Loss,
     Embedding,
     Adamw,
@@ -20,12 +22,14 @@ pub enum Module {
 
 impl Module {
     /// Every module, in the order of their index.
-    pub const ALL: [Module; 8] = [
+    pub const ALL: [Module; 10] = [
         Module::Elementwise,
         Module::Reduce,
         Module::Norm,
         Module::Rope,
         Module::Attention,
+        Module::FlashAttention,
+        Module::FlashAttentionBackward,
         Module::Loss,
         Module::Embedding,
         Module::Adamw,
@@ -44,6 +48,8 @@ impl Module {
             Module::Norm => &compile::NORM,
             Module::Rope => &compile::ROPE,
             Module::Attention => &compile::ATTENTION,
+            Module::FlashAttention => &compile::FLASH_ATTENTION,
+            Module::FlashAttentionBackward => &compile::FLASH_ATTENTION_BACKWARD,
             Module::Loss => &compile::LOSS,
             Module::Embedding => &compile::EMBEDDING,
             Module::Adamw => &compile::ADAMW,
@@ -159,6 +165,18 @@ kernel_table! {
         CausalSoftmaxBf16 = "causal_softmax_bf16",
         CausalSoftmaxBackwardF32 = "causal_softmax_backward_f32",
         CausalSoftmaxBackwardBf16 = "causal_softmax_backward_bf16",
+    }
+    FlashAttention {
+        FlashAttentionForwardF32 = "flash_attention_forward_f32",
+        FlashAttentionForwardBf16 = "flash_attention_forward_bf16",
+    }
+    FlashAttentionBackward {
+        FlashAttentionBackwardDotF32 = "flash_attention_backward_dot_f32",
+        FlashAttentionBackwardDotBf16 = "flash_attention_backward_dot_bf16",
+        FlashAttentionBackwardF32 = "flash_attention_backward_f32",
+        FlashAttentionBackwardBf16 = "flash_attention_backward_bf16",
+        FlashAttentionBackwardDqF32 = "flash_attention_backward_dq_f32",
+        FlashAttentionBackwardDqBf16 = "flash_attention_backward_dq_bf16",
     }
     Loss {
         CrossEntropyRowsF32 = "cross_entropy_rows_f32",

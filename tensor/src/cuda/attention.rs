@@ -1,4 +1,5 @@
-//! GPU implementation of the attention ops (see `ops/attention.rs` for the CPU path and the shape rules).
+//! GPU attention for head dims the flash kernels do not cover (`flash_attention.rs` takes 64 and 128; see
+//! `ops/attention.rs` for the CPU path and the shape rules): the scores are materialised.
 //!
 //! q, k, v are copied head-major (`[batch * heads, len, head_dim]`, contiguous) so that every product is one
 //! strided-batched cuBLAS GEMM with f32 accumulation:

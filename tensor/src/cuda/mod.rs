@@ -20,6 +20,7 @@ pub use cola_kernels::cuda::MemoryStats;
 pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod embedding;
+pub(crate) mod flash_attention;
 pub(crate) mod loss;
 pub(crate) mod matmul;
 pub(crate) mod norm;

@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod attention;
 pub mod elementwise;
 pub mod embedding;
+pub mod flash_attention;
 pub mod loss;
 pub mod norm;
 pub mod reduce;
