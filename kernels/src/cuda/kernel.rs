@@ -179,6 +179,9 @@ kernel_table! {
         AdamwStepBf16 = "adamw_step_bf16",
         SquaredNormPartialsF32 = "squared_norm_partials_f32",
         SquaredNormPartialsBf16 = "squared_norm_partials_bf16",
+        MultiTensorNormPartials = "multi_tensor_norm_partials",
+        MultiTensorClipFactor = "multi_tensor_clip_factor",
+        MultiTensorAdamw = "multi_tensor_adamw",
     }
 }
 

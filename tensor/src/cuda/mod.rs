@@ -22,6 +22,7 @@ pub(crate) mod elementwise;
 pub(crate) mod embedding;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod multi_tensor;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;
