@@ -147,8 +147,6 @@ kernel_table! {
         RmsNormForwardBf16 = "rms_norm_forward_bf16",
         RmsNormBackwardF32 = "rms_norm_backward_f32",
         RmsNormBackwardBf16 = "rms_norm_backward_bf16",
-        RmsNormWeightGradF32 = "rms_norm_weight_grad_f32",
-        RmsNormWeightGradBf16 = "rms_norm_weight_grad_bf16",
     }
     Rope {
         RopeRotateF32 = "rope_rotate_f32",
