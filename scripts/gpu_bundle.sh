@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-local/gpu}"
 rm -rf "$out" && mkdir -p "$out"
-tests=(gpu_core gpu_elementwise gpu_nn_ops gpu_train)
+tests=(gpu_core gpu_elementwise gpu_nn_ops gpu_optim gpu_train)
 args=()
 for t in "${tests[@]}"; do args+=(--test "$t"); done
 cargo build --release --example bench_gpu --example llama_cola_350m

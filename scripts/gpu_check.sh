@@ -29,7 +29,7 @@ step() {
     echo "=== $name: rc=$rc in $((SECONDS - start)) s"
     status+=("$name rc=$rc")
 }
-for t in gpu_core gpu_elementwise gpu_nn_ops gpu_train; do
+for t in gpu_core gpu_elementwise gpu_nn_ops gpu_optim gpu_train; do
     step "$t" 90 "$bundle/$t" --test-threads=1 --nocapture
 done
 step bench_gpu 240 "$bundle/bench_gpu" --rows "$rows" --steps 5 --warmup 2
