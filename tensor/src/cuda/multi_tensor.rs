@@ -45,8 +45,8 @@ impl Tables {
     }
 }
 
-/// The step of [`Tensor::clip_adamw_multi`] on `group`, whose tensors (of `kinds`) were checked by the
-/// caller; `tables` is the plan's cache, replaced when the buffers moved.
+/// The step of [`crate::Tensor::clip_adamw_multi`] on `group`, whose tensors (of `kinds`) the caller
+/// checked (shapes, dtypes, one device); `cached` is the plan's tables, replaced when a buffer moved.
 pub(crate) fn clip_adamw(
     cached: &mut Option<Arc<Tables>>,
     group: &mut [AdamWTensors],
@@ -99,9 +99,9 @@ pub(crate) fn clip_adamw(
         chunks: tables.chunks,
     };
     let status = tables.status.ptr();
-    // SAFETY: the tables describe the group's tensors as checked above (contiguous, `n` elements of the
-    // kind's dtypes, param/m/v/master each the sole owner of its storage); partials holds one f64 per
-    // chunk and status two.
+    // SAFETY: the tables describe the group's tensors (contiguous, `n` elements of their kind's dtypes as
+    // the caller checked; param, m, v and master each made the sole owner of its storage above); partials
+    // holds one f64 per chunk and status two.
     unsafe {
         kernels::multi_tensor_clip_factor(&device, &launch, tables.partials.ptr(), max_norm, status)
             .map_err(cuda_error(OP))?;
