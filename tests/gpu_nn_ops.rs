@@ -87,6 +87,14 @@ fn rms_norm_forward_and_backward_match_cpu() {
             let got = Tensor::rms_norm_backward(&gpu(&x), &gpu(&w), &gpu(&g), eps).unwrap();
             check(&format!("rms_norm_backward dx {shape:?}"), &got[0], &want[0]);
             check(&format!("rms_norm_backward dweight {shape:?}"), &got[1], &want[1]);
+            // The weight gradient is added up by whichever block finishes last, in block order: a second
+            // launch (which also finds the device's finish counter reset by the first) repeats it to the bit.
+            let again = Tensor::rms_norm_backward(&gpu(&x), &gpu(&w), &gpu(&g), eps).unwrap();
+            assert_eq!(
+                again[1].to_vec_f64(),
+                got[1].to_vec_f64(),
+                "rms_norm_backward dweight {shape:?} repeats"
+            );
         }
         // Non-contiguous x and grad: a narrowed view (row stride 40, offset 3) of a wider base.
         let (xb, gb) = (randn(&[33, 40], 1.0, dtype, &mut rng), randn(&[33, 40], 1.0, dtype, &mut rng));

@@ -5,10 +5,11 @@
 //! caller's decision, made from each parameter's role in the model (the trainer exempts RMSNorm weights
 //! and the embedding table under `--no-decay-norms-embeddings`) and handed over by name with
 //! [`AdamW::exempt_from_decay`], the key the state already uses.
+use crate::clip::clip_grad_norm;
 use crate::error::{OptimError, Result};
 use cola_autograd::{GradStore, Parameter};
-use cola_tensor::ops::optim::AdamWStep;
-use cola_tensor::{DType, Tensor};
+use cola_tensor::ops::optim::{AdamWStep, AdamWTensors, MultiTensorPlan};
+use cola_tensor::{DType, Device, Tensor};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -48,11 +49,19 @@ pub struct AdamW {
     state: BTreeMap<String, Moments>,
     /// Parameters updated without weight decay, by name.
     no_decay: BTreeSet<String>,
+    /// Device tables of the multi-tensor step on the GPU ([`AdamW::clip_and_step`]).
+    plan: MultiTensorPlan,
 }
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, state: BTreeMap::new(), no_decay: BTreeSet::new() }
+        AdamW {
+            config,
+            step: 0,
+            state: BTreeMap::new(),
+            no_decay: BTreeSet::new(),
+            plan: MultiTensorPlan::default(),
+        }
     }
 
     /// Updates the parameters named `names` without weight decay from now on (their moments and the
@@ -78,30 +87,35 @@ impl AdamW {
         (mixed, if mixed { DType::F32 } else { dtype })
     }
 
+    /// The hyper-parameters of update number `self.step` with learning rate `lr` and weight decay `decay`.
+    fn hyper(&self, lr: f64, decay: f64) -> AdamWStep {
+        let c = &self.config;
+        AdamWStep { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: decay, step: self.step }
+    }
+
+    /// The state of `param`, created at its first update: zero moments and, under mixed precision, an f32
+    /// copy of its value.
+    fn moments(&mut self, param: &Parameter) -> Result<&mut Moments> {
+        let (mixed, state_dtype) = self.state_dtype(param.value().dtype());
+        Ok(match self.state.entry(param.name().to_string()) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => {
+                let value = param.value();
+                let master = if mixed { Some(value.to_dtype(DType::F32)?) } else { None };
+                let zeros = || Tensor::zeros_on(value.shape(), state_dtype, value.device());
+                entry.insert(Moments { m: zeros()?, v: zeros()?, master })
+            }
+        })
+    }
+
     /// Applies one update with learning rate `lr` to every parameter that has a gradient in `grads`.
     pub fn step(&mut self, params: &mut [&mut Parameter], grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         for param in params.iter_mut() {
             let Some(grad) = grads.get(param.id()) else { continue };
             let decay = if self.decays(param.name()) { self.config.weight_decay } else { 0.0 };
-            let hyper = AdamWStep {
-                lr,
-                beta1: self.config.beta1,
-                beta2: self.config.beta2,
-                eps: self.config.eps,
-                weight_decay: decay,
-                step: self.step,
-            };
-            let (mixed, state_dtype) = self.state_dtype(param.value().dtype());
-            let moments = match self.state.entry(param.name().to_string()) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    let value = param.value();
-                    let master = if mixed { Some(value.to_dtype(DType::F32)?) } else { None };
-                    let zeros = || Tensor::zeros_on(value.shape(), state_dtype, value.device());
-                    entry.insert(Moments { m: zeros()?, v: zeros()?, master })
-                }
-            };
+            let hyper = self.hyper(lr, decay);
+            let moments = self.moments(param)?;
             match moments.master.as_mut() {
                 Some(master) => {
                     let grad = grad.to_dtype(DType::F32)?;
@@ -120,6 +134,95 @@ impl AdamW {
             }
         }
         Ok(())
+    }
+
+    /// Clips the gradients to the global norm `max_norm` (as [`clip_grad_norm`]) and applies one update
+    /// with learning rate `lr`; returns the norm before clipping. When the norm is not finite nothing is
+    /// updated and the update count stays, so that the caller can refuse the step.
+    ///
+    /// When every parameter with a gradient lives on one GPU this is one multi-tensor step
+    /// ([`Tensor::clip_adamw_multi`]: three launches and one read of the norm whatever the number of
+    /// parameters; the gradients are scaled as they are read, `grads` is left as it is). Elsewhere it is
+    /// [`clip_grad_norm`] followed by [`AdamW::step`], bit for bit. The norm is that of every gradient in
+    /// `grads`, which should hold gradients of `params` alone (as the trainer's store does).
+    pub fn clip_and_step(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &mut GradStore,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        let with_grad: Vec<usize> =
+            (0..params.len()).filter(|&i| grads.get(params[i].id()).is_some()).collect();
+        let device = with_grad.first().map(|&i| params[i].value().device());
+        let one_gpu = matches!(device, Some(Device::Cuda(_)))
+            && with_grad.iter().all(|&i| Some(params[i].value().device()) == device);
+        if !one_gpu {
+            let norm = clip_grad_norm(grads, max_norm)?;
+            if norm.is_finite() {
+                self.step(params, grads, lr)?;
+            }
+            return Ok(norm);
+        }
+        self.step += 1;
+        let result = self.multi_tensor_step(params, with_grad, grads, lr, max_norm);
+        if !matches!(result, Ok(norm) if norm.is_finite()) {
+            self.step -= 1;
+        }
+        result
+    }
+
+    /// The GPU half of [`AdamW::clip_and_step`] for the parameters `with_grad` (indices into `params`),
+    /// with `self.step` already counting this update.
+    fn multi_tensor_step(
+        &mut self,
+        params: &mut [&mut Parameter],
+        mut with_grad: Vec<usize>,
+        grads: &GradStore,
+        lr: f64,
+        max_norm: f64,
+    ) -> Result<f64> {
+        // Name order is the order of `self.state`, so one pass over it pairs each state with its parameter.
+        with_grad.sort_by(|&a, &b| params[a].name().cmp(params[b].name()));
+        if let Some(pair) = with_grad.windows(2).find(|w| params[w[0]].name() == params[w[1]].name()) {
+            return Err(OptimError::DuplicateName { name: params[pair[0]].name().to_string() });
+        }
+        for &i in &with_grad {
+            self.moments(params[i])?;
+        }
+        let hyper = self.hyper(lr, self.config.weight_decay);
+        // Each value leaves its parameter during the step, so that the kernel updates it in place.
+        let mut values: Vec<Tensor> = with_grad
+            .iter()
+            .map(|&i| {
+                let value = params[i].value().clone();
+                params[i].set_value(Tensor::zeros(&[], value.dtype()));
+                value
+            })
+            .collect();
+        let result = {
+            let names: BTreeSet<&str> = with_grad.iter().map(|&i| params[i].name()).collect();
+            let grad_of = with_grad.iter().filter_map(|&i| grads.get(params[i].id()));
+            let states = self.state.iter_mut().filter(|(name, _)| names.contains(name.as_str()));
+            let no_decay = &self.no_decay;
+            let mut group: Vec<AdamWTensors> = states
+                .zip(values.iter_mut())
+                .zip(grad_of)
+                .map(|(((name, moments), value), grad)| AdamWTensors {
+                    param: value,
+                    grad,
+                    m: &mut moments.m,
+                    v: &mut moments.v,
+                    master: moments.master.as_mut(),
+                    decays: !no_decay.contains(name),
+                })
+                .collect();
+            Tensor::clip_adamw_multi(&mut self.plan, &mut group, max_norm, hyper)
+        };
+        for (&i, value) in with_grad.iter().zip(values) {
+            params[i].set_value(value);
+        }
+        Ok(result?)
     }
 
     /// The state as named tensors (`<param>.exp_avg`, `<param>.exp_avg_sq`) for checkpoints.

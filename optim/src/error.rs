@@ -9,6 +9,8 @@ pub enum OptimError {
     MissingState { name: String, what: &'static str },
     #[error("optimizer state '{name}' has shape {got:?}, its parameter has shape {expected:?}")]
     StateShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    #[error("two parameters are named '{name}'; the optimizer keeps its state by name")]
+    DuplicateName { name: String },
     #[error("invalid schedule: {reason}")]
     Schedule { reason: String },
 }

@@ -151,3 +151,62 @@ fn clipping_scales_to_the_max_norm_and_reports_the_norm() {
     assert!(close(norm, 0.05f64.sqrt(), 1e-15));
     assert_eq!(small.get(a.id()).unwrap().to_vec::<f64>().unwrap(), vec![0.1, 0.2]);
 }
+
+/// On the CPU `clip_and_step` is `clip_grad_norm` then `step`, to the bit (the same calls in the same
+/// order, so no tolerance); a non-finite norm updates nothing and does not count the step.
+#[test]
+fn clip_and_step_on_the_cpu_is_clip_then_step() {
+    for max_norm in [0.5, 1e9] {
+        let (mut a, mut b) = (param("a", vec![0.3, -0.2]), param("b", vec![1.5]));
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        let (mut fused, mut apart) = (AdamW::new(AdamWConfig::default()), AdamW::new(AdamWConfig::default()));
+        for step in 0..3 {
+            let c = vec![vec![3.0 + step as f64, -4.0], vec![12.0]];
+            let mut g = grads_of(&[&a, &b], &c);
+            let norm = fused.clip_and_step(&mut [&mut a, &mut b], &mut g, 1e-2, max_norm).unwrap();
+            let mut g2 = grads_of(&[&a2, &b2], &c);
+            let want = clip_grad_norm(&mut g2, max_norm).unwrap();
+            apart.step(&mut [&mut a2, &mut b2], &g2, 1e-2).unwrap();
+            assert_eq!(norm.to_bits(), want.to_bits(), "max_norm {max_norm} step {step}");
+            for (x, y) in [(&a, &a2), (&b, &b2)] {
+                assert_eq!(x.value().to_vec::<f64>().unwrap(), y.value().to_vec::<f64>().unwrap());
+            }
+        }
+        let before = a.value().to_vec::<f64>().unwrap();
+        let mut bad = grads_of(&[&a], &[vec![f64::NAN, 1.0]]);
+        let norm = fused.clip_and_step(&mut [&mut a], &mut bad, 1e-2, max_norm).unwrap();
+        assert!(norm.is_nan());
+        assert_eq!(fused.step_count(), 3, "a refused update is not counted");
+        assert_eq!(a.value().to_vec::<f64>().unwrap(), before);
+    }
+}
+
+/// The multi-tensor step checks its tensors on every device and runs only on a GPU: on the CPU a
+/// well-formed group is refused with a device error, a malformed one with what is wrong.
+#[test]
+fn the_multi_tensor_step_is_refused_on_the_cpu_and_checks_its_tensors() {
+    use cola_tensor::ops::optim::{AdamWStep, AdamWTensors, MultiTensorPlan};
+    let hyper = AdamWStep { lr: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, step: 1 };
+    let mut plan = MultiTensorPlan::default();
+    let zeros = |n: usize, dtype: DType| Tensor::zeros(&[n], dtype);
+    let (mut p, g, mut m, mut v) =
+        (zeros(4, DType::F32), zeros(4, DType::F32), zeros(4, DType::F32), zeros(4, DType::F32));
+    let mut group =
+        [AdamWTensors { param: &mut p, grad: &g, m: &mut m, v: &mut v, master: None, decays: true }];
+    let err = Tensor::clip_adamw_multi(&mut plan, &mut group, 1.0, hyper).unwrap_err().to_string();
+    assert!(err.contains("GPU"), "{err}");
+    let (mut p, g) = (zeros(4, DType::BF16), zeros(4, DType::BF16));
+    let mut group =
+        [AdamWTensors { param: &mut p, grad: &g, m: &mut m, v: &mut v, master: None, decays: true }];
+    let err = Tensor::clip_adamw_multi(&mut plan, &mut group, 1.0, hyper).unwrap_err().to_string();
+    assert!(err.contains("master None"), "bf16 with f32 moments needs a master: {err}");
+    let short = zeros(3, DType::F32);
+    let mut p = zeros(4, DType::F32);
+    let mut group =
+        [AdamWTensors { param: &mut p, grad: &short, m: &mut m, v: &mut v, master: None, decays: true }];
+    assert!(
+        Tensor::clip_adamw_multi(&mut plan, &mut group, 1.0, hyper).is_err(),
+        "a gradient of another shape"
+    );
+    assert_eq!(Tensor::clip_adamw_multi(&mut plan, &mut [], 1.0, hyper).unwrap(), 0.0, "an empty group");
+}

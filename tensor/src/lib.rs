@@ -9,6 +9,7 @@ pub mod display;
 pub mod dtype;
 pub mod error;
 pub mod layout;
+pub mod multi_tensor;
 pub mod op_kinds;
 pub mod ops;
 pub mod rng;

@@ -153,8 +153,6 @@ kernel_table! {
         RmsNormForwardBf16 = "rms_norm_forward_bf16",
         RmsNormBackwardF32 = "rms_norm_backward_f32",
         RmsNormBackwardBf16 = "rms_norm_backward_bf16",
-        RmsNormWeightGradF32 = "rms_norm_weight_grad_f32",
-        RmsNormWeightGradBf16 = "rms_norm_weight_grad_bf16",
     }
     Rope {
         RopeRotateF32 = "rope_rotate_f32",
@@ -197,6 +195,9 @@ kernel_table! {
         AdamwStepBf16 = "adamw_step_bf16",
         SquaredNormPartialsF32 = "squared_norm_partials_f32",
         SquaredNormPartialsBf16 = "squared_norm_partials_bf16",
+        MultiTensorNormPartials = "multi_tensor_norm_partials",
+        MultiTensorClipFactor = "multi_tensor_clip_factor",
+        MultiTensorAdamw = "multi_tensor_adamw",
     }
 }
 

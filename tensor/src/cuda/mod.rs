@@ -23,6 +23,7 @@ pub(crate) mod embedding;
 pub(crate) mod flash_attention;
 pub(crate) mod loss;
 pub(crate) mod matmul;
+pub(crate) mod multi_tensor;
 pub(crate) mod norm;
 pub(crate) mod optim;
 pub(crate) mod reduce;

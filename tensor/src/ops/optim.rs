@@ -1,10 +1,43 @@
-//! In-place updates for optimizers: the fused AdamW step and the squared norm used by gradient clipping.
+//! In-place updates for optimizers: the fused AdamW step, the squared norm used by gradient clipping, and
+//! the multi-tensor step that clips and updates every parameter at once on the GPU.
 use super::{check_same, check_same_shape, match_float};
 use crate::error::{Result, TensorError};
+pub use crate::multi_tensor::{AdamWTensors, MultiTensorPlan, StateKind};
 use crate::storage::CpuFloat;
-use crate::{DType, Tensor};
+use crate::{DType, Device, Tensor};
 use cola_kernels::cpu::adamw::adamw_step;
 pub use cola_kernels::cpu::adamw::AdamWStep;
+
+const MULTI_OP: &str = "clip_adamw_multi";
+
+/// What one parameter's tensors of a multi-tensor step hold, after checking them against the param
+/// (shapes, gradient dtype, `device`).
+fn multi_tensor_kind(t: &AdamWTensors, device: Device) -> Result<StateKind> {
+    let mut others: Vec<&Tensor> = vec![t.grad, &*t.m, &*t.v];
+    others.extend(t.master.as_deref());
+    for other in others.into_iter().chain([&*t.param]) {
+        check_same_shape(MULTI_OP, t.param, other)?;
+        if other.device() != device {
+            return Err(TensorError::DeviceMismatch { op: MULTI_OP, lhs: device, rhs: other.device() });
+        }
+    }
+    if t.grad.dtype() != t.param.dtype() {
+        return Err(TensorError::DTypeMismatch { op: MULTI_OP, lhs: t.param.dtype(), rhs: t.grad.dtype() });
+    }
+    let master = t.master.as_deref().map(Tensor::dtype);
+    match (t.param.dtype(), t.m.dtype(), t.v.dtype(), master) {
+        (DType::F32, DType::F32, DType::F32, None) => Ok(StateKind::F32),
+        (DType::BF16, DType::F32, DType::F32, Some(DType::F32)) => Ok(StateKind::MixedBf16),
+        (DType::BF16, DType::BF16, DType::BF16, None) => Ok(StateKind::PureBf16),
+        (param, m, v, master) => Err(TensorError::InvalidArgument {
+            op: MULTI_OP,
+            reason: format!(
+                "param {param}, moments {m}/{v}, master {master:?}: expected f32/f32/f32 without a master, \
+                 bf16 with f32 moments and an f32 master, or bf16/bf16/bf16 without a master"
+            ),
+        }),
+    }
+}
 
 fn adamw_t<T: CpuFloat>(
     param: &mut Tensor,
@@ -68,5 +101,38 @@ impl Tensor {
             DType::BF16 => squared_norm_t::<f32>(&self.to_dtype(DType::F32)?),
             dtype => match_float!("squared_norm", dtype, T => squared_norm_t::<T>(self)),
         }
+    }
+}
+
+impl Tensor {
+    /// Clips the gradients of `group` by their global L2 norm and applies one AdamW step to every tensor,
+    /// GPU only, in three launches whatever the number of tensors, and with one host read (the norm): the
+    /// norm and the factor `min(1, max_norm / (norm + 1e-6))` are computed on the device and every gradient
+    /// is multiplied by it as the update reads it (`clip_grad_norm` followed by `adamw_step`, without
+    /// rewriting the gradients). `hyper.weight_decay` applies to the tensors that decay.
+    ///
+    /// Returns the norm before clipping. When it is not finite nothing was written: the caller refuses
+    /// the update. Each tensor's param, m, v and master must be stored as f32/f32/f32/none,
+    /// bf16/f32/f32/f32 or bf16/bf16/bf16/none, with a gradient of the param's dtype and shape.
+    pub fn clip_adamw_multi(
+        plan: &mut MultiTensorPlan,
+        group: &mut [AdamWTensors],
+        max_norm: f64,
+        hyper: AdamWStep,
+    ) -> Result<f64> {
+        let Some(first) = group.first() else { return Ok(0.0) };
+        let device = first.param.device();
+        let kinds: Vec<StateKind> =
+            group.iter().map(|t| multi_tensor_kind(t, device)).collect::<Result<_>>()?;
+        #[cfg(feature = "cuda")]
+        if matches!(device, Device::Cuda(_)) {
+            return crate::cuda::multi_tensor::clip_adamw(&mut plan.tables, group, &kinds, max_norm, hyper);
+        }
+        let _ = (plan, kinds, max_norm, hyper);
+        Err(TensorError::UnsupportedDevice {
+            op: MULTI_OP,
+            device,
+            reason: "the multi-tensor step runs on a GPU; on the CPU use adamw_step per tensor".into(),
+        })
     }
 }

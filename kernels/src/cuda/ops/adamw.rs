@@ -2,7 +2,7 @@
 use super::{grid_1d, launch, BLOCK};
 use crate::cpu::adamw::AdamWStep;
 use crate::cuda::{CudaDevice, GpuDType, Kernel, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 
 /// Device addresses of the four same-length buffers of an AdamW step.
 #[derive(Clone, Copy, Debug)]
@@ -14,7 +14,9 @@ pub struct AdamWBuffers {
 }
 
 /// Per-step constants, computed in f64 and rounded to f32 exactly as the CPU kernel
-/// (`cpu::adamw`) rounds them to its element type, so f32 steps agree with the CPU.
+/// (`cpu::adamw`) rounds them to its element type, so f32 steps agree with the CPU. Passed by value with
+/// the layout of `struct AdamWConstants` in adamw.cu.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Constants {
     decay: f32,
@@ -25,6 +27,9 @@ struct Constants {
     sqrt_c2: f32,
     eps: f32,
 }
+
+// SAFETY: plain-old-data with the C layout of `struct AdamWConstants` in adamw.cu.
+unsafe impl DeviceRepr for Constants {}
 
 impl Constants {
     fn new(h: &AdamWStep) -> Self {
@@ -64,12 +69,8 @@ pub unsafe fn adamw_step(
         GpuDType::F32 => Kernel::AdamwStepF32,
         GpuDType::BF16 => Kernel::AdamwStepBf16,
     };
-    // SAFETY: argument list matches `adamw_step_T(T*, const T*, T*, T*, i64, float x 7)`.
-    unsafe {
-        launch!(device, kernel, grid_1d(n as usize);
-            &param, &grad, &m, &v, &n,
-            &c.decay, &c.one_minus_beta1, &c.beta2, &c.one_minus_beta2, &c.step_size, &c.sqrt_c2, &c.eps)
-    }
+    // SAFETY: argument list matches `adamw_step_T(T*, const T*, T*, T*, i64, AdamWConstants)`.
+    unsafe { launch!(device, kernel, grid_1d(n as usize); &param, &grad, &m, &v, &n, &c) }
 }
 
 /// Elements per partial sum of [`squared_norm_partials`].
@@ -103,4 +104,133 @@ pub unsafe fn squared_norm_partials(
     };
     // SAFETY: argument list matches `squared_norm_partials_T(const T*, float*, i64, i64)`.
     unsafe { launch!(device, kernel, config; &x, &partials, &n, &chunk) }
+}
+
+/// Elements per chunk of the multi-tensor kernels: the unit one block works on (32 elements per thread
+/// of a 256-thread block) and the unit of one partial sum of the gradient norm.
+pub const MULTI_TENSOR_CHUNK: usize = 8192;
+
+/// Most blocks of a multi-tensor launch; blocks step over the remaining chunks. Eight per SM of an H200
+/// (132 SMs) keep every SM busy with room to spare, and the count does not change the result.
+const MULTI_TENSOR_BLOCKS: usize = 1056;
+
+/// One tensor of a multi-tensor group as the kernels read it (`struct TensorEntry` in adamw.cu); the
+/// gradient addresses travel in a separate table because they change every step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorEntry {
+    pub param: u64,
+    pub m: u64,
+    pub v: u64,
+    /// 0 unless the kind is `KIND_MIXED`.
+    pub master: u64,
+    pub n: i64,
+    /// Index of the tensor's first chunk in the group's chunk layout.
+    pub first_chunk: i64,
+    /// One of the `KIND_*` constants of adamw.cu: which dtypes param, grad, m, v and master hold.
+    pub kind: i32,
+    /// 1 when the tensor gets weight decay, else 0.
+    pub decays: i32,
+}
+
+// SAFETY: plain-old-data with the C layout of `struct TensorEntry` in adamw.cu.
+unsafe impl DeviceRepr for TensorEntry {}
+
+/// The chunks of tensors of `sizes` elements: the first chunk of each tensor, and the tensor of every
+/// chunk. Empty tensors have no chunk.
+pub fn chunk_layout(sizes: &[usize]) -> (Vec<i64>, Vec<i32>) {
+    let mut first = Vec::with_capacity(sizes.len());
+    let mut owner = Vec::new();
+    for (t, &n) in sizes.iter().enumerate() {
+        first.push(owner.len() as i64);
+        owner.extend(std::iter::repeat_n(t as i32, n.div_ceil(MULTI_TENSOR_CHUNK)));
+    }
+    (first, owner)
+}
+
+/// Device addresses of a multi-tensor group: its [`TensorEntry`] table, the gradient of each entry (u64
+/// each), and the owner of each of its `chunks` chunks (i32 each, from [`chunk_layout`]).
+#[derive(Clone, Copy, Debug)]
+pub struct MultiTensorGroup {
+    pub tensors: u64,
+    pub grads: u64,
+    pub chunk_tensor: u64,
+    pub chunks: usize,
+}
+
+impl MultiTensorGroup {
+    fn config(&self) -> LaunchConfig {
+        let blocks = self.chunks.clamp(1, MULTI_TENSOR_BLOCKS) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
+/// Writes the global gradient norm of the group into `status[0]` and the clip factor
+/// `min(1, max_norm / (norm + 1e-6))` into `status[1]` (two f64), on the device: one launch for per-chunk
+/// partial sums (f64, into `partials`), one for their sum in a fixed order.
+///
+/// # Safety
+/// The group's tables must describe live buffers of this device as [`TensorEntry`] documents;
+/// `partials` must hold `group.chunks` f64 and `status` two.
+pub unsafe fn multi_tensor_clip_factor(
+    device: &CudaDevice,
+    group: &MultiTensorGroup,
+    partials: u64,
+    max_norm: f64,
+    status: u64,
+) -> Result<()> {
+    let (chunks, chunk) = (group.chunks as i64, MULTI_TENSOR_CHUNK as i64);
+    let MultiTensorGroup { tensors, grads, chunk_tensor, .. } = *group;
+    // SAFETY: matches `multi_tensor_norm_partials(const TensorEntry*, const u64*, const int*, i64, i64,
+    // double*)`; every chunk index is below `chunks`.
+    unsafe {
+        launch!(device, Kernel::MultiTensorNormPartials, group.config();
+            &tensors, &grads, &chunk_tensor, &chunks, &chunk, &partials)?;
+    }
+    let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: matches `multi_tensor_clip_factor(const double*, i64, double, double*)`.
+    unsafe {
+        launch!(device, Kernel::MultiTensorClipFactor, one_block; &partials, &chunks, &max_norm, &status)
+    }
+}
+
+/// One AdamW step of every tensor of the group with its gradient scaled by `status[1]`, skipped on the
+/// device when the norm `status[0]` is not finite. `hyper.weight_decay` applies to the entries that decay.
+///
+/// # Safety
+/// As [`multi_tensor_clip_factor`]; no two entries' param, m, v or master buffers may overlap.
+pub unsafe fn multi_tensor_adamw(
+    device: &CudaDevice,
+    group: &MultiTensorGroup,
+    status: u64,
+    hyper: &AdamWStep,
+) -> Result<()> {
+    if group.chunks == 0 {
+        return Ok(());
+    }
+    let c = Constants::new(hyper);
+    let (chunks, chunk) = (group.chunks as i64, MULTI_TENSOR_CHUNK as i64);
+    let MultiTensorGroup { tensors, grads, chunk_tensor, .. } = *group;
+    // SAFETY: matches `multi_tensor_adamw(const TensorEntry*, const u64*, const int*, i64, i64,
+    // const double*, AdamWConstants)`.
+    unsafe {
+        launch!(device, Kernel::MultiTensorAdamw, group.config();
+            &tensors, &grads, &chunk_tensor, &chunks, &chunk, &status, &c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Chunk ownership is exact integer bookkeeping: every element of every tensor is in exactly one
+    /// chunk of its own tensor, and empty tensors own none.
+    #[test]
+    fn chunks_cover_every_tensor_once() {
+        let c = MULTI_TENSOR_CHUNK;
+        let (first, owner) = chunk_layout(&[0, 1, c, c + 1, 5, 2 * c]);
+        assert_eq!(first, vec![0, 0, 1, 2, 4, 5]);
+        assert_eq!(owner, vec![1, 2, 3, 3, 4, 5, 5]);
+        assert_eq!(chunk_layout(&[]), (vec![], vec![]));
+    }
 }

@@ -62,12 +62,14 @@ pub fn weight_grad_split(rows: usize) -> (usize, usize) {
     (per_block, rows.div_ceil(per_block).max(1))
 }
 
-/// Writes `grad_x` (`rows * dim`) and `grad_weight` (`dim`) of RMSNorm given `grad_y`; `partial` is f32
-/// scratch of `weight_grad_split(rows).1 * dim` elements.
+/// Writes `grad_x` (`rows * dim`) and `grad_weight` (`dim`) of RMSNorm given `grad_y`, in one launch;
+/// `partial` is f32 scratch of `weight_grad_split(rows).1 * dim` elements and `finished` a u32 that is 0
+/// (the kernel leaves it 0 again, so one counter serves every launch of the device's stream).
 ///
 /// # Safety
 /// All buffers must be contiguous buffers of this device: x, grad_y, grad_x of `rows * dim` elements of
-/// `dtype`, weight and grad_weight of `dim`, partial as above.
+/// `dtype`, weight and grad_weight of `dim`, partial and finished as above; no other kernel may use
+/// `finished` while this one runs.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn rms_norm_backward(
     device: &CudaDevice,
@@ -78,6 +80,7 @@ pub unsafe fn rms_norm_backward(
     grad_x: u64,
     grad_weight: u64,
     partial: u64,
+    finished: u64,
     rows: usize,
     dim: usize,
     eps: f32,
@@ -86,25 +89,21 @@ pub unsafe fn rms_norm_backward(
         return Ok(());
     }
     let (per_block, blocks) = weight_grad_split(rows);
-    let (rows_i, dim_i, per_block_i, blocks_i) = (rows as i64, dim as i64, per_block as i64, blocks as i64);
+    let (rows_i, dim_i, per_block_i) = (rows as i64, dim as i64, per_block as i64);
     let config = LaunchConfig {
         grid_dim: (blocks as u32, 1, 1),
         block_dim: (row_threads(dim, 256), 1, 1),
         shared_mem_bytes: 0,
     };
-    let (kernel, weight_grad_kernel) = match dtype {
-        GpuDType::F32 => (Kernel::RmsNormBackwardF32, Kernel::RmsNormWeightGradF32),
-        GpuDType::BF16 => (Kernel::RmsNormBackwardBf16, Kernel::RmsNormWeightGradBf16),
+    let kernel = match dtype {
+        GpuDType::F32 => Kernel::RmsNormBackwardF32,
+        GpuDType::BF16 => Kernel::RmsNormBackwardBf16,
     };
-    // SAFETY: matches `rms_norm_backward_T(const T*, const T*, const T*, T*, float*, i64, i64, float, i64)`;
-    // the grid has exactly `blocks` blocks, each writing its own partial row.
+    // SAFETY: matches `rms_norm_backward_T(const T*, const T*, const T*, T*, T*, float*, unsigned int*, i64,
+    // i64, float, i64)`; the grid has exactly `blocks` blocks, each writing its own partial row.
     unsafe {
         launch!(device, kernel, config;
-            &x, &weight, &grad_y, &grad_x, &partial, &rows_i, &dim_i, &eps, &per_block_i)?;
-    }
-    // SAFETY: matches `rms_norm_weight_grad_T(const float*, T*, i64, i64)`.
-    unsafe {
-        launch!(device, weight_grad_kernel, super::grid_1d(dim);
-            &partial, &grad_weight, &blocks_i, &dim_i)
+            &x, &weight, &grad_y, &grad_x, &grad_weight, &partial, &finished, &rows_i, &dim_i, &eps,
+            &per_block_i)
     }
 }
