@@ -22,6 +22,7 @@ pub use error::{Result, TensorError};
 pub use half::bf16;
 pub use layout::{Layout, Shape};
 pub use op_kinds::{BinaryOp, UnaryOp};
+pub use ops::head_loss::HeadLossWithGrads;
 pub use rng::Rng;
 pub use storage::{CpuFloat, Element};
 pub use tensor::Tensor;
