@@ -18,6 +18,9 @@ pub struct Context<'a> {
     pub grad: &'a Tensor,
     /// Whether input i wants a gradient; rules skip the work for the others.
     pub wants: Vec<bool>,
+    /// Gradients of the inputs for an output gradient of 1, formed in forward by ops that do so
+    /// ([`Op::forward_with_grads`]); `None` for the others.
+    pub unit_grads: Option<&'a [Option<Tensor>]>,
 }
 
 impl<'a> Context<'a> {
@@ -136,6 +139,26 @@ fn unnarrow(g: &Tensor, input_shape: &[usize], axis: isize, start: usize, len: u
     Ok(Tensor::concat(&parts, ax as isize)?)
 }
 
+/// The gradients an op formed in forward for an output gradient of 1 (in the dtypes of its inputs), times
+/// the scalar output gradient. A gradient of exactly 1 (the mean loss of a whole batch) returns them
+/// unchanged, bit for bit; any other (a micro-batch's weight in an accumulated step) scales them once.
+fn scaled_unit_grads(ctx: &Context) -> Result<Vec<Option<Tensor>>> {
+    let unit = ctx.unit_grads.ok_or(AutogradError::Tensor(TensorError::InvalidArgument {
+        op: "backward",
+        reason: "the gradients formed in forward were not kept".into(),
+    }))?;
+    let scale = ctx.grad.to_scalar()?;
+    let mut out = Vec::with_capacity(ctx.wants.len());
+    for (i, &wanted) in ctx.wants.iter().enumerate() {
+        let grad = match unit.get(i) {
+            Some(Some(t)) if wanted => Some(if scale == 1.0 { t.clone() } else { t.mul_scalar(scale)? }),
+            _ => None,
+        };
+        out.push(grad);
+    }
+    Ok(out)
+}
+
 /// Gradients of every input of one node (`None` where not wanted).
 pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
     let g = ctx.grad;
@@ -204,12 +227,6 @@ pub fn backward(op: &Op, ctx: &Context) -> Result<Vec<Option<Tensor>>> {
             let (grad_gate, grad_up) = Tensor::gated_backward(ctx.input(0)?, ctx.input(1)?, g, *activation)?;
             Ok(vec![Some(grad_gate).filter(|_| ctx.wants[0]), Some(grad_up).filter(|_| ctx.wants[1])])
         }
-        Op::HeadCrossEntropy { targets, ignore_id } => {
-            let grad_loss = g.to_scalar()?;
-            let (hidden, weight) = (ctx.input(0)?, ctx.input(1)?);
-            let (gh, gw) =
-                Tensor::head_cross_entropy_backward(hidden, weight, targets, *ignore_id, grad_loss)?;
-            Ok(vec![Some(gh).filter(|_| ctx.wants[0]), Some(gw).filter(|_| ctx.wants[1])])
-        }
+        Op::HeadCrossEntropy { .. } => scaled_unit_grads(ctx),
     }
 }

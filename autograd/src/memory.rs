@@ -13,6 +13,11 @@ pub struct MemoryStats {
     /// Highest activation bytes plus bytes of gradients of non-leaf values in flight during backward
     /// (gradients of leaves and parameters are the result of the step, not part of this).
     pub backward_peak_bytes: usize,
+    /// Bytes of gradients of leaves (the LM head's weight) formed during forward by an op that forms its
+    /// gradients with its output (`Op::forward_with_grads`) and held until backward returns them. They are
+    /// the step's parameter gradients, only made earlier, so they are not activations; gradients it forms
+    /// for recorded values are activations and count in the three figures above.
+    pub forward_gradient_bytes: usize,
 }
 
 #[derive(Default)]

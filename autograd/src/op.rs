@@ -71,8 +71,9 @@ pub enum Op {
         activation: GateActivation,
     },
     /// Inputs: hidden states `[..., d]` and the LM head's weight `[d, vocab]`; output the mean
-    /// cross-entropy of `hidden @ weight`, a scalar. Fused so the `[rows, vocab]` logits are never saved:
-    /// backward reads only the two inputs and forms the logits again block by block.
+    /// cross-entropy of `hidden @ weight`, a scalar. Fused so the `[rows, vocab]` logits are never saved.
+    /// Recorded on a tape, it forms its input gradients in the same pass as the loss
+    /// ([`Op::forward_with_grads`]): backward only scales them by the loss gradient.
     HeadCrossEntropy {
         targets: Arc<[u32]>,
         ignore_id: Option<u32>,
@@ -165,6 +166,38 @@ impl Op {
         }
     }
 
+    /// [`Op::forward_saving`]'s output and auxiliary and, when the tape records the op, what backward then reads instead of inputs: for the
+    /// fused head and loss, the gradients of the inputs (`Some` where `wants[i]`, in the input's dtype) for
+    /// an output gradient of 1, formed while each block of logits exists for the loss (`Tensor::head_cross_entropy_with_grads`),
+    /// so the logits are never formed a second time. The loss is the last op of a step, so forming its
+    /// gradients early costs no extra work; the output is bit-identical to [`Op::forward`]. Every other op
+    /// returns `None` for the gradients: its backward reads values per [`Op::needs`].
+    pub fn forward_with_grads(
+        &self,
+        inputs: &[&Tensor],
+        wants: &[bool],
+    ) -> Result<((Tensor, Option<Tensor>), Option<Vec<Option<Tensor>>>)> {
+        match self {
+            Op::HeadCrossEntropy { targets, ignore_id } => {
+                let want = |i: usize| wants.get(i).copied().unwrap_or(false);
+                let formed = inputs[0].head_cross_entropy_with_grads(
+                    inputs[1],
+                    targets,
+                    *ignore_id,
+                    want(0),
+                    want(1),
+                )?;
+                let in_dtype = |grad: Option<Tensor>, input: &Tensor| {
+                    grad.map(|g| g.to_dtype(input.dtype())).transpose()
+                };
+                let grads =
+                    vec![in_dtype(formed.grad_hidden, inputs[0])?, in_dtype(formed.grad_weight, inputs[1])?];
+                Ok(((formed.loss, None), Some(grads)))
+            }
+            _ => Ok((self.forward_saving(inputs)?, None)),
+        }
+    }
+
     /// What backward reads. Everything else can be released as soon as forward no longer needs it.
     pub fn needs(&self) -> Needs {
         match self {
@@ -179,7 +212,6 @@ impl Op {
             Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
             Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
             Op::Gated { .. } => Needs::ALL_INPUTS,
-            Op::HeadCrossEntropy { .. } => Needs::ALL_INPUTS,
             Op::Affine { .. }
             | Op::Sum { .. }
             | Op::Mean { .. }
@@ -189,7 +221,9 @@ impl Op {
             | Op::BroadcastTo { .. }
             | Op::Concat { .. }
             | Op::Rope { .. }
-            | Op::Embedding { .. } => Needs::NOTHING,
+            | Op::Embedding { .. }
+            // Reads the gradients it formed in forward ([`Op::forward_with_grads`]).
+            | Op::HeadCrossEntropy { .. } => Needs::NOTHING,
         }
     }
 }

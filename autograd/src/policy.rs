@@ -14,6 +14,10 @@ pub enum SlotKind {
     Residual,
     /// A rank-r code `silu(x @ A)` of a CoLA layer.
     LowRankCode,
+    /// The rank-r pre-activation `x @ A` of a CoLA layer, the bottleneck value CoLA-M keeps: its code is
+    /// rebuilt from it by one SiLU pass, whereas a kept code would leave SiLU's backward, which reads the
+    /// pre-activation, to replay the `x @ A` product.
+    LowRankPreActivation,
     /// The output of a decoder layer (the residual stream leaving it: the next layer's input).
     LayerOutput,
     Other,
@@ -34,7 +38,8 @@ pub enum Policy {
     #[default]
     KeepAll,
     /// CoLA-M (docs/METHOD.md section 7): inside a layer keep only the residual stream (layer input, the
-    /// post-attention residual) and the rank-r codes; recompute the rest.
+    /// post-attention residual) and the rank-r bottleneck values (the pre-activations of the codes, the
+    /// same `7 r` values per token); recompute the rest.
     ColaM,
     /// Vanilla per-layer checkpointing: keep only the residual stream between layers.
     Block,
@@ -72,7 +77,7 @@ impl Policy {
             (Policy::RecomputeAll, _) => Recompute,
             (_, _) if !in_layer => Keep,
             (_, LayerInput | LayerOutput) => Keep,
-            (Policy::ColaM, Residual | LowRankCode) => Keep,
+            (Policy::ColaM, Residual | LowRankPreActivation) => Keep,
             (Policy::ColaM | Policy::Block, _) => Recompute,
         }
     }

@@ -192,10 +192,9 @@ fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
 ///   backward recomputes the sigmoid (3), forms `dh (g s)` (2) and `(dh u) s (1 + g (1 - s))` (6): the
 ///   9 + 2 the unfused silu and multiply backward count), identity 1 / 2 (`dh u` and `dh g`).
 /// - head_cross_entropy, hidden `[..., d]` (`rows` rows) by weight `[d, vocab]`: forward is the head's
-///   product and cross_entropy's forward, `2 rows d vocab + 4 rows vocab`; backward forms the logits again
-///   (`2 rows d vocab`), their cross_entropy gradient (`5 rows vocab`) and the two products `d logits @
-///   weight^T` and `hidden^T @ d logits` (`4 rows d vocab`): `6 rows d vocab + 5 rows vocab`, the unfused
-///   head's backward plus one forward product.
+///   product and cross_entropy's forward, `2 rows d vocab + 4 rows vocab` (a recorded forward also forms
+///   the gradients: [`recorded_forward_flops`]); backward only scales those gradients by the loss
+///   gradient, nothing when it is 1 (the scaling, 1 per gradient element otherwise, is not counted): 0.
 /// - reduce: 1 per input element forward; its backward is a broadcast view (0).
 /// - views and concat: 0 (they move or alias data); the backward of a broadcast sums back, 1 per element
 ///   of the broadcast shape.
@@ -236,7 +235,7 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
         Op::HeadCrossEntropy { .. } => {
             let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
             let rows = numel(first).checked_div(d).unwrap_or(0);
-            pick(2, 6) * rows * d * vocab + pick(4, 5) * rows * vocab
+            pick(2 * rows * d * vocab + 4 * rows * vocab, 0)
         }
         Op::Sum { .. } | Op::Mean { .. } => pick(numel(first), 0),
         Op::BroadcastTo { shape } => pick(0, numel(shape)),
@@ -245,6 +244,22 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
             let dim = first.last().copied().unwrap_or(0) as u64;
             pick(0, numel(ids_shape) * dim)
         }
+    }
+}
+
+/// FLOPs of one recorded forward ([`Op::forward_with_grads`]): the op's forward plus, for the fused head
+/// and loss, the gradients it forms there: the cross-entropy gradient (`5 rows vocab`) and per wanted
+/// input one product, `d logits @ weight^T` or `hidden^T @ d logits` (`2 rows d vocab` each).
+pub fn recorded_forward_flops(op: &Op, inputs: &[&[usize]], wants: &[bool]) -> u64 {
+    let forward = flops(op, Direction::Forward, inputs);
+    match op {
+        Op::HeadCrossEntropy { .. } => {
+            let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
+            let rows = numel(inputs.first().copied().unwrap_or(&[])).checked_div(d).unwrap_or(0);
+            let products = wants.iter().filter(|&&w| w).count() as u64;
+            forward + 5 * rows * vocab + products * 2 * rows * d * vocab
+        }
+        _ => forward,
     }
 }
 

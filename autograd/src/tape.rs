@@ -59,6 +59,9 @@ pub struct Node {
     pub op: Op,
     pub inputs: SmallVec<[Var; 3]>,
     pub output: Var,
+    /// Gradients of the inputs for an output gradient of 1, formed in forward by an op that does so
+    /// ([`Op::forward_with_grads`]); its backward scales them. Held until that backward runs.
+    pub unit_grads: Option<Vec<Option<Tensor>>>,
 }
 
 /// Gradients from one backward pass: of leaf vars that require a gradient, and of the parameters among them.
@@ -298,19 +301,44 @@ impl Tape {
                 self.rematerialize(v, &mut rebuilt)?;
             }
         }
-        let out = self.run_forward(&op, inputs, Direction::Forward)?;
-        let mut requires_grad = false;
-        for &v in inputs {
-            requires_grad |= self.slot(v)?.requires_grad;
-        }
-        if self.grad_disabled || !requires_grad {
+        let wants: Vec<bool> =
+            inputs.iter().map(|&v| Ok(self.slot(v)?.requires_grad)).collect::<Result<_>>()?;
+        if self.grad_disabled || !wants.contains(&true) {
+            let out = self.run_forward(&op, inputs, Direction::Forward)?;
             // No backward reads this value, so nothing saved for one is kept.
             return Ok(self.push_slot((out.0, None), None, SlotKind::Other, false));
         }
+        let (out, unit_grads) = self.run_forward_with_grads(&op, inputs, &wants)?;
+        for (&input, grad) in inputs.iter().zip(unit_grads.iter().flatten()) {
+            let Some(grad) = grad else { continue };
+            if self.slots[input.0].producer.is_some() {
+                // The gradient of a recorded value: activation memory in flight, like the values it replaces.
+                self.meter.hold(grad);
+            } else {
+                self.stats.forward_gradient_bytes += grad.size_in_bytes();
+            }
+        }
         let node = self.nodes.len();
         let output = self.push_slot(out, Some(node), SlotKind::Other, true);
-        self.nodes.push(Node { op, inputs: inputs.into(), output });
+        self.nodes.push(Node { op, inputs: inputs.into(), output, unit_grads });
         Ok(output)
+    }
+
+    /// [`Op::forward_with_grads`] on the values of `inputs`, timed as the op's forward (with the FLOPs of
+    /// the gradients it forms).
+    fn run_forward_with_grads(
+        &mut self,
+        op: &Op,
+        inputs: &[Var],
+        wants: &[bool],
+    ) -> Result<((Tensor, Option<Tensor>), Option<Vec<Option<Tensor>>>)> {
+        let slots = &self.slots;
+        let values: Vec<&Tensor> = inputs.iter().map(|&v| value_in(slots, v)).collect::<Result<_>>()?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(|v| &slots[v.0].shape[..]).collect();
+        let flops = || profile::recorded_forward_flops(op, &shapes, wants);
+        profile::timed(&mut self.profiler, Direction::Forward, profile::family(op), flops, || {
+            Ok(op.forward_with_grads(&values, wants)?)
+        })
     }
 
     /// Runs `op`'s forward on the values of `inputs` (timed under `direction` when profiling): the value
@@ -402,6 +430,7 @@ impl Tape {
         grads[loss.0] = Some(seed);
         let mut rebuilt: Vec<Var> = Vec::new();
         for n in (0..self.nodes.len()).rev() {
+            let unit_grads = self.nodes[n].unit_grads.take();
             let node = self.nodes[n].clone();
             let Some(grad) = grads[node.output.0].take() else { continue };
             let needs = node.op.needs();
@@ -427,6 +456,7 @@ impl Tape {
                     saved: if needs.output { slots[node.output.0].saved.as_ref() } else { None },
                     grad: &grad,
                     wants: node.inputs.iter().map(|v| slots[v.0].requires_grad).collect(),
+                    unit_grads: unit_grads.as_deref(),
                 };
                 let shapes = || ctx.input_shapes.clone();
                 profile::timed_op(&mut self.profiler, Direction::Backward, &node.op, shapes, || {
@@ -434,6 +464,11 @@ impl Tape {
                 })?
             };
             grad_bytes -= grad.size_in_bytes().min(grad_bytes);
+            for (&input, unit) in node.inputs.iter().zip(unit_grads.iter().flatten()) {
+                if let (Some(unit), true) = (unit, self.slots[input.0].producer.is_some()) {
+                    self.meter.release(unit);
+                }
+            }
             for (&input, g) in node.inputs.iter().zip(input_grads) {
                 let Some(g) = g else { continue };
                 let acc = &mut grads[input.0];

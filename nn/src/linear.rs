@@ -58,7 +58,8 @@ pub fn cola_init_std(rank: usize, in_features: usize, out_features: usize) -> f6
 }
 
 /// CoLA's low-rank projection `y = silu(x @ A) @ B`: `x: [..., in]`, `A: [in, r]`, `B: [r, out]`,
-/// `y: [..., out]`. The rank-r code `silu(x @ A)` is marked [`SlotKind::LowRankCode`]: it is what CoLA-M
+/// `y: [..., out]`. The rank-r code `silu(x @ A)` is marked [`SlotKind::LowRankCode`] and its
+/// pre-activation `x @ A` [`SlotKind::LowRankPreActivation`]: the pre-activation is what CoLA-M
 /// keeps for backward.
 #[derive(Clone, Debug)]
 pub struct ColaLinear {
@@ -112,6 +113,7 @@ impl ColaLinear {
     pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value) -> Result<G::Value> {
         let a = g.param(&self.a);
         let pre = g.matmul(x, &a)?;
+        g.mark(&pre, SlotKind::LowRankPreActivation)?;
         let code = g.silu(&pre)?;
         g.mark(&code, SlotKind::LowRankCode)?;
         let b = g.param(&self.b);

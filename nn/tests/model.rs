@@ -136,6 +136,7 @@ fn blocks_mark_the_values_cola_m_keeps() {
         let outputs: Vec<SlotKind> = tape.nodes().iter().map(|n| tape.kind(n.output).unwrap()).collect();
         let count = |kind: SlotKind| outputs.iter().filter(|&&k| k == kind).count();
         assert_eq!(count(SlotKind::LowRankCode), 2 * codes_per_layer, "{name}");
+        assert_eq!(count(SlotKind::LowRankPreActivation), 2 * codes_per_layer, "{name}");
         assert_eq!(count(SlotKind::LayerInput), 2, "{name}");
         assert_eq!(count(SlotKind::Residual), 2, "{name}");
     }

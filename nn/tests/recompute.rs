@@ -53,14 +53,17 @@ fn every_policy_gives_bit_identical_loss_and_gradients() {
     }
 }
 
-/// The loss fuses the LM head with the cross-entropy: recorded unfused (head, then cross_entropy) the tape
-/// saves the `[tokens, vocab]` logits for backward; fused it saves exactly those bytes less under every
-/// policy that keeps anything (recompute-everything saves nothing either way), and under all gives the same loss and gradients bit for bit (at 22 tokens the fused op runs one block,
-/// whose products and loss kernels are the unfused ones on the same rows).
+/// The loss fuses the LM head with the cross-entropy and forms its gradients in forward: recorded unfused
+/// (head, then cross_entropy) the tape saves the `[tokens, vocab]` logits and the final norm's output (all
+/// `seq` rows, held by the narrow view the head reads); fused it saves instead the gradient of the
+/// `seq - 1` predicting rows, so exactly the logits and one row per sequence less under every policy that
+/// keeps anything. Recompute-everything saves nothing unfused and only that gradient fused. Under all
+/// policies the loss and gradients are the same bit for bit (at 22 tokens the fused op runs one block,
+/// whose products and loss kernels are the unfused ones on the same rows, and the loss gradient is 1).
 #[test]
 fn the_loss_saves_no_logits() {
     let config = LlamaConfig::preset("cola-tiny").unwrap();
-    let (batch, seq, vocab) = (2, 12, config.vocab_size);
+    let (batch, seq, vocab, d) = (2, 12, config.vocab_size, config.d_model);
     let policies = policies(&config);
     let model = Llama::new(config, &mut Rng::new(3)).unwrap();
     let mut ids = random_ids(64, batch * seq, 9);
@@ -76,12 +79,20 @@ fn the_loss_saves_no_logits() {
         let bits = tape.value(loss).unwrap().to_vec_f64()[0].to_le_bytes().to_vec();
         let grads = tape.backward(loss).unwrap();
         let unfused = tape.memory_stats();
-        let logits_bytes = if policy == Policy::RecomputeAll { 0 } else { batch * (seq - 1) * vocab * 4 };
+        let row_bytes = |rows: usize, width: usize| (rows * width * 4) as i64;
+        let fewer_bytes = if policy == Policy::RecomputeAll {
+            -row_bytes(batch * (seq - 1), d)
+        } else {
+            row_bytes(batch * (seq - 1), vocab) + row_bytes(batch, d)
+        };
         assert_eq!(
-            unfused.saved_bytes - fused.saved_bytes,
-            logits_bytes,
+            unfused.saved_bytes as i64 - fused.saved_bytes as i64,
+            fewer_bytes,
             "{policy:?}: {unfused:?} vs {fused:?}"
         );
+        // The head's weight gradient, formed in forward, is a parameter gradient, not an activation.
+        assert_eq!(fused.forward_gradient_bytes, row_bytes(d, vocab) as usize, "{policy:?}");
+        assert_eq!(unfused.forward_gradient_bytes, 0, "{policy:?}");
         assert_eq!(bits, fused_bits, "{policy:?}: loss");
         for p in model.parameters() {
             let (a, b) = (grads.param(p.id()).unwrap(), fused_grads.param(p.id()).unwrap());

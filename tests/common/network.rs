@@ -163,10 +163,11 @@ impl TinyCola {
     }
 }
 
-/// `silu(x @ a) @ b`, with the rank-r code marked for retention policies.
+/// `silu(x @ a) @ b`, with the rank-r pre-activation and code marked for retention policies.
 pub fn cola_linear(tape: &mut Tape, x: Var, a: Var, b: Var) -> Result<Var> {
-    let code = tape.matmul(x, a)?;
-    let code = tape.silu(code)?;
+    let pre = tape.matmul(x, a)?;
+    tape.mark(pre, SlotKind::LowRankPreActivation)?;
+    let code = tape.silu(pre)?;
     tape.mark(code, SlotKind::LowRankCode)?;
     tape.matmul(code, b)
 }

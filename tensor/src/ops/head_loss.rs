@@ -5,9 +5,12 @@
 //! Unfused, the logits are a saved activation: cross-entropy's backward reads them, so a model keeps
 //! `vocab` values per token until its backward (at vocab 32000, 128 KB per token in f32, a quarter of
 //! what CoLA-M keeps per token at 350m). Here each block of [`HEAD_LOSS_CHUNK_ROWS`] rows forms its logits
-//! with [`Tensor::matmul`], reduces them with the cross-entropy kernels and drops them; backward forms them
-//! again block by block. The pieces are the existing matmul and cross-entropy ops, so the fused op runs on
-//! every device they run on.
+//! with [`Tensor::matmul`], reduces them with the cross-entropy kernels and drops them. Because the loss is
+//! the last op of a step, its gradients can also be formed in the same pass, while each block's logits
+//! exist anyway ([`Tensor::head_cross_entropy_with_grads`]): training then never forms the logits a second
+//! time. [`Tensor::head_cross_entropy_backward`] is the other way, forming them again block by block from
+//! the two inputs. The pieces are the existing matmul and cross-entropy ops, so the fused op runs on every
+//! device they run on.
 //!
 //! The sums follow a fixed order (blocks in row order, rows in order inside a block, in f64), so results do
 //! not depend on timing; with a single block they are bit-identical to `matmul` then `cross_entropy`.
@@ -18,7 +21,7 @@ use cola_kernels::cpu::loss::counted_targets;
 
 /// Rows per block. A block's logits and their gradient are `rows * vocab` values each: 1024 rows at vocab
 /// 32000 are 131 MB each in f32, a bounded transient instead of a saved activation that grows with the
-/// batch. Smaller blocks cost time in backward, where the weight gradient `hidden^T @ d logits` of a block
+/// batch. Smaller blocks cost time in the gradient pass, where the weight gradient `hidden^T @ d logits` of a block
 /// has only the block's rows as its inner dimension and is added into the accumulated gradient once per
 /// block: measured on 2040 rows, d 512, vocab 32000, f32, 2 threads, backward took 3.2 s in blocks of
 /// 256 rows, 2.3 s of 512, 1.9 s of 1024 and 1.7 s in one block (forward 0.5 to 0.7 s for all).
@@ -71,6 +74,105 @@ fn blocks(rows: usize, chunk_rows: usize) -> impl Iterator<Item = (usize, usize)
     (0..rows).step_by(chunk_rows).map(move |start| (start, chunk_rows.min(rows - start)))
 }
 
+/// Which gradients a pass over the blocks forms, scaled by `grad_loss`.
+#[derive(Clone, Copy)]
+struct GradientRequest {
+    grad_loss: f64,
+    hidden: bool,
+    weight: bool,
+}
+
+/// What a pass over the blocks formed: the loss summed over counted rows (f64, 0 when not asked for) and
+/// the requested gradients in the compute dtype, `[rows, d]` and `[d, vocab]`.
+struct BlockPass {
+    loss_sum: f64,
+    grad_rows: Option<Tensor>,
+    grad_weight: Option<Tensor>,
+}
+
+/// The one loop over blocks of `chunk_rows` rows of `rows: [rows, d]` that every entry point runs. Per
+/// block the logits are formed once; with `loss` their cross-entropy sum is added (in block order, in
+/// f64); with a gradient request, `d logits = (softmax - onehot) * grad_loss / count` by the
+/// cross-entropy backward (asked for the block's mean, so its loss gradient is scaled by
+/// `block count / count`), then `d hidden = d logits @ weight^T` and `d weight += hidden^T @ d logits`,
+/// accumulated in the compute dtype in block order (the first block's product is the sum so far: no pass
+/// over zeros). Blocks with no counted target add no loss, have zero gradient and skip the products.
+fn block_pass(
+    rows: &Tensor,
+    weight: &Tensor,
+    targets: &[u32],
+    ignore_id: Option<u32>,
+    chunk_rows: usize,
+    loss: bool,
+    grads: Option<GradientRequest>,
+) -> Result<BlockPass> {
+    let (device, compute) = (rows.device(), rows.dtype().compute_dtype());
+    let d = weight.shape()[0];
+    let count = counted_targets(targets, ignore_id);
+    let want_rows = grads.is_some_and(|g| g.hidden);
+    let weight_t = weight.t()?;
+    let mut pass = BlockPass { loss_sum: 0.0, grad_rows: None, grad_weight: None };
+    let mut grad_rows = Vec::with_capacity(if want_rows { targets.len().div_ceil(chunk_rows) } else { 0 });
+    for (start, len) in blocks(targets.len(), chunk_rows) {
+        let block_targets = &targets[start..start + len];
+        let block_count = counted_targets(block_targets, ignore_id);
+        if block_count == 0 {
+            if want_rows {
+                grad_rows.push(Tensor::zeros_on(&[len, d], compute, device)?);
+            }
+            continue;
+        }
+        let block = rows.narrow(0, start, len)?;
+        let logits = block.matmul(weight)?;
+        if loss {
+            pass.loss_sum += logits.cross_entropy_sum(block_targets, ignore_id)?;
+        }
+        let Some(request) = grads else { continue };
+        let block_grad_loss = request.grad_loss * block_count as f64 / count as f64;
+        let grad_logits = Tensor::cross_entropy_backward(&logits, block_targets, ignore_id, block_grad_loss)?;
+        drop(logits);
+        if request.hidden {
+            grad_rows.push(grad_logits.matmul(&weight_t)?.to_dtype(compute)?);
+        }
+        if request.weight {
+            let block_grad_weight = block.t()?.matmul(&grad_logits)?.to_dtype(compute)?;
+            pass.grad_weight = Some(match pass.grad_weight.take() {
+                None => block_grad_weight,
+                Some(sum) => sum.add(&block_grad_weight)?,
+            });
+        }
+    }
+    if want_rows {
+        pass.grad_rows = Some(match grad_rows.len() {
+            0 => Tensor::zeros_on(&[targets.len(), d], compute, device)?,
+            1 => grad_rows.swap_remove(0),
+            _ => Tensor::concat(&grad_rows, 0)?,
+        });
+    }
+    if grads.is_some_and(|g| g.weight) && pass.grad_weight.is_none() {
+        pass.grad_weight = Some(Tensor::zeros_on(weight.shape(), compute, device)?);
+    }
+    Ok(pass)
+}
+
+/// The mean loss of a pass as a scalar in the compute dtype (0 when every target is ignored).
+fn mean_loss(hidden: &Tensor, loss_sum: f64, targets: &[u32], ignore_id: Option<u32>) -> Result<Tensor> {
+    let count = counted_targets(targets, ignore_id);
+    let loss = if count == 0 { 0.0 } else { loss_sum / count as f64 };
+    Tensor::full_on(&[], loss, hidden.dtype().compute_dtype(), hidden.device())
+}
+
+/// The loss and the gradients of [`Tensor::head_cross_entropy_with_grads`].
+#[derive(Clone, Debug)]
+pub struct HeadLossWithGrads {
+    /// The mean loss, a scalar in the compute dtype: bit-identical to [`Tensor::head_cross_entropy`].
+    pub loss: Tensor,
+    /// `d loss / d hidden` in the shape of hidden and the compute dtype, when asked for.
+    pub grad_hidden: Option<Tensor>,
+    /// `d loss / d weight`, `[d, vocab]` in the compute dtype, when asked for.
+    pub grad_weight: Option<Tensor>,
+}
+
 impl Tensor {
     /// Mean over rows whose target is not `ignore_id` of `-log softmax(hidden[row] @ weight)[target]`:
     /// the value of `hidden.matmul(weight)?.cross_entropy(targets, ignore_id)` (within the rounding of the
@@ -95,18 +197,52 @@ impl Tensor {
         chunk_rows: usize,
     ) -> Result<Tensor> {
         let (rows, _) = check("head_cross_entropy", self, weight, targets, ignore_id, chunk_rows)?;
-        let count = counted_targets(targets, ignore_id);
-        let mut total = 0f64;
-        for (start, len) in blocks(targets.len(), chunk_rows) {
-            let block_targets = &targets[start..start + len];
-            if counted_targets(block_targets, ignore_id) == 0 {
-                continue;
-            }
-            let logits = rows.narrow(0, start, len)?.matmul(weight)?;
-            total += logits.cross_entropy_sum(block_targets, ignore_id)?;
-        }
-        let loss = if count == 0 { 0.0 } else { total / count as f64 };
-        Tensor::full_on(&[], loss, self.dtype().compute_dtype(), self.device())
+        let pass = block_pass(&rows, weight, targets, ignore_id, chunk_rows, true, None)?;
+        mean_loss(self, pass.loss_sum, targets, ignore_id)
+    }
+
+    /// [`Tensor::head_cross_entropy`] and, from the same logits, its gradients for a loss gradient of 1:
+    /// of the hidden states when `want_hidden`, of the weight when `want_weight`. The loss is
+    /// bit-identical to [`Tensor::head_cross_entropy`] and the gradients to
+    /// [`Tensor::head_cross_entropy_backward`] with `grad_loss` 1 (same kernels, same order), but the
+    /// logits are formed once instead of twice.
+    pub fn head_cross_entropy_with_grads(
+        &self,
+        weight: &Tensor,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        want_hidden: bool,
+        want_weight: bool,
+    ) -> Result<HeadLossWithGrads> {
+        self.head_cross_entropy_with_grads_chunked(
+            weight,
+            targets,
+            ignore_id,
+            want_hidden,
+            want_weight,
+            HEAD_LOSS_CHUNK_ROWS,
+        )
+    }
+
+    /// [`Tensor::head_cross_entropy_with_grads`] in blocks of `chunk_rows` rows.
+    pub fn head_cross_entropy_with_grads_chunked(
+        &self,
+        weight: &Tensor,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        want_hidden: bool,
+        want_weight: bool,
+        chunk_rows: usize,
+    ) -> Result<HeadLossWithGrads> {
+        let op = "head_cross_entropy_with_grads";
+        let (rows, _) = check(op, self, weight, targets, ignore_id, chunk_rows)?;
+        let request = GradientRequest { grad_loss: 1.0, hidden: want_hidden, weight: want_weight };
+        let pass = block_pass(&rows, weight, targets, ignore_id, chunk_rows, true, Some(request))?;
+        Ok(HeadLossWithGrads {
+            loss: mean_loss(self, pass.loss_sum, targets, ignore_id)?,
+            grad_hidden: pass.grad_rows.map(|g| g.reshape(self.shape())).transpose()?,
+            grad_weight: pass.grad_weight,
+        })
     }
 
     /// Gradients `(d hidden, d weight)` of [`Tensor::head_cross_entropy`] scaled by the loss gradient
@@ -128,12 +264,8 @@ impl Tensor {
         )
     }
 
-    /// [`Tensor::head_cross_entropy_backward`] in blocks of `chunk_rows` rows. Per block: the logits are
-    /// formed again, `d logits = (softmax - onehot) * grad_loss / count` by the cross-entropy backward
-    /// (asked for the block's mean, so its loss gradient is scaled by `block count / count`), then
-    /// `d hidden = d logits @ weight^T` and `d weight += hidden^T @ d logits`, accumulated in the compute
-    /// dtype in block order (the first block's product is the sum so far: no pass over zeros). Blocks
-    /// with no counted target have zero gradient and skip the products.
+    /// [`Tensor::head_cross_entropy_backward`] in blocks of `chunk_rows` rows: the logits are formed again
+    /// from the two inputs (see `block_pass` for the per-block products).
     pub fn head_cross_entropy_backward_chunked(
         hidden: &Tensor,
         weight: &Tensor,
@@ -144,40 +276,13 @@ impl Tensor {
     ) -> Result<(Tensor, Tensor)> {
         let op = "head_cross_entropy_backward";
         let (rows, _) = check(op, hidden, weight, targets, ignore_id, chunk_rows)?;
-        let (device, compute) = (hidden.device(), hidden.dtype().compute_dtype());
-        let d = weight.shape()[0];
-        let count = counted_targets(targets, ignore_id);
-        let weight_t = weight.t()?;
-        let mut grad_weight: Option<Tensor> = None;
-        let mut grad_rows = Vec::with_capacity(targets.len().div_ceil(chunk_rows));
-        for (start, len) in blocks(targets.len(), chunk_rows) {
-            let block_targets = &targets[start..start + len];
-            let block_count = counted_targets(block_targets, ignore_id);
-            if block_count == 0 {
-                grad_rows.push(Tensor::zeros_on(&[len, d], hidden.dtype(), device)?);
-                continue;
-            }
-            let block = rows.narrow(0, start, len)?;
-            let logits = block.matmul(weight)?;
-            let block_grad_loss = grad_loss * block_count as f64 / count as f64;
-            let grad_logits =
-                Tensor::cross_entropy_backward(&logits, block_targets, ignore_id, block_grad_loss)?;
-            grad_rows.push(grad_logits.matmul(&weight_t)?);
-            let block_grad_weight = block.t()?.matmul(&grad_logits)?.to_dtype(compute)?;
-            grad_weight = Some(match grad_weight {
-                None => block_grad_weight,
-                Some(sum) => sum.add(&block_grad_weight)?,
-            });
-        }
-        let grad_hidden = if grad_rows.is_empty() {
-            Tensor::zeros_on(hidden.shape(), hidden.dtype(), device)?
-        } else {
-            Tensor::concat(&grad_rows, 0)?.reshape(hidden.shape())?
-        };
-        let grad_weight = match grad_weight {
-            Some(sum) => sum.to_dtype(weight.dtype())?,
-            None => Tensor::zeros_on(weight.shape(), weight.dtype(), device)?,
-        };
+        let request = GradientRequest { grad_loss, hidden: true, weight: true };
+        let pass = block_pass(&rows, weight, targets, ignore_id, chunk_rows, false, Some(request))?;
+        let missing =
+            || TensorError::InvalidArgument { op, reason: "a requested gradient was not formed".into() };
+        let grad_hidden =
+            pass.grad_rows.ok_or_else(missing)?.reshape(hidden.shape())?.to_dtype(hidden.dtype())?;
+        let grad_weight = pass.grad_weight.ok_or_else(missing)?.to_dtype(weight.dtype())?;
         Ok((grad_hidden, grad_weight))
     }
 }
