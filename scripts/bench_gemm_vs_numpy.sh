@@ -9,19 +9,27 @@
 # Threads: both sides use every core (nproc) unless RAYON_NUM_THREADS / OPENBLAS_NUM_THREADS say otherwise.
 # PEAK=1 also prints the ceiling: the FMA peak of our micro-kernel path on one thread and on all threads
 # (`cargo bench --bench gemm -- fma_peak`, criterion's "elem/s" = FLOP/s).
-# numpy (and threadpoolctl, which names the kernel OpenBLAS chose) is installed into local/venv on first use.
+# CPU_TIME=1 measures both sides by CPU time (the work of all repetitions over the CPU time the process's
+# threads ran) instead of median wall time: time the scheduler gives other jobs then does not count, which
+# makes A/B comparisons on a busy machine usable; spinning threads still count.
+# PYTHON=<interpreter> runs the numpy side on that Python (it needs numpy; threadpoolctl, if present, names
+# the kernel OpenBLAS chose, else the script asks OpenBLAS itself). Without PYTHON, numpy and threadpoolctl
+# are installed into local/venv on first use.
 # The numpy side runs with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: either one, when set, can make
 # OpenBLAS use an older kernel than this CPU's own (Haswell's instead of SkylakeX's AVX-512), which would
 # flatter our side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
-venv=local/venv
-if ! "$venv/bin/python" -c "import numpy, threadpoolctl" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet numpy threadpoolctl
+if [ -z "${PYTHON:-}" ]; then
+  venv=local/venv
+  if ! "$venv/bin/python" -c "import numpy, threadpoolctl" 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet numpy threadpoolctl
+  fi
+  PYTHON=$venv/bin/python
 fi
-numpy_py() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$venv/bin/python" scripts/numpy_gemm.py "$@"; }
+numpy_py() { env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "$PYTHON" scripts/numpy_gemm.py "$@"; }
 threads=$(nproc)
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-$threads}
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$threads}
@@ -30,11 +38,13 @@ bin=target/release/examples/bench_gemm
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin" --list >"$work/cases"
-echo "threads: ours $RAYON_NUM_THREADS, numpy/OpenBLAS $OPENBLAS_NUM_THREADS; $rounds rounds; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "threads: ours $RAYON_NUM_THREADS, numpy/OpenBLAS $OPENBLAS_NUM_THREADS; $rounds rounds; clock: $([ "${CPU_TIME:-0}" = 1 ] && echo CPU time || echo wall time); load average $(cut -d' ' -f1-3 /proc/loadavg)"
 numpy_py info
+clock=()
+if [ "${CPU_TIME:-0}" = 1 ]; then clock=(--cpu-time); fi
 for round in $(seq "$rounds"); do
-  "$bin" --gemm-only >"$work/round$round"
-  numpy_py time <"$work/cases" >>"$work/round$round"
+  "$bin" --gemm-only "${clock[@]}" >"$work/round$round"
+  numpy_py time "${clock[@]}" <"$work/cases" >>"$work/round$round"
 done
 numpy_py table "$work"/round* <"$work/cases"
 if [ "${PEAK:-0}" = 1 ]; then

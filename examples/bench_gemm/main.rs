@@ -3,7 +3,11 @@
 //! Prints one line per GEMM case: `gemm <name> M=<m> K=<k> N=<n> gflops=<x>` (median of timed
 //! repetitions, f32, all rayon threads), then the fused-kernel table (`fused.rs`). `--list` prints the GEMM
 //! cases as `<name> <m> <k> <n> <a_transposed>` for `scripts/bench_gemm_vs_numpy.sh`, which runs numpy on
-//! exactly these shapes; `--gemm-only` skips the fused kernels. `--few-rows` prints only the few-row
+//! exactly these shapes; `--gemm-only` skips the fused kernels; `--case NAME` (repeatable) runs only the named
+//! GEMM cases (for profiling or A/B timing of one shape) and implies `--gemm-only`; `--cpu-time` divides
+//! the work of all timed repetitions by the CPU time the process's threads ran (Linux schedstat) instead of
+//! taking the median wall time, so time the scheduler gave to other jobs on a shared machine does not count
+//! (waiting threads that spin still do). `--few-rows` prints only the few-row
 //! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM).
 mod few_rows;
 mod fused;
@@ -49,7 +53,16 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn run(case: &Case) -> f64 {
+/// Nanoseconds the threads of this process have run on a CPU: the sum over `/proc/self/task/*/schedstat`
+/// of its first field. Zero where that is unavailable (not Linux).
+fn cpu_nanos() -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
+    let schedstat = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("schedstat")).ok();
+    let first_field = |text: String| text.split_whitespace().next().and_then(|field| field.parse::<u64>().ok());
+    tasks.flatten().filter_map(schedstat).filter_map(first_field).sum()
+}
+
+fn run(case: &Case, cpu_time: bool) -> f64 {
     let (m, k, n) = (case.m, case.k, case.n);
     let a = filled(m * k, 1);
     let b = filled(k * n, 2);
@@ -65,24 +78,30 @@ fn run(case: &Case) -> f64 {
     once();
     let mut times = Vec::new();
     let budget = Instant::now();
+    let cpu_start = cpu_nanos();
     while times.len() < 5 || (budget.elapsed().as_secs_f64() < 1.0 && times.len() < 50) {
         times.push(once());
     }
-    2.0 * (m * k * n) as f64 / median(times) / 1e9
+    let seconds = if cpu_time { (cpu_nanos() - cpu_start) as f64 / 1e9 / times.len() as f64 } else { median(times) };
+    2.0 * (m * k * n) as f64 / seconds / 1e9
 }
 
 fn main() {
-    let list = std::env::args().any(|a| a == "--list");
-    let gemm_only = std::env::args().any(|a| a == "--gemm-only");
+    let args: Vec<String> = std::env::args().collect();
+    let list = args.iter().any(|a| a == "--list");
+    let chosen: Vec<&str> =
+        args.windows(2).filter(|pair| pair[0] == "--case").map(|pair| pair[1].as_str()).collect();
+    let cpu_time = args.iter().any(|a| a == "--cpu-time");
+    let gemm_only = !chosen.is_empty() || args.iter().any(|a| a == "--gemm-only");
     if std::env::args().any(|a| a == "--few-rows") {
         few_rows::run_all();
         return;
     }
-    for case in cases() {
+    for case in cases().into_iter().filter(|case| chosen.is_empty() || chosen.contains(&case.name.as_str())) {
         if list {
             println!("{} {} {} {} {}", case.name, case.m, case.k, case.n, case.a_transposed as u8);
         } else {
-            let gflops = run(&case);
+            let gflops = run(&case, cpu_time);
             println!("gemm {} M={} K={} N={} gflops={:.1}", case.name, case.m, case.k, case.n, gflops);
         }
     }
