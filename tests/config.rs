@@ -194,7 +194,7 @@ fn a_full_rank_model_refuses_cola_m_before_any_work() {
     config.recompute = Policy::ColaM;
     let error = config.validate().unwrap_err().to_string();
     assert!(
-        error.contains("--recompute cola-m keeps the rank-r codes") && error.contains("full-60m"),
+        error.contains("--recompute cola-m keeps the rank-r bottlenecks") && error.contains("full-60m"),
         "{error}"
     );
     config.recompute = Policy::Block;

@@ -282,7 +282,7 @@ fn bad_inputs_are_errors_not_panics() {
     assert!(bad.contains("expected f32, bf16-mixed or pure-bf16"), "{bad}");
     let mut config = tiny_config(&dir, "full-tiny", "run", 3);
     config.recompute = Policy::ColaM;
-    assert!(error_of(&config).contains("--recompute cola-m keeps the rank-r codes"));
+    assert!(error_of(&config).contains("--recompute cola-m keeps the rank-r bottlenecks"));
     config.recompute = Policy::RecomputeAll;
     assert!(error_of(&config).contains("--recompute must be none, cola-m or block, got 'all'"));
     let mut config = base.clone();

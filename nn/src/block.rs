@@ -35,7 +35,7 @@ impl Block {
     /// `x: [batch, seq, d_model] -> [batch, seq, d_model]`, run as one layer of the graph (so a
     /// retention policy can release its intermediates when it ends). Marks `x` as
     /// [`SlotKind::LayerInput`], `h` as [`SlotKind::Residual`] and the output as [`SlotKind::LayerOutput`]:
-    /// with the rank-r codes, the values CoLA-M keeps.
+    /// with the rank-r pre-activations of the CoLA projections, the values CoLA-M keeps.
     pub fn forward<G: Graph>(&self, g: &mut G, x: &G::Value, positions: &[u32]) -> Result<G::Value> {
         g.layer(self.index, |g| {
             g.mark(x, SlotKind::LayerInput)?;

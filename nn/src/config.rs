@@ -42,7 +42,7 @@ impl LlamaConfig {
     }
 
     /// The retention policies that apply to this model: `none` and `block` always, `cola-m` (which keeps
-    /// the rank-r codes, docs/METHOD.md section 7) only with CoLA projections. `all` is a test of the
+    /// the rank-r bottleneck values, docs/METHOD.md section 7) only with CoLA projections. `all` is a test of the
     /// replay mechanism, not a training setting, so it is not listed.
     pub fn policies(&self) -> Vec<Policy> {
         let mut out = vec![Policy::KeepAll, Policy::Block];

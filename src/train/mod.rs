@@ -243,7 +243,7 @@ impl TrainConfig {
         if !self.model.config().policies().contains(&self.recompute) {
             return bad(match self.recompute {
                 Policy::ColaM => format!(
-                    "--recompute cola-m keeps the rank-r codes of CoLA layers, which {} does not have; use \
+                    "--recompute cola-m keeps the rank-r bottlenecks of CoLA layers, which {} does not have; use \
                      --recompute block (per-layer checkpointing) or none",
                     self.model
                 ),

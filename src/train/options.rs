@@ -259,7 +259,7 @@ pub struct Options {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// What the tape keeps for backward: none (everything backward reads), cola-m (the residual stream and
-    /// the rank-r codes; CoLA presets) or block (each layer's input). Same numbers, less memory
+    /// the rank-r bottleneck values x@A; CoLA presets) or block (each layer's input). Same numbers, less memory
     /// [default: none]
     #[arg(long, value_parser = policy_parser())]
     pub recompute: Option<Policy>,
