@@ -72,7 +72,12 @@ impl GradStore {
         self.grads.get(&id)
     }
 
-    /// Replaces the gradient of a parameter (clipping, scaling).
+    /// The gradient of a parameter, to change in place (clipping, scaling).
+    pub fn get_mut(&mut self, id: ParamId) -> Option<&mut Tensor> {
+        self.grads.get_mut(&id)
+    }
+
+    /// Replaces the gradient of a parameter.
     pub fn set(&mut self, id: ParamId, grad: Tensor) {
         self.grads.insert(id, grad);
     }

@@ -210,3 +210,24 @@ fn the_multi_tensor_step_is_refused_on_the_cpu_and_checks_its_tensors() {
     );
     assert_eq!(Tensor::clip_adamw_multi(&mut plan, &mut [], 1.0, hyper).unwrap(), 0.0, "an empty group");
 }
+
+/// Clipping scales each gradient in place: the result is bit-identical to `mul_scalar` (the formula it
+/// replaced), for f32 and f64, for a gradient whose storage another tensor shares (that holder keeps its
+/// values: the storage is copied before the write) and for a strided view.
+#[test]
+fn in_place_scaling_equals_mul_scalar_bit_for_bit_and_spares_other_holders() {
+    let scale = 0.318_309_886_183_790_7;
+    for dtype in [DType::F32, DType::F64] {
+        let values: Vec<f64> = (0..300).map(|i| (i as f64 * 0.37).sin() * 3.0 - 0.5).collect();
+        let base = Tensor::from_vec(values, &[20, 15]).unwrap().to_dtype(dtype).unwrap();
+        for t in [base.clone(), base.t().unwrap()] {
+            let expected = t.mul_scalar(scale).unwrap().to_vec_f64();
+            let before = t.to_vec_f64();
+            let mut scaled = t.clone();
+            scaled.affine_in_place(scale, 0.0).unwrap();
+            assert_eq!(scaled.shape(), t.shape());
+            assert_eq!(scaled.to_vec_f64(), expected, "{dtype}");
+            assert_eq!(t.to_vec_f64(), before, "the other holder of the storage changed ({dtype})");
+        }
+    }
+}

@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::layout::broadcast_shapes;
 pub use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::storage::CpuFloat;
-use crate::Tensor;
+use crate::{DType, Tensor};
 use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
 use cola_kernels::cpu::strided::{binary_map, unary_map};
 use cola_kernels::Float;
@@ -33,6 +33,13 @@ fn map_t<T: CpuFloat>(a: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
         unary_map(a.strided::<T>()?, a.shape(), &mut out, f);
     }
     Ok(Tensor::from_compute(out, a.shape()))
+}
+
+/// `x -> scale * x + shift` with the scalars rounded to `T` once: the formula of [`Tensor::affine`] and its
+/// in-place form.
+fn affine_fn<T: CpuFloat>(scale: f64, shift: f64) -> impl Fn(T) -> T + Sync {
+    let (s, b) = (T::from_f64(scale), T::from_f64(shift));
+    move |x| s * x + b
 }
 
 fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
@@ -117,10 +124,24 @@ impl Tensor {
             return crate::cuda::elementwise::affine(self, scale, shift);
         }
         in_compute_dtype1("affine", [self], |[a]| {
-            match_float!("affine", a.dtype(), T => {
-                let (s, b) = (T::from_f64(scale), T::from_f64(shift));
-                map_t::<T>(&a, move |x| s * x + b)
-            })
+            match_float!("affine", a.dtype(), T => map_t::<T>(&a, affine_fn::<T>(scale, shift)))
+        })
+    }
+
+    /// [`Tensor::affine`] in place, with the same per-element formula (so the same bits). A CPU f32 or f64
+    /// tensor reuses its storage when nothing else holds it (gradient clipping scales every gradient of a
+    /// step, and a fresh buffer of the model's size each step costs more than the arithmetic); other
+    /// tensors are replaced by `affine`'s result.
+    pub fn affine_in_place(&mut self, scale: f64, shift: f64) -> Result<()> {
+        use rayon::prelude::*;
+        if self.device() != crate::Device::Cpu || !matches!(self.dtype(), DType::F32 | DType::F64) {
+            *self = self.affine(scale, shift)?;
+            return Ok(());
+        }
+        match_float!("affine_in_place", self.dtype(), T => {
+            let f = affine_fn::<T>(scale, shift);
+            self.data_mut::<T>()?.par_chunks_mut(1 << 16).for_each(|c| c.iter_mut().for_each(|x| *x = f(*x)));
+            Ok(())
         })
     }
 
