@@ -589,6 +589,18 @@ fn matmul_fixed_broadcast_shapes() {
     }
 }
 
+/// The head-loss cases: 37 f32 rows of width 48 against a 1000-entry vocabulary, every fourth target the
+/// ignored id 7. Returns hidden, weight, targets, the ignored id and the row count.
+fn head_loss_case(seed: u64) -> (Tensor, Tensor, Vec<u32>, Option<u32>, usize) {
+    let mut rng = Rng::new(seed);
+    let (rows, d, vocab) = (37, 48, 1000);
+    let hidden = Tensor::randn(&[rows, d], 0.0, 1.0, cola::tensor::DType::F32, &mut rng);
+    let weight = Tensor::randn(&[d, vocab], 0.0, 0.3, cola::tensor::DType::F32, &mut rng);
+    let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+    targets.iter_mut().step_by(4).for_each(|t| *t = 7);
+    (hidden, weight, targets, Some(7), rows)
+}
+
 /// The fused head + loss against `matmul` then `cross_entropy` in f32 at a realistic vocabulary, 37 rows in
 /// blocks of 8 (and one block): one block is the unfused computation itself, so it must match bit for bit;
 /// in blocks, each block's GEMM may take a different path for its few rows (different rounding of the
@@ -596,13 +608,7 @@ fn matmul_fixed_broadcast_shapes() {
 /// gradients within 1e-6 of their largest entry.
 #[test]
 fn head_cross_entropy_f32_matches_unfused() {
-    let mut rng = Rng::new(21);
-    let (rows, d, vocab) = (37, 48, 1000);
-    let hidden = Tensor::randn(&[rows, d], 0.0, 1.0, cola::tensor::DType::F32, &mut rng);
-    let weight = Tensor::randn(&[d, vocab], 0.0, 0.3, cola::tensor::DType::F32, &mut rng);
-    let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
-    targets.iter_mut().step_by(4).for_each(|t| *t = 7);
-    let ignore_id = Some(7);
+    let (hidden, weight, targets, ignore_id, rows) = head_loss_case(21);
     let logits = hidden.matmul(&weight).unwrap();
     let want = logits.cross_entropy(&targets, ignore_id).unwrap().to_scalar().unwrap();
     let grad_logits = Tensor::cross_entropy_backward(&logits, &targets, ignore_id, 1.0).unwrap();
@@ -643,13 +649,7 @@ fn head_cross_entropy_f32_matches_unfused() {
 /// entry: `<= 2e-6` of the largest entry (8e-7 measured).
 #[test]
 fn head_cross_entropy_with_grads_matches_its_backward() {
-    let mut rng = Rng::new(22);
-    let (rows, d, vocab) = (37, 48, 1000);
-    let hidden = Tensor::randn(&[rows, d], 0.0, 1.0, cola::tensor::DType::F32, &mut rng);
-    let weight = Tensor::randn(&[d, vocab], 0.0, 0.3, cola::tensor::DType::F32, &mut rng);
-    let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
-    targets.iter_mut().step_by(4).for_each(|t| *t = 7);
-    let ignore_id = Some(7);
+    let (hidden, weight, targets, ignore_id, rows) = head_loss_case(22);
     for chunk_rows in [rows, 8] {
         let want = hidden.head_cross_entropy_chunked(&weight, &targets, ignore_id, chunk_rows).unwrap();
         let (want_gh, want_gw) = Tensor::head_cross_entropy_backward_chunked(

@@ -80,6 +80,13 @@ pub enum Op {
     },
 }
 
+/// An op's output and what its forward saved next to it for backward ([`Op::forward_saving`]).
+pub type OutputAndSaved = (Tensor, Option<Tensor>);
+
+/// Per input, the gradient an op formed in forward for an output gradient of 1 (`None` for inputs that
+/// want none), [`Op::forward_with_grads`].
+pub type UnitGrads = Vec<Option<Tensor>>;
+
 /// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Needs {
@@ -159,7 +166,7 @@ impl Op {
     ///
     /// Saving the log-sum-exp costs `batch * heads * q_len` f32, a `head_dim`-th of the output; without
     /// it the GPU backward would run the forward again (two more products per tile) to rebuild it.
-    pub fn forward_saving(&self, inputs: &[&Tensor]) -> Result<(Tensor, Option<Tensor>)> {
+    pub fn forward_saving(&self, inputs: &[&Tensor]) -> Result<OutputAndSaved> {
         match self {
             Op::Attention { scale } => Tensor::attention_saving_lse(inputs[0], inputs[1], inputs[2], *scale),
             _ => Ok((self.forward(inputs)?, None)),
@@ -176,7 +183,7 @@ impl Op {
         &self,
         inputs: &[&Tensor],
         wants: &[bool],
-    ) -> Result<((Tensor, Option<Tensor>), Option<Vec<Option<Tensor>>>)> {
+    ) -> Result<(OutputAndSaved, Option<UnitGrads>)> {
         match self {
             Op::HeadCrossEntropy { targets, ignore_id } => {
                 let want = |i: usize| wants.get(i).copied().unwrap_or(false);

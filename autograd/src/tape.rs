@@ -12,7 +12,7 @@
 use crate::backward::{backward, Context};
 use crate::error::{AutogradError, Result};
 use crate::memory::{MemoryMeter, MemoryStats};
-use crate::op::Op;
+use crate::op::{Op, OutputAndSaved, UnitGrads};
 use crate::param::{ParamId, Parameter};
 use crate::policy::{Policy, Retention, SlotKind};
 use crate::profile::{self, Direction, Profiler};
@@ -61,7 +61,7 @@ pub struct Node {
     pub output: Var,
     /// Gradients of the inputs for an output gradient of 1, formed in forward by an op that does so
     /// ([`Op::forward_with_grads`]); its backward scales them. Held until that backward runs.
-    pub unit_grads: Option<Vec<Option<Tensor>>>,
+    pub unit_grads: Option<UnitGrads>,
 }
 
 /// Gradients from one backward pass: of leaf vars that require a gradient, and of the parameters among them.
@@ -128,7 +128,7 @@ impl Tape {
 
     fn push_slot(
         &mut self,
-        (value, saved): (Tensor, Option<Tensor>),
+        (value, saved): OutputAndSaved,
         producer: Option<usize>,
         kind: SlotKind,
         requires_grad: bool,
@@ -156,7 +156,7 @@ impl Tape {
     }
 
     /// Stores a (re)computed value, and what its forward saved with it, in its slot.
-    fn put(&mut self, var: Var, (value, saved): (Tensor, Option<Tensor>)) {
+    fn put(&mut self, var: Var, (value, saved): OutputAndSaved) {
         for t in std::iter::once(&value).chain(&saved) {
             self.meter.hold(t);
         }
@@ -331,7 +331,7 @@ impl Tape {
         op: &Op,
         inputs: &[Var],
         wants: &[bool],
-    ) -> Result<((Tensor, Option<Tensor>), Option<Vec<Option<Tensor>>>)> {
+    ) -> Result<(OutputAndSaved, Option<UnitGrads>)> {
         let slots = &self.slots;
         let values: Vec<&Tensor> = inputs.iter().map(|&v| value_in(slots, v)).collect::<Result<_>>()?;
         let shapes: Vec<&[usize]> = inputs.iter().map(|v| &slots[v.0].shape[..]).collect();
@@ -343,12 +343,7 @@ impl Tape {
 
     /// Runs `op`'s forward on the values of `inputs` (timed under `direction` when profiling): the value
     /// and what the op saves with it for backward.
-    fn run_forward(
-        &mut self,
-        op: &Op,
-        inputs: &[Var],
-        direction: Direction,
-    ) -> Result<(Tensor, Option<Tensor>)> {
+    fn run_forward(&mut self, op: &Op, inputs: &[Var], direction: Direction) -> Result<OutputAndSaved> {
         let slots = &self.slots;
         let values: Vec<&Tensor> = inputs.iter().map(|&v| value_in(slots, v)).collect::<Result<_>>()?;
         let shapes = || inputs.iter().map(|v| &slots[v.0].shape[..]).collect();

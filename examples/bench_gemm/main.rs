@@ -58,7 +58,8 @@ pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
 fn cpu_nanos() -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0 };
     let schedstat = |task: std::fs::DirEntry| std::fs::read_to_string(task.path().join("schedstat")).ok();
-    let first_field = |text: String| text.split_whitespace().next().and_then(|field| field.parse::<u64>().ok());
+    let first_field =
+        |text: String| text.split_whitespace().next().and_then(|field| field.parse::<u64>().ok());
     tasks.flatten().filter_map(schedstat).filter_map(first_field).sum()
 }
 
@@ -82,7 +83,8 @@ fn run(case: &Case, cpu_time: bool) -> f64 {
     while times.len() < 5 || (budget.elapsed().as_secs_f64() < 1.0 && times.len() < 50) {
         times.push(once());
     }
-    let seconds = if cpu_time { (cpu_nanos() - cpu_start) as f64 / 1e9 / times.len() as f64 } else { median(times) };
+    let seconds =
+        if cpu_time { (cpu_nanos() - cpu_start) as f64 / 1e9 / times.len() as f64 } else { median(times) };
     2.0 * (m * k * n) as f64 / seconds / 1e9
 }
 

@@ -123,9 +123,11 @@ impl Tensor {
         if self.is_cuda() {
             return crate::cuda::elementwise::affine(self, scale, shift);
         }
-        in_compute_dtype1("affine", [self], |[a]| {
-            match_float!("affine", a.dtype(), T => map_t::<T>(&a, affine_fn::<T>(scale, shift)))
-        })
+        in_compute_dtype1(
+            "affine",
+            [self],
+            |[a]| match_float!("affine", a.dtype(), T => map_t::<T>(&a, affine_fn::<T>(scale, shift))),
+        )
     }
 
     /// [`Tensor::affine`] in place, with the same per-element formula (so the same bits). A CPU f32 or f64
