@@ -152,6 +152,40 @@ __device__ __forceinline__ void accumulators_as_a(const float lo[4], const float
     a[3] = pack_bf16(hi[2], hi[3]);
 }
 
+// acc[16 x KEYS] += A[16 x D] T^T for a warp's 16-row strip A (its D/16 A fragments along the depth) and
+// the row-major tile T[KEYS x D] at `tile`: the scores of a strip of queries against a tile of keys.
+template <int KEYS, int D>
+__device__ __forceinline__ void strip_times_tile_t(const u32 (&a)[D / 16][4], const bf16* tile, int ld, int g,
+                                                   int t, float (&acc)[KEYS / 8][4]) {
+    #pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        #pragma unroll
+        for (int n = 0; n < KEYS / 8; ++n) {
+            u32 b0, b1;
+            load_b_transposed(tile + n * 8 * ld + kk * 16, ld, g, t, &b0, &b1);
+            mma_bf16(acc[n], a[kk], b0, b1);
+        }
+    }
+}
+
+// acc[16 x D] += P[16 x KEYS] T for P held in accumulators (`p[n]`: columns 8n..8n+7, rounded to bf16 on
+// the way, `accumulators_as_a`) and the row-major tile T[KEYS x D] at `tile`: P V in forward, dS K for dQ.
+template <int KEYS, int D>
+__device__ __forceinline__ void accumulators_times_tile(const float (&p)[KEYS / 8][4], const bf16* tile, int ld,
+                                                        int g, int t, float (&acc)[D / 8][4]) {
+    #pragma unroll
+    for (int kk = 0; kk < KEYS / 16; ++kk) {
+        u32 pa[4];
+        accumulators_as_a(p[2 * kk], p[2 * kk + 1], pa);
+        #pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+            u32 b0, b1;
+            load_b(tile + kk * 16 * ld + n * 8, ld, g, t, &b0, &b1);
+            mma_bf16(acc[n], pa, b0, b1);
+        }
+    }
+}
+
 // ---- Flash attention operands (flash_attention.cu, flash_attention_backward.cu). ---------------------
 // Element strides of one `[batch, len, heads, head_dim]` operand whose head_dim is contiguous (mirrors
 // `AttentionRows` on the Rust side).

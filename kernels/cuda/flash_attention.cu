@@ -56,15 +56,7 @@ __device__ void forward_bf16(bf16* tiles, const bf16* q, AttentionRows qs, const
         float sc[FWD_KEYS / 8][4];
         #pragma unroll
         for (int n = 0; n < FWD_KEYS / 8; ++n) sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-        #pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            #pragma unroll
-            for (int n = 0; n < FWD_KEYS / 8; ++n) {
-                u32 b0, b1;
-                load_b_transposed(k_tile + n * 8 * LD + kk * 16, LD, g, t, &b0, &b1);
-                mma_bf16(sc[n], qa[kk], b0, b1);
-            }
-        }
+        strip_times_tile_t<FWD_KEYS, D>(qa, k_tile, LD, g, t, sc);
         // Scale and mask; the new running max of each of this lane's two rows (shared by its 4-lane group).
         float mx[2] = {m[0], m[1]};
         #pragma unroll
@@ -101,17 +93,7 @@ __device__ void forward_bf16(bf16* tiles, const bf16* q, AttentionRows qs, const
             acc[n][2] *= alpha[1];
             acc[n][3] *= alpha[1];
         }
-        #pragma unroll
-        for (int kk = 0; kk < FWD_KEYS / 16; ++kk) {
-            u32 pa[4];
-            accumulators_as_a(sc[2 * kk], sc[2 * kk + 1], pa);
-            #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                u32 b0, b1;
-                load_b(v_tile + kk * 16 * LD + n * 8, LD, g, t, &b0, &b1);
-                mma_bf16(acc[n], pa, b0, b1);
-            }
-        }
+        accumulators_times_tile<FWD_KEYS, D>(sc, v_tile, LD, g, t, acc);
         __syncthreads();  // every warp is done with the tiles before the next ones are staged
     }
 

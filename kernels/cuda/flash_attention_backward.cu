@@ -230,17 +230,7 @@ __device__ void backward_q_bf16(bf16* tiles, BACKWARD_ARGS(bf16), bf16* dq) {
                 sc[n][e] = p * (dp[n][e] - dot_r[r]);
             }
         }
-        #pragma unroll
-        for (int kk = 0; kk < DQ_KEYS / 16; ++kk) {
-            u32 dsa[4];
-            accumulators_as_a(sc[2 * kk], sc[2 * kk + 1], dsa);
-            #pragma unroll
-            for (int n = 0; n < D / 8; ++n) {
-                u32 b0, b1;
-                load_b(k_tile + kk * 16 * LD + n * 8, LD, g, t, &b0, &b1);
-                mma_bf16(grad_q[n], dsa, b0, b1);
-            }
-        }
+        accumulators_times_tile<DQ_KEYS, D>(sc, k_tile, LD, g, t, grad_q);
         __syncthreads();  // every warp is done with the tiles before the next ones are staged
     }
 
