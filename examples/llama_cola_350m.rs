@@ -13,13 +13,12 @@
 //!     mpirun -np 2 target/release/examples/llama_cola_350m --model cola-60m --threads 1
 //!
 //! The work happens in `cola::train`, whose `Options` is the command line (`--help` lists it); this file
-//! parses it, prints, and sets the exit code (0 done, 1 error, 130 stopped by Ctrl-C after saving a
-//! checkpoint).
+//! parses it, prints, and sets the exit code: 0 done, 1 error, 75 (`train::EXIT_STOPPED`) stopped by
+//! SIGTERM, SIGUSR1 or Ctrl-C after saving a checkpoint (resume with `--resume`).
 use clap::Parser;
 use cola::dist::{self, Collective};
 use cola::train::{self, DeviceChoice, Options, RunOutcome, TrainError};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 fn main() -> ExitCode {
@@ -93,7 +92,10 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
         }
         return Ok(ExitCode::SUCCESS);
     }
-    config.interrupt = Some(ctrl_c_flag());
+    match train::stop::install_handlers() {
+        Ok(request) => config.interrupt = Some(request),
+        Err(e) => eprintln!("warning: a stop signal will not save a checkpoint: {e}"),
+    }
 
     match train::run(&config)? {
         RunOutcome::Evaluated(_) if !world.is_root() => Ok(ExitCode::SUCCESS),
@@ -112,8 +114,24 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
             }
             Ok(ExitCode::SUCCESS)
         }
-        RunOutcome::Trained(summary) if summary.interrupted => Ok(ExitCode::from(130)),
-        RunOutcome::Trained(_) => Ok(ExitCode::SUCCESS),
+        RunOutcome::Trained(summary) => match summary.stopped_by {
+            Some(signal) => {
+                if world.is_root() {
+                    // The one line a job log needs: what stopped the run, where, and how to go on.
+                    let checkpoint =
+                        summary.checkpoint.as_ref().map_or("none".into(), |d| d.display().to_string());
+                    eprintln!(
+                        "stopped by {signal} at step {}: checkpoint {checkpoint} saved; continue with --resume {} \
+                         (exit status {})",
+                        summary.steps,
+                        summary.out.display(),
+                        train::EXIT_STOPPED
+                    );
+                }
+                Ok(ExitCode::from(train::EXIT_STOPPED))
+            }
+            None => Ok(ExitCode::SUCCESS),
+        },
     }
 }
 
@@ -121,22 +139,4 @@ fn print_json(report: &impl serde::Serialize) -> Result<(), TrainError> {
     let text = serde_json::to_string_pretty(report).map_err(|e| TrainError::Config(e.to_string()))?;
     println!("{text}");
     Ok(())
-}
-
-/// A flag the first Ctrl-C sets (the run saves after the current step and stops); a second Ctrl-C
-/// exits at once, which is safe because checkpoints are renamed into place only when complete.
-fn ctrl_c_flag() -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(false));
-    let seen = flag.clone();
-    let installed = ctrlc::set_handler(move || {
-        if seen.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without saving; the last complete checkpoint stays");
-            std::process::exit(130);
-        }
-        eprintln!("\nCtrl-C: finishing this step, then saving a checkpoint (Ctrl-C again quits at once)");
-    });
-    if let Err(e) = installed {
-        eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
-    }
-    flag
 }

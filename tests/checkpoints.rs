@@ -12,14 +12,13 @@ use cola::nn::WEIGHTS_FILE;
 use cola::tensor::{DType, Device, Rng};
 use cola::train::lock::{host_name, pid_alive, LockOwner};
 use cola::train::{
-    self, checkpoint, HfConfig, Keep, Options, Retention, RunLock, RunOutcome, TrainError, HF_CONFIG_FILE,
-    LOCK_FILE, STATE_FILE, TOKENIZER_FILE,
+    self, checkpoint, HfConfig, Keep, Options, Retention, RunLock, RunOutcome, StopRequest, StopSignal,
+    TrainError, HF_CONFIG_FILE, LOCK_FILE, STATE_FILE, TOKENIZER_FILE,
 };
 use common::training::{tiny_config, trained, write_corpus};
 use common::TempDir;
 use std::num::NonZeroUsize;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 fn latest(n: usize) -> Keep {
@@ -195,8 +194,8 @@ fn training_holds_the_lock_for_its_duration_and_eval_only_needs_none() {
     assert!(train::run(&failing).unwrap_err().to_string().contains("missing.txt"));
     assert!(!dir.join("failing").join(LOCK_FILE).exists());
     let mut interrupted = tiny_config(&dir, "cola-tiny", "interrupted", 2);
-    interrupted.interrupt = Some(Arc::new(AtomicBool::new(true)));
-    assert!(trained(&interrupted).interrupted);
+    interrupted.interrupt = Some(Arc::new(StopRequest::requested_by(StopSignal::Interrupt)));
+    assert_eq!(trained(&interrupted).stopped_by, Some(StopSignal::Interrupt));
     assert!(!dir.join("interrupted").join(LOCK_FILE).exists());
     assert!(dir.join("interrupted").join("checkpoint-0").join(STATE_FILE).is_file());
 }

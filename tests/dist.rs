@@ -14,6 +14,10 @@
 //! - a 2-rank checkpoint resumed in 1 process continues the 1-process trajectory bit for bit.
 //! - a rank killed mid-run makes the launch exit non-zero within seconds, and the last checkpoint stays
 //!   valid (`--eval-only` loads it).
+//! - SIGUSR1 sent to rank 1 alone stops both ranks at the same step: rank 0 learns of it only through
+//!   the stop flags reduced at the step boundary, saves the checkpoint of that step and names the signal,
+//!   and the launch ends with status 75 instead of hanging (a rank that went on would wait forever in the
+//!   next update's all-reduce). Time-based checkpoints (`--save-every-minutes`) are agreed the same way.
 #![cfg(feature = "mpi")]
 mod common;
 
@@ -240,4 +244,49 @@ fn a_batch_that_does_not_divide_among_the_ranks_stops_every_rank_with_the_rank_n
     assert!(!output.status.success(), "{stderr}");
     assert!(stderr.contains("error on rank"), "{stderr}");
     assert!(stderr.contains("--batch-size 3 does not divide among 2 ranks"), "{stderr}");
+}
+
+#[test]
+fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-signal");
+    write_corpus(&dir);
+    let mut args = flags(&dir, "run", 100_000, 2, 1);
+    // 1e-6 minutes is shorter than any update: every step boundary after the first saves, as agreed.
+    args.extend(["--save-every-minutes", "1e-6", "--keep-checkpoints", "all"].map(String::from));
+    let stderr_path = dir.join("run.stderr");
+    let stderr = std::fs::File::create(&stderr_path).unwrap();
+    let mut launch = mpirun(2).args(&args).stdout(Stdio::null()).stderr(Stdio::from(stderr)).spawn().unwrap();
+    let began = Instant::now();
+    while losses_so_far(&dir, "run") < 2 {
+        assert!(began.elapsed() < Duration::from_secs(120), "no 2 updates after 2 minutes");
+        assert!(launch.try_wait().unwrap().is_none(), "the run ended before it was signalled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank1 = rank_process(launch.id(), 1).expect("rank 1 is a child of mpirun");
+    let sent = Command::new("kill").args(["-USR1", &rank1.to_string()]).status().unwrap();
+    assert!(sent.success());
+    let status = wait_with_limit(&mut launch, Duration::from_secs(60));
+    if status.is_none() {
+        let _ = launch.kill();
+    }
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    let status = status.unwrap_or_else(|| panic!("the ranks did not stop within 60 s:\n{text}"));
+    assert_eq!(status.code(), Some(75), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("stopped by SIGUSR1 at step "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let step: u64 = line["stopped by SIGUSR1 at step ".len()..].split(':').next().unwrap().parse().unwrap();
+    assert_eq!(losses(&dir, "run").len() as u64, step, "{text}");
+    for saved in 1..=step {
+        let state = dir.join("run").join(format!("checkpoint-{saved}")).join("state.json");
+        assert!(state.is_file(), "no checkpoint at step {saved} of {step}:\n{text}");
+    }
+}
+
+/// How many updates `dir/out/metrics.jsonl` has logged so far (0 before it exists).
+fn losses_so_far(dir: &TempDir, out: &str) -> usize {
+    let text = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap_or_default();
+    text.lines().filter(|line| line.contains("\"loss\"")).count()
 }

@@ -5,7 +5,10 @@
 mod common;
 
 use cola::data::{BatchMode, DataConfig, Dataset, Tokenizer};
-use cola::train::{self, checkpoint, Options, Precision, RunOutcome, TrainConfig, TrainError, Trainer};
+use cola::train::{
+    self, checkpoint, Options, Precision, RunOutcome, StopRequest, StopSignal, TrainConfig, TrainError,
+    Trainer,
+};
 use cola_autograd::Policy;
 use cola_nn::{Llama, LlamaConfig, Preset};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
@@ -13,7 +16,6 @@ use cola_tensor::Rng;
 use common::training::{tiny_config, trained, write_corpus, SEQ, VOCAB};
 use common::TempDir;
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// `(step, loss)` of every step line of `run_dir/metrics.jsonl`, and the eval lines' `(step, val_loss)`.
@@ -89,9 +91,9 @@ fn interrupt_saves_a_checkpoint_and_resume_completes_the_run() {
     let whole = tiny_config(&dir, "full-tiny", "whole", 5);
     trained(&whole);
     let mut interrupted = tiny_config(&dir, "full-tiny", "interrupted", 5);
-    interrupted.interrupt = Some(Arc::new(AtomicBool::new(true)));
+    interrupted.interrupt = Some(Arc::new(StopRequest::requested_by(StopSignal::Interrupt)));
     let summary = trained(&interrupted);
-    assert!(summary.interrupted && summary.steps == 0, "{summary:?}");
+    assert!(summary.stopped_by == Some(StopSignal::Interrupt) && summary.steps == 0, "{summary:?}");
     assert!(summary.checkpoint.as_ref().unwrap().ends_with("checkpoint-0"));
     let mut resumed = tiny_config(&dir, "full-tiny", "interrupted", 5);
     resumed.resume = Some(dir.join("interrupted"));

@@ -2,6 +2,7 @@
 use super::options::{self, DeviceChoice, Precision};
 use super::plan;
 use super::retention::Keep;
+use super::stop::StopRequest;
 use super::{Result, TrainError};
 use crate::dist::{Collective, Single};
 use cola_autograd::Policy;
@@ -9,7 +10,6 @@ use cola_nn::{LlamaConfig, Preset};
 use cola_tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Everything a run needs. The serialised part is stored in every checkpoint's `state.json`, so a resumed
@@ -97,9 +97,10 @@ pub struct TrainConfig {
     /// Print progress, notes and a progress bar on stderr.
     #[serde(skip)]
     pub verbose: bool,
-    /// Set (by a Ctrl-C handler) to save a checkpoint after the current step and stop.
+    /// Filled by the signal handlers (SIGINT, SIGTERM, SIGUSR1: [`super::stop::install_handlers`]) to
+    /// save a checkpoint after the current update and stop.
     #[serde(skip)]
-    pub interrupt: Option<Arc<AtomicBool>>,
+    pub interrupt: Option<Arc<StopRequest>>,
     /// The ranks this run is one of ([`crate::dist`]); `None` is one process. The global batch, not the
     /// world, is the run's identity, so a checkpoint resumes under any world size that divides it.
     #[serde(skip)]
@@ -107,6 +108,12 @@ pub struct TrainConfig {
     /// Sum gradients over NCCL even with one rank (`--nccl`, [`crate::dist::for_device`]).
     #[serde(skip)]
     pub nccl: bool,
+
+    // Cluster jobs.
+    /// Also checkpoint once this many minutes have passed since the last checkpoint (rank 0's clock);
+    /// `None` (and files older than the field) only by steps.
+    #[serde(default)]
+    pub save_every_minutes: Option<f64>,
 }
 
 impl TrainConfig {
@@ -150,6 +157,7 @@ impl TrainConfig {
             interrupt: None,
             collective: None,
             nccl: false,
+            save_every_minutes: None,
         }
     }
 
@@ -244,6 +252,9 @@ impl TrainConfig {
                 "clip norm {} must be positive and weight decay {} non-negative",
                 self.clip_norm, self.weight_decay
             ));
+        }
+        if let Some(minutes) = self.save_every_minutes.filter(|m| !(m.is_finite() && *m > 0.0)) {
+            return bad(format!("--save-every-minutes must be a positive number of minutes, got {minutes}"));
         }
         if self.eval_only && self.resume.is_none() {
             return bad("--eval-only needs --resume DIR (the checkpoint to evaluate)".into());

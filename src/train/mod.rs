@@ -14,7 +14,9 @@
 //! state on disk), `hf_config.rs` (its `config.json` for other tools), `retention.rs` (which checkpoints
 //! are kept), `lock.rs` (one process per run directory), `metrics.rs` (jsonl + plot), `progress.rs`
 //! (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and direction over a few
-//! steps).
+//! steps), `stop.rs` (signals that stop a run with a checkpoint), `boundary.rs` (what the ranks agree on
+//! between updates: stop, time-based checkpoints).
+mod boundary;
 pub mod checkpoint;
 mod config;
 mod error;
@@ -30,6 +32,7 @@ mod progress;
 pub mod retention;
 mod run;
 pub mod sample;
+pub mod stop;
 pub mod trainer;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
@@ -44,4 +47,5 @@ pub use plan::resolve;
 pub use profile::{profile, ProfileRow, StepProfile};
 pub use retention::{Keep, Retention};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};
+pub use stop::{StopRequest, StopSignal, EXIT_STOPPED};
 pub use trainer::{StepStats, Trainer};

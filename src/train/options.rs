@@ -160,7 +160,12 @@ fn parsed<T: FromStr<Err = TrainError>>(text: &str) -> std::result::Result<T, St
 /// Pre-train LLaMA with CoLA low-rank activations (or the full-rank baseline) on a text corpus.
 ///
 /// Unset values come from the preset's recipe (docs/METHOD.md section 6), scaled to the CPU, or on --resume
-/// from the checkpoint. Ctrl-C saves a checkpoint and stops; --resume DIR continues bit for bit.
+/// from the checkpoint. --resume DIR continues bit for bit.
+///
+/// SIGTERM, SIGUSR1 and Ctrl-C (SIGINT) end the run after the current update with a checkpoint; the exit
+/// status is then 75 ("stopped by a signal, checkpoint saved: continue with --resume"). A second signal
+/// exits at once (128 + its number) and keeps the last complete checkpoint. Other exit statuses: 0 done,
+/// 1 error.
 #[derive(clap::Parser, Clone, Debug, Default)]
 #[command(name = "llama_cola_350m", version)]
 #[command(group(clap::ArgGroup::new("report").args(["audit", "profile"])))]
@@ -224,7 +229,8 @@ pub struct Options {
     /// Validation tokens per periodic evaluation [default: 16384]
     #[arg(long)]
     pub eval_tokens: Option<usize>,
-    /// Checkpoint every N updates, and always at the end and on Ctrl-C [default: steps/10, at most 1000]
+    /// Checkpoint every N updates, and always at the end and on a stop signal [default: steps/10, at most
+    /// 1000]
     #[arg(long)]
     pub save_every: Option<u64>,
     /// Checkpoints the run directory keeps: the newest N, or all; the one a run resumed from stays until
@@ -278,6 +284,12 @@ pub struct Options {
     /// With --audit or --profile: print the same as one JSON object
     #[arg(long, requires = "report")]
     pub json: bool,
+
+    // Cluster jobs.
+    /// Also checkpoint when M minutes (fractions allowed) have passed since the last checkpoint, by rank
+    /// 0's clock [default: none; on --resume the run's]
+    #[arg(long, value_name = "M")]
+    pub save_every_minutes: Option<f64>,
 }
 
 /// serde by the `Display` / `FromStr` names (`"cola-350m"`, `"bf16-mixed"`): the `state.json` form.

@@ -197,6 +197,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     config.eval_tokens = options.eval_tokens.unwrap_or(DEFAULT_EVAL_TOKENS);
     config.keep_checkpoints = options.keep_checkpoints.unwrap_or_default();
     config.keep_every = options.keep_every.unwrap_or(0);
+    config.save_every_minutes = options.save_every_minutes;
     if options.eval_every.is_none() || options.save_every.is_none() {
         // About 20 evaluations and 10 checkpoints per run; a checkpoint of cola-350m with its AdamW
         // state is 2.2 GB, so not more often than every 20 steps.
@@ -216,7 +217,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
             every => format!("every {every} steps, "),
         };
         notes.push(format!(
-            "{eval}; checkpointing {save}at the end and on Ctrl-C (--eval-every, --eval-tokens, --save-every)"
+            "{eval}; checkpointing {save}at the end and on a stop signal (--eval-every, --eval-tokens, --save-every)"
         ));
     }
     Ok((config, notes))
@@ -338,6 +339,7 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     config.save_every = options.save_every.unwrap_or(config.save_every);
     config.keep_checkpoints = options.keep_checkpoints.unwrap_or(config.keep_checkpoints);
     config.keep_every = options.keep_every.unwrap_or(config.keep_every);
+    config.save_every_minutes = options.save_every_minutes.or(config.save_every_minutes);
     config.strict |= options.strict;
     // Without --out the run goes on in the directory that holds the checkpoint.
     config.out = match &options.out {

@@ -1,17 +1,18 @@
 //! A whole run: data, model and optimizer (fresh or from a checkpoint), the step loop with its
 //! evaluations, logs and checkpoints, and the `--eval-only` path.
+use super::boundary::{self, SaveClock};
 use super::checkpoint::{self, RngState, RunState};
 use super::eval::{evaluate, EvalResult};
 use super::lock::RunLock;
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
 use super::prepare::{prepare, Prepared};
 use super::progress::{format_duration, Progress};
+use super::stop::StopSignal;
 use super::trainer::{StepError, Trainer};
 use super::{Result, Retention, TrainConfig, TrainError};
 use crate::data::{DataState, Dataset, TrainBatches};
 use cola_tensor::Rng;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// What a training run did.
@@ -25,8 +26,8 @@ pub struct TrainSummary {
     pub last_eval: Option<EvalResult>,
     /// The newest checkpoint.
     pub checkpoint: Option<PathBuf>,
-    /// Stopped by the interrupt flag (Ctrl-C) before `steps`.
-    pub interrupted: bool,
+    /// The signal that stopped the run after a checkpoint (any rank's, agreed by all), before `steps`.
+    pub stopped_by: Option<StopSignal>,
     /// Non-pad input tokens trained on in total.
     pub tokens: u64,
     /// Mean training throughput of this invocation (evaluations and saves excluded).
@@ -188,6 +189,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         retention,
         last_val,
         last_eval: None,
+        clock: SaveClock::new(config.save_every_minutes),
     };
     let outcome = looper.train().map(RunOutcome::Trained);
     drop(lock);
@@ -210,6 +212,8 @@ struct Loop<'a> {
     retention: Retention,
     last_val: Option<f64>,
     last_eval: Option<EvalResult>,
+    /// When a time-based checkpoint is due (`--save-every-minutes`); rank 0's decides.
+    clock: SaveClock,
 }
 
 impl Loop<'_> {
@@ -226,23 +230,20 @@ impl Loop<'_> {
             progress.note(&format!("already at step {start} of {stop_at}: nothing to train"));
         }
         let world = config.world();
-        let root = world.is_root();
-        // Every rank stops at the same step when any rank saw the flag (the launcher forwards Ctrl-C).
-        let interrupted = || -> Result<bool> {
-            let seen = config.interrupt.as_ref().is_some_and(|flag| flag.load(Ordering::SeqCst));
-            let mut any = [f64::from(u8::from(seen))];
-            if world.world_size() > 1 {
-                world.all_reduce_sum_f64(&mut any)?;
-            }
-            Ok(any[0] > 0.0)
-        };
         let (mut train_time, mut run_tokens, mut last_loss) = (Duration::ZERO, 0u64, None);
         let (mut reduce_time, mut reduce_bytes) = (Duration::ZERO, 0usize);
-        let mut was_interrupted = false;
+        let mut stopped_by = None;
         while self.trainer.step < stop_at {
-            if interrupted()? {
-                was_interrupted = true;
+            // Every rank takes the same decisions here: a signal seen by any rank stops all of them at
+            // this step, and rank 0's clock decides the time-based checkpoint.
+            let signal = config.interrupt.as_ref().and_then(|request| request.get());
+            let boundary = boundary::agree(&*world, signal, self.clock.due())?;
+            if boundary.stop.is_some() {
+                stopped_by = boundary.stop;
                 break;
+            }
+            if boundary.save && self.trainer.step > start {
+                self.save(&progress)?;
             }
             if self.trainer.step == start {
                 progress.status("first step...");
@@ -274,28 +275,31 @@ impl Loop<'_> {
             let tokens_per_s = stats.tokens as f64 / took.as_secs_f64().max(1e-9);
             let done = self.trainer.step;
             let elapsed_s = self.elapsed();
-            let Some(metrics) = self.metrics.as_mut() else { continue };
-            metrics.log_step(StepRecord {
-                step: done,
-                loss: stats.loss,
-                lr: stats.lr,
-                grad_norm: stats.grad_norm,
-                tokens: self.tokens,
-                tokens_per_s,
-                elapsed_s,
-            })?;
-            let per_step = train_time.as_secs_f64() / (done - start) as f64;
-            progress.step(&stats, tokens_per_s, Duration::from_secs_f64(per_step * (stop_at - done) as f64));
+            if let Some(metrics) = self.metrics.as_mut() {
+                metrics.log_step(StepRecord {
+                    step: done,
+                    loss: stats.loss,
+                    lr: stats.lr,
+                    grad_norm: stats.grad_norm,
+                    tokens: self.tokens,
+                    tokens_per_s,
+                    elapsed_s,
+                })?;
+                let per_step = train_time.as_secs_f64() / (done - start) as f64;
+                let left = Duration::from_secs_f64(per_step * (stop_at - done) as f64);
+                progress.step(&stats, tokens_per_s, left);
+            }
             let last = done == stop_at;
-            if config.eval_every > 0 && (done.is_multiple_of(config.eval_every) || done == config.steps) {
+            let eval_due = done.is_multiple_of(config.eval_every.max(1)) || done == config.steps;
+            if config.eval_every > 0 && eval_due && self.metrics.is_some() {
                 self.evaluate(&progress)?;
             }
             if (config.save_every > 0 && done.is_multiple_of(config.save_every)) || last {
                 self.save(&progress)?;
             }
         }
-        if was_interrupted && root {
-            progress.note(&format!("interrupted at step {}: saving a checkpoint", self.trainer.step));
+        if let Some(signal) = stopped_by {
+            progress.note(&format!("{signal} at step {}: saving a checkpoint", self.trainer.step));
             self.save(&progress)?;
         }
         progress.finish();
@@ -303,7 +307,7 @@ impl Loop<'_> {
         if config.verbose {
             let mut line = format!(
                 "{} at step {}/{}: {} tokens in total, {:.0} tokens/s over this session's training time",
-                match (was_interrupted, self.trainer.step < config.steps) {
+                match (stopped_by.is_some(), self.trainer.step < config.steps) {
                     (true, _) => "stopped",
                     (false, true) => "paused (--stop-after)",
                     (false, false) => "done",
@@ -341,7 +345,7 @@ impl Loop<'_> {
             last_loss,
             last_eval: self.last_eval,
             checkpoint: self.last_checkpoint.clone(),
-            interrupted: was_interrupted,
+            stopped_by,
             tokens: self.tokens,
             tokens_per_s,
         })
@@ -381,7 +385,12 @@ impl Loop<'_> {
         Ok(())
     }
 
+    /// Writes a checkpoint of this step (rank 0; every rank restarts its clock).
     fn save(&mut self, progress: &Progress) -> Result<()> {
+        self.clock.reset();
+        if !self.config.world().is_root() {
+            return Ok(());
+        }
         progress.status("saving a checkpoint...");
         let began = Instant::now();
         let state = RunState::new(
