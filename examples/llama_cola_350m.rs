@@ -99,6 +99,10 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
 
     match train::run(&config)? {
         RunOutcome::Evaluated(_) if !world.is_root() => Ok(ExitCode::SUCCESS),
+        RunOutcome::Evaluated(summary) if options.json => {
+            print_json(&summary)?;
+            Ok(ExitCode::SUCCESS)
+        }
         RunOutcome::Evaluated(summary) => {
             match summary.result {
                 Some(r) => println!(

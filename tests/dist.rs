@@ -14,6 +14,11 @@
 //! - a 2-rank checkpoint resumed in 1 process continues the 1-process trajectory bit for bit.
 //! - a rank killed mid-run makes the launch exit non-zero within seconds, and the last checkpoint stays
 //!   valid (`--eval-only` loads it).
+//! - evaluation shared among 2 ranks (each runs every other forward pass of 3 sequences, the passes of
+//!   one process) gives the 1-process validation loss within 1e-12 relative, with the same sequence and
+//!   target counts: each pass's f32 mean is the same bits, and only the order of the f64 sum of a few
+//!   dozen terms changes (below 1e-14 relative), while a pass lost or counted twice moves the loss by
+//!   percents.
 //! - SIGUSR1 sent to rank 1 alone stops both ranks at the same step: rank 0 learns of it only through
 //!   the stop flags reduced at the step boundary, saves the checkpoint of that step and names the signal,
 //!   and the launch ends with status 75 instead of hanging (a rank that went on would wait forever in the
@@ -289,4 +294,41 @@ fn a_signal_to_one_rank_stops_both_at_the_same_step_with_a_checkpoint() {
 fn losses_so_far(dir: &TempDir, out: &str) -> usize {
     let text = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap_or_default();
     text.lines().filter(|line| line.contains("\"loss\"")).count()
+}
+
+/// `--eval-only --json` on `checkpoint` with `--val-data`, in passes of 3 sequences: (loss, sequences,
+/// targets).
+fn evaluation(command: Command, dir: &TempDir, checkpoint: &Path) -> (f64, u64, u64) {
+    let mut command = command;
+    let val = dir.join("val.txt").display().to_string();
+    let resume = checkpoint.display().to_string();
+    let args = ["--resume", &resume, "--eval-only", "--json", "--val-data", &val, "--micro-batch", "3"];
+    let output = command.args(args).args(["--threads", "1"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let result = &summary["result"];
+    (
+        result["loss"].as_f64().unwrap(),
+        result["sequences"].as_u64().unwrap(),
+        result["targets"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn sharded_evaluation_equals_one_process_within_1e_12() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-eval");
+    write_corpus(&dir);
+    let words = ["green", "fields", "under", "a", "quiet", "sky", "and", "slow", "rivers", "run", "north."];
+    let text: Vec<&str> = (0..500usize).map(|i| words[(i * 5 + i / 7) % words.len()]).collect();
+    std::fs::write(dir.join("val.txt"), text.join(" ")).unwrap();
+    one_process(&flags(&dir, "run", 3, 2, 1));
+    let checkpoint = cola::train::checkpoint::locate(&dir.join("run")).unwrap();
+    let single = evaluation(Command::new(program()), &dir, &checkpoint);
+    let ranks = evaluation(mpirun(2), &dir, &checkpoint);
+    assert!(single.1 >= 12, "only {} validation sequences: too few passes to share", single.1);
+    assert_eq!((single.1, single.2), (ranks.1, ranks.2), "sequences and targets");
+    assert!((single.0 - ranks.0).abs() <= 1e-12 * single.0.abs(), "loss {} vs {}", single.0, ranks.0);
 }

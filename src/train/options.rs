@@ -168,7 +168,7 @@ fn parsed<T: FromStr<Err = TrainError>>(text: &str) -> std::result::Result<T, St
 /// 1 error.
 #[derive(clap::Parser, Clone, Debug, Default)]
 #[command(name = "llama_cola_350m", version)]
-#[command(group(clap::ArgGroup::new("report").args(["audit", "profile"])))]
+#[command(group(clap::ArgGroup::new("report").args(["audit", "profile", "eval_only"])))]
 pub struct Options {
     /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny
     /// [default: cola-350m]
@@ -281,7 +281,7 @@ pub struct Options {
     /// per op family and direction (forward, backward, recompute, optimizer), then exit without saving
     #[arg(long, conflicts_with_all = ["audit", "resume"])]
     pub profile: bool,
-    /// With --audit or --profile: print the same as one JSON object
+    /// With --audit, --profile or --eval-only: print the same as one JSON object
     #[arg(long, requires = "report")]
     pub json: bool,
 

@@ -35,7 +35,7 @@ pub struct TrainSummary {
 }
 
 /// What `--eval-only` measured.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct EvalSummary {
     pub checkpoint: PathBuf,
     pub step: u64,
@@ -109,8 +109,8 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             resume.ok_or_else(|| TrainError::Config("--eval-only needs --resume DIR".into()))?;
         checkpoint::load(&dir, &state, &mut trainer.model, &mut trainer.optimizer)?;
         say(&format!("evaluating {} (step {}) on every validation sequence", dir.display(), state.step));
-        let result =
-            evaluate(&trainer.model, dataset.val_batches(config.micro_batch)?, config.micro_batch, None)?;
+        let batches = dataset.val_batches(config.micro_batch)?;
+        let result = evaluate(&trainer.model, batches, config.micro_batch, None, &*config.world())?;
         return Ok(RunOutcome::Evaluated(EvalSummary { checkpoint: dir, step: state.step, result }));
     }
 
@@ -291,7 +291,7 @@ impl Loop<'_> {
             }
             let last = done == stop_at;
             let eval_due = done.is_multiple_of(config.eval_every.max(1)) || done == config.steps;
-            if config.eval_every > 0 && eval_due && self.metrics.is_some() {
+            if config.eval_every > 0 && eval_due {
                 self.evaluate(&progress)?;
             }
             if (config.save_every > 0 && done.is_multiple_of(config.save_every)) || last {
@@ -352,14 +352,17 @@ impl Loop<'_> {
     }
 
     /// Validation loss over the first `eval_tokens` tokens' worth of validation sequences (always the
-    /// same ones, so the curve compares like with like); logs, plots and reports it.
+    /// same ones, so the curve compares like with like), shared among the ranks; rank 0 logs, plots and
+    /// reports it.
     fn evaluate(&mut self, progress: &Progress) -> Result<()> {
         let config = self.config;
         progress.status("evaluating...");
         let began = Instant::now();
         let sequences = config.eval_tokens.div_ceil(config.seq_len).max(1);
         let batches = self.dataset.val_batches(config.micro_batch)?;
-        let Some(result) = evaluate(&self.trainer.model, batches, config.micro_batch, Some(sequences))?
+        let world = config.world();
+        let Some(result) =
+            evaluate(&self.trainer.model, batches, config.micro_batch, Some(sequences), &*world)?
         else {
             progress.note("eval: no validation targets to evaluate");
             return Ok(());
