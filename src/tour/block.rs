@@ -2,7 +2,7 @@
 //! cross-entropy that turn the last hidden states into a loss.
 use super::check::{matmul, max_abs_diff, show, silu, softmax};
 use super::Result;
-use crate::autograd::{Eager, Tape};
+use crate::autograd::{Eager, SlotKind, Tape};
 use crate::nn::{Llama, LlamaConfig, Mlp, Module};
 use crate::tensor::{DType, Rng, Tensor};
 use std::fmt::Write as _;
@@ -53,6 +53,50 @@ pub fn mlp(out: &mut String) -> Result<()> {
         show(&stream, 6),
         show(&tape.value(y)?.to_vec_f64(), 6)
     )?;
+    residual_stream(out)
+}
+
+/// The residual stream of cola-tiny at token 0 of four: every block adds its attention branch, then its
+/// MLP branch, to the stream, and never rewrites it. The adds are the nodes whose outputs `nn/src/block.rs`
+/// marks `Residual` (h) and `LayerOutput` (y, which the next layer marks `LayerInput`).
+fn residual_stream(out: &mut String) -> Result<()> {
+    let config = LlamaConfig::preset("cola-tiny")?;
+    let model = Llama::new(config.clone(), &mut Rng::new(1))?;
+    let ids = [5u32, 9, 2, 7];
+    let mut tape = Tape::new();
+    model.hidden_states(&mut tape, &ids, 1, ids.len())?;
+    let d = config.d_model;
+    let rms =
+        |v: &[f32]| (v[..d].iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>() / d as f64).sqrt();
+    writeln!(out, "cola-tiny's residual stream at token 0 (RMS over its {d} values):")?;
+    let mut layer = 0;
+    for node in tape.nodes() {
+        let kind = tape.kind(node.output)?;
+        // A layer's output is the next layer's input, and marked as such by the next layer.
+        let (branch, name) = match kind {
+            SlotKind::Residual => ("attention", "h"),
+            SlotKind::LayerOutput | SlotKind::LayerInput => ("mlp", "y"),
+            _ => continue,
+        };
+        let [stream, added] = node.inputs[..] else { continue };
+        if node.op.name() != "add" {
+            continue;
+        }
+        let (before, branch_values) =
+            (tape.value(stream)?.to_vec::<f32>()?, tape.value(added)?.to_vec::<f32>()?);
+        let after = tape.value(node.output)?.to_vec::<f32>()?;
+        let exact = before.iter().zip(&branch_values).zip(&after).all(|((b, r), a)| b + r == *a);
+        writeln!(
+            out,
+            "  layer {layer}: stream {:.4} + {branch} branch {:.4} -> {name} {:.4}; exactly the sum: {exact}",
+            rms(&before),
+            rms(&branch_values),
+            rms(&after)
+        )?;
+        if name == "y" {
+            layer += 1;
+        }
+    }
     Ok(())
 }
 
