@@ -11,7 +11,8 @@ use std::fmt::Write as _;
 use std::sync::{Barrier, Mutex};
 
 /// A world of threads in one process: each sum adds every rank's buffer into a shared one, in rank
-/// order, between barriers (the sum MPI or NCCL would compute, without the transport).
+/// order, between barriers (the sum MPI or NCCL would compute, without the transport). As with MPI, every
+/// rank must make the same calls: a rank that stops early leaves the others waiting.
 #[derive(Debug)]
 struct Threads {
     ranks: usize,
@@ -54,7 +55,7 @@ impl Collective for ThreadRank<'_> {
     }
 
     fn all_reduce_sum(&self, buffer: &mut [f32]) -> crate::dist::Result<()> {
-        // f32 values summed in f64 and rounded once: exact for two ranks, as a ring of two is.
+        // Two f32 values summed in f64 and rounded once: the f32 sum a two-rank ring computes.
         let total = self.sum(buffer.iter().map(|&v| f64::from(v)).collect());
         buffer.iter_mut().zip(total).for_each(|(b, t)| *b = t as f32);
         Ok(())
@@ -66,6 +67,7 @@ impl Collective for ThreadRank<'_> {
         Ok(())
     }
 
+    /// A sum in which every rank but `root` contributes zeros.
     fn broadcast(&self, buffer: &mut [u8], root: usize) -> crate::dist::Result<()> {
         let mine = if self.rank == root {
             buffer.iter().map(|&b| f64::from(b)).collect()
