@@ -1,13 +1,15 @@
-//! The guided tour of `docs/TOUR.md`: prints one stop of a token's journey through the stack.
+//! The guided tour of `docs/TOUR.md`: prints one stop of a token's walk through one training step.
 //!
 //!     cargo run --release --example tour -- tape
 //!
-//! Stops: gemm, views, tape, cola, recompute, adamw, checkpoint (no argument: all of them).
+//! Stops, in order: gemm, views (the prologue), tokens, embedding, rmsnorm, cola, rope, attention, mlp,
+//! head, tape, recompute, accumulate, adamw, schedule, bf16, ranks, checkpoint, decode (no argument:
+//! all of them).
 use cola::tour::{self, Stop};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let stops: Result<Vec<Stop>, String> = match std::env::args().nth(1) {
+    let stops: Result<Vec<Stop>, tour::TourError> = match std::env::args().nth(1) {
         None => Ok(Stop::ALL.to_vec()),
         Some(name) => name.parse().map(|stop| vec![stop]),
     };

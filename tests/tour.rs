@@ -99,6 +99,18 @@ fn the_matcher_rejects_what_it_should() {
     assert!(block_matches(&want(&["one", "two"]), &out).is_err(), "extra output lines are an error");
 }
 
+/// A stop name the tour does not know is an error value that lists the stops, not a panic.
+#[test]
+fn an_unknown_stop_is_an_error_naming_the_stops() {
+    let error = "lowrank".parse::<Stop>().expect_err("not a stop");
+    let message = error.to_string();
+    assert!(message.contains("\"lowrank\""), "{message}");
+    for stop in Stop::ALL {
+        assert!(message.contains(stop.name()), "{message} lacks {}", stop.name());
+        assert_eq!(stop.name().parse::<Stop>().ok(), Some(stop), "every name parses back");
+    }
+}
+
 #[test]
 fn every_file_the_tour_names_exists() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
