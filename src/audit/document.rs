@@ -75,12 +75,16 @@ fn header(out: &mut String) {
     let _ = write!(
         out,
         "# Audit: parameters, FLOPs and saved activations of every preset\n\n\
-         Written by `{COMMAND}`; `tests/audit_doc.rs` writes it again and fails when this file differs.\n\
-         Every figure is computed by the code the training program uses (`LlamaConfig::param_counts`, \
-         `cola::audit::flops_per_token` of `--audit`, the profiler of `--profile`, the tape's retention \
-         policies and memory accounting). Every formula is evaluated by `src/audit/formulas.rs`, written \
-         apart from that code, and compared with it; a difference stops the program, so no formula here \
-         can drift from what the code does.\n\n\
+         Written by `{COMMAND}`; `tests/audit_doc.rs` writes it again and fails when this file differs.\n\n\
+         Each formula below is evaluated by `src/audit/formulas.rs`, written apart from the code it \
+         describes, and compared with what that code gives: parameter counts with \
+         `LlamaConfig::param_counts` (the shapes the model is built with, what `--audit` prints) for all 12 \
+         presets and with allocated models up to 60m; FLOPs with `cola::audit::flops_per_token` (what \
+         `--audit` prints) and with the profiler of `--profile`; saved bytes with the tape's retention \
+         policies and memory accounting. The profiler and the tape run on recorded steps of small models \
+         with the widths of the tiny, 60m and 350m presets, a 64-entry vocabulary and one or two layers \
+         (the last table of sections 2 and 3); the other figures are the closed forms those steps confirm. Any difference stops the program, so no formula here \
+         can drift from the code.\n\n\
          Symbols: `d` hidden width, `f` MLP width, `r` rank (CoLA), `L` layers, `V` vocabulary, `h` heads; \
          a micro-batch is `b` sequences of `n` tokens, `T = b n`. Per-token figures use one sequence of \
          the preset's context (`n = 256`, 16 for the tiny presets); the method is `docs/METHOD.md`.\n\n"

@@ -79,8 +79,8 @@ impl Probes {
     /// The profiler's FLOPs of the two-layer probes.
     pub fn flops_table(&self) -> String {
         let mut out = format!(
-            "\nThe closed forms against the profiler: one recorded step (`loss`, `backward`) of each \
-             preset's widths with V = {VOCAB}, L = 2, b = {}, n = {}, FLOPs over the micro-batch, each \
+            "\nThe closed forms against the profiler: one recorded step (`loss`, `backward`) of the \
+             widths below with V = {VOCAB}, L = 2, b = {}, n = {}, FLOPs over the micro-batch, each \
              equal to its closed form (the trainer adds 3 FLOPs per micro-batch when it weights several: \
              the loss scaling):\n\n\
              | model | policy | forward rows | backward | recompute |\n|---|---|---|---|---|\n",
@@ -104,7 +104,7 @@ impl Probes {
     /// The tape's saved bytes of every probe.
     pub fn memory_table(&self) -> String {
         let mut out = format!(
-            "The closed form against the tape: saved bytes of one recorded step of each preset's widths \
+            "The closed form against the tape: saved bytes of one recorded step of the widths below \
              with V = {VOCAB}, b = {}, n = {}, each equal to `saved_bytes` (bf16 as CPU storage):\n\n\
              | model | policy | f32, L = 1 | f32, L = 2 | bf16, L = 2 |\n|---|---|---|---|---|\n",
             BATCH.b, BATCH.n
