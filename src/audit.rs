@@ -3,6 +3,14 @@
 //!
 //! Memory is measured, not modelled: one micro-batch goes through the tape under the policy and the tape's
 //! accounting reports the bytes of activation buffers it holds (see `cola_autograd::MemoryStats`).
+//!
+//! `formulas.rs` holds the closed forms of all three, `checks.rs` and `probes.rs` what the code gives to
+//! compare them with (small recorded models), and `document.rs` writes `docs/AUDIT.md` from both.
+pub mod checks;
+pub mod document;
+pub mod formulas;
+pub mod probes;
+
 use cola_autograd::{GradStore, MemoryStats, Policy, Tape};
 use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset};
 use cola_tensor::{DType, Rng};
@@ -15,15 +23,37 @@ pub struct FlopsPerToken {
     pub training: f64,
 }
 
+/// How attention is counted: every query against all n keys (docs/METHOD.md section 8, what `--audit`
+/// prints and MFU uses), or against the `(n + 1) / 2` keys a causal query sees on average (what the kernels
+/// do and the profiler counts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionCount {
+    AllKeys,
+    Causal,
+}
+
 /// docs/METHOD.md section 8: per layer full `2 (4 d^2 + 3 d f)`, CoLA `2 (8 r d + 3 r (d + f))`, attention
 /// `4 n d` for sequence length n; the head `2 d V`.
 pub fn flops_per_token(config: &LlamaConfig, seq_len: usize) -> FlopsPerToken {
+    flops_per_token_counting(config, seq_len, AttentionCount::AllKeys)
+}
+
+/// [`flops_per_token`] with attention counted as `count` says: `4 n d` per layer, or `2 (n + 1) d` causal.
+pub fn flops_per_token_counting(
+    config: &LlamaConfig,
+    seq_len: usize,
+    count: AttentionCount,
+) -> FlopsPerToken {
     let (d, f, v) = (config.d_model as f64, config.ffn_dim as f64, config.vocab_size as f64);
     let projections = match config.rank {
         Some(r) => 2.0 * (8.0 * r as f64 * d + 3.0 * r as f64 * (d + f)),
         None => 2.0 * (4.0 * d * d + 3.0 * d * f),
     };
-    let attention = 4.0 * seq_len as f64 * d;
+    let n = seq_len as f64;
+    let attention = match count {
+        AttentionCount::AllKeys => 4.0 * n * d,
+        AttentionCount::Causal => 2.0 * (n + 1.0) * d,
+    };
     let forward = config.n_layers as f64 * (projections + attention) + 2.0 * d * v;
     FlopsPerToken { forward, training: 3.0 * forward }
 }
