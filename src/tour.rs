@@ -7,6 +7,7 @@ use crate::kernels::cpu::gemm::{gemm_with_path, Dims, KernelPath, MatRef};
 use crate::nn::{ColaLinear, Init, Llama, LlamaConfig, Module};
 use crate::tensor::ops::optim::AdamWStep;
 use crate::tensor::{DType, Rng, Tensor};
+use cola_autograd::Graph;
 use std::fmt::Write as _;
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -147,7 +148,7 @@ fn tape(out: &mut String) -> Result<()> {
             saves(node.op.needs(), node.inputs.len())
         )?;
     }
-    let loss = tape.sum(y, &[], false)?;
+    let loss = tape.sum(&y, &[], false)?;
     let grads = tape.backward(loss)?;
     for p in layer.parameters() {
         writeln!(

@@ -37,7 +37,8 @@ pub trait Graph {
         f(self)
     }
 
-    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast.
+    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast; pass a transposed view (`transpose`, `t`) for
+    /// an `A^T` operand.
     fn matmul(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
         self.apply(Op::Matmul, &[a, b])
     }
@@ -47,9 +48,31 @@ pub trait Graph {
         self.apply(Op::Binary(BinaryOp::Add), &[a, b])
     }
 
+    /// Broadcasting `a - b`.
+    fn sub(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Binary(BinaryOp::Sub), &[a, b])
+    }
+
     /// Broadcasting `a * b`.
     fn mul(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
         self.apply(Op::Binary(BinaryOp::Mul), &[a, b])
+    }
+
+    /// Broadcasting `a / b`.
+    fn div(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Binary(BinaryOp::Div), &[a, b])
+    }
+
+    fn neg(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Neg), &[x])
+    }
+
+    fn exp(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Exp), &[x])
+    }
+
+    fn log(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Log), &[x])
     }
 
     /// `x * sigmoid(x)`.
@@ -57,13 +80,75 @@ pub trait Graph {
         self.apply(Op::Unary(UnaryOp::Silu), &[x])
     }
 
+    /// `scale * x + shift`.
+    fn affine(&mut self, x: &Self::Value, scale: f64, shift: f64) -> Result<Self::Value> {
+        self.apply(Op::Affine { scale, shift }, &[x])
+    }
+
+    fn add_scalar(&mut self, x: &Self::Value, value: f64) -> Result<Self::Value> {
+        self.affine(x, 1.0, value)
+    }
+
+    fn mul_scalar(&mut self, x: &Self::Value, value: f64) -> Result<Self::Value> {
+        self.affine(x, value, 0.0)
+    }
+
+    /// Sum over `axes` (all when empty).
+    fn sum(&mut self, x: &Self::Value, axes: &[isize], keepdim: bool) -> Result<Self::Value> {
+        self.apply(Op::Sum { axes: axes.to_vec(), keepdim }, &[x])
+    }
+
+    /// Mean over `axes` (all when empty).
+    fn mean(&mut self, x: &Self::Value, axes: &[isize], keepdim: bool) -> Result<Self::Value> {
+        self.apply(Op::Mean { axes: axes.to_vec(), keepdim }, &[x])
+    }
+
     fn reshape(&mut self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value> {
         self.apply(Op::Reshape { shape: shape.into() }, &[x])
+    }
+
+    /// Dim i of the result is dim `perm[i]` of `x` (a view).
+    fn permute(&mut self, x: &Self::Value, perm: &[usize]) -> Result<Self::Value> {
+        self.apply(Op::Permute { perm: perm.to_vec() }, &[x])
+    }
+
+    /// Swaps two axes (negative counts from the end), recorded as a permute.
+    fn transpose(&mut self, x: &Self::Value, a: isize, b: isize) -> Result<Self::Value> {
+        let rank = self.shape(x)?.len();
+        self.permute(x, &cola_tensor::layout::transpose_perm(a, b, rank)?)
+    }
+
+    /// Transpose of the last two axes.
+    fn t(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.transpose(x, -2, -1)
     }
 
     /// `len` entries of `axis` from `start` (a view).
     fn narrow(&mut self, x: &Self::Value, axis: isize, start: usize, len: usize) -> Result<Self::Value> {
         self.apply(Op::Narrow { axis, start, len }, &[x])
+    }
+
+    fn broadcast_to(&mut self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value> {
+        self.apply(Op::BroadcastTo { shape: shape.into() }, &[x])
+    }
+
+    /// The parts joined along `axis` (a copy).
+    fn concat(&mut self, parts: &[Self::Value], axis: isize) -> Result<Self::Value> {
+        let parts: Vec<&Self::Value> = parts.iter().collect();
+        self.apply(Op::Concat { axis }, &parts)
+    }
+
+    /// Consecutive pieces of `axis` with the given sizes, which must add up to its length (each piece a
+    /// narrow; checked first, so a bad split adds nothing).
+    fn split(&mut self, x: &Self::Value, sizes: &[usize], axis: isize) -> Result<Vec<Self::Value>> {
+        cola_tensor::layout::split_axis(sizes, axis, &self.shape(x)?)?;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &len in sizes {
+            parts.push(self.narrow(x, axis, start, len)?);
+            start += len;
+        }
+        Ok(parts)
     }
 
     /// RMSNorm of `x: [..., d]` with `weight: [d]`.

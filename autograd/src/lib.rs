@@ -12,7 +12,6 @@ pub mod error;
 pub mod graph;
 pub mod memory;
 pub mod op;
-pub mod ops;
 pub mod param;
 pub mod policy;
 pub mod profile;

@@ -5,6 +5,7 @@
 //! Counts and FLOPs are exact integers, so they are compared with `==`. Times are only checked for being
 //! summed (a sum of nanoseconds is exact) and for not exceeding the wall time around the whole pass.
 use cola_autograd::profile::{flops, Direction, Profiler};
+use cola_autograd::Graph;
 use cola_autograd::{AutogradError, Op, Parameter, Policy, Tape};
 use cola_tensor::{DType, Device, Rng, Tensor, TensorError};
 use std::time::Instant;
@@ -49,9 +50,9 @@ fn profiled_pass(policy: Policy, profiler: Option<Profiler>) -> (Vec<f64>, Optio
         tape.set_profiler(p);
     }
     let (x, wv) = (tape.constant(x), tape.param(&w));
-    let y = tape.matmul(x, wv).unwrap();
-    let s = tape.silu(y).unwrap();
-    let loss = tape.sum(s, &[], false).unwrap();
+    let y = tape.matmul(&x, &wv).unwrap();
+    let s = tape.silu(&y).unwrap();
+    let loss = tape.sum(&s, &[], false).unwrap();
     let grads = tape.backward(loss).unwrap();
     (grads.param(w.id()).unwrap().to_vec_f64(), tape.take_profiler())
 }
@@ -110,7 +111,7 @@ fn a_profiler_error_is_an_autograd_error() {
     tape.set_profiler(Profiler::new(Device::Cpu));
     let a = tape.leaf(Tensor::zeros(&[2, 3], DType::F32), true);
     let b = tape.leaf(Tensor::zeros(&[4, 5], DType::F32), true);
-    assert!(matches!(tape.matmul(a, b), Err(AutogradError::Tensor(_))));
+    assert!(matches!(tape.matmul(&a, &b), Err(AutogradError::Tensor(_))));
     let p = tape.take_profiler().unwrap();
     assert_eq!(p.get(Direction::Forward, "matmul"), None, "a failed op is not counted");
 }
