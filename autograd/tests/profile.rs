@@ -4,6 +4,7 @@
 //!
 //! Counts and FLOPs are exact integers, so they are compared with `==`. Times are only checked for being
 //! summed (a sum of nanoseconds is exact) and for not exceeding the wall time around the whole pass.
+use cola_autograd::op::Attention;
 use cola_autograd::profile::{flops, Direction, Profiler};
 use cola_autograd::Graph;
 use cola_autograd::{AutogradError, Op, Parameter, Policy, Tape};
@@ -93,7 +94,7 @@ fn a_profiled_tape_counts_each_op_where_it_runs() {
 fn attention_counts_the_visible_pairs_and_matmul_broadcasts_batches() {
     // q, k, v [b=1, t=4, h=2, d=3]: 4*5/2 = 10 visible pairs per head.
     let q: &[usize] = &[1, 4, 2, 3];
-    let attention = Op::Attention { scale: 1.0 };
+    let attention = Op::Attention(Attention { scale: 1.0 });
     assert_eq!(flops(&attention, Direction::Forward, &[q, q, q]), 4 * 2 * 3 * 10);
     assert_eq!(flops(&attention, Direction::Backward, &[q, q, q]), 10 * 2 * 3 * 10);
     assert_eq!(flops(&attention, Direction::Recompute, &[q, q, q]), 4 * 2 * 3 * 10);
