@@ -9,6 +9,7 @@
 //!
 //! Tolerance: `|analytic - numeric| <= 1e-6 * max(1, |numeric|)` (see `common::TOLERANCE`; the loss is a
 //! mean cross-entropy of O(1), so the finite differences are as accurate as for the single ops).
+use cola::autograd::Graph;
 mod common;
 
 use cola::autograd::{GradStore, Parameter, Policy, Tape, Var};
@@ -92,7 +93,7 @@ fn parameter_recorded_twice_gets_the_summed_gradient() {
     let mut tape = Tape::new();
     let l1 = model.loss(&mut tape, &b1).expect("first forward");
     let l2 = model.loss(&mut tape, &b2).expect("second forward, parameters recorded again");
-    let total = tape.add(l1, l2).expect("add");
+    let total = tape.add(&l1, &l2).expect("add");
     let grads = tape.backward(total).expect("backward");
     assert_eq!(grads.params().count(), model.params.len(), "one gradient per parameter id");
 
@@ -100,7 +101,7 @@ fn parameter_recorded_twice_gets_the_summed_gradient() {
     let vars: Vec<_> = model.params.iter().map(|p| reference.param(p)).collect();
     let r1 = model.loss_with(&mut reference, &vars, &b1).expect("forward");
     let r2 = model.loss_with(&mut reference, &vars, &b2).expect("forward");
-    let total = reference.add(r1, r2).expect("add");
+    let total = reference.add(&r1, &r2).expect("add");
     let expected = reference.backward(total).expect("backward");
     for p in &model.params {
         let (got, want) =
@@ -136,7 +137,7 @@ proptest! {
         let vars: Vec<Var> = model.params.iter().map(|p| tape.param(p)).collect();
         let l1 = model.loss_with(&mut tape, &vars, &b1).unwrap();
         let l2 = model.loss_with(&mut tape, &vars, &b2).unwrap();
-        let total = tape.add(l1, l2).unwrap();
+        let total = tape.add(&l1, &l2).unwrap();
         let grads = tape.backward(total).unwrap();
         for p in &model.params {
             let acc = store.get(p.id()).unwrap().to_vec_f64();
@@ -189,10 +190,10 @@ fn replay_is_bit_identical_on_elementwise_ops() {
             let mut tape = Tape::with_policy(policy);
             let vars = [tape.leaf(x.clone(), true), tape.leaf(y.clone(), true)];
             let outs = elementwise_composite(&mut tape, &vars).unwrap();
-            let a = tape.sum(outs[0], &[], false).unwrap();
-            let b = tape.mean(outs[1], &[0], false).unwrap();
-            let b = tape.sum(b, &[], false).unwrap();
-            let loss = tape.add(a, b).unwrap();
+            let a = tape.sum(&outs[0], &[], false).unwrap();
+            let b = tape.mean(&outs[1], &[0], false).unwrap();
+            let b = tape.sum(&b, &[], false).unwrap();
+            let loss = tape.add(&a, &b).unwrap();
             let grads = tape.backward(loss).unwrap();
             vars.map(|v| bits(grads.get(v).unwrap()))
         };
@@ -212,9 +213,9 @@ fn no_grad_records_nothing() {
     assert!(tape.is_grad_enabled());
     let (y, z) = tape.no_grad(|t| {
         assert!(!t.is_grad_enabled());
-        let y = t.matmul(x, w).unwrap();
-        let y = t.silu(y).unwrap();
-        let z = t.sum(y, &[], false).unwrap();
+        let y = t.matmul(&x, &w).unwrap();
+        let y = t.silu(&y).unwrap();
+        let z = t.sum(&y, &[], false).unwrap();
         (y, z)
     });
     assert!(tape.is_grad_enabled());
@@ -225,7 +226,7 @@ fn no_grad_records_nothing() {
     assert!(tape.backward(z).is_err(), "a no_grad value has no gradient path");
 
     // Recording resumes: the same ops outside no_grad add nodes and require a gradient.
-    let y = tape.matmul(x, w).unwrap();
+    let y = tape.matmul(&x, &w).unwrap();
     assert!(tape.requires_grad(y).unwrap());
     assert_eq!(tape.nodes().len(), before + 1);
 }
@@ -238,9 +239,9 @@ fn replay_reads_leaves_no_rule_needs() {
     let run = |policy| {
         let mut tape = Tape::with_policy(policy);
         let v = tape.leaf(x.clone(), true);
-        let shifted = tape.add_scalar(v, 0.5).unwrap();
-        let e = tape.exp(shifted).unwrap();
-        let loss = tape.sum(e, &[], false).unwrap();
+        let shifted = tape.add_scalar(&v, 0.5).unwrap();
+        let e = tape.exp(&shifted).unwrap();
+        let loss = tape.sum(&e, &[], false).unwrap();
         bits(tape.backward(loss).unwrap().get(v).unwrap())
     };
     assert_eq!(run(Policy::KeepAll), run(Policy::RecomputeAll));

@@ -19,6 +19,7 @@
 //!
 //! Without a CUDA device every test prints `skipped: no CUDA device` and returns.
 #![cfg(feature = "cuda")]
+use cola::autograd::op::{Attention, Sum};
 use cola::autograd::{Op, Policy, Tape};
 use cola::tensor::{AttentionSaved, BinaryOp, DType, Device, Rng, Tensor};
 
@@ -190,9 +191,9 @@ fn tape_gradients(policy: Policy, inputs: &[Tensor; 4]) -> Vec<Vec<u64>> {
     let mut tape = Tape::with_policy(policy);
     let qkv = [0, 1, 2].map(|i| tape.leaf(inputs[i].clone(), true));
     let w = tape.constant(inputs[3].clone());
-    let out = tape.record(Op::Attention { scale: 0.125 }, &qkv).unwrap();
+    let out = tape.record(Op::Attention(Attention { scale: 0.125 }), &qkv).unwrap();
     let weighted = tape.record(Op::Binary(BinaryOp::Mul), &[out, w]).unwrap();
-    let loss = tape.record(Op::Sum { axes: vec![], keepdim: false }, &[weighted]).unwrap();
+    let loss = tape.record(Op::Sum(Sum { axes: vec![], keepdim: false }), &[weighted]).unwrap();
     let grads = tape.backward(loss).unwrap();
     qkv.iter().map(|&var| bits(grads.get(var).expect("a gradient"))).collect()
 }

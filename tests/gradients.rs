@@ -3,6 +3,7 @@
 //! Whole-graph properties (networks, accumulation, replay, `no_grad`) are in `composite.rs`.
 //!
 //! Tolerance: `|analytic - numeric| <= 1e-6 * max(1, |numeric|)`, justified at `common::TOLERANCE`.
+use cola::autograd::Graph;
 mod common;
 
 use cola::autograd::{Result, Tape, Var};
@@ -42,10 +43,10 @@ fn check_binary(
     let b = input(&sb, view_b, denominator, &mut rng);
     check_gradients(&format!("{} {sa:?} {sb:?}", op.name()), &[a, b], &move |t, x| {
         Ok(vec![match op {
-            BinaryOp::Add => t.add(x[0], x[1])?,
-            BinaryOp::Sub => t.sub(x[0], x[1])?,
-            BinaryOp::Mul => t.mul(x[0], x[1])?,
-            BinaryOp::Div => t.div(x[0], x[1])?,
+            BinaryOp::Add => t.add(&x[0], &x[1])?,
+            BinaryOp::Sub => t.sub(&x[0], &x[1])?,
+            BinaryOp::Mul => t.mul(&x[0], &x[1])?,
+            BinaryOp::Div => t.div(&x[0], &x[1])?,
         }])
     });
 }
@@ -62,7 +63,7 @@ fn check_unary(what: &str, shape: &[usize], view: View, dist: Dist, seed: u64, g
 }
 
 fn matmul(t: &mut Tape, x: &[Var]) -> Result<Vec<Var>> {
-    Ok(vec![t.matmul(x[0], x[1])?])
+    Ok(vec![t.matmul(&x[0], &x[1])?])
 }
 
 /// Checks `a @ b` for operands of the given logical shapes.
@@ -116,9 +117,9 @@ proptest! {
         let a = input(&sa, View::Contiguous, normal(), &mut rng);
         let b = input(&sb, View::Contiguous, normal(), &mut rng);
         check_gradients(&format!("matmul t={ta} {sa:?} @ t={tb} {sb:?}"), &[a, b], &move |t, x| {
-            let a = if ta { t.t(x[0])? } else { x[0] };
-            let b = if tb { t.t(x[1])? } else { x[1] };
-            Ok(vec![t.matmul(a, b)?])
+            let a = if ta { t.t(&x[0])? } else { x[0] };
+            let b = if tb { t.t(&x[1])? } else { x[1] };
+            Ok(vec![t.matmul(&a, &b)?])
         });
     }
 
@@ -151,43 +152,43 @@ proptest! {
         seed: u64,
     ) {
         check_unary("affine", &shape, view, normal(), seed, &move |t, x| {
-            Ok(vec![t.affine(x[0], scale, shift)?])
+            Ok(vec![t.affine(&x[0], scale, shift)?])
         });
     }
 
     #[test]
     fn add_scalar(shape in any_shape(), view in any_view(), value in -3.0f64..3.0, seed: u64) {
         check_unary("add_scalar", &shape, view, normal(), seed, &move |t, x| {
-            Ok(vec![t.add_scalar(x[0], value)?])
+            Ok(vec![t.add_scalar(&x[0], value)?])
         });
     }
 
     #[test]
     fn mul_scalar(shape in any_shape(), view in any_view(), value in -3.0f64..3.0, seed: u64) {
         check_unary("mul_scalar", &shape, view, normal(), seed, &move |t, x| {
-            Ok(vec![t.mul_scalar(x[0], value)?])
+            Ok(vec![t.mul_scalar(&x[0], value)?])
         });
     }
 
     #[test]
     fn neg(shape in any_shape(), view in any_view(), seed: u64) {
-        check_unary("neg", &shape, view, normal(), seed, &|t, x| Ok(vec![t.neg(x[0])?]));
+        check_unary("neg", &shape, view, normal(), seed, &|t, x| Ok(vec![t.neg(&x[0])?]));
     }
 
     #[test]
     fn exp(shape in any_shape(), view in any_view(), seed: u64) {
-        check_unary("exp", &shape, view, normal(), seed, &|t, x| Ok(vec![t.exp(x[0])?]));
+        check_unary("exp", &shape, view, normal(), seed, &|t, x| Ok(vec![t.exp(&x[0])?]));
     }
 
     /// Inputs in (0.2, 5): away from the pole at 0.
     #[test]
     fn log(shape in any_shape(), view in any_view(), seed: u64) {
-        check_unary("log", &shape, view, Dist::Uniform(0.2, 5.0), seed, &|t, x| Ok(vec![t.log(x[0])?]));
+        check_unary("log", &shape, view, Dist::Uniform(0.2, 5.0), seed, &|t, x| Ok(vec![t.log(&x[0])?]));
     }
 
     #[test]
     fn silu(shape in any_shape(), view in any_view(), seed: u64) {
-        check_unary("silu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.silu(x[0])?]));
+        check_unary("silu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.silu(&x[0])?]));
     }
 
     /// The fused gated product `act(gate) * up`, both activations, gate and up in independent layouts
@@ -202,14 +203,14 @@ proptest! {
     fn sum(shape in any_shape(), view in any_view(), mask: u8, negative: bool, keepdim: bool, seed: u64) {
         let axes = reduce_axes(shape.len(), mask, negative);
         check_unary(&format!("sum {axes:?} keepdim={keepdim}"), &shape, view, normal(), seed,
-            &move |t, x| Ok(vec![t.sum(x[0], &axes, keepdim)?]));
+            &move |t, x| Ok(vec![t.sum(&x[0], &axes, keepdim)?]));
     }
 
     #[test]
     fn mean(shape in any_shape(), view in any_view(), mask: u8, negative: bool, keepdim: bool, seed: u64) {
         let axes = reduce_axes(shape.len(), mask, negative);
         check_unary(&format!("mean {axes:?} keepdim={keepdim}"), &shape, view, normal(), seed,
-            &move |t, x| Ok(vec![t.mean(x[0], &axes, keepdim)?]));
+            &move |t, x| Ok(vec![t.mean(&x[0], &axes, keepdim)?]));
     }
 
     /// Reshape to a random shape of the same size; views of non-contiguous inputs take the copy path.
@@ -218,7 +219,7 @@ proptest! {
         let mut rng = Rng::new(seed ^ 0xA5A5);
         let target = random_shape_with_numel(shape.iter().product(), &mut rng);
         let label = format!("reshape to {target:?}");
-        check_unary(&label, &shape, view, normal(), seed, &move |t, x| Ok(vec![t.reshape(x[0], &target)?]));
+        check_unary(&label, &shape, view, normal(), seed, &move |t, x| Ok(vec![t.reshape(&x[0], &target)?]));
     }
 
     /// A permuted result is a strided view; a following op (here exp) must read it correctly too.
@@ -226,8 +227,8 @@ proptest! {
     fn permute(shape in any_shape(), view in any_view(), seed: u64) {
         let perm = permutation(shape.len(), &mut Rng::new(seed ^ 0xA5A5));
         check_unary(&format!("permute {perm:?}"), &shape, view, normal(), seed, &move |t, x| {
-            let p = t.permute(x[0], &perm)?;
-            Ok(vec![p, t.exp(p)?])
+            let p = t.permute(&x[0], &perm)?;
+            Ok(vec![p, t.exp(&p)?])
         });
     }
 
@@ -242,8 +243,8 @@ proptest! {
         let (a, b) = ((a % shape.len()) as isize, (b % shape.len()) as isize);
         let (a, b) = if negative { (a - rank, b - rank) } else { (a, b) };
         check_unary(&format!("transpose {a} {b}"), &shape, view, normal(), seed, &move |t, x| {
-            let p = t.transpose(x[0], a, b)?;
-            Ok(vec![t.silu(p)?])
+            let p = t.transpose(&x[0], a, b)?;
+            Ok(vec![t.silu(&p)?])
         });
     }
 
@@ -259,14 +260,14 @@ proptest! {
         let start = start % shape[axis];
         let len = len % (shape[axis] - start + 1);
         check_unary(&format!("narrow axis {axis} {start}+{len}"), &shape, view, normal(), seed,
-            &move |t, x| Ok(vec![t.narrow(x[0], axis as isize, start, len)?]));
+            &move |t, x| Ok(vec![t.narrow(&x[0], axis as isize, start, len)?]));
     }
 
     #[test]
     fn broadcast_to(target in any_shape(), (drop, ones, view) in operand(), seed: u64) {
         let shape = broadcastable(&target, drop, ones);
         check_unary(&format!("broadcast_to {target:?}"), &shape, view, normal(), seed,
-            &move |t, x| Ok(vec![t.broadcast_to(x[0], &target)?]));
+            &move |t, x| Ok(vec![t.broadcast_to(&x[0], &target)?]));
     }
 
     #[test]
@@ -307,7 +308,7 @@ proptest! {
         points.sort_unstable();
         let sizes: Vec<usize> = points.windows(2).map(|w| w[1] - w[0]).collect();
         check_unary(&format!("split axis {axis} into {sizes:?}"), &shape, view, normal(), seed,
-            &move |t, x| t.split(x[0], &sizes, axis as isize));
+            &move |t, x| t.split(&x[0], &sizes, axis as isize));
     }
 
     /// Gradients of x (`[..., d]`, any layout) and of the weight.
@@ -325,7 +326,7 @@ proptest! {
         let x = input(&shape, vx, normal(), &mut rng);
         let w = input(&[d], vw, normal(), &mut rng).add_scalar(1.0).unwrap();
         check_gradients(&format!("rms_norm {shape:?} eps {eps}"), &[x, w], &move |t, x| {
-            Ok(vec![t.rms_norm(x[0], x[1], eps)?])
+            Ok(vec![t.rms_norm(&x[0], &x[1], eps)?])
         });
     }
 
@@ -341,7 +342,7 @@ proptest! {
         let shape = [batch, seq, heads, 2 * half];
         let positions = positions[..seq].to_vec();
         check_unary(&format!("rope {positions:?} theta {theta}"), &shape, view, normal(), seed,
-            &move |t, x| Ok(vec![t.rope(x[0], &positions, theta)?]));
+            &move |t, x| Ok(vec![t.rope(&x[0], &positions, theta)?]));
     }
 
     /// Causal attention with `q_len <= kv_len` (queries at the end of the key sequence).
@@ -359,7 +360,7 @@ proptest! {
         let k = input(&[batch, kv_len, heads, head_dim], views[1], normal(), &mut rng);
         let v = input(&[batch, kv_len, heads, head_dim], views[2], normal(), &mut rng);
         let what = format!("attention q {:?} kv {:?} scale {scale}", q.shape(), k.shape());
-        check_gradients(&what, &[q, k, v], &move |t, x| Ok(vec![t.attention(x[0], x[1], x[2], scale)?]));
+        check_gradients(&what, &[q, k, v], &move |t, x| Ok(vec![t.attention(&x[0], &x[1], &x[2], scale)?]));
     }
 
     /// With a pad id present in the ids, the pad row's gradient is exactly zero (and is left out of the
@@ -384,7 +385,7 @@ proptest! {
         let pad_row = pad.map(|p| p as usize);
         let ids2 = ids.clone();
         let grads = check_gradients_skipping(&what, &[table], &|_, j| Some(j / dim) == pad_row, &move |t, x| {
-            Ok(vec![t.embedding(x[0], &ids2, &ids_shape, pad)?])
+            Ok(vec![t.embedding(&x[0], &ids2, &ids_shape, pad)?])
         });
         if let Some(p) = pad_row {
             let g = grads[0].to_vec_f64();
@@ -420,7 +421,7 @@ proptest! {
         let what = format!("cross_entropy {shape:?} targets {targets:?} ignore {ignore_id:?}");
         let t2 = targets.clone();
         let grads = check_gradients(&what, &[logits], &move |t, x| {
-            Ok(vec![t.cross_entropy(x[0], &t2, ignore_id)?])
+            Ok(vec![t.cross_entropy(&x[0], &t2, ignore_id)?])
         });
         let g = grads[0].to_vec_f64();
         for (row, &target) in targets.iter().enumerate() {
@@ -457,7 +458,7 @@ proptest! {
         let what = format!("head_cross_entropy {shape:?} @ [{d}, {vocab}] targets {targets:?} ignore {ignore_id:?}");
         let t2 = targets.clone();
         let grads = check_gradients(&what, &[hidden, weight], &move |t, x| {
-            Ok(vec![t.head_cross_entropy(x[0], x[1], &t2, ignore_id)?])
+            Ok(vec![t.head_cross_entropy(&x[0], &x[1], &t2, ignore_id)?])
         });
         assert_ignored_rows_zero(&grads[0], d, &targets, ignore_id);
     }
@@ -521,7 +522,7 @@ fn check_gated(shape: &[usize], vg: View, vu: View, silu: bool, seed: u64) {
     let gate = input(shape, vg, Dist::Normal(3.0), &mut rng);
     let up = input(shape, vu, normal(), &mut rng);
     check_gradients(&format!("gated {activation:?} {shape:?} {vg:?} {vu:?}"), &[gate, up], &move |t, x| {
-        Ok(vec![t.gated(x[0], x[1], activation)?])
+        Ok(vec![t.gated(&x[0], &x[1], activation)?])
     });
 }
 
@@ -673,8 +674,8 @@ fn head_cross_entropy_with_grads_matches_its_backward() {
     let scale = 0.37;
     let mut tape = Tape::new();
     let (h, w) = (tape.leaf(hidden.clone(), true), tape.leaf(weight.clone(), true));
-    let loss = tape.head_cross_entropy(h, w, &targets, ignore_id).unwrap();
-    let scaled = tape.mul_scalar(loss, scale).unwrap();
+    let loss = tape.head_cross_entropy(&h, &w, &targets, ignore_id).unwrap();
+    let scaled = tape.mul_scalar(&loss, scale).unwrap();
     let grads = tape.backward(scaled).unwrap();
     let (want_gh, want_gw) =
         Tensor::head_cross_entropy_backward(&hidden, &weight, &targets, ignore_id, scale).unwrap();

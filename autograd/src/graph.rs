@@ -7,7 +7,10 @@
 //! is a provided method over [`Graph::apply`]; an executor with special needs (the KV-cached decoder
 //! of `nn/src/inference.rs` rotates and attends against its cache) intercepts ops there.
 use crate::error::Result;
-use crate::op::Op;
+use crate::op::{
+    Affine, Attention, BroadcastTo, Concat, CrossEntropy, Embedding, Gated, HeadCrossEntropy, Mean, Narrow,
+    Op, Permute, Reshape, RmsNorm, Rope, Sum,
+};
 use crate::param::Parameter;
 use crate::policy::SlotKind;
 use crate::tape::{Tape, Var};
@@ -37,7 +40,8 @@ pub trait Graph {
         f(self)
     }
 
-    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast.
+    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast; pass a transposed view (`transpose`, `t`) for
+    /// an `A^T` operand.
     fn matmul(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
         self.apply(Op::Matmul, &[a, b])
     }
@@ -47,9 +51,31 @@ pub trait Graph {
         self.apply(Op::Binary(BinaryOp::Add), &[a, b])
     }
 
+    /// Broadcasting `a - b`.
+    fn sub(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Binary(BinaryOp::Sub), &[a, b])
+    }
+
     /// Broadcasting `a * b`.
     fn mul(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
         self.apply(Op::Binary(BinaryOp::Mul), &[a, b])
+    }
+
+    /// Broadcasting `a / b`.
+    fn div(&mut self, a: &Self::Value, b: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Binary(BinaryOp::Div), &[a, b])
+    }
+
+    fn neg(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Neg), &[x])
+    }
+
+    fn exp(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Exp), &[x])
+    }
+
+    fn log(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Log), &[x])
     }
 
     /// `x * sigmoid(x)`.
@@ -57,23 +83,85 @@ pub trait Graph {
         self.apply(Op::Unary(UnaryOp::Silu), &[x])
     }
 
+    /// `scale * x + shift`.
+    fn affine(&mut self, x: &Self::Value, scale: f64, shift: f64) -> Result<Self::Value> {
+        self.apply(Op::Affine(Affine { scale, shift }), &[x])
+    }
+
+    fn add_scalar(&mut self, x: &Self::Value, value: f64) -> Result<Self::Value> {
+        self.affine(x, 1.0, value)
+    }
+
+    fn mul_scalar(&mut self, x: &Self::Value, value: f64) -> Result<Self::Value> {
+        self.affine(x, value, 0.0)
+    }
+
+    /// Sum over `axes` (all when empty).
+    fn sum(&mut self, x: &Self::Value, axes: &[isize], keepdim: bool) -> Result<Self::Value> {
+        self.apply(Op::Sum(Sum { axes: axes.to_vec(), keepdim }), &[x])
+    }
+
+    /// Mean over `axes` (all when empty).
+    fn mean(&mut self, x: &Self::Value, axes: &[isize], keepdim: bool) -> Result<Self::Value> {
+        self.apply(Op::Mean(Mean { axes: axes.to_vec(), keepdim }), &[x])
+    }
+
     fn reshape(&mut self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value> {
-        self.apply(Op::Reshape { shape: shape.into() }, &[x])
+        self.apply(Op::Reshape(Reshape { shape: shape.into() }), &[x])
+    }
+
+    /// Dim i of the result is dim `perm[i]` of `x` (a view).
+    fn permute(&mut self, x: &Self::Value, perm: &[usize]) -> Result<Self::Value> {
+        self.apply(Op::Permute(Permute { perm: perm.to_vec() }), &[x])
+    }
+
+    /// Swaps two axes (negative counts from the end), recorded as a permute.
+    fn transpose(&mut self, x: &Self::Value, a: isize, b: isize) -> Result<Self::Value> {
+        let rank = self.shape(x)?.len();
+        self.permute(x, &cola_tensor::layout::transpose_perm(a, b, rank)?)
+    }
+
+    /// Transpose of the last two axes.
+    fn t(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.transpose(x, -2, -1)
     }
 
     /// `len` entries of `axis` from `start` (a view).
     fn narrow(&mut self, x: &Self::Value, axis: isize, start: usize, len: usize) -> Result<Self::Value> {
-        self.apply(Op::Narrow { axis, start, len }, &[x])
+        self.apply(Op::Narrow(Narrow { axis, start, len }), &[x])
+    }
+
+    fn broadcast_to(&mut self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value> {
+        self.apply(Op::BroadcastTo(BroadcastTo { shape: shape.into() }), &[x])
+    }
+
+    /// The parts joined along `axis` (a copy).
+    fn concat(&mut self, parts: &[Self::Value], axis: isize) -> Result<Self::Value> {
+        let parts: Vec<&Self::Value> = parts.iter().collect();
+        self.apply(Op::Concat(Concat { axis }), &parts)
+    }
+
+    /// Consecutive pieces of `axis` with the given sizes, which must add up to its length (each piece a
+    /// narrow; checked first, so a bad split adds nothing).
+    fn split(&mut self, x: &Self::Value, sizes: &[usize], axis: isize) -> Result<Vec<Self::Value>> {
+        cola_tensor::layout::split_axis(sizes, axis, &self.shape(x)?)?;
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(sizes.len());
+        for &len in sizes {
+            parts.push(self.narrow(x, axis, start, len)?);
+            start += len;
+        }
+        Ok(parts)
     }
 
     /// RMSNorm of `x: [..., d]` with `weight: [d]`.
     fn rms_norm(&mut self, x: &Self::Value, weight: &Self::Value, eps: f64) -> Result<Self::Value> {
-        self.apply(Op::RmsNorm { eps }, &[x, weight])
+        self.apply(Op::RmsNorm(RmsNorm { eps }), &[x, weight])
     }
 
     /// Rotary embedding of `x: [batch, seq, heads, head_dim]` at `positions` (one per seq index).
     fn rope(&mut self, x: &Self::Value, positions: &[u32], theta: f64) -> Result<Self::Value> {
-        self.apply(Op::Rope { positions: positions.into(), theta }, &[x])
+        self.apply(Op::Rope(Rope { positions: positions.into(), theta }), &[x])
     }
 
     /// Causal attention of `[batch, seq, heads, head_dim]` queries, keys and values.
@@ -84,7 +172,7 @@ pub trait Graph {
         v: &Self::Value,
         scale: f64,
     ) -> Result<Self::Value> {
-        self.apply(Op::Attention { scale }, &[q, k, v])
+        self.apply(Op::Attention(Attention { scale }), &[q, k, v])
     }
 
     /// Rows of `table: [vocab, dim]` gathered by `ids` (of `ids_shape`); `pad_id`'s row gets no gradient.
@@ -95,7 +183,10 @@ pub trait Graph {
         ids_shape: &[usize],
         pad_id: Option<u32>,
     ) -> Result<Self::Value> {
-        self.apply(Op::Embedding { ids: ids.into(), ids_shape: ids_shape.into(), pad_id }, &[table])
+        self.apply(
+            Op::Embedding(Embedding { ids: ids.into(), ids_shape: ids_shape.into(), pad_id }),
+            &[table],
+        )
     }
 
     /// Mean cross-entropy of `logits: [..., vocab]` against one target per row, skipping `ignore_id`.
@@ -105,7 +196,7 @@ pub trait Graph {
         targets: &[u32],
         ignore_id: Option<u32>,
     ) -> Result<Self::Value> {
-        self.apply(Op::CrossEntropy { targets: targets.into(), ignore_id }, &[logits])
+        self.apply(Op::CrossEntropy(CrossEntropy { targets: targets.into(), ignore_id }), &[logits])
     }
 
     /// The MLP's gated product `act(gate) * up` (same shapes) as one op: one pass forward and backward,
@@ -116,7 +207,7 @@ pub trait Graph {
         up: &Self::Value,
         activation: GateActivation,
     ) -> Result<Self::Value> {
-        self.apply(Op::Gated { activation }, &[gate, up])
+        self.apply(Op::Gated(Gated { activation }), &[gate, up])
     }
 
     /// Mean cross-entropy of the logits `hidden @ weight` (`[..., d]` by `[d, vocab]`) against one target
@@ -128,7 +219,10 @@ pub trait Graph {
         targets: &[u32],
         ignore_id: Option<u32>,
     ) -> Result<Self::Value> {
-        self.apply(Op::HeadCrossEntropy { targets: targets.into(), ignore_id }, &[hidden, weight])
+        self.apply(
+            Op::HeadCrossEntropy(HeadCrossEntropy { targets: targets.into(), ignore_id }),
+            &[hidden, weight],
+        )
     }
 }
 

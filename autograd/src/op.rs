@@ -1,91 +1,64 @@
-//! The recorded ops: an enum carrying each op's attributes, its forward (the replayable definition) and
-//! what its backward rule needs. The rules themselves are in `backward.rs`.
-use cola_tensor::{BinaryOp, GateActivation, Result, Shape, Tensor, UnaryOp};
-use std::sync::Arc;
+//! The recorded ops: an enum carrying each op's attributes (data), and the [`Rule`] every op family
+//! implements in its own file under `op/`: its forward (the replayable definition), what its backward
+//! reads, its backward rule and its FLOPs. [`Op::rule`] is the one place the data meets the code.
+use crate::backward::Context;
+use cola_tensor::{BinaryOp, Result, Tensor, UnaryOp};
+
+mod attention;
+mod elementwise;
+mod embedding;
+mod gated;
+mod loss;
+mod matmul;
+mod norm;
+mod reduce;
+mod rope;
+mod view;
+
+pub use attention::Attention;
+pub use elementwise::Affine;
+pub use embedding::Embedding;
+pub use gated::Gated;
+pub use loss::{CrossEntropy, HeadCrossEntropy};
+pub use matmul::Matmul;
+pub use norm::RmsNorm;
+pub use reduce::{Mean, Sum};
+pub use rope::Rope;
+pub use view::{BroadcastTo, Concat, Narrow, Permute, Reshape};
 
 /// One differentiable op with its attributes. Token ids and targets are attributes, not inputs: they carry
-/// no gradient.
+/// no gradient. Each variant's type documents its inputs and lives with its rules in `op/<family>.rs`.
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// `[..., m, k] @ [..., k, n]`, batch dims broadcast.
     Matmul,
     Binary(BinaryOp),
     Unary(UnaryOp),
-    /// `scale * x + shift`.
-    Affine {
-        scale: f64,
-        shift: f64,
-    },
-    Sum {
-        axes: Vec<isize>,
-        keepdim: bool,
-    },
-    Mean {
-        axes: Vec<isize>,
-        keepdim: bool,
-    },
-    Reshape {
-        shape: Shape,
-    },
-    Permute {
-        perm: Vec<usize>,
-    },
-    Narrow {
-        axis: isize,
-        start: usize,
-        len: usize,
-    },
-    BroadcastTo {
-        shape: Shape,
-    },
-    Concat {
-        axis: isize,
-    },
-    /// Inputs x `[..., d]` and weight `[d]`.
-    RmsNorm {
-        eps: f64,
-    },
-    /// Input `[batch, seq, heads, head_dim]`.
-    Rope {
-        positions: Arc<[u32]>,
-        theta: f64,
-    },
-    /// Inputs q, k, v `[batch, seq, heads, head_dim]`.
-    Attention {
-        scale: f64,
-    },
-    /// Input: the table `[vocab, dim]`.
-    Embedding {
-        ids: Arc<[u32]>,
-        ids_shape: Shape,
-        pad_id: Option<u32>,
-    },
-    /// Input: logits `[..., vocab]`; output a scalar.
-    CrossEntropy {
-        targets: Arc<[u32]>,
-        ignore_id: Option<u32>,
-    },
-    /// Inputs gate and up, the same shape: `act(gate) * up`, the MLP's gated product as one op (one
-    /// saved pair instead of the activation's input and the product's two inputs).
-    Gated {
-        activation: GateActivation,
-    },
-    /// Inputs: hidden states `[..., d]` and the LM head's weight `[d, vocab]`; output the mean
-    /// cross-entropy of `hidden @ weight`, a scalar. Fused so the `[rows, vocab]` logits are never saved.
-    /// Recorded on a tape, it forms its input gradients in the same pass as the loss
-    /// ([`Op::forward_with_grads`]): backward only scales them by the loss gradient.
-    HeadCrossEntropy {
-        targets: Arc<[u32]>,
-        ignore_id: Option<u32>,
-    },
+    Affine(Affine),
+    Sum(Sum),
+    Mean(Mean),
+    Reshape(Reshape),
+    Permute(Permute),
+    Narrow(Narrow),
+    BroadcastTo(BroadcastTo),
+    Concat(Concat),
+    RmsNorm(RmsNorm),
+    Rope(Rope),
+    Attention(Attention),
+    Embedding(Embedding),
+    CrossEntropy(CrossEntropy),
+    Gated(Gated),
+    HeadCrossEntropy(HeadCrossEntropy),
 }
 
-/// An op's output and what its forward saved next to it for backward ([`Op::forward_saving`]).
+/// An op's output and what its forward saved next to it for backward ([`Rule::forward_saving`]).
 pub type OutputAndSaved = (Tensor, Option<Tensor>);
 
 /// Per input, the gradient an op formed in forward for an output gradient of 1 (`None` for inputs that
-/// want none), [`Op::forward_with_grads`].
+/// want none), [`Rule::forward_with_grads`].
 pub type UnitGrads = Vec<Option<Tensor>>;
+
+/// Gradients of every input of one node (`None` where not wanted).
+pub type InputGrads = Vec<Option<Tensor>>;
 
 /// Which recorded values an op's backward reads (beyond input shapes, which the tape always keeps).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,141 +69,113 @@ pub struct Needs {
 }
 
 impl Needs {
-    const NOTHING: Needs = Needs { inputs: 0, output: false };
-    const ALL_INPUTS: Needs = Needs { inputs: u32::MAX, output: false };
+    pub const NOTHING: Needs = Needs { inputs: 0, output: false };
+    pub const ALL_INPUTS: Needs = Needs { inputs: u32::MAX, output: false };
 
     pub fn input(&self, i: usize) -> bool {
         i < 32 && self.inputs & (1 << i) != 0
     }
 }
 
+/// Everything the tape and the profiler know of one op family: the file `op/<family>.rs` that
+/// implements it for the family's attribute type is the whole of the op on the autograd side.
+pub trait Rule {
+    /// The op's name in errors and in the tour.
+    fn name(&self) -> &'static str;
+
+    /// The profiler's row for the op's time: ops that do the same kind of work share a family.
+    fn family(&self) -> &'static str;
+
+    /// Computes the op's output from its inputs. Recording and replay both call this, so a replayed
+    /// value is bit-identical to the recorded one.
+    fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor>;
+
+    /// [`Rule::forward`] and, for an op whose backward reuses one, an auxiliary tensor forward computed
+    /// on the way (attention's log-sum-exp on the GPU). The tape keeps the two together in the output's
+    /// slot: released together, replayed together by this same call.
+    fn forward_saving(&self, inputs: &[&Tensor]) -> Result<OutputAndSaved> {
+        Ok((self.forward(inputs)?, None))
+    }
+
+    /// [`Rule::forward_saving`]'s pair and, for an op that forms them while recording (the fused head
+    /// and loss), the gradients of its inputs for an output gradient of 1 (`Some` where `wants[i]`), which
+    /// its backward then reads instead of values. Every other op returns `None` for the gradients.
+    fn forward_with_grads(
+        &self,
+        inputs: &[&Tensor],
+        _wants: &[bool],
+    ) -> Result<(OutputAndSaved, Option<UnitGrads>)> {
+        Ok((self.forward_saving(inputs)?, None))
+    }
+
+    /// What backward reads. Everything else can be released as soon as forward no longer needs it.
+    fn needs(&self) -> Needs;
+
+    /// Given the output gradient (and the values [`Rule::needs`] asked for), the gradients of the inputs
+    /// that want one.
+    fn backward(&self, ctx: &Context) -> crate::Result<InputGrads>;
+
+    /// FLOPs (a multiply-add is 2) of one call, forward or `backward`, from the input shapes; a replay
+    /// costs its forward. The formulas are documented where they are written.
+    fn flops(&self, backward: bool, inputs: &[&[usize]]) -> u64;
+
+    /// FLOPs of one recorded forward ([`Rule::forward_with_grads`]) when the op wants `wants` gradients:
+    /// its forward, plus the gradients an op that forms them there forms.
+    fn recorded_forward_flops(&self, inputs: &[&[usize]], _wants: &[bool]) -> u64 {
+        self.flops(false, inputs)
+    }
+}
+
 impl Op {
+    /// The rules of this op: its attributes, seen as the family's [`Rule`].
+    pub fn rule(&self) -> &dyn Rule {
+        match self {
+            Op::Matmul => &Matmul,
+            Op::Binary(op) => op,
+            Op::Unary(op) => op,
+            Op::Affine(op) => op,
+            Op::Sum(op) => op,
+            Op::Mean(op) => op,
+            Op::Reshape(op) => op,
+            Op::Permute(op) => op,
+            Op::Narrow(op) => op,
+            Op::BroadcastTo(op) => op,
+            Op::Concat(op) => op,
+            Op::RmsNorm(op) => op,
+            Op::Rope(op) => op,
+            Op::Attention(op) => op,
+            Op::Embedding(op) => op,
+            Op::CrossEntropy(op) => op,
+            Op::Gated(op) => op,
+            Op::HeadCrossEntropy(op) => op,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
-        match self {
-            Op::Matmul => "matmul",
-            Op::Binary(b) => b.name(),
-            Op::Unary(u) => u.name(),
-            Op::Affine { .. } => "affine",
-            Op::Sum { .. } => "sum",
-            Op::Mean { .. } => "mean",
-            Op::Reshape { .. } => "reshape",
-            Op::Permute { .. } => "permute",
-            Op::Narrow { .. } => "narrow",
-            Op::BroadcastTo { .. } => "broadcast_to",
-            Op::Concat { .. } => "concat",
-            Op::RmsNorm { .. } => "rms_norm",
-            Op::Rope { .. } => "rope",
-            Op::Attention { .. } => "attention",
-            Op::Embedding { .. } => "embedding",
-            Op::CrossEntropy { .. } => "cross_entropy",
-            Op::Gated { .. } => "gated",
-            Op::HeadCrossEntropy { .. } => "head_cross_entropy",
-        }
+        self.rule().name()
     }
 
-    /// Computes the op's output from its inputs. Recording and replay both call this, so a replayed value
-    /// is bit-identical to the recorded one.
+    /// [`Rule::forward`].
     pub fn forward(&self, inputs: &[&Tensor]) -> Result<Tensor> {
-        let x = inputs[0];
-        match self {
-            Op::Matmul => x.matmul(inputs[1]),
-            Op::Binary(op) => x.binary(*op, inputs[1]),
-            Op::Unary(op) => x.unary(*op),
-            Op::Affine { scale, shift } => x.affine(*scale, *shift),
-            Op::Sum { axes, keepdim } => x.sum(axes, *keepdim),
-            Op::Mean { axes, keepdim } => x.mean(axes, *keepdim),
-            Op::Reshape { shape } => x.reshape(shape),
-            Op::Permute { perm } => x.permute(perm),
-            Op::Narrow { axis, start, len } => x.narrow(*axis, *start, *len),
-            Op::BroadcastTo { shape } => x.broadcast_to(shape),
-            Op::Concat { axis } => {
-                let parts: Vec<Tensor> = inputs.iter().map(|&t| t.clone()).collect();
-                Tensor::concat(&parts, *axis)
-            }
-            Op::RmsNorm { eps } => x.rms_norm(inputs[1], *eps),
-            Op::Rope { positions, theta } => x.rope(positions, *theta),
-            Op::Attention { scale } => Tensor::attention(x, inputs[1], inputs[2], *scale),
-            Op::Embedding { ids, ids_shape, .. } => Tensor::embedding(x, ids, ids_shape),
-            Op::CrossEntropy { targets, ignore_id } => x.cross_entropy(targets, *ignore_id),
-            Op::Gated { activation } => x.gated(inputs[1], *activation),
-            Op::HeadCrossEntropy { targets, ignore_id } => {
-                x.head_cross_entropy(inputs[1], targets, *ignore_id)
-            }
-        }
+        self.rule().forward(inputs)
     }
 
-    /// [`Op::forward`] and, for an op whose backward reuses one, an auxiliary tensor forward computed on
-    /// the way: attention's per-row log-sum-exp on the GPU flash path (`None` elsewhere, the CPU
-    /// included). The tape keeps the two together in the output's slot: released together, replayed
-    /// together (by this same call, so the replayed pair is bit-identical to the recorded one).
-    ///
-    /// Saving the log-sum-exp costs `batch * heads * q_len` f32, a `head_dim`-th of the output; without
-    /// it the GPU backward would run the forward again (two more products per tile) to rebuild it.
+    /// [`Rule::forward_saving`].
     pub fn forward_saving(&self, inputs: &[&Tensor]) -> Result<OutputAndSaved> {
-        match self {
-            Op::Attention { scale } => Tensor::attention_saving_lse(inputs[0], inputs[1], inputs[2], *scale),
-            _ => Ok((self.forward(inputs)?, None)),
-        }
+        self.rule().forward_saving(inputs)
     }
 
-    /// [`Op::forward_saving`]'s output and auxiliary and, when the tape records the op, what backward then reads instead of inputs: for the
-    /// fused head and loss, the gradients of the inputs (`Some` where `wants[i]`, in the input's dtype) for
-    /// an output gradient of 1, formed while each block of logits exists for the loss (`Tensor::head_cross_entropy_with_grads`),
-    /// so the logits are never formed a second time. The loss is the last op of a step, so forming its
-    /// gradients early costs no extra work; the output is bit-identical to [`Op::forward`]. Every other op
-    /// returns `None` for the gradients: its backward reads values per [`Op::needs`].
+    /// [`Rule::forward_with_grads`].
     pub fn forward_with_grads(
         &self,
         inputs: &[&Tensor],
         wants: &[bool],
     ) -> Result<(OutputAndSaved, Option<UnitGrads>)> {
-        match self {
-            Op::HeadCrossEntropy { targets, ignore_id } => {
-                let want = |i: usize| wants.get(i).copied().unwrap_or(false);
-                let formed = inputs[0].head_cross_entropy_with_grads(
-                    inputs[1],
-                    targets,
-                    *ignore_id,
-                    want(0),
-                    want(1),
-                )?;
-                let in_dtype = |grad: Option<Tensor>, input: &Tensor| {
-                    grad.map(|g| g.to_dtype(input.dtype())).transpose()
-                };
-                let grads =
-                    vec![in_dtype(formed.grad_hidden, inputs[0])?, in_dtype(formed.grad_weight, inputs[1])?];
-                Ok(((formed.loss, None), Some(grads)))
-            }
-            _ => Ok((self.forward_saving(inputs)?, None)),
-        }
+        self.rule().forward_with_grads(inputs, wants)
     }
 
-    /// What backward reads. Everything else can be released as soon as forward no longer needs it.
+    /// [`Rule::needs`].
     pub fn needs(&self) -> Needs {
-        match self {
-            Op::Matmul | Op::RmsNorm { .. } => Needs::ALL_INPUTS,
-            // The output, with its saved log-sum-exp, spares the GPU backward a forward pass (the CPU
-            // rule ignores both).
-            Op::Attention { .. } => Needs { inputs: u32::MAX, output: true },
-            Op::Binary(BinaryOp::Add | BinaryOp::Sub) => Needs::NOTHING,
-            Op::Binary(BinaryOp::Mul | BinaryOp::Div) => Needs::ALL_INPUTS,
-            Op::Unary(UnaryOp::Exp) => Needs { inputs: 0, output: true },
-            Op::Unary(UnaryOp::Log | UnaryOp::Silu) => Needs { inputs: 1, output: false },
-            Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
-            Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
-            Op::Gated { .. } => Needs::ALL_INPUTS,
-            Op::Affine { .. }
-            | Op::Sum { .. }
-            | Op::Mean { .. }
-            | Op::Reshape { .. }
-            | Op::Permute { .. }
-            | Op::Narrow { .. }
-            | Op::BroadcastTo { .. }
-            | Op::Concat { .. }
-            | Op::Rope { .. }
-            | Op::Embedding { .. }
-            // Reads the gradients it formed in forward ([`Op::forward_with_grads`]).
-            | Op::HeadCrossEntropy { .. } => Needs::NOTHING,
-        }
+        self.rule().needs()
     }
 }

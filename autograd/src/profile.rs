@@ -9,9 +9,10 @@
 //! host clock then measures the op's own kernels, at the price of serialising host and device (a profiled
 //! GPU step is slower than a plain one); on the CPU they are no-ops.
 //!
-//! FLOPs are counted from shapes, never measured: [`flops`] holds one formula per op and direction.
+//! FLOPs are counted from shapes, never measured: one formula per op family and direction, written next
+//! to the family's backward rule (`op/<family>.rs`); [`flops`] picks the op's.
 use crate::op::Op;
-use cola_tensor::{Device, GateActivation, TensorError, UnaryOp};
+use cola_tensor::{Device, TensorError};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -136,31 +137,28 @@ pub(crate) fn timed_op<'a, T>(
     timed(profiler, direction, family(op), || flops(op, direction, &input_shapes()), f)
 }
 
-/// The row an op's time goes to: ops that do the same kind of work share a family.
+/// The row an op's time goes to ([`Rule::family`](crate::op::Rule::family)): ops that do the same
+/// kind of work share a family.
 pub fn family(op: &Op) -> &'static str {
-    match op {
-        Op::Matmul => "matmul",
-        Op::Attention { .. } => "attention",
-        Op::RmsNorm { .. } => "rms_norm",
-        Op::Rope { .. } => "rope",
-        Op::Unary(UnaryOp::Silu) => "silu",
-        Op::Binary(_) | Op::Unary(_) | Op::Affine { .. } => "elementwise",
-        Op::Embedding { .. } => "embedding",
-        Op::CrossEntropy { .. } => "cross_entropy",
-        Op::HeadCrossEntropy { .. } => "head_cross_entropy",
-        Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::BroadcastTo { .. } => "view",
-        Op::Sum { .. } | Op::Mean { .. } => "reduce",
-        Op::Concat { .. } => "concat",
-        Op::Gated { .. } => "gated",
+    op.rule().family()
+}
+
+/// `forward` or `backward` by direction: the two counts of a per-element formula.
+pub(crate) fn pick(backward: bool, forward: u64, backward_count: u64) -> u64 {
+    if backward {
+        backward_count
+    } else {
+        forward
     }
 }
 
-fn numel(shape: &[usize]) -> u64 {
+/// Elements of a shape.
+pub(crate) fn numel(shape: &[usize]) -> u64 {
     shape.iter().map(|&d| d as u64).product()
 }
 
 /// Elements of the broadcast of `shapes` (aligned at the last axis; each axis is 1 or the common size).
-fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
+pub(crate) fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
     let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
     (0..rank)
         .map(|axis| {
@@ -171,100 +169,26 @@ fn broadcast_numel(shapes: &[&[usize]]) -> u64 {
 }
 
 /// FLOPs (a multiply-add is 2) of one call of `op` in `direction`, from its input shapes. A replay
-/// (`Recompute`) costs its forward; the optimizer's phases are counted by the trainer (0 here).
-///
-/// - matmul `[..., m, k] @ [..., k, n]` over `batch` broadcast matrices: forward `2 batch m k n`;
-///   backward `4 batch m k n`, the two products `g @ b^T` and `a^T @ g` (every matmul of the model wants
-///   both operand gradients, so both are counted).
-/// - attention, q `[b, t, h, d]` against k, v `[b, s, h, d]`: the kernels visit only the keys a query
-///   sees (`kernels/src/cpu/attention.rs`: masked keys are never visited), `pairs = t (t + 1) / 2 +
-///   t (s - t)` per head. Forward: the two products `q k^T` and `p v`, `4 b h d pairs` (half the
-///   unmasked `2 * 2 b h t s d`). Backward recomputes the scores and forms `dV = P^T dO`, `dP = dO V^T`,
-///   `dQ = dS K`, `dK = dS^T Q`: five products, `10 b h d pairs`, 2.5x forward. The softmax's per-score
-///   exp and sums (a few per pair, not per pair and head dim) are not counted.
-/// - per element of the output, forward / backward: rms_norm 4 / 9 (`x^2`, the sum, two scalings; the
-///   backward's `w g`, `x w g`, its row sum, two scalings, a subtraction and the weight gradient's
-///   three), rope 3 / 3 (a 2x2 rotation per pair), silu 4 / 9 (`exp`, `+1`, divide, multiply; backward
-///   recomputes the sigmoid and forms `g s (1 + x (1 - s))`), elementwise 1 / 1 per input (affine 2 /
-///   1: a multiply and an add), cross_entropy 4 / 5 per logit (max, shift, exp, sum; backward re-forms
-///   the softmax, subtracts the target and scales).
-/// - gated `act(gate) * up`, per element forward / backward: SiLU 5 / 11 (silu's 4 and the product;
-///   backward recomputes the sigmoid (3), forms `dh (g s)` (2) and `(dh u) s (1 + g (1 - s))` (6): the
-///   9 + 2 the unfused silu and multiply backward count), identity 1 / 2 (`dh u` and `dh g`).
-/// - head_cross_entropy, hidden `[..., d]` (`rows` rows) by weight `[d, vocab]`: forward is the head's
-///   product and cross_entropy's forward, `2 rows d vocab + 4 rows vocab` (a recorded forward also forms
-///   the gradients: [`recorded_forward_flops`]); backward only scales those gradients by the loss
-///   gradient, nothing when it is 1 (the scaling, 1 per gradient element otherwise, is not counted): 0.
-/// - reduce: 1 per input element forward; its backward is a broadcast view (0).
-/// - views and concat: 0 (they move or alias data); the backward of a broadcast sums back, 1 per element
-///   of the broadcast shape.
-/// - embedding: a gather forward (0); backward scatter-adds 1 per element of the output.
+/// (`Recompute`) costs its forward; the optimizer's phases are counted by the trainer (0 here). Each
+/// family's formula is its [`Rule::flops`](crate::op::Rule::flops), documented in `op/<family>.rs`;
+/// causal attention counts only the key/query pairs a query sees.
 pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
-    let backward = match direction {
-        Direction::Forward | Direction::Recompute => false,
-        Direction::Backward => true,
-        Direction::Optimizer => return 0,
-    };
-    let pick = |forward: u64, backward_count: u64| if backward { backward_count } else { forward };
-    let first = inputs.first().copied().unwrap_or(&[]);
-    match op {
-        Op::Matmul => {
-            let b = inputs.get(1).copied().unwrap_or(&[]);
-            let (m, k) = last_two(first);
-            let (_, n) = last_two(b);
-            let batch = broadcast_numel(&[batch_dims(first), batch_dims(b)]);
-            pick(2, 4) * batch * m * k * n
-        }
-        Op::Attention { .. } => {
-            let k_shape = inputs.get(1).copied().unwrap_or(first);
-            let &[b, t, h, d] = first else { return 0 };
-            let s = k_shape.get(1).copied().unwrap_or(t).max(t);
-            let (b, t, h, d, s) = (b as u64, t as u64, h as u64, d as u64, s as u64);
-            let pairs = t * (t + 1) / 2 + t * (s - t);
-            pick(4, 10) * b * h * d * pairs
-        }
-        Op::RmsNorm { .. } => pick(4, 9) * numel(first),
-        Op::Rope { .. } => 3 * numel(first),
-        Op::Unary(UnaryOp::Silu) => pick(4, 9) * numel(first),
-        Op::Binary(_) => pick(1, inputs.len() as u64) * broadcast_numel(inputs),
-        Op::Unary(_) => numel(first),
-        Op::Affine { .. } => pick(2, 1) * numel(first),
-        Op::CrossEntropy { .. } => pick(4, 5) * numel(first),
-        Op::Gated { activation: GateActivation::Silu } => pick(5, 11) * numel(first),
-        Op::Gated { activation: GateActivation::Identity } => pick(1, 2) * numel(first),
-        Op::HeadCrossEntropy { .. } => {
-            let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
-            let rows = numel(first).checked_div(d).unwrap_or(0);
-            pick(2 * rows * d * vocab + 4 * rows * vocab, 0)
-        }
-        Op::Sum { .. } | Op::Mean { .. } => pick(numel(first), 0),
-        Op::BroadcastTo { shape } => pick(0, numel(shape)),
-        Op::Reshape { .. } | Op::Permute { .. } | Op::Narrow { .. } | Op::Concat { .. } => 0,
-        Op::Embedding { ids_shape, .. } => {
-            let dim = first.last().copied().unwrap_or(0) as u64;
-            pick(0, numel(ids_shape) * dim)
-        }
+    match direction {
+        Direction::Forward | Direction::Recompute => op.rule().flops(false, inputs),
+        Direction::Backward => op.rule().flops(true, inputs),
+        Direction::Optimizer => 0,
     }
 }
 
-/// FLOPs of one recorded forward ([`Op::forward_with_grads`]): the op's forward plus, for the fused head
-/// and loss, the gradients it forms there: the cross-entropy gradient (`5 rows vocab`) and per wanted
-/// input one product, `d logits @ weight^T` or `hidden^T @ d logits` (`2 rows d vocab` each).
+/// FLOPs of one recorded forward ([`Op::forward_with_grads`]): the op's forward plus, for an op that
+/// forms its input gradients there (the fused head and loss), those gradients
+/// ([`Rule::recorded_forward_flops`](crate::op::Rule::recorded_forward_flops)).
 pub fn recorded_forward_flops(op: &Op, inputs: &[&[usize]], wants: &[bool]) -> u64 {
-    let forward = flops(op, Direction::Forward, inputs);
-    match op {
-        Op::HeadCrossEntropy { .. } => {
-            let (d, vocab) = last_two(inputs.get(1).copied().unwrap_or(&[]));
-            let rows = numel(inputs.first().copied().unwrap_or(&[])).checked_div(d).unwrap_or(0);
-            let products = wants.iter().filter(|&&w| w).count() as u64;
-            forward + 5 * rows * vocab + products * 2 * rows * d * vocab
-        }
-        _ => forward,
-    }
+    op.rule().recorded_forward_flops(inputs, wants)
 }
 
 /// `(rows, cols)` of the matrices of a `[..., rows, cols]` operand (a vector is one row).
-fn last_two(shape: &[usize]) -> (u64, u64) {
+pub(crate) fn last_two(shape: &[usize]) -> (u64, u64) {
     match shape {
         [] => (1, 1),
         [cols] => (1, *cols as u64),
@@ -272,6 +196,6 @@ fn last_two(shape: &[usize]) -> (u64, u64) {
     }
 }
 
-fn batch_dims(shape: &[usize]) -> &[usize] {
+pub(crate) fn batch_dims(shape: &[usize]) -> &[usize] {
     &shape[..shape.len().saturating_sub(2)]
 }

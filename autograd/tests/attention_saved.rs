@@ -8,6 +8,7 @@
 //!
 //! Every comparison is exact (`to_bits` or `==` on byte counts): the same kernels run on the same values
 //! in the same order, so there is no tolerance.
+use cola_autograd::op::{Attention, Sum};
 use cola_autograd::{Op, Policy, Tape};
 use cola_tensor::{DType, Rng, Tensor};
 
@@ -26,7 +27,7 @@ fn bits(t: &Tensor) -> Vec<u64> {
 #[test]
 fn cpu_forward_saves_nothing_and_gives_the_bits_of_attention() {
     let [q, k, v] = inputs();
-    let op = Op::Attention { scale: SCALE };
+    let op = Op::Attention(Attention { scale: SCALE });
     let (out, saved) = op.forward_saving(&[&q, &k, &v]).unwrap();
     assert!(saved.is_none(), "the CPU kernel saves no log-sum-exp");
     assert_eq!(bits(&out), bits(&Tensor::attention(&q, &k, &v, SCALE).unwrap()));
@@ -39,9 +40,9 @@ fn run(policy: Policy) -> (Vec<Vec<u64>>, usize, usize) {
     let [q, k, v] = inputs();
     let mut tape = Tape::with_policy(policy);
     let vars = [&q, &k, &v].map(|t| tape.leaf(t.clone(), true));
-    let out = tape.record(Op::Attention { scale: SCALE }, &vars).unwrap();
+    let out = tape.record(Op::Attention(Attention { scale: SCALE }), &vars).unwrap();
     let out_bytes = tape.value(out).unwrap().size_in_bytes();
-    let loss = tape.record(Op::Sum { axes: vec![], keepdim: false }, &[out]).unwrap();
+    let loss = tape.record(Op::Sum(Sum { axes: vec![], keepdim: false }), &[out]).unwrap();
     let grads = tape.backward(loss).unwrap();
     let grads = vars.iter().map(|&var| bits(grads.get(var).unwrap())).collect();
     (grads, tape.memory_stats().saved_bytes, out_bytes)

@@ -16,6 +16,7 @@ use crate::config::LlamaConfig;
 use crate::error::{NnError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
+use cola_autograd::op::{Attention, Rope};
 use cola_autograd::{AutogradError, Eager, Graph, Op, Parameter};
 use cola_tensor::{Tensor, TensorError};
 
@@ -148,8 +149,10 @@ impl Graph for CachedGraph<'_> {
 
     fn apply(&mut self, op: Op, inputs: &[&Tensor]) -> cola_autograd::Result<Tensor> {
         match op {
-            Op::Rope { positions, theta } => self.shifted_rope(inputs[0], &positions, theta),
-            Op::Attention { scale } => self.cached_attention(inputs[0], inputs[1], inputs[2], scale),
+            Op::Rope(Rope { positions, theta }) => self.shifted_rope(inputs[0], &positions, theta),
+            Op::Attention(Attention { scale }) => {
+                self.cached_attention(inputs[0], inputs[1], inputs[2], scale)
+            }
             op => Ok(Eager.apply(op, inputs)?),
         }
         .map_err(|e| match e {

@@ -1,5 +1,6 @@
 //! Retention policies on the real model: every policy gives bit-identical gradients to keeping everything,
 //! and CoLA-M keeps exactly `2 d + 7 r` values per token per decoder layer.
+use cola_autograd::Graph;
 use cola_autograd::{Gradients, MemoryStats, Policy, Tape};
 use cola_nn::{Llama, LlamaConfig};
 use cola_tensor::{DType, Rng};
@@ -72,10 +73,10 @@ fn the_loss_saves_no_logits() {
         let (fused_bits, fused_grads, fused) = run(&model, &ids, batch, seq, policy);
         let mut tape = Tape::with_policy(policy);
         let hidden = model.hidden_states(&mut tape, &ids, batch, seq).unwrap();
-        let predicting = tape.narrow(hidden, 1, 0, seq - 1).unwrap();
+        let predicting = tape.narrow(&hidden, 1, 0, seq - 1).unwrap();
         let logits = model.head(&mut tape, &predicting).unwrap();
         let targets = cola_nn::model::next_token_targets(&ids, batch, seq);
-        let loss = tape.cross_entropy(logits, &targets, Some(0)).unwrap();
+        let loss = tape.cross_entropy(&logits, &targets, Some(0)).unwrap();
         let bits = tape.value(loss).unwrap().to_vec_f64()[0].to_le_bytes().to_vec();
         let grads = tape.backward(loss).unwrap();
         let unfused = tape.memory_stats();

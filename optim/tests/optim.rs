@@ -1,4 +1,5 @@
 //! Schedule values, AdamW against hand-computed steps, clipping.
+use cola_autograd::Graph;
 use cola_autograd::{GradStore, Parameter, Tape};
 use cola_optim::{clip_grad_norm, AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::{DType, Tensor};
@@ -43,11 +44,11 @@ fn grads_of(params: &[&Parameter], coefficients: &[Vec<f64>]) -> GradStore {
     for (p, c) in params.iter().zip(coefficients) {
         let w = tape.param(p);
         let c = tape.constant(Tensor::from_vec(c.clone(), &[c.len()]).unwrap());
-        let prod = tape.mul(w, c).unwrap();
-        let s = tape.sum(prod, &[], false).unwrap();
+        let prod = tape.mul(&w, &c).unwrap();
+        let s = tape.sum(&prod, &[], false).unwrap();
         total = Some(match total {
             None => s,
-            Some(t) => tape.add(t, s).unwrap(),
+            Some(t) => tape.add(&t, &s).unwrap(),
         });
     }
     let g = tape.backward(total.unwrap()).unwrap();

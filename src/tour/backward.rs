@@ -2,7 +2,7 @@
 //! forward and replays their ops in backward.
 use super::check::{max_abs_diff, show};
 use super::Result;
-use crate::autograd::{Needs, Policy, Tape, Var};
+use crate::autograd::{Graph, Needs, Policy, Tape, Var};
 use crate::nn::{ColaLinear, Init, Llama, LlamaConfig};
 use crate::tensor::{DType, Rng, Tensor};
 use std::collections::{BTreeMap, HashSet};
@@ -51,7 +51,7 @@ pub fn tape(out: &mut String) -> Result<()> {
     let x_value = tape.value(x)?.clone();
     let pre = tape.value(tape.nodes()[0].output)?.clone();
     let code = tape.value(tape.nodes()[1].output)?.clone();
-    let loss = tape.sum(y, &[], false)?;
+    let loss = tape.sum(&y, &[], false)?;
     let grads = tape.backward(loss)?;
     writeln!(out, "backward from L = sum(y): dL/dy = 1 everywhere, then the nodes in reverse:")?;
     let grad_y = Tensor::ones(&[2, 3], DType::F32);

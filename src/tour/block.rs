@@ -2,7 +2,7 @@
 //! cross-entropy that turn the last hidden states into a loss.
 use super::check::{matmul, max_abs_diff, show, silu, softmax};
 use super::Result;
-use crate::autograd::{Eager, SlotKind, Tape};
+use crate::autograd::{Eager, Graph, SlotKind, Tape};
 use crate::nn::{Llama, LlamaConfig, Mlp, Module};
 use crate::tensor::{DType, Rng, Tensor};
 use std::fmt::Write as _;
@@ -40,7 +40,7 @@ pub fn mlp(out: &mut String) -> Result<()> {
     let mut tape = Tape::new();
     let input = tape.constant(Tensor::from_vec(x.clone(), &[1, D])?);
     let mixed = mlp.forward(&mut tape, &input)?;
-    let y = tape.add(input, mixed)?;
+    let y = tape.add(&input, &mixed)?;
     writeln!(out, "x = {x:?}; Wg = {gate:?}, Wu = {up:?} [2, 3]; Wd = {down:?} [3, 2]")?;
     writeln!(out, "gate = x Wg = {}, up = x Wu = {}", show(&g, 4), show(&u, 4))?;
     writeln!(out, "silu(gate) * up = {} (one fused op, `gated`)", show(&hidden, 6))?;

@@ -2,7 +2,7 @@
 //! normalised by RMSNorm before the first projection reads it.
 use super::check::show;
 use super::{Result, TourError};
-use crate::autograd::Tape;
+use crate::autograd::{Graph, Tape};
 use crate::data::Tokenizer;
 use crate::nn::{Llama, LlamaConfig};
 use crate::tensor::{Rng, Tensor};
@@ -106,7 +106,7 @@ pub fn embedding(out: &mut String) -> Result<()> {
         output[i * d..(i + 1) * d] == weights[id * d..(id + 1) * d]
     });
     writeln!(out, "output row i is table row ids[i], bit for bit: {copies}")?;
-    let loss = tape.sum(rows, &[], false)?;
+    let loss = tape.sum(&rows, &[], false)?;
     let grads = tape.backward(loss)?;
     let grad = grads.param(table.id()).map(|g| g.to_vec_f64()).unwrap_or_default();
     let row_value = |id: usize| grad.get(id * d).copied().unwrap_or(f64::NAN);

@@ -2,7 +2,7 @@
 //! by hand, and what replacing every projection of a preset with one saves.
 use super::check::{central_differences, matmul, max_abs_diff, show, silu};
 use super::Result;
-use crate::autograd::Tape;
+use crate::autograd::{Graph, Tape};
 use crate::nn::{ColaLinear, Init, LlamaConfig};
 use crate::tensor::{DType, Rng, Tensor};
 use std::collections::BTreeMap;
@@ -39,8 +39,8 @@ pub fn cola(out: &mut String) -> Result<()> {
     writeln!(out, "x A     = {}", show(&matmul(&x_values, &a, ROWS, IN, RANK), 4))?;
     writeln!(out, "by hand: y = silu(x A) B = {}", show(&by_hand(&x_values, &a, &b), 6))?;
     writeln!(out, "engine:  y               = {}", show(&engine, 6))?;
-    let squares = tape.mul(y, y)?;
-    let loss = tape.sum(squares, &[], false)?;
+    let squares = tape.mul(&y, &y)?;
+    let loss = tape.sum(&squares, &[], false)?;
     let grads = tape.backward(loss)?;
     let grad =
         |p: &crate::autograd::Parameter| grads.param(p.id()).map(|g| g.to_vec_f64()).unwrap_or_default();

@@ -3,7 +3,7 @@
 use super::check::max_abs_diff;
 use super::update::batch_ids;
 use super::{Result, TourError};
-use crate::autograd::{GradStore, Tape};
+use crate::autograd::{GradStore, Graph, Tape};
 use crate::dist::{all_reduce_gradients, shard_rows, Collective, DEFAULT_BUCKET_BYTES};
 use crate::nn::{Llama, LlamaConfig};
 use crate::tensor::Rng;
@@ -93,7 +93,7 @@ impl Collective for ThreadRank<'_> {
 fn gradient(model: &Llama, ids: &[u32], rows: usize, seq: usize, weight: f64) -> Result<GradStore> {
     let mut tape = Tape::new();
     let loss = model.loss(&mut tape, ids, rows, seq)?;
-    let weighted = tape.mul_scalar(loss, weight)?;
+    let weighted = tape.mul_scalar(&loss, weight)?;
     let mut store = GradStore::new();
     store.accumulate(&tape.backward(weighted)?)?;
     Ok(store)

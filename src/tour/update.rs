@@ -2,7 +2,7 @@
 //! at the rate the schedule gives, and f32 master weights keep the small updates that bf16 would lose.
 use super::check::max_abs_diff;
 use super::Result;
-use crate::autograd::{GradStore, Tape};
+use crate::autograd::{GradStore, Graph, Tape};
 use crate::nn::{Llama, LlamaConfig, Size};
 use crate::optim::{clip_grad_norm, CosineSchedule};
 use crate::tensor::ops::optim::AdamWStep;
@@ -38,7 +38,7 @@ pub fn accumulate(out: &mut String) -> Result<()> {
         let mut tape = Tape::new();
         let loss = model.loss(&mut tape, row, 1, seq)?;
         // Each row has seq - 1 targets of the batch's 2 (seq - 1).
-        let weighted = tape.mul_scalar(loss, 0.5)?;
+        let weighted = tape.mul_scalar(&loss, 0.5)?;
         summed.accumulate(&tape.backward(weighted)?)?;
     }
     writeln!(out, "cola-tiny, a batch of 2 sequences of {seq} tokens ({} targets each)", seq - 1)?;

@@ -23,6 +23,7 @@ use super::TrainError;
 use crate::data::Batch;
 use crate::dist::{self, Collective, Single};
 use cola_autograd::profile::{Direction, Profiler};
+use cola_autograd::Graph;
 use cola_autograd::{GradStore, Gradients, Policy, Tape};
 use cola_nn::{Llama, Module, ParamKind};
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
@@ -259,7 +260,7 @@ impl Trainer {
                 return Err(self.refuse("loss", value));
             }
             loss += weight * value;
-            let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(micro_loss, weight)? };
+            let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(&micro_loss, weight)? };
             let grads = tape.backward(scaled)?;
             self.profiler = tape.take_profiler();
             let added = |t: &Self| summed_elements(&t.grads, &grads);

@@ -32,6 +32,28 @@ pub fn resolve_axis(op: &'static str, axis: isize, rank: usize) -> Result<usize>
     Ok(resolved as usize)
 }
 
+/// The permutation that swaps axes `a` and `b` of a rank-`rank` value (negative axes count from the end).
+pub fn transpose_perm(a: isize, b: isize, rank: usize) -> Result<Vec<usize>> {
+    let (a, b) = (resolve_axis("transpose", a, rank)?, resolve_axis("transpose", b, rank)?);
+    let mut perm: Vec<usize> = (0..rank).collect();
+    perm.swap(a, b);
+    Ok(perm)
+}
+
+/// Resolves the axis a split of `shape` into consecutive pieces of `sizes` cuts, checking that the sizes
+/// add up to its length. Shared by `Tensor::split` and the graph's split, which has only the shape.
+pub fn split_axis(sizes: &[usize], axis: isize, shape: &[usize]) -> Result<usize> {
+    let ax = resolve_axis("split", axis, shape.len())?;
+    let total: usize = sizes.iter().sum();
+    if total != shape[ax] {
+        return Err(TensorError::InvalidArgument {
+            op: "split",
+            reason: format!("sizes {sizes:?} add up to {total}, dim {ax} of {shape:?} is {}", shape[ax]),
+        });
+    }
+    Ok(ax)
+}
+
 /// The shape two operands broadcast to (numpy rules: align trailing dims, size 1 stretches).
 pub fn broadcast_shapes(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Result<Shape> {
     let rank = lhs.len().max(rhs.len());

@@ -4,6 +4,7 @@
 //! Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use cola::autograd::Graph as _;
 #[cfg(feature = "cuda")]
 pub mod gpu;
 pub mod mutation;
@@ -220,11 +221,11 @@ fn analytic_gradients_under(policy: Policy, inputs: &[Tensor], graph: &Graph) ->
     let mut total = None;
     for (&o, r) in outs.iter().zip(&weights) {
         let r = tape.constant(r.clone());
-        let weighted = tape.mul(o, r).expect("out * R");
-        let term = tape.sum(weighted, &[], false).expect("sum(out * R)");
+        let weighted = tape.mul(&o, &r).expect("out * R");
+        let term = tape.sum(&weighted, &[], false).expect("sum(out * R)");
         total = Some(match total {
             None => term,
-            Some(t) => tape.add(t, term).expect("sum of terms"),
+            Some(t) => tape.add(&t, &term).expect("sum of terms"),
         });
     }
     let loss = total.expect("the graph has an output");
@@ -300,26 +301,26 @@ pub fn bits(t: &Tensor) -> Vec<u64> {
 pub fn elementwise_composite(t: &mut Tape, v: &[Var]) -> Result<Vec<Var>> {
     let (x, y) = (v[0], v[1]);
     let rank = t.shape(x)?.len();
-    let xx = t.mul(x, x)?;
-    let e = t.exp(x)?;
-    let s = t.silu(xx)?;
-    let q = t.div(e, y)?;
-    let yy = t.mul(y, y)?;
-    let l = t.log(yy)?;
-    let a = t.affine(l, 0.5, -1.0)?;
-    let d = t.sub(q, a)?;
-    let n = t.neg(s)?;
-    let z = t.add(d, n)?;
-    let m = t.mean(z, &[-1], true)?;
-    let centered = t.sub(z, m)?;
+    let xx = t.mul(&x, &x)?;
+    let e = t.exp(&x)?;
+    let s = t.silu(&xx)?;
+    let q = t.div(&e, &y)?;
+    let yy = t.mul(&y, &y)?;
+    let l = t.log(&yy)?;
+    let a = t.affine(&l, 0.5, -1.0)?;
+    let d = t.sub(&q, &a)?;
+    let n = t.neg(&s)?;
+    let z = t.add(&d, &n)?;
+    let m = t.mean(&z, &[-1], true)?;
+    let centered = t.sub(&z, &m)?;
     let last = t.shape(x)?[rank - 1];
-    let parts = t.split(centered, &[last / 2, last - last / 2], -1)?;
+    let parts = t.split(&centered, &[last / 2, last - last / 2], -1)?;
     let swapped = t.concat(&[parts[1], parts[0]], -1)?;
     let perm: Vec<usize> = (0..rank).rev().collect();
-    let p = t.permute(swapped, &perm)?;
-    let total = t.sum(x, &[], false)?;
-    let b = t.broadcast_to(total, t.shape(p)?.to_vec().as_slice())?;
-    let out = t.mul(p, b)?;
+    let p = t.permute(&swapped, &perm)?;
+    let total = t.sum(&x, &[], false)?;
+    let b = t.broadcast_to(&total, t.shape(p)?.to_vec().as_slice())?;
+    let out = t.mul(&p, &b)?;
     Ok(vec![out, e])
 }
 

@@ -5,6 +5,7 @@
 //! residual] -> final rmsnorm -> dense head -> cross-entropy with targets equal to the pad id ignored.
 //! A CoLA projection is `silu(x @ A) @ B` with `A: [in, rank]`, `B: [rank, out]`.
 use super::{tensor, Dist};
+use cola::autograd::Graph;
 use cola::autograd::{Parameter, Result, SlotKind, Tape, Var};
 use cola::tensor::{DType, Rng};
 
@@ -130,44 +131,44 @@ impl TinyCola {
         let (b, s, d, h, hd) = (c.batch, c.seq, c.d_model, c.n_heads, c.head_dim());
         let positions: Vec<u32> = (0..s as u32).collect();
 
-        let x = tape.embedding(embed, &batch.ids, &[b, s], Some(PAD_ID))?;
+        let x = tape.embedding(&embed, &batch.ids, &[b, s], Some(PAD_ID))?;
         tape.mark(x, SlotKind::LayerInput)?;
-        let n = tape.rms_norm(x, attn_norm, c.eps)?;
+        let n = tape.rms_norm(&x, &attn_norm, c.eps)?;
         let q = cola_linear(tape, n, q_a, q_b)?;
         let k = cola_linear(tape, n, k_a, k_b)?;
         let v = cola_linear(tape, n, v_a, v_b)?;
-        let q = tape.reshape(q, &[b, s, h, hd])?;
-        let k = tape.reshape(k, &[b, s, h, hd])?;
-        let v = tape.reshape(v, &[b, s, h, hd])?;
-        let q = tape.rope(q, &positions, c.rope_theta)?;
-        let k = tape.rope(k, &positions, c.rope_theta)?;
-        let attn = tape.attention(q, k, v, 1.0 / (hd as f64).sqrt())?;
-        let attn = tape.reshape(attn, &[b, s, d])?;
+        let q = tape.reshape(&q, &[b, s, h, hd])?;
+        let k = tape.reshape(&k, &[b, s, h, hd])?;
+        let v = tape.reshape(&v, &[b, s, h, hd])?;
+        let q = tape.rope(&q, &positions, c.rope_theta)?;
+        let k = tape.rope(&k, &positions, c.rope_theta)?;
+        let attn = tape.attention(&q, &k, &v, 1.0 / (hd as f64).sqrt())?;
+        let attn = tape.reshape(&attn, &[b, s, d])?;
         let o = cola_linear(tape, attn, o_a, o_b)?;
-        let x = tape.add(x, o)?;
+        let x = tape.add(&x, &o)?;
         tape.mark(x, SlotKind::Residual)?;
 
-        let n = tape.rms_norm(x, mlp_norm, c.eps)?;
+        let n = tape.rms_norm(&x, &mlp_norm, c.eps)?;
         let mut gate = cola_linear(tape, n, gate_a, gate_b)?;
         if c.gate_silu {
-            gate = tape.silu(gate)?;
+            gate = tape.silu(&gate)?;
         }
         let up = cola_linear(tape, n, up_a, up_b)?;
-        let m = tape.mul(gate, up)?;
+        let m = tape.mul(&gate, &up)?;
         let down = cola_linear(tape, m, down_a, down_b)?;
-        let x = tape.add(x, down)?;
+        let x = tape.add(&x, &down)?;
 
-        let x = tape.rms_norm(x, final_norm, c.eps)?;
-        let logits = tape.matmul(x, head)?;
-        tape.cross_entropy(logits, &batch.targets, Some(PAD_ID))
+        let x = tape.rms_norm(&x, &final_norm, c.eps)?;
+        let logits = tape.matmul(&x, &head)?;
+        tape.cross_entropy(&logits, &batch.targets, Some(PAD_ID))
     }
 }
 
 /// `silu(x @ a) @ b`, with the rank-r pre-activation and code marked for retention policies.
 pub fn cola_linear(tape: &mut Tape, x: Var, a: Var, b: Var) -> Result<Var> {
-    let pre = tape.matmul(x, a)?;
+    let pre = tape.matmul(&x, &a)?;
     tape.mark(pre, SlotKind::LowRankPreActivation)?;
-    let code = tape.silu(pre)?;
+    let code = tape.silu(&pre)?;
     tape.mark(code, SlotKind::LowRankCode)?;
-    tape.matmul(code, b)
+    tape.matmul(&code, &b)
 }

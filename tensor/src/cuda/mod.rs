@@ -186,7 +186,7 @@ impl Tensor {
         let out = Tensor::gpu_empty(device, shape, dtype)?;
         let (ptr, n) = (out.gpu_ptr("full")?, out.numel());
         // SAFETY: `out` holds `n` elements of its dtype.
-        unsafe { cu::ops::elementwise::fill(device, ptr, gpu_dtype("full", dtype)?, value as f32, n) }
+        unsafe { cu::ops::elementwise::fill(device, ptr, value as f32, gpu_dtype("full", dtype)?, n) }
             .map_err(cuda_error("full"))?;
         Ok(out)
     }

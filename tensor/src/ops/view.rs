@@ -35,11 +35,7 @@ impl Tensor {
 
     /// Swaps two dims (negative axes count from the end).
     pub fn transpose(&self, a: isize, b: isize) -> Result<Tensor> {
-        let rank = self.rank();
-        let (a, b) = (resolve_axis("transpose", a, rank)?, resolve_axis("transpose", b, rank)?);
-        let mut perm: Vec<usize> = (0..rank).collect();
-        perm.swap(a, b);
-        self.permute(&perm)
+        self.permute(&crate::layout::transpose_perm(a, b, self.rank())?)
     }
 
     /// Transpose of the last two dims (a matrix transpose, batched).
@@ -88,18 +84,7 @@ impl Tensor {
 
     /// Splits `axis` into consecutive views of the given sizes, which must add up to its length.
     pub fn split(&self, sizes: &[usize], axis: isize) -> Result<Vec<Tensor>> {
-        let ax = resolve_axis("split", axis, self.rank())?;
-        let total: usize = sizes.iter().sum();
-        if total != self.shape()[ax] {
-            return Err(TensorError::InvalidArgument {
-                op: "split",
-                reason: format!(
-                    "sizes {sizes:?} add up to {total}, dim {ax} of {:?} is {}",
-                    self.shape(),
-                    self.shape()[ax]
-                ),
-            });
-        }
+        let ax = crate::layout::split_axis(sizes, axis, self.shape())?;
         let mut start = 0;
         sizes
             .iter()

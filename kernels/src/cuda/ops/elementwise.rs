@@ -4,6 +4,60 @@ use crate::cpu::gated::GateActivation;
 use crate::cuda::{CudaDevice, GpuDType, Kernel, Result, StridedArg};
 use cudarc::driver::PushKernelArg;
 
+/// Declares the one-thread-per-element launchers, one table entry each:
+///
+/// ```text
+/// /// docs
+/// name(params) over (dtype, n): kernel_for_dtype, "C signature of the kernel"; let x = ...; args;
+/// ```
+///
+/// becomes `pub unsafe fn name(device: &CudaDevice, params, dtype: GpuDType, n: usize) -> Result<()>`,
+/// which launches nothing for `n == 0`, else binds `n` as the kernels' `i64` count, runs the entry's
+/// `let`s, picks the entry's kernel for `dtype` and launches it on `grid_1d(n)` with exactly the listed
+/// arguments, in order. The C signature joins the function's docs, so a reviewer checks each argument
+/// list against it in one place.
+macro_rules! elementwise_launchers {
+    ($(
+        $(#[doc = $doc:literal])*
+        $name:ident($($param:ident: $ty:ty),* $(,)?) over ($dtype:ident, $n:ident):
+            $kernel:expr, $signature:literal;
+            $(let $bind:ident = $value:expr;)*
+            $($arg:expr),+;
+    )*) => {$(
+        $(#[doc = $doc])*
+        ///
+        #[doc = concat!("Kernel: `", $signature, "`.")]
+        ///
+        /// # Safety
+        /// The operands must address only elements of live buffers of this device, and each output
+        /// must hold `n` contiguous elements; all have type `dtype`.
+        #[allow(clippy::too_many_arguments)] // operands and outputs kept flat, in the kernel's order
+        pub unsafe fn $name(
+            device: &CudaDevice,
+            $($param: $ty,)*
+            $dtype: GpuDType,
+            $n: usize,
+        ) -> Result<()> {
+            if $n == 0 {
+                return Ok(());
+            }
+            let $n = $n as i64;
+            $(let $bind = $value;)*
+            // SAFETY: the arguments are listed in the order and types of the kernel's signature (in the
+            // docs above); the caller's `# Safety` contract covers every address and element count.
+            unsafe { launch!(device, $kernel, grid_1d($n as usize); $($arg),+) }
+        }
+    )*};
+}
+
+/// The kernel instantiated for `dtype` of a pair declared for f32 and bf16.
+fn for_dtype(dtype: GpuDType, f32: Kernel, bf16: Kernel) -> Kernel {
+    match dtype {
+        GpuDType::F32 => f32,
+        GpuDType::BF16 => bf16,
+    }
+}
+
 /// `y[dst(i)] = convert(x[src(i)])` for the `n` elements of the views (dtype conversion included).
 ///
 /// # Safety
@@ -96,23 +150,6 @@ fn in_16_byte_units(
         out
     };
     Some((shrink(src), shrink(dst)))
-}
-
-/// `y[i] = value` for `i < n`.
-///
-/// # Safety
-/// `y` must hold `n` elements of `dtype`.
-pub unsafe fn fill(device: &CudaDevice, y: u64, dtype: GpuDType, value: f32, n: usize) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let n = n as i64;
-    let kernel = match dtype {
-        GpuDType::F32 => Kernel::FillF32,
-        GpuDType::BF16 => Kernel::FillBf16,
-    };
-    // SAFETY: argument list matches `fill_T(T*, float, i64)`.
-    unsafe { launch!(device, kernel, grid_1d(n as usize); &y, &value, &n) }
 }
 
 /// A strided operand of a kernel: the view and the device address of its storage's first element.
@@ -221,90 +258,8 @@ pub unsafe fn binary(
             launch!(device, op.vec_kernel(dtype), grid_1d(chunks as usize); &pa, &pb, &y, &chunks)
         };
     }
-    let n = n as i64;
-    // SAFETY: argument list matches `binary_OP_T(Strided, const T*, Strided, const T*, T*, i64)`.
-    unsafe {
-        launch!(device, op.strided_kernel(dtype), grid_1d(n as usize);
-            &a.view, &a.base, &b.view, &b.base, &y, &n)
-    }
-}
-
-/// `y[i] = f(x[i])` over the `n` elements of the view; `y` is contiguous.
-///
-/// # Safety
-/// As for [`binary`].
-pub unsafe fn unary(
-    device: &CudaDevice,
-    op: Unary,
-    x: &Operand,
-    y: u64,
-    dtype: GpuDType,
-    n: usize,
-) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let n = n as i64;
-    // SAFETY: argument list matches `unary_OP_T(Strided, const T*, T*, i64)`.
-    unsafe {
-        launch!(device, op.kernel(dtype), grid_1d(n as usize);
-            &x.view, &x.base, &y, &n)
-    }
-}
-
-/// `y[i] = scale * x[i] + shift` over the `n` elements of the view; `y` is contiguous.
-///
-/// # Safety
-/// As for [`binary`].
-pub unsafe fn affine(
-    device: &CudaDevice,
-    x: &Operand,
-    scale: f32,
-    shift: f32,
-    y: u64,
-    dtype: GpuDType,
-    n: usize,
-) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let n = n as i64;
-    let kernel = match dtype {
-        GpuDType::F32 => Kernel::AffineF32,
-        GpuDType::BF16 => Kernel::AffineBf16,
-    };
-    // SAFETY: argument list matches `affine_T(Strided, const T*, float, float, T*, i64)`.
-    unsafe {
-        launch!(device, kernel, grid_1d(n as usize);
-            &x.view, &x.base, &scale, &shift, &y, &n)
-    }
-}
-
-/// `y[i] = grad[i] * s * (1 + x[i] (1 - s))`, `s = sigmoid(x[i])`, over `n` elements; `y` is contiguous.
-///
-/// # Safety
-/// As for [`binary`].
-pub unsafe fn silu_backward(
-    device: &CudaDevice,
-    x: &Operand,
-    grad: &Operand,
-    y: u64,
-    dtype: GpuDType,
-    n: usize,
-) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let n = n as i64;
-    let kernel = match dtype {
-        GpuDType::F32 => Kernel::SiluBackwardF32,
-        GpuDType::BF16 => Kernel::SiluBackwardBf16,
-    };
-    // SAFETY: argument list matches `silu_backward_T(Strided, const T*, Strided, const T*, T*, i64)`.
-    unsafe {
-        launch!(device, kernel, grid_1d(n as usize);
-            &x.view, &x.base, &grad.view, &grad.base, &y, &n)
-    }
+    // SAFETY: as above; the strided kernel reads the views as they are.
+    unsafe { binary_strided(device, op, a, b, y, dtype, n) }
 }
 
 /// The activation flag the gated kernels take (`int silu`).
@@ -315,64 +270,55 @@ fn silu_flag(activation: GateActivation) -> i32 {
     }
 }
 
-/// `y[i] = act(gate[i]) * up[i]` over the `n` elements of the views; `y` is contiguous.
-///
-/// # Safety
-/// As for [`binary`].
-pub unsafe fn gated(
-    device: &CudaDevice,
-    gate: &Operand,
-    up: &Operand,
-    activation: GateActivation,
-    y: u64,
-    dtype: GpuDType,
-    n: usize,
-) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let (n, silu) = (n as i64, silu_flag(activation));
-    let kernel = match dtype {
-        GpuDType::F32 => Kernel::GatedForwardF32,
-        GpuDType::BF16 => Kernel::GatedForwardBf16,
-    };
-    // SAFETY: argument list matches `gated_forward_T(Strided, const T*, Strided, const T*, T*, i64, int)`.
-    unsafe {
-        launch!(device, kernel, grid_1d(n as usize);
-            &gate.view, &gate.base, &up.view, &up.base, &y, &n, &silu)
-    }
-}
+elementwise_launchers! {
+    /// `y[i] = value` for `i < n`.
+    fill(y: u64, value: f32) over (dtype, n):
+        for_dtype(dtype, Kernel::FillF32, Kernel::FillBf16), "fill_T(T*, float, i64)";
+        &y, &value, &n;
 
-/// `grad_up[i] = grad[i] * act(gate[i])`, `grad_gate[i] = grad[i] * up[i] * act'(gate[i])` in one pass over
-/// the `n` elements of the views; both outputs are contiguous.
-///
-/// # Safety
-/// As for [`binary`]; `grad_gate` and `grad_up` must each hold `n` elements of `dtype`.
-#[allow(clippy::too_many_arguments)] // three operands, two outputs, kept flat like the other launchers
-pub unsafe fn gated_backward(
-    device: &CudaDevice,
-    gate: &Operand,
-    up: &Operand,
-    grad: &Operand,
-    activation: GateActivation,
-    grad_gate: u64,
-    grad_up: u64,
-    dtype: GpuDType,
-    n: usize,
-) -> Result<()> {
-    if n == 0 {
-        return Ok(());
-    }
-    let (n, silu) = (n as i64, silu_flag(activation));
-    let kernel = match dtype {
-        GpuDType::F32 => Kernel::GatedBackwardF32,
-        GpuDType::BF16 => Kernel::GatedBackwardBf16,
-    };
-    // SAFETY: argument list matches `gated_backward_T(Strided, const T*, Strided, const T*, Strided,
-    // const T*, T*, T*, i64, int)`.
-    unsafe {
-        launch!(device, kernel, grid_1d(n as usize);
-            &gate.view, &gate.base, &up.view, &up.base, &grad.view, &grad.base,
-            &grad_gate, &grad_up, &n, &silu)
-    }
+    /// [`binary`] for operands that are not both contiguous and aligned: one element per thread through
+    /// the views' strides.
+    binary_strided(op: Binary, a: &Operand, b: &Operand, y: u64) over (dtype, n):
+        op.strided_kernel(dtype), "binary_OP_T(Strided, const T*, Strided, const T*, T*, i64)";
+        &a.view, &a.base, &b.view, &b.base, &y, &n;
+
+    /// `y[i] = f(x[i])` over the `n` elements of the view; `y` is contiguous.
+    unary(op: Unary, x: &Operand, y: u64) over (dtype, n):
+        op.kernel(dtype), "unary_OP_T(Strided, const T*, T*, i64)";
+        &x.view, &x.base, &y, &n;
+
+    /// `y[i] = scale * x[i] + shift` over the `n` elements of the view; `y` is contiguous.
+    affine(x: &Operand, scale: f32, shift: f32, y: u64) over (dtype, n):
+        for_dtype(dtype, Kernel::AffineF32, Kernel::AffineBf16),
+        "affine_T(Strided, const T*, float, float, T*, i64)";
+        &x.view, &x.base, &scale, &shift, &y, &n;
+
+    /// `y[i] = grad[i] * s * (1 + x[i] (1 - s))`, `s = sigmoid(x[i])`, over `n` elements; `y` is
+    /// contiguous.
+    silu_backward(x: &Operand, grad: &Operand, y: u64) over (dtype, n):
+        for_dtype(dtype, Kernel::SiluBackwardF32, Kernel::SiluBackwardBf16),
+        "silu_backward_T(Strided, const T*, Strided, const T*, T*, i64)";
+        &x.view, &x.base, &grad.view, &grad.base, &y, &n;
+
+    /// `y[i] = act(gate[i]) * up[i]` over the `n` elements of the views; `y` is contiguous.
+    gated(gate: &Operand, up: &Operand, activation: GateActivation, y: u64) over (dtype, n):
+        for_dtype(dtype, Kernel::GatedForwardF32, Kernel::GatedForwardBf16),
+        "gated_forward_T(Strided, const T*, Strided, const T*, T*, i64, int)";
+        let silu = silu_flag(activation);
+        &gate.view, &gate.base, &up.view, &up.base, &y, &n, &silu;
+
+    /// `grad_up[i] = grad[i] * act(gate[i])`, `grad_gate[i] = grad[i] * up[i] * act'(gate[i])` in one pass
+    /// over the `n` elements of the views; both outputs are contiguous.
+    gated_backward(
+        gate: &Operand,
+        up: &Operand,
+        grad: &Operand,
+        activation: GateActivation,
+        grad_gate: u64,
+        grad_up: u64,
+    ) over (dtype, n):
+        for_dtype(dtype, Kernel::GatedBackwardF32, Kernel::GatedBackwardBf16),
+        "gated_backward_T(Strided, const T*, Strided, const T*, Strided, const T*, T*, T*, i64, int)";
+        let silu = silu_flag(activation);
+        &gate.view, &gate.base, &up.view, &up.base, &grad.view, &grad.base, &grad_gate, &grad_up, &n, &silu;
 }
