@@ -16,7 +16,8 @@
 //! prompt from the checkpoint of such a run. The profile sample of README.md must show exactly the
 //! rows (direction and op family) that `--profile` prints now on cola-tiny, which has the same op
 //! families as cola-60m, and its columns must add up (the tolerances are the rounding of the printed
-//! figures). The quick start in README.md must be the command `long_run_hint` prints. About 5 s.
+//! figures). The quick start in README.md must be the command `long_run_hint` prints. About 1 s once
+//! the examples are built (`cargo test` builds them first).
 use cola::train::QUICK_START_FLAGS;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
