@@ -4,8 +4,10 @@
 //! What it proves: the rows (with `other`) sum to the measured step; every op family of the model shows
 //! up in forward and backward with the number of calls the model makes; the matmul forward FLOPs, and
 //! those of the LM head fused with the loss, equal the counts computed here from the config alone (so the
-//! tape's accounting sees every product once, with the right shapes, and replays do not leak into forward); replays appear as recompute rows under
-//! `cola-m` and not under `none`; the optimizer rows count one AdamW element update per parameter.
+//! tape's accounting sees every product once, with the right shapes, and replays do not leak into
+//! forward); replays appear as recompute rows under `cola-m` and not under `none`, and cola-m replays
+//! exactly the five `@ B` products per layer that docs/METHOD.md section 7 derives, plus the attention
+//! forward; the optimizer rows count one AdamW element update per parameter.
 //!
 //! Counts and FLOPs are exact integers and compared with `==`. Shares are ratios of one clock: their sum
 //! is 1 up to f64 rounding, far inside the 2% allowed; the `other` row must not be negative (timed ops
@@ -138,8 +140,19 @@ fn profile_rows_sum_to_the_step_and_count_the_model() {
 
     let cola_m = profile(&dir, Policy::ColaM);
     check_common(&cola_m);
+    // docs/METHOD.md section 7: cola-m keeps every `x @ A` and replays only the `@ B` products whose
+    // outputs a backward rule reads: q, k and v (attention), gate and up (the gated product), 5 of 14.
     let replayed = cola_m.row(Direction::Recompute, "matmul").expect("cola-m replays the B products");
-    let forward = cola_m.row(Direction::Forward, "matmul").unwrap();
-    assert!(replayed.calls > 0 && replayed.flops < forward.flops, "cola-m keeps the codes x @ A");
-    assert!(cola_m.row(Direction::Recompute, "attention").is_some());
+    let micro_batches = MEASURED * (BATCH / MICRO_BATCH) as u64;
+    let config = LlamaConfig::preset("cola-tiny").unwrap();
+    let (d, f, r) = (config.d_model as u64, config.ffn_dim as u64, config.rank.unwrap() as u64);
+    let tokens = (MICRO_BATCH * SEQ) as u64;
+    let replay_flops = 2 * tokens * (3 * r * d + 2 * r * f) * config.n_layers as u64;
+    assert_eq!(
+        (replayed.calls, replayed.flops),
+        (micro_batches * config.n_layers as u64 * 5, micro_batches * replay_flops),
+        "cola-m replays 5 of the 14 products of a layer"
+    );
+    let attention = cola_m.row(Direction::Recompute, "attention").expect("cola-m replays attention");
+    assert_eq!(attention.calls, micro_batches * config.n_layers as u64);
 }

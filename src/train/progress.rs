@@ -89,6 +89,27 @@ impl Progress {
     }
 }
 
+/// The flags of the quick start (README.md): cola-60m for a few minutes on a CPU, a run whose loss
+/// visibly falls. Printed by [`long_run_hint`] and run by `tests/docs_commands.rs`, which also checks
+/// that the README shows this command.
+pub const QUICK_START_FLAGS: &str = "--model cola-60m --steps 100 --batch-size 4";
+
+/// A run whose first step says it will take longer than this points to the quick start.
+pub const LONG_RUN: Duration = Duration::from_secs(24 * 3600);
+
+/// The note a run prints after its first step when the estimated time left, `eta`, exceeds
+/// [`LONG_RUN`]: the defaults are the paper's recipe (cola-350m, 60,000 steps), hundreds of hours on a
+/// CPU, which a first-time user rarely means to start.
+pub fn long_run_hint(eta: Duration) -> Option<String> {
+    (eta > LONG_RUN).then(|| {
+        format!(
+            "note: at this pace the run ends in {}; to see a model train in a few minutes, stop it (Ctrl-C \
+             saves a checkpoint) and run `cargo run --release --example llama_cola_350m -- {QUICK_START_FLAGS}`",
+            format_duration(eta)
+        )
+    })
+}
+
 /// `1h02m03s`, `4m05s`, `6.0s`.
 pub(crate) fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
@@ -99,5 +120,21 @@ pub(crate) fn format_duration(d: Duration) -> String {
         format!("{}m{:02}s", whole / 60, whole % 60)
     } else {
         format!("{secs:.1}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hint appears exactly past one day of estimated time left, and names the quick start's flags.
+    #[test]
+    fn long_runs_point_to_the_quick_start() {
+        let day = LONG_RUN.as_secs();
+        assert_eq!(long_run_hint(Duration::from_secs(day)), None);
+        assert_eq!(long_run_hint(Duration::from_secs(3 * 60)), None);
+        let hint = long_run_hint(Duration::from_secs(day + 1)).expect("a hint past a day");
+        assert!(hint.contains("24h00m01s"), "{hint}");
+        assert!(hint.contains(&format!("--example llama_cola_350m -- {QUICK_START_FLAGS}`")), "{hint}");
     }
 }

@@ -6,7 +6,7 @@ use super::eval::{evaluate, EvalResult};
 use super::lock::RunLock;
 use super::metrics::{EvalRecord, MetricsLog, StepRecord};
 use super::prepare::{prepare, Prepared};
-use super::progress::{format_duration, Progress};
+use super::progress::{format_duration, long_run_hint, Progress};
 use super::stop::StopSignal;
 use super::trainer::{StepError, Trainer};
 use super::{Result, Retention, TrainConfig, TrainError};
@@ -286,8 +286,11 @@ impl Loop<'_> {
                     elapsed_s,
                 })?;
                 let per_step = train_time.as_secs_f64() / (done - start) as f64;
-                let left = Duration::from_secs_f64(per_step * (stop_at - done) as f64);
-                progress.step(&stats, tokens_per_s, left);
+                let eta = Duration::from_secs_f64(per_step * (stop_at - done) as f64);
+                progress.step(&stats, tokens_per_s, eta);
+                if let Some(hint) = (done == start + 1).then(|| long_run_hint(eta)).flatten() {
+                    progress.note(&hint);
+                }
             }
             let last = done == stop_at;
             let eval_due = done.is_multiple_of(config.eval_every.max(1)) || done == config.steps;
