@@ -26,6 +26,19 @@ use std::collections::BTreeMap;
 /// The moments AdamW keeps per parameter, by the suffix of their checkpoint names.
 const MOMENTS: [&str; 2] = ["exp_avg", "exp_avg_sq"];
 
+/// Elements of each rank's shard of a flat layout of `total` elements over `world_size` ranks: equal
+/// shards, the last padded.
+pub fn shard_elements(total: usize, world_size: usize) -> usize {
+    total.div_ceil(world_size.max(1)).max(1)
+}
+
+/// Bytes of AdamW state (two f32 moments) each of `world_size` ranks holds for `total` f32 parameters:
+/// one shard's under ZeRO-1, else the whole.
+pub fn optimizer_bytes_per_rank(total: usize, world_size: usize, zero: bool) -> usize {
+    let elements = if zero { shard_elements(total, world_size) } else { total };
+    2 * elements * size_of::<f32>()
+}
+
 /// This rank's share of the optimizer: the flat layout cut into one bucket per rank, and one slice
 /// parameter per piece of a parameter inside this rank's bucket.
 #[derive(Debug)]
@@ -58,7 +71,7 @@ impl Zero {
         let world_size = world_size.max(1);
         let sizes: Vec<usize> = params.iter().map(|p| p.value().numel()).collect();
         let total: usize = sizes.iter().sum();
-        let shard = total.div_ceil(world_size).max(1);
+        let shard = shard_elements(total, world_size);
         let layout = Buckets::new(&sizes, shard)?;
         let segments = layout.segments(rank);
         let pieces = segments
@@ -73,7 +86,7 @@ impl Zero {
     /// Bytes of AdamW state this rank holds once its shard has been updated: two f32 moments per
     /// element of a shard.
     pub fn optimizer_bytes(&self) -> usize {
-        2 * self.shard * size_of::<f32>()
+        optimizer_bytes_per_rank(self.shard * self.world_size, self.world_size, true)
     }
 
     /// Sets every slice parameter to the current values of its piece of `values` (the parameters' values

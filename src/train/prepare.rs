@@ -132,3 +132,23 @@ fn check_zero(zero: bool, device: Device) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! `--zero 1` is refused where it cannot run, with the reason and the fix in the message.
+    use super::*;
+
+    #[test]
+    fn zero_one_needs_mpi_and_the_cpu() {
+        assert!(check_zero(false, Device::Cuda(0)).is_ok());
+        let message = |device| check_zero(true, device).map_err(|e| e.to_string());
+        if cfg!(feature = "mpi") {
+            assert!(message(Device::Cpu).is_ok());
+            let refused = message(Device::Cuda(0)).unwrap_err();
+            assert!(refused.contains("CPU only") && refused.contains("--device cpu"), "{refused}");
+        } else {
+            let refused = message(Device::Cpu).unwrap_err();
+            assert!(refused.contains("without MPI") && refused.contains("--features mpi"), "{refused}");
+        }
+    }
+}
