@@ -50,7 +50,8 @@ pub struct Zero {
     world_size: usize,
     /// The pieces of parameters in this rank's shard, in flat order.
     segments: Vec<Segment>,
-    /// One slice parameter per segment, named as the parameter it is cut from.
+    /// One slice parameter per segment, named as the parameter it is cut from; empty between updates
+    /// ([`Zero::load_pieces`] fills them from the parameters).
     pieces: Vec<Parameter>,
 }
 
@@ -150,8 +151,10 @@ impl Zero {
         let mut pieces: Vec<&mut Parameter> = self.pieces.iter_mut().collect();
         optimizer.step(&mut pieces, &piece_grads, lr)?;
 
-        for (piece, s) in self.pieces.iter().zip(&self.segments) {
+        for (piece, s) in self.pieces.iter_mut().zip(&self.segments) {
             mine[s.within_bucket.clone()].copy_from_slice(&piece.value().to_vec::<f32>()?);
+            // The slices are loaded again before each use: between updates they hold no memory.
+            piece.set_value(Tensor::zeros(&[0], DType::F32));
         }
         let all = self.gather(collective, &mine)?;
         for (i, param) in params.iter_mut().enumerate() {
