@@ -53,12 +53,17 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
         train::set_threads(threads)?;
     }
     if options.audit {
+        // Every rank would measure and print the same report.
+        if !world.is_root() {
+            return Ok(ExitCode::SUCCESS);
+        }
         let plan = train::plan::audit_plan(&options)?;
         if let Some(note) = plan.vocab.note(plan.model) {
             eprintln!("note: {note}");
         }
         let report = cola::audit::audit(plan.model, plan.vocab.size(), plan.micro_batch, plan.seq_len)
-            .map_err(TrainError::from)?;
+            .map_err(TrainError::from)?
+            .per_rank(world.world_size(), options.zero == 1);
         if options.json {
             print_json(&report)?;
         } else {

@@ -108,7 +108,7 @@ pub fn measure_step(
         activations: tape.memory_stats(),
         param_bytes,
         grad_bytes,
-        optimizer_bytes: 2 * param_bytes,
+        optimizer_bytes: crate::dist::zero::optimizer_bytes_per_rank(model.param_counts().total, 1, false),
         step_seconds,
     })
 }
@@ -178,6 +178,12 @@ pub struct Audit {
     pub seq_len: usize,
     /// Empty in the report of [`sizes`], which builds no model.
     pub policies: Vec<AuditRow>,
+    /// The ranks of the run ([`Audit::per_rank`]; 1 in one process).
+    pub ranks: usize,
+    /// Whether the optimizer state is sharded over the ranks (`--zero 1`).
+    pub zero: bool,
+    /// AdamW's two f32 moments held by each rank: the whole, or one shard under ZeRO-1.
+    pub optimizer_bytes_per_rank: usize,
 }
 
 /// One policy's measurement in an [`Audit`].
@@ -210,6 +216,9 @@ pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usi
         micro_batch,
         seq_len,
         policies: Vec::new(),
+        ranks: 1,
+        zero: false,
+        optimizer_bytes_per_rank: crate::dist::zero::optimizer_bytes_per_rank(counts.total, 1, false),
     }
 }
 
@@ -241,6 +250,20 @@ pub fn audit(
     Ok(report)
 }
 
+impl Audit {
+    /// The report for one of `ranks` ranks, with the optimizer sharded when `zero` (ZeRO-1): its
+    /// optimizer bytes, and each policy's step peak with this rank's optimizer state in place of the
+    /// whole.
+    pub fn per_rank(mut self, ranks: usize, zero: bool) -> Audit {
+        let whole = self.optimizer_bytes_per_rank;
+        let mine = crate::dist::zero::optimizer_bytes_per_rank(self.params_total, ranks, zero);
+        for row in &mut self.policies {
+            row.peak_step_bytes = row.peak_step_bytes - whole + mine;
+        }
+        Audit { ranks: ranks.max(1), zero, optimizer_bytes_per_rank: mine, ..self }
+    }
+}
+
 impl std::fmt::Display for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "audit of {} (f32, CPU)", self.preset)?;
@@ -255,6 +278,16 @@ impl std::fmt::Display for Audit {
             self.forward_flops_per_token / 1e9,
             self.training_flops_per_token / 1e9,
             self.seq_len
+        )?;
+        writeln!(
+            f,
+            "optimizer: {} of AdamW moments per rank ({})",
+            human_bytes(self.optimizer_bytes_per_rank as f64),
+            match (self.zero, self.ranks) {
+                (true, ranks) => format!("ZeRO-1: one shard of {ranks}"),
+                (false, 1) => "one process".to_string(),
+                (false, ranks) => format!("whole on each of {ranks} ranks"),
+            }
         )?;
         if self.policies.is_empty() {
             return Ok(());
@@ -279,5 +312,24 @@ impl std::fmt::Display for Audit {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The optimizer bytes per rank are arithmetic on the parameter count, so they are checked exactly.
+    use super::*;
+
+    #[test]
+    fn zero_one_divides_the_optimizer_bytes_among_the_ranks() {
+        let preset: Preset = "cola-60m".parse().unwrap();
+        let one = sizes(preset, 32000, 1, 16);
+        let whole = 2 * 4 * one.params_total;
+        assert_eq!(one.optimizer_bytes_per_rank, whole);
+        let plain = sizes(preset, 32000, 1, 16).per_rank(2, false);
+        assert_eq!(plain.optimizer_bytes_per_rank, whole);
+        let zero = sizes(preset, 32000, 1, 16).per_rank(3, true);
+        assert_eq!(zero.optimizer_bytes_per_rank, 2 * 4 * one.params_total.div_ceil(3));
+        assert!(zero.to_string().contains("per rank (ZeRO-1: one shard of 3)"), "{zero}");
     }
 }

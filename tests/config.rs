@@ -185,6 +185,10 @@ fn the_command_line_parses_into_typed_options() {
     assert!(error.contains("expected auto, cpu, cuda or cuda:N"), "{error}");
     assert!(parse(&["--json"]).unwrap_err().contains("--audit"));
     assert!(parse(&["--eval-only"]).unwrap_err().contains("--resume"));
+    // ZeRO: stage 0 (whole optimizer on every rank) by default, 1 shards it, nothing else exists.
+    assert_eq!((none.zero, parse(&["--zero", "1"]).unwrap().zero), (0, 1));
+    let error = parse(&["--zero", "2"]).unwrap_err();
+    assert!(error.contains("--zero") && error.contains("0..=1"), "{error}");
 }
 
 #[test]

@@ -12,6 +12,15 @@
 //!   only the last f32 bit of a sum (2^-24 = 6e-8 relative per addition); over 3 updates that stays far
 //!   below 1e-6 on the loss, while a wrong weight or a missed shard moves it by more than 1e-3.
 //! - a 2-rank checkpoint resumed in 1 process continues the 1-process trajectory bit for bit.
+//! - ZeRO-1 (`--zero 1`) over 2 ranks equals the plain 2-rank run BIT FOR BIT (losses, final weights and
+//!   the checkpoint's optimizer file): the reduce-scatter sums the same two f32 values per element as
+//!   the all-reduce, and AdamW is elementwise, so a rank's slice of the update is the slice of the whole
+//!   update. The one sum whose terms are grouped differently is the squared gradient norm (shard
+//!   partial sums, then across ranks, against per-parameter sums): it is f64, so it moves the norm by
+//!   about 1e-16 relative, while the clip factor is rounded to f32 (6e-8), so the parameters keep their
+//!   bits; the logged norm is compared within 1e-12. A ZeRO checkpoint (moments gathered) resumes in one
+//!   process, and a 1-process checkpoint resumes under ZeRO (moments scattered), both continuing the
+//!   uninterrupted trajectory bit for bit.
 //! - a rank killed mid-run makes the launch exit non-zero within seconds, and the last checkpoint stays
 //!   valid (`--eval-only` loads it).
 //! - evaluation shared among 2 ranks (each runs every other forward pass of 3 sequences, the passes of
@@ -179,6 +188,66 @@ fn a_two_rank_checkpoint_resumes_in_one_process_on_the_same_trajectory() {
     let bits = |v: &[f64]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&whole), bits(&halves), "losses: {whole:?} vs {halves:?}");
     assert!(weights(&dir, "whole") == weights(&dir, "halves"), "the final weights differ");
+}
+
+/// The gradient norms of `dir/out/metrics.jsonl`, in step order.
+fn grad_norms(dir: &TempDir, out: &str) -> Vec<f64> {
+    let text = std::fs::read_to_string(dir.join(out).join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|value| value.get("grad_norm").and_then(serde_json::Value::as_f64))
+        .collect()
+}
+
+fn optimizer_file(dir: &TempDir, out: &str) -> Vec<u8> {
+    let checkpoint = cola::train::checkpoint::locate(&dir.join(out)).unwrap();
+    std::fs::read(checkpoint.join(cola::train::OPTIMIZER_FILE)).unwrap()
+}
+
+/// 2 ranks x 1 sequence with micro-batches of 1, 4 updates (as the plain bit-for-bit test), with the
+/// optimizer sharded; checkpoints of the sharded run resume in one process and the reverse.
+#[test]
+fn zero_one_over_two_ranks_is_the_plain_run_and_its_checkpoints_resume_either_way() {
+    let _launch = one_launch_at_a_time();
+    let dir = TempDir::new("dist-zero");
+    write_corpus(&dir);
+    let zero = |mut flags: Vec<String>| {
+        flags.extend(["--zero".into(), "1".into()]);
+        flags
+    };
+    let stop_at_2 = |mut flags: Vec<String>| {
+        flags.extend(["--stop-after".into(), "2".into()]);
+        flags
+    };
+    let resume = |out: &str| vec!["--resume".to_string(), dir.join(out).display().to_string()];
+    two_ranks(&flags(&dir, "plain", 4, 2, 1));
+    let started = Instant::now();
+    let output = mpirun(2).args(zero(flags(&dir, "zero", 4, 2, 1))).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    succeeded(output, "the 2-rank ZeRO run");
+    eprintln!("the 2-rank ZeRO run took {:.1} s", started.elapsed().as_secs_f64());
+    assert!(stderr.contains("ZeRO-1: moments of 1/2 of the parameters"), "start-up lines:\n{stderr}");
+    // Sharded to one process: stop the ZeRO run at 2 and resume it alone.
+    two_ranks(&stop_at_2(zero(flags(&dir, "to-one", 4, 2, 1))));
+    one_process(&[resume("to-one"), vec!["--threads".into(), "1".into()]].concat());
+    // One process to sharded: stop a 1-process run at 2 and resume it under ZeRO.
+    one_process(&stop_at_2(flags(&dir, "to-zero", 4, 2, 1)));
+    two_ranks(&zero([resume("to-zero"), vec!["--threads".into(), "1".into()]].concat()));
+
+    let bits = |v: &[f64]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    let plain = losses(&dir, "plain");
+    assert_eq!(plain.len(), 4);
+    for out in ["zero", "to-one", "to-zero"] {
+        let run = losses(&dir, out);
+        assert_eq!(bits(&plain), bits(&run), "{out}: losses {plain:?} vs {run:?}");
+        assert!(weights(&dir, "plain") == weights(&dir, out), "{out}: the final weights differ");
+        assert!(optimizer_file(&dir, "plain") == optimizer_file(&dir, out), "{out}: the moments differ");
+    }
+    let (plain, zero) = (grad_norms(&dir, "plain"), grad_norms(&dir, "zero"));
+    assert_eq!((plain.len(), zero.len()), (4, 4));
+    for (a, b) in plain.iter().zip(&zero) {
+        assert!((a - b).abs() <= 1e-12 * a, "gradient norm {a} vs {b}");
+    }
 }
 
 /// The process ids whose parent is `parent` and whose environment holds `OMPI_COMM_WORLD_RANK=rank`.

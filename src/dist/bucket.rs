@@ -53,6 +53,11 @@ impl Buckets {
         self.starts.last().copied().unwrap_or(0)
     }
 
+    /// The flat elements gradient `tensor` occupies.
+    pub fn span(&self, tensor: usize) -> Range<usize> {
+        self.starts[tensor]..self.starts[tensor + 1]
+    }
+
     /// Buckets of the layout (the last may be short; none when there is nothing to reduce).
     pub fn count(&self) -> usize {
         self.total().div_ceil(self.bucket_elements)
@@ -186,7 +191,7 @@ fn all_reduce_on_device(
 }
 
 /// The elements of `tensor` as host f32 (a GPU or bf16 gradient is copied and widened).
-fn host_f32(tensor: &Tensor) -> Result<Vec<f32>> {
+pub(crate) fn host_f32(tensor: &Tensor) -> Result<Vec<f32>> {
     let tensor =
         if tensor.device() == Device::Cpu { tensor.clone() } else { tensor.to_device(Device::Cpu)? };
     let tensor = if tensor.dtype() == DType::F32 { tensor } else { tensor.to_dtype(DType::F32)? };

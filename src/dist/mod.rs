@@ -10,18 +10,21 @@
 //! else.
 //!
 //! Files: `bucket.rs` (gradients flattened into fixed-size buckets, one collective call per bucket),
-//! `mpi.rs`, `nccl.rs`.
+//! `zero.rs` (ZeRO-1: each rank keeps the optimizer state of one shard of that flat layout), `mpi.rs`,
+//! `nccl.rs`.
 pub mod bucket;
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod zero;
 
 pub use bucket::{all_reduce_gradients, Buckets, DEFAULT_BUCKET_BYTES};
 #[cfg(feature = "mpi")]
 pub use mpi::Mpi;
 #[cfg(feature = "nccl")]
 pub use nccl::Nccl;
+pub use zero::Zero;
 
 use cola_tensor::Tensor;
 use std::sync::Arc;
@@ -35,8 +38,12 @@ pub enum DistError {
     Nccl(String),
     #[error("gradient buckets: {0}")]
     Buckets(String),
+    #[error("ZeRO: {0}")]
+    Zero(String),
     #[error(transparent)]
     Tensor(#[from] cola_tensor::TensorError),
+    #[error(transparent)]
+    Optim(#[from] cola_optim::OptimError),
 }
 
 pub type Result<T> = std::result::Result<T, DistError>;
@@ -66,6 +73,21 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     /// [`Collective::all_reduce_sum`] of a contiguous f32 tensor on this rank's GPU, in place.
     fn all_reduce_sum_on_device(&self, _buffer: &mut Tensor) -> Result<()> {
         Err(DistError::Nccl("this collective sums host buffers only".into()))
+    }
+
+    /// Sums `send` (the same length on every rank, `world_size()` equal shards end to end) over the
+    /// ranks and leaves shard `rank()` of the sum in `shard`: rank r receives the sum of every rank's
+    /// elements `r * shard.len() .. (r + 1) * shard.len()` (MPI's reduce-scatter-block). ZeRO's gradient
+    /// sum: each rank receives only the part of the gradient whose optimizer state it holds. A
+    /// collective without it says so (ZeRO runs over MPI on the CPU only).
+    fn reduce_scatter_sum(&self, _send: &[f32], _shard: &mut [f32]) -> Result<()> {
+        Err(DistError::Mpi("this collective has no reduce-scatter (ZeRO needs MPI on the CPU)".into()))
+    }
+
+    /// Concatenates every rank's `shard` (the same length on every rank) in rank order into `all`
+    /// (`world_size()` times as long): ZeRO's return of each rank's updated parameters to every rank.
+    fn all_gather(&self, _shard: &[f32], _all: &mut [f32]) -> Result<()> {
+        Err(DistError::Mpi("this collective has no all-gather (ZeRO needs MPI on the CPU)".into()))
     }
 
     /// Replaces `buffer` on every rank by `root`'s.
@@ -112,6 +134,19 @@ impl Collective for Single {
         Ok(())
     }
 
+    /// One shard: the sum over one rank is `send` itself.
+    fn reduce_scatter_sum(&self, send: &[f32], shard: &mut [f32]) -> Result<()> {
+        check_shards(send.len(), shard.len(), 1)?;
+        shard.copy_from_slice(send);
+        Ok(())
+    }
+
+    fn all_gather(&self, shard: &[f32], all: &mut [f32]) -> Result<()> {
+        check_shards(all.len(), shard.len(), 1)?;
+        all.copy_from_slice(shard);
+        Ok(())
+    }
+
     fn broadcast(&self, _buffer: &mut [u8], _root: usize) -> Result<()> {
         Ok(())
     }
@@ -123,6 +158,16 @@ impl Collective for Single {
     fn abort(&self, code: i32) -> ! {
         std::process::exit(code)
     }
+}
+
+/// Refuses a whole buffer of `whole` elements that is not `ranks` shards of `shard` elements.
+pub(crate) fn check_shards(whole: usize, shard: usize, ranks: usize) -> Result<()> {
+    if shard.checked_mul(ranks) != Some(whole) {
+        return Err(DistError::Buckets(format!(
+            "a buffer of {whole} elements is not {ranks} shard(s) of {shard} elements"
+        )));
+    }
+    Ok(())
 }
 
 /// The world this process belongs to: MPI's when built with `mpi` and started by a launcher (`mpirun`,
@@ -206,6 +251,18 @@ pub fn shard_rows(rows: usize, rank: usize, world_size: usize) -> std::ops::Rang
 mod tests {
     //! The world's arithmetic and, in a build without MPI, the refusal to run as one of several ranks.
     use super::*;
+
+    /// One rank's reduce-scatter and all-gather are copies, and a buffer that is not whole shards is
+    /// refused rather than read past its end.
+    #[test]
+    fn a_single_rank_scatters_and_gathers_itself() {
+        let (send, mut shard, mut all) = ([1.0f32, -2.5, 3.0], [0.0f32; 3], [0.0f32; 3]);
+        Single.reduce_scatter_sum(&send, &mut shard).unwrap();
+        Single.all_gather(&shard, &mut all).unwrap();
+        assert_eq!((shard, all), (send, send));
+        assert!(Single.reduce_scatter_sum(&send, &mut [0.0; 2]).is_err());
+        assert!(Single.all_gather(&[0.0; 4], &mut all).is_err());
+    }
 
     #[test]
     fn shards_are_disjoint_and_cover_the_batch() {

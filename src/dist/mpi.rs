@@ -2,7 +2,7 @@
 //! by `mpirun` or `srun`. MPI's default error handler on the world communicator aborts every rank on a
 //! failed call, so the operations below cannot return an MPI error; a rank that dies is noticed by the
 //! launcher, which stops the others.
-use super::{Collective, DistError, Result};
+use super::{check_shards, Collective, DistError, Result};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
 use mpi::topology::{Communicator, SimpleCommunicator};
@@ -70,6 +70,20 @@ impl Collective for Mpi {
         check_count(values.len())?;
         let send = values.to_vec();
         self.world().all_reduce_into(&send[..], values, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn reduce_scatter_sum(&self, send: &[f32], shard: &mut [f32]) -> Result<()> {
+        check_count(send.len())?;
+        check_shards(send.len(), shard.len(), self.world_size)?;
+        self.world().reduce_scatter_block_into(send, shard, SystemOperation::sum());
+        Ok(())
+    }
+
+    fn all_gather(&self, shard: &[f32], all: &mut [f32]) -> Result<()> {
+        check_count(all.len())?;
+        check_shards(all.len(), shard.len(), self.world_size)?;
+        self.world().all_gather_into(shard, all);
         Ok(())
     }
 

@@ -108,6 +108,10 @@ pub struct TrainConfig {
     /// Sum gradients over NCCL even with one rank (`--nccl`, [`crate::dist::for_device`]).
     #[serde(skip)]
     pub nccl: bool,
+    /// Shard the optimizer state over the ranks (`--zero 1`, ZeRO-1: [`crate::dist::Zero`]). Like the
+    /// world, not part of the run's identity: checkpoints are whole either way.
+    #[serde(skip)]
+    pub zero: bool,
 
     // Cluster jobs.
     /// Also checkpoint once this many minutes have passed since the last checkpoint (rank 0's clock);
@@ -157,6 +161,7 @@ impl TrainConfig {
             interrupt: None,
             collective: None,
             nccl: false,
+            zero: false,
             save_every_minutes: None,
         }
     }

@@ -273,6 +273,11 @@ pub struct Options {
     /// the one-GPU check of the data-parallel GPU path, whose losses must equal those of a plain run
     #[arg(long)]
     pub nccl: bool,
+    /// ZeRO stage: 1 shards AdamW's moments over the MPI ranks (each rank keeps 1/N of them, updates its
+    /// slice of the parameters and all-gathers them; the same update as 0, which keeps them whole on every
+    /// rank). CPU only, in a build with --features mpi
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     /// Print parameter counts, FLOPs per token and the measured activation memory of one micro-batch under
     /// each applicable --recompute policy, then exit without training
     #[arg(long)]

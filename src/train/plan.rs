@@ -152,6 +152,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     config.stop_after = options.stop_after;
     config.cache_dir = options.cache_dir.clone();
     config.nccl = options.nccl;
+    config.zero = options.zero == 1;
     config.lr = options.lr.unwrap_or(recipe.peak_lr);
 
     config.steps = options.steps.unwrap_or(recipe.total_steps);
@@ -351,5 +352,6 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     config.stop_after = options.stop_after;
     config.cache_dir = options.cache_dir.clone();
     config.nccl = options.nccl;
+    config.zero = options.zero == 1;
     Ok((config, notes))
 }

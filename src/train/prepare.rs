@@ -4,7 +4,7 @@
 use super::checkpoint;
 use super::plan::model_vocab;
 use super::trainer::{norms_and_embedding, Trainer};
-use super::{Precision, Result, TrainConfig};
+use super::{Precision, Result, TrainConfig, TrainError};
 use crate::data::{DataConfig, Dataset};
 use cola_nn::{Init, Llama};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
@@ -28,6 +28,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
             eprintln!("{message}");
         }
     };
+    check_zero(config.zero, device)?;
     // A resumed run reads its token ids with the tokenizer it was trained with.
     let tokenizer = resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone());
     let vocab = model_vocab(config.model, config.vocab_size, tokenizer.as_deref(), config.data.as_deref())?;
@@ -104,5 +105,50 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
     trainer.policy = config.recompute;
     trainer.set_collective(crate::dist::for_device(world, device, config.nccl)?);
+    if config.zero {
+        trainer.shard_optimizer()?;
+    }
     Ok(Prepared { dataset, trainer, rng })
+}
+
+/// Refuses `--zero 1` where it cannot run: ZeRO-1 shards the optimizer over MPI between CPU processes
+/// (no NCCL version yet).
+fn check_zero(zero: bool, device: Device) -> Result<()> {
+    if !zero {
+        return Ok(());
+    }
+    if !cfg!(feature = "mpi") {
+        return Err(TrainError::Config(
+            "--zero 1 shards the optimizer over MPI ranks, but this program was built without MPI: build \
+             with --features mpi (scripts/install_mpi.sh installs Open MPI) and start it with mpirun"
+                .into(),
+        ));
+    }
+    if device != Device::Cpu {
+        return Err(TrainError::Config(format!(
+            "--zero 1 runs over MPI on the CPU only, and this run is on {device} (there is no NCCL version): \
+             pass --device cpu, or drop --zero"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! `--zero 1` is refused where it cannot run, with the reason and the fix in the message.
+    use super::*;
+
+    #[test]
+    fn zero_one_needs_mpi_and_the_cpu() {
+        assert!(check_zero(false, Device::Cuda(0)).is_ok());
+        let message = |device| check_zero(true, device).map_err(|e| e.to_string());
+        if cfg!(feature = "mpi") {
+            assert!(message(Device::Cpu).is_ok());
+            let refused = message(Device::Cuda(0)).unwrap_err();
+            assert!(refused.contains("CPU only") && refused.contains("--device cpu"), "{refused}");
+        } else {
+            let refused = message(Device::Cpu).unwrap_err();
+            assert!(refused.contains("without MPI") && refused.contains("--features mpi"), "{refused}");
+        }
+    }
 }

@@ -122,7 +122,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         Retention::of_run(config, resume.as_ref().map(|(dir, state)| (dir.as_path(), state.step)));
     let (rng, data_state, tokens, elapsed, last_checkpoint) = match &resume {
         Some((dir, state)) => {
-            checkpoint::load(dir, state, &mut trainer.model, &mut trainer.optimizer)?;
+            trainer.load_checkpoint(dir, state)?;
             trainer.step = state.step;
             if state.threads != rayon::current_num_threads() {
                 say(&format!(
@@ -170,6 +170,15 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             crate::dist::DEFAULT_BUCKET_BYTES >> 20
         ));
     }
+    say(&format!(
+        "optimizer: {} of AdamW state per rank{}",
+        crate::audit::human_bytes(trainer.optimizer_bytes() as f64),
+        if config.zero {
+            format!(" (ZeRO-1: moments of 1/{} of the parameters on each rank)", world.world_size())
+        } else {
+            String::new()
+        }
+    ));
     say(&format!(
         "run directory: {} (metrics.jsonl, loss.png, tokenizer.json, checkpoint-<step>/); resume with --resume {}",
         config.out.display(),
@@ -394,6 +403,8 @@ impl Loop<'_> {
     /// Writes a checkpoint of this step (rank 0; every rank restarts its clock).
     fn save(&mut self, progress: &Progress) -> Result<()> {
         self.clock.reset();
+        // Under ZeRO-1 every rank takes part in gathering the moments.
+        let gathered = self.trainer.gathered_optimizer()?;
         if !self.config.world().is_root() {
             return Ok(());
         }
@@ -415,7 +426,7 @@ impl Loop<'_> {
             &self.retention,
             state,
             &self.trainer.model,
-            &self.trainer.optimizer,
+            gathered.as_ref().unwrap_or(&self.trainer.optimizer),
             self.dataset.tokenizer(),
         )?;
         progress.restore();

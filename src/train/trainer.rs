@@ -15,10 +15,14 @@
 //! [`crate::dist::all_reduce_gradients`]), so every rank holds the single-process gradient, clips it by
 //! the same global norm and applies the same AdamW update.
 //!
+//! Under ZeRO-1 ([`Trainer::shard_optimizer`]) the gradient sum, clipping and update are one sharded
+//! step ([`crate::dist::Zero::step`]): a reduce-scatter, the update of this rank's slice, an all-gather.
+//!
 //! With a profiler set ([`Trainer::set_profiler`]) every micro-batch's tape times its ops, and the
 //! trainer times its own phases as optimizer rows: `grad_accumulate`, `all_reduce_wait` and
 //! `all_reduce` (under N ranks), `clip_grad_norm` and `adamw` on the CPU, `clip_adamw` on a GPU (where
 //! clipping and the update are one multi-tensor step, [`AdamW::clip_and_step`]).
+use super::checkpoint::{self, RunState};
 use super::TrainError;
 use crate::data::Batch;
 use crate::dist::{self, Collective, Single};
@@ -91,6 +95,9 @@ pub struct Trainer {
     profiler: Option<Profiler>,
     collective: Arc<dyn Collective>,
     last_reduce: Option<Reduction>,
+    /// This rank's share of the optimizer under ZeRO-1 ([`Trainer::shard_optimizer`]): `optimizer` then
+    /// holds the moments of this rank's slices only.
+    zero: Option<dist::Zero>,
 }
 
 /// What the gradient sum over the ranks of one update moved and how long it took.
@@ -157,6 +164,7 @@ impl Trainer {
             profiler: None,
             collective: Arc::new(Single),
             last_reduce: None,
+            zero: None,
         }
     }
 
@@ -164,6 +172,48 @@ impl Trainer {
     /// gradients with the other ranks.
     pub fn set_collective(&mut self, collective: Arc<dyn Collective>) {
         self.collective = collective;
+    }
+
+    /// Shards the optimizer over the ranks of the collective (ZeRO-1, [`dist::Zero`]): from now on this
+    /// rank keeps AdamW's moments for its shard of the parameters only. Call it before the first update
+    /// and before loading a checkpoint ([`Trainer::load_checkpoint`]).
+    pub fn shard_optimizer(&mut self) -> Result<(), TrainError> {
+        let (rank, world_size) = (self.collective.rank(), self.collective.world_size());
+        self.zero = Some(dist::Zero::new(&self.model.parameters(), rank, world_size)?);
+        Ok(())
+    }
+
+    /// Bytes of optimizer state this rank holds during training: AdamW's moments (and f32 master copies
+    /// under mixed precision) for every parameter, or for this rank's shard under ZeRO-1.
+    pub fn optimizer_bytes(&self) -> usize {
+        if let Some(zero) = &self.zero {
+            return zero.optimizer_bytes();
+        }
+        let per_param = |p: &cola_autograd::Parameter| {
+            let (mixed, dtype) = self.optimizer.state_dtype(p.value().dtype());
+            p.value().numel() * dtype.size_in_bytes() * (2 + usize::from(mixed))
+        };
+        self.model.parameters().into_iter().map(per_param).sum()
+    }
+
+    /// The optimizer as one process holds it, for a checkpoint: under ZeRO-1 every rank's moments
+    /// gathered (a collective call: every rank makes it), else `None` (the trainer's own is whole).
+    pub fn gathered_optimizer(&self) -> Result<Option<AdamW>, TrainError> {
+        let Some(zero) = &self.zero else { return Ok(None) };
+        let params = self.model.parameters();
+        Ok(Some(zero.gather_state(self.collective.as_ref(), &self.optimizer, &params)?))
+    }
+
+    /// Loads the weights and optimizer state of checkpoint `dir` (the single-process format); under
+    /// ZeRO-1 this rank keeps its slices of the moments.
+    pub fn load_checkpoint(&mut self, dir: &std::path::Path, state: &RunState) -> Result<(), TrainError> {
+        let Some(zero) = self.zero.as_mut() else {
+            return checkpoint::load(dir, state, &mut self.model, &mut self.optimizer);
+        };
+        let mut full = self.optimizer.clone();
+        checkpoint::load(dir, state, &mut self.model, &mut full)?;
+        zero.scatter_state(&full, &mut self.optimizer, &self.model.parameters())?;
+        Ok(())
     }
 
     /// The gradient sum of the last update under several ranks (`None` in one process).
@@ -274,7 +324,8 @@ impl Trainer {
                 return Err(self.refuse("loss", loss));
             }
             // With no target on any rank no rank has a gradient: one process would have none either.
-            if targets > 0 {
+            // Under ZeRO-1 the sum is the reduce-scatter of the sharded update.
+            if targets > 0 && self.zero.is_none() {
                 self.reduce_gradients()?;
             }
         }
@@ -317,7 +368,21 @@ impl Trainer {
         // On a GPU the clipping and the update are one multi-tensor step with no host sync before it;
         // on the CPU they are timed apart.
         let fused = matches!(self.model.device(), Device::Cuda(_));
-        let grad_norm = if fused {
+        let grad_norm = if self.zero.is_some() {
+            let flops =
+                |t: &Self| (CLIP_FLOPS_PER_ELEMENT + ADAMW_FLOPS_PER_ELEMENT) * grad_elements(&t.grads);
+            self.optimizer_phase("zero_step", flops, |t| {
+                let Trainer { zero, model, optimizer, grads, collective, clip_norm, .. } = t;
+                let mut params = model.parameters_mut();
+                if targets == 0 {
+                    // No rank has a gradient: one process would count the update and change nothing.
+                    optimizer.step(&mut params, grads, lr)?;
+                    return Ok(0.0);
+                }
+                let zero = zero.as_mut().expect("checked above");
+                Ok(zero.step(collective.as_ref(), optimizer, &mut params, grads, lr, *clip_norm)?)
+            })?
+        } else if fused {
             let flops =
                 |t: &Self| (CLIP_FLOPS_PER_ELEMENT + ADAMW_FLOPS_PER_ELEMENT) * grad_elements(&t.grads);
             self.optimizer_phase("clip_adamw", flops, |t| {
@@ -335,7 +400,7 @@ impl Trainer {
             let what = "gradient norm";
             return Err(StepError::NonFinite(NonFinite { step: self.step, what, value: grad_norm, lr }));
         }
-        if !fused {
+        if !fused && self.zero.is_none() {
             let adamw_flops = |t: &Self| ADAMW_FLOPS_PER_ELEMENT * grad_elements(&t.grads);
             self.optimizer_phase("adamw", adamw_flops, |t| {
                 let mut params = t.model.parameters_mut();
