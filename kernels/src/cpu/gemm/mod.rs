@@ -32,7 +32,10 @@
 //! sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and AVX-512F
 //! micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
 //! `gemv_x86` (the few-row path and its SIMD tiles), `peak` (the FMA ceiling benchmarks compare
-//! against).
+//! against), `bf16/` (the bf16 GEMM: bf16 operands, f32 accumulation, on the same loop nest with k-pair
+//! packing and a `VDPBF16PS` micro-kernel, or widening onto the f32 micro-kernels; its header states
+//! its paths and rounding models). The loop nest and packing are generic over the operands' element
+//! type and the packed one, which are `T` for the f32 and f64 GEMMs.
 //!
 //! Determinism: each output element is the sum over k in a fixed order (KC blocks in order, k in order
 //! within a block, starting from zero in the micro-kernel) computed by one thread; the split into tasks only
