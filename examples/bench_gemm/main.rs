@@ -10,8 +10,8 @@
 //! (waiting threads that spin still do). `--few-rows` prints only the few-row
 //! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM). `--bf16`
 //! times each case on the bf16 GEMM as well (`bf16.rs`: bf16 operands and output, f32 accumulation, the
-//! selected path), printing `gemm_bf16 <name> ... path=<path> gflops=<x>` before the f32 line, and implies
-//! `--gemm-only`.
+//! selected path, or the one `--bf16-path NAME` names, e.g. `widen-avx512f`), printing
+//! `gemm_bf16 <name> ... path=<path> gflops=<x>` before the f32 line, and implies `--gemm-only`.
 mod bf16;
 mod few_rows;
 mod fused;
@@ -118,18 +118,30 @@ fn main() {
         few_rows::run_all();
         return;
     }
+    let named_path = args.windows(2).find(|pair| pair[0] == "--bf16-path").map(|pair| pair[1].as_str());
+    let bf16_path = match named_path {
+        None => Bf16Path::selected(),
+        Some(name) => match Bf16Path::ALL.into_iter().find(|path| path.to_string() == name) {
+            Some(path) if path.is_available() => path,
+            _ => {
+                let names: Vec<String> =
+                    Bf16Path::ALL.iter().filter(|p| p.is_available()).map(|p| p.to_string()).collect();
+                eprintln!("--bf16-path {name}: not a path this CPU runs (it runs: {})", names.join(", "));
+                std::process::exit(2);
+            }
+        },
+    };
     if bf16 && !list {
-        println!("bf16 path: {}; f32 path: {}", Bf16Path::selected(), KernelPath::selected().name());
+        println!("bf16 path: {bf16_path}; f32 path: {}", KernelPath::selected().name());
     }
     for case in cases().into_iter().filter(|case| chosen.is_empty() || chosen.contains(&case.name.as_str())) {
         if list {
             println!("{} {} {} {} {}", case.name, case.m, case.k, case.n, case.a_transposed as u8);
         } else {
             if bf16 {
-                let gflops = bf16::run(&case, cpu_time);
-                let path = Bf16Path::selected();
+                let gflops = bf16::run(&case, bf16_path, cpu_time);
                 println!(
-                    "gemm_bf16 {} M={} K={} N={} path={path} gflops={gflops:.1}",
+                    "gemm_bf16 {} M={} K={} N={} path={bf16_path} gflops={gflops:.1}",
                     case.name, case.m, case.k, case.n
                 );
             }

@@ -126,8 +126,10 @@ mod tests {
         2f32.powi(e)
     }
 
-    /// (acc, [a even, a odd], [b even, b odd], the result's bits on the hardware)
-    fn cases() -> Vec<(&'static str, f32, [bf16; 2], [bf16; 2], u32)> {
+    /// (name, acc, [a even, a odd], [b even, b odd], the result's bits on the hardware)
+    type Pinned = (&'static str, f32, [bf16; 2], [bf16; 2], u32);
+
+    fn cases() -> Vec<Pinned> {
         let one = bf(1.0);
         let zero = bf16::ZERO;
         vec![

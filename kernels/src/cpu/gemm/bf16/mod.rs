@@ -27,7 +27,14 @@
 //!   leaves f32's normal range, so the two agree bit for bit on such inputs when alpha scales exactly);
 //!   the result is bit for bit the f32 [`super::gemm_with_path`] of the widened operands.
 //!
-//! A bf16 C goes through an f32 copy (widened first when `beta != 0`) and one rounding pass at the end.
+//! A bf16 C goes through an f32 accumulator (C widened into it first when `beta != 0`; kept per thread
+//! between calls) and one rounding pass at the end.
+//!
+//! Measured on the development machine (an Intel Xeon with AVX512-BF16 under a hypervisor, `bench_gemm
+//! --bf16 --bf16-path ...`, one thread, CPU time): `VDPBF16PS` issues about a quarter as often as an
+//! AVX-512 FMA, so its 64 FLOPs per instruction give about half the FMA's FLOP rate, and the dot path runs
+//! at about 0.65x the widening one (cube1024: 68 against 105 GFLOP/s). The selection still prefers the
+//! dot path where the CPU has it, as for the f32 paths (widest instructions first).
 mod dot;
 mod pack;
 #[cfg(target_arch = "x86_64")]
@@ -166,18 +173,37 @@ impl Bf16GemmOutput for f32 {
 /// Elements converted per parallel task when widening or rounding a bf16 C.
 const CONVERT_CHUNK: usize = 1 << 14;
 
+/// Largest f32 accumulator for a bf16 C a thread keeps between calls (64 MiB); a larger one is freed after
+/// its call.
+const KEPT_ACCUMULATOR_LEN: usize = 16 << 20;
+
+thread_local! {
+    /// Each calling thread's f32 accumulator for a bf16 C, kept so that a call neither allocates nor
+    /// faults in fresh pages (a 4096 x 1024 C is 16 MiB of f32).
+    static ACCUMULATOR: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Bf16GemmOutput for bf16 {
     fn through_f32(c: &mut [bf16], beta: f32, compute: impl FnOnce(&mut [f32])) {
-        let mut acc = vec![0.0f32; c.len()];
+        // Taken out for the call, so a nested call on this thread uses a fresh buffer.
+        let mut kept = ACCUMULATOR.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        if kept.len() < c.len() {
+            kept.resize(c.len(), 0.0);
+        }
+        let acc = &mut kept[..c.len()];
+        // With `beta == 0` the GEMM ignores C's contents, so stale values are never read.
         if beta != 0.0 {
             acc.par_chunks_mut(CONVERT_CHUNK).zip(c.par_chunks(CONVERT_CHUNK)).for_each(|(acc, c)| {
                 acc.iter_mut().zip(c).for_each(|(acc, c)| *acc = c.to_f32());
             });
         }
-        compute(&mut acc);
+        compute(acc);
         c.par_chunks_mut(CONVERT_CHUNK).zip(acc.par_chunks(CONVERT_CHUNK)).for_each(|(c, acc)| {
             c.iter_mut().zip(acc).for_each(|(c, &acc)| *c = bf16::from_f32(acc));
         });
+        if kept.len() <= KEPT_ACCUMULATOR_LEN {
+            ACCUMULATOR.with(|cell| *cell.borrow_mut() = kept);
+        }
     }
 }
 
