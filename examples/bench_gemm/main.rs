@@ -8,12 +8,16 @@
 //! the work of all timed repetitions by the CPU time the process's threads ran (Linux schedstat) instead of
 //! taking the median wall time, so time the scheduler gave to other jobs on a shared machine does not count
 //! (waiting threads that spin still do). `--few-rows` prints only the few-row
-//! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM).
+//! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM). `--bf16`
+//! times each case on the bf16 GEMM as well (`bf16.rs`: bf16 operands and output, f32 accumulation, the
+//! selected path, or the one `--bf16-path NAME` names, e.g. `widen-avx512f`), printing
+//! `gemm_bf16 <name> ... path=<path> gflops=<x>` before the f32 line, and implies `--gemm-only`.
+mod bf16;
 mod few_rows;
 mod fused;
 mod shapes;
 
-use cola::kernels::cpu::gemm::{gemm, Dims, MatRef};
+use cola::kernels::cpu::gemm::{gemm, Bf16Path, Dims, KernelPath, MatRef};
 use cola::tensor::rng::uniform_at;
 use std::time::Instant;
 
@@ -63,19 +67,9 @@ fn cpu_nanos() -> u64 {
     tasks.flatten().filter_map(schedstat).filter_map(first_field).sum()
 }
 
-fn run(case: &Case, cpu_time: bool) -> f64 {
-    let (m, k, n) = (case.m, case.k, case.n);
-    let a = filled(m * k, 1);
-    let b = filled(k * n, 2);
-    let mut c = vec![0.0f32; m * n];
-    let (a_rs, a_cs) = if case.a_transposed { (1, m) } else { (k, 1) };
-    let mut once = || {
-        let lhs = MatRef { data: &a, offset: 0, row_stride: a_rs, col_stride: a_cs };
-        let rhs = MatRef { data: &b, offset: 0, row_stride: n, col_stride: 1 };
-        let start = Instant::now();
-        gemm(Dims { m, n, k }, 1.0, lhs, rhs, 0.0, &mut c);
-        start.elapsed().as_secs_f64()
-    };
+/// GFLOP/s of `once` (one product, returning its wall seconds) on `case`: median wall time over at least 5
+/// timed runs (up to 1 s of them) after a warm-up, or with `cpu_time` the CPU time of all of them.
+fn gflops(case: &Case, cpu_time: bool, mut once: impl FnMut() -> f64) -> f64 {
     once();
     let mut times = Vec::new();
     let budget = Instant::now();
@@ -85,7 +79,31 @@ fn run(case: &Case, cpu_time: bool) -> f64 {
     }
     let seconds =
         if cpu_time { (cpu_nanos() - cpu_start) as f64 / 1e9 / times.len() as f64 } else { median(times) };
-    2.0 * (m * k * n) as f64 / seconds / 1e9
+    2.0 * (case.m * case.k * case.n) as f64 / seconds / 1e9
+}
+
+/// A's strides: row-major `[m, k]`, or stored as its transpose `[k, m]`.
+fn a_strides(case: &Case) -> (usize, usize) {
+    if case.a_transposed {
+        (1, case.m)
+    } else {
+        (case.k, 1)
+    }
+}
+
+fn run(case: &Case, cpu_time: bool) -> f64 {
+    let (m, k, n) = (case.m, case.k, case.n);
+    let a = filled(m * k, 1);
+    let b = filled(k * n, 2);
+    let mut c = vec![0.0f32; m * n];
+    let (a_rs, a_cs) = a_strides(case);
+    gflops(case, cpu_time, || {
+        let lhs = MatRef { data: &a, offset: 0, row_stride: a_rs, col_stride: a_cs };
+        let rhs = MatRef { data: &b, offset: 0, row_stride: n, col_stride: 1 };
+        let start = Instant::now();
+        gemm(Dims { m, n, k }, 1.0, lhs, rhs, 0.0, &mut c);
+        start.elapsed().as_secs_f64()
+    })
 }
 
 fn main() {
@@ -94,15 +112,39 @@ fn main() {
     let chosen: Vec<&str> =
         args.windows(2).filter(|pair| pair[0] == "--case").map(|pair| pair[1].as_str()).collect();
     let cpu_time = args.iter().any(|a| a == "--cpu-time");
-    let gemm_only = !chosen.is_empty() || args.iter().any(|a| a == "--gemm-only");
+    let bf16 = args.iter().any(|a| a == "--bf16");
+    let gemm_only = bf16 || !chosen.is_empty() || args.iter().any(|a| a == "--gemm-only");
     if std::env::args().any(|a| a == "--few-rows") {
         few_rows::run_all();
         return;
+    }
+    let named_path = args.windows(2).find(|pair| pair[0] == "--bf16-path").map(|pair| pair[1].as_str());
+    let bf16_path = match named_path {
+        None => Bf16Path::selected(),
+        Some(name) => match Bf16Path::ALL.into_iter().find(|path| path.to_string() == name) {
+            Some(path) if path.is_available() => path,
+            _ => {
+                let names: Vec<String> =
+                    Bf16Path::ALL.iter().filter(|p| p.is_available()).map(|p| p.to_string()).collect();
+                eprintln!("--bf16-path {name}: not a path this CPU runs (it runs: {})", names.join(", "));
+                std::process::exit(2);
+            }
+        },
+    };
+    if bf16 && !list {
+        println!("bf16 path: {bf16_path}; f32 path: {}", KernelPath::selected().name());
     }
     for case in cases().into_iter().filter(|case| chosen.is_empty() || chosen.contains(&case.name.as_str())) {
         if list {
             println!("{} {} {} {} {}", case.name, case.m, case.k, case.n, case.a_transposed as u8);
         } else {
+            if bf16 {
+                let gflops = bf16::run(&case, bf16_path, cpu_time);
+                println!(
+                    "gemm_bf16 {} M={} K={} N={} path={bf16_path} gflops={gflops:.1}",
+                    case.name, case.m, case.k, case.n
+                );
+            }
             let gflops = run(&case, cpu_time);
             println!("gemm {} M={} K={} N={} gflops={:.1}", case.name, case.m, case.k, case.n, gflops);
         }

@@ -1,28 +1,56 @@
 //! Matrix multiply, batched with broadcast batch dims. Transposed or narrowed operands are passed to the
-//! GEMM as strided views, so `x.matmul(&w.t()?)` copies nothing.
+//! GEMM as strided views, so `x.matmul(&w.t()?)` copies nothing. On the CPU, f32 and f64 run the GEMM of
+//! their type; bf16 runs the bf16 GEMM (bf16 operands, f32 accumulation, each output rounded once to
+//! bf16, to nearest even).
 use super::{in_compute_dtype1, match_float};
 use crate::batch::batch_offsets;
 use crate::error::{Result, TensorError};
 use crate::layout::{broadcast_shapes, Shape};
-use crate::storage::CpuFloat;
-use crate::Tensor;
-use cola_kernels::cpu::gemm::{gemm_batched, BatchRef, Dims};
+use crate::storage::{CpuFloat, Element};
+use crate::{DType, Tensor};
+use cola_kernels::cpu::gemm::{gemm_batched, gemm_bf16_batched, BatchRef, Dims};
+use half::bf16;
 
-fn matmul_t<T: CpuFloat>(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
-    let (oa, ob) = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);
+/// The operands of a batched product as the GEMM takes them: per-item offsets and the matrices' strides.
+fn batch_views<'t, T: Element>(
+    a: &'t Tensor,
+    b: &'t Tensor,
+    offsets: &'t (Vec<usize>, Vec<usize>),
+) -> Result<(BatchRef<'t, T>, BatchRef<'t, T>)> {
     let (sa, sb) = (a.layout().strides(), b.layout().strides());
     let (ra, rb) = (a.rank(), b.rank());
-    let va = a.strided::<T>()?;
-    let vb = b.strided::<T>()?;
-    let lhs = BatchRef { data: va.data, offsets: &oa, row_stride: sa[ra - 2], col_stride: sa[ra - 1] };
-    let rhs = BatchRef { data: vb.data, offsets: &ob, row_stride: sb[rb - 2], col_stride: sb[rb - 1] };
-    let mut out = vec![T::ZERO; oa.len() * dims.m * dims.n];
+    let (va, vb) = (a.strided::<T>()?, b.strided::<T>()?);
+    let lhs = BatchRef { data: va.data, offsets: &offsets.0, row_stride: sa[ra - 2], col_stride: sa[ra - 1] };
+    let rhs = BatchRef { data: vb.data, offsets: &offsets.1, row_stride: sb[rb - 2], col_stride: sb[rb - 1] };
+    Ok((lhs, rhs))
+}
+
+/// `[..batch, m, n]`.
+fn output_shape(batch_shape: &[usize], dims: Dims) -> Shape {
+    let mut shape: Shape = batch_shape.into();
+    shape.extend_from_slice(&[dims.m, dims.n]);
+    shape
+}
+
+fn matmul_t<T: CpuFloat>(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
+    let offsets = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);
+    let (lhs, rhs) = batch_views::<T>(a, b, &offsets)?;
+    let mut out = vec![T::ZERO; offsets.0.len() * dims.m * dims.n];
     if !out.is_empty() {
         gemm_batched(dims, T::ONE, lhs, rhs, T::ZERO, &mut out);
     }
-    let mut shape: Shape = batch_shape.into();
-    shape.extend_from_slice(&[dims.m, dims.n]);
-    Ok(Tensor::from_compute(out, &shape))
+    Ok(Tensor::from_compute(out, &output_shape(batch_shape, dims)))
+}
+
+/// bf16 operands on the bf16 GEMM: f32 accumulation, one rounding to bf16 per output element.
+fn matmul_bf16(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
+    let offsets = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);
+    let (lhs, rhs) = batch_views::<bf16>(a, b, &offsets)?;
+    let mut out = vec![bf16::ZERO; offsets.0.len() * dims.m * dims.n];
+    if !out.is_empty() {
+        gemm_bf16_batched(dims, 1.0, lhs, rhs, 0.0, &mut out);
+    }
+    Tensor::from_vec(out, &output_shape(batch_shape, dims))
 }
 
 impl Tensor {
@@ -54,6 +82,9 @@ impl Tensor {
             return crate::cuda::matmul::matmul(a, b, &batch_shape, m, k, n);
         }
         let dims = Dims { m, n, k };
+        if a.dtype() == DType::BF16 {
+            return matmul_bf16(a, b, &batch_shape, dims);
+        }
         in_compute_dtype1(
             "matmul",
             [a, b],

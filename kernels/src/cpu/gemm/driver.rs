@@ -43,21 +43,27 @@ const B_PANEL_BYTES: usize = 8 << 20;
 /// micro-kernel calls (8 slivers of 6 rows are 3 whole cache lines of a transposed f32 A's rows).
 const PACK_GROUP_SLIVERS: usize = 8;
 
-/// Everything about one product except C: `C = alpha * A @ B + beta * C`.
+/// Everything about one product except C: `C = alpha * A @ B + beta * C`, the operands' elements `S`
+/// (`T` but for the bf16 GEMM).
 #[derive(Clone, Copy)]
-pub(super) struct Product<'a, T> {
+pub(super) struct Product<'a, T, S = T> {
     pub(super) dims: Dims,
     pub(super) alpha: T,
-    pub(super) a: MatRef<'a, T>,
-    pub(super) b: MatRef<'a, T>,
+    pub(super) a: MatRef<'a, S>,
+    pub(super) b: MatRef<'a, S>,
     pub(super) beta: T,
 }
 
-/// Packing buffers: B's packed panel and one A buffer per worker.
-#[derive(Default)]
-pub(super) struct Workspace<T> {
-    a_packs: Vec<Vec<T>>,
-    b_pack: Vec<T>,
+/// Packing buffers of packed elements `P`: B's packed panel and one A buffer per worker.
+pub(super) struct Workspace<P> {
+    a_packs: Vec<Vec<P>>,
+    b_pack: Vec<P>,
+}
+
+impl<P> Default for Workspace<P> {
+    fn default() -> Self {
+        Workspace { a_packs: Vec::new(), b_pack: Vec::new() }
+    }
 }
 
 thread_local! {
@@ -66,16 +72,16 @@ thread_local! {
     static WORKSPACES: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` with this thread's cached workspace for `T`. The workspace is taken out of the cache for the
-/// call, so a nested call on the same thread (a rayon worker running another GEMM while it waits) finds
-/// none and uses a fresh one.
-pub(super) fn with_workspace<T: Float, R>(f: impl FnOnce(&mut Workspace<T>) -> R) -> R {
+/// Runs `f` with this thread's cached workspace for packed elements `P`. The workspace is taken out of the
+/// cache for the call, so a nested call on the same thread (a rayon worker running another GEMM while it
+/// waits) finds none and uses a fresh one.
+pub(super) fn with_workspace<P: 'static, R>(f: impl FnOnce(&mut Workspace<P>) -> R) -> R {
     let cached = WORKSPACES.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let index = cache.iter().position(|workspace| workspace.is::<Workspace<T>>())?;
+        let index = cache.iter().position(|workspace| workspace.is::<Workspace<P>>())?;
         Some(cache.swap_remove(index))
     });
-    let mut workspace: Box<Workspace<T>> = cached.and_then(|any| any.downcast().ok()).unwrap_or_default();
+    let mut workspace: Box<Workspace<P>> = cached.and_then(|any| any.downcast().ok()).unwrap_or_default();
     let result = f(&mut workspace);
     WORKSPACES.with(|cache| cache.borrow_mut().push(workspace));
     result
@@ -83,12 +89,12 @@ pub(super) fn with_workspace<T: Float, R>(f: impl FnOnce(&mut Workspace<T>) -> R
 
 /// `buf[start..start + len]` with `start` on a 64-byte boundary (a cache line, the widest vector), so
 /// packed slivers never straddle lines needlessly. Grows `buf` as needed.
-fn aligned<T: Float>(buf: &mut Vec<T>, len: usize) -> &mut [T] {
-    let line = 64 / size_of::<T>();
+fn aligned<P: Copy + Default>(buf: &mut Vec<P>, len: usize) -> &mut [P] {
+    let line = 64 / size_of::<P>();
     if buf.len() < len + line {
-        buf.resize(len + line, T::ZERO);
+        buf.resize(len + line, P::default());
     }
-    let misalignment = (buf.as_ptr() as usize % 64) / size_of::<T>();
+    let misalignment = (buf.as_ptr() as usize % 64) / size_of::<P>();
     let start = (line - misalignment) % line;
     &mut buf[start..start + len]
 }
@@ -102,20 +108,20 @@ struct Task<'c, T> {
 }
 
 /// Everything a task needs about one panel: B packed for every depth block, block after block.
-struct PanelStep<'a, T> {
-    kernel: Kernel<T>,
-    a: PanelSource<'a, T>,
+struct PanelStep<'a, T, S, P> {
+    kernel: Kernel<T, S, P>,
+    a: PanelSource<'a, S>,
     k: usize,
     /// Slivers across the panel (each depth block of `b_pack` holds this many).
     slivers: usize,
-    b_pack: &'a [T],
+    b_pack: &'a [P],
     alpha: T,
     beta: T,
 }
 
-impl<T: Float> PanelStep<'_, T> {
+impl<T: Float, S: Copy, P: Copy + Default> PanelStep<'_, T, S, P> {
     /// Runs the task over every depth block in order (the fixed summation order of each element).
-    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<T>) {
+    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<P>) {
         let Kernel { nr, kc, .. } = self.kernel;
         for pc in (0..self.k).step_by(kc) {
             let depth = pc..(pc + kc).min(self.k);
@@ -124,7 +130,8 @@ impl<T: Float> PanelStep<'_, T> {
                 0 => Update::Scale(self.beta),
                 _ => Update::Accumulate,
             };
-            let b_pack = &self.b_pack[self.slivers * nr * pc..][..self.slivers * nr * depth.len()];
+            let packed = self.kernel.packed_depth(depth.len());
+            let b_pack = &self.b_pack[self.slivers * nr * pc..][..self.slivers * nr * packed];
             let step = BlockStep { kernel: self.kernel, a: self.a, depth, b_pack, alpha: self.alpha, update };
             step.run(task, a_buf);
         }
@@ -132,16 +139,16 @@ impl<T: Float> PanelStep<'_, T> {
 }
 
 /// Everything a task needs about one (panel, depth block) pair.
-struct BlockStep<'a, T> {
-    kernel: Kernel<T>,
-    a: PanelSource<'a, T>,
+struct BlockStep<'a, T, S, P> {
+    kernel: Kernel<T, S, P>,
+    a: PanelSource<'a, S>,
     depth: Range<usize>,
-    b_pack: &'a [T],
+    b_pack: &'a [P],
     alpha: T,
     update: Update<T>,
 }
 
-impl<T: Float> BlockStep<'_, T> {
+impl<T: Float, S: Copy, P: Copy + Default> BlockStep<'_, T, S, P> {
     /// Runs the micro-kernel over the task's tiles, packing A a group of slivers at a time just before
     /// their first use.
     ///
@@ -150,11 +157,11 @@ impl<T: Float> BlockStep<'_, T> {
     /// stays in L1 and the A group in L1/L2 (BLIS with a 48-row A block, B's panel in L2). Wide tasks: the
     /// whole A block is packed during the first B sliver's pass and then streams from L2 for every other
     /// B sliver, B sliver outermost (BLIS as usual).
-    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<T>) {
+    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<P>) {
         let Kernel { mr, nr, .. } = self.kernel;
-        let kc = self.depth.len();
+        let kc = self.kernel.packed_depth(self.depth.len());
         let group_rows = PACK_GROUP_SLIVERS * mr;
-        let narrow = task.cols.len().next_multiple_of(nr) * kc * size_of::<T>() <= B_PANEL_L2_BYTES;
+        let narrow = task.cols.len().next_multiple_of(nr) * kc * size_of::<P>() <= B_PANEL_L2_BYTES;
         let a_len = if narrow { group_rows.min(task.rows.len()) } else { task.rows.len() };
         let a_pack = aligned(a_buf, a_len.div_ceil(mr) * mr * kc);
         let mut scratch = [T::ZERO; MAX_TILE];
@@ -188,9 +195,9 @@ impl<T: Float> BlockStep<'_, T> {
     }
 
     /// One tile: A sliver `s` of the task times the B sliver at panel column `col`, into C.
-    fn tile(&self, task: &mut Task<'_, T>, s: usize, col: usize, a_sliver: &[T], scratch: &mut [&mut [T]]) {
+    fn tile(&self, task: &mut Task<'_, T>, s: usize, col: usize, a_sliver: &[P], scratch: &mut [&mut [T]]) {
         let Kernel { mr, nr, .. } = self.kernel;
-        let kc = self.depth.len();
+        let kc = self.kernel.packed_depth(self.depth.len());
         let b_sliver = &self.b_pack[(col / nr) * nr * kc..][..nr * kc];
         let local = col - task.cols.start;
         let cols_live = nr.min(task.cols.end - col);
@@ -225,10 +232,10 @@ fn balanced(units: usize, parts: usize, unit: usize, end: usize) -> Vec<Range<us
 /// as well only when even such rows cannot feed two tasks per thread (tiny m), since every column chunk
 /// packs the same rows of A again while row blocks share nothing. Task sizes never affect results, only
 /// who computes what.
-fn split_panel<'c, T>(
+fn split_panel<'c, T, S, P>(
     c: &'c mut [T],
     dims: Dims,
-    kernel: &Kernel<T>,
+    kernel: &Kernel<T, S, P>,
     panel: Range<usize>,
     threads: usize,
 ) -> Vec<Mutex<Task<'c, T>>> {
@@ -270,9 +277,13 @@ fn split_panel<'c, T>(
 }
 
 /// Runs every task once: one worker per A buffer pulls task indices from a shared counter.
-fn run_tasks<T: Float>(tasks: &[Mutex<Task<'_, T>>], a_packs: &mut [Vec<T>], step: &PanelStep<'_, T>) {
+fn run_tasks<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync>(
+    tasks: &[Mutex<Task<'_, T>>],
+    a_packs: &mut [Vec<P>],
+    step: &PanelStep<'_, T, S, P>,
+) {
     let next = AtomicUsize::new(0);
-    let work = |a_buf: &mut Vec<T>| {
+    let work = |a_buf: &mut Vec<P>| {
         while let Some(task) = tasks.get(next.fetch_add(1, Ordering::Relaxed)) {
             step.run(&mut task.lock().unwrap_or_else(PoisonError::into_inner), a_buf);
         }
@@ -309,12 +320,12 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
 }
 
 /// The blocked GEMM; `threads == 1` runs on the calling thread.
-pub(super) fn gemm_on<T: Float>(
-    kernel: &Kernel<T>,
-    product: Product<'_, T>,
+pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync>(
+    kernel: &Kernel<T, S, P>,
+    product: Product<'_, T, S>,
     c: &mut [T],
     threads: usize,
-    workspace: &mut Workspace<T>,
+    workspace: &mut Workspace<P>,
 ) {
     let Product { dims, alpha, a, b, beta } = product;
     let Dims { m, n, k } = dims;
@@ -332,26 +343,28 @@ pub(super) fn gemm_on<T: Float>(
     let threads = if volume < PARALLEL_MIN_VOLUME { 1 } else { threads.max(1) };
     let Kernel { nr, kc, .. } = *kernel;
     let (a_src, b_src) = (PanelSource::lhs(a), PanelSource::rhs(b));
-    let width = (B_PANEL_BYTES / (k * size_of::<T>()) / nr * nr).clamp(nr, kernel.nc);
+    let packed_k = kernel.packed_depth(k);
+    let width = (B_PANEL_BYTES / (packed_k * size_of::<P>()) / nr * nr).clamp(nr, kernel.nc);
     workspace.a_packs.resize_with(threads, Vec::new);
     let Workspace { a_packs, b_pack: b_buf } = workspace;
     let a_packs = &mut a_packs[..threads];
     for jc in (0..n).step_by(width) {
         let panel = jc..(jc + width).min(n);
         let slivers = panel.len().div_ceil(nr);
-        let b_pack = aligned(b_buf, slivers * nr * k);
+        let b_pack = aligned(b_buf, slivers * nr * packed_k);
         let mut jobs = Vec::new();
         let mut rest = &mut *b_pack;
         for pc in (0..k).step_by(kc) {
             let depth = pc..(pc + kc).min(k);
-            let (block, tail) = std::mem::take(&mut rest).split_at_mut(slivers * nr * depth.len());
+            let packed = kernel.packed_depth(depth.len());
+            let (block, tail) = std::mem::take(&mut rest).split_at_mut(slivers * nr * packed);
             rest = tail;
-            for (g, group) in block.chunks_mut(PACK_GROUP_SLIVERS * nr * depth.len()).enumerate() {
+            for (g, group) in block.chunks_mut(PACK_GROUP_SLIVERS * nr * packed).enumerate() {
                 let first = panel.start + g * PACK_GROUP_SLIVERS * nr;
                 jobs.push((depth.clone(), first..(first + PACK_GROUP_SLIVERS * nr).min(panel.end), group));
             }
         }
-        let pack_b = |(depth, lanes, group): (Range<usize>, Range<usize>, &mut [T])| {
+        let pack_b = |(depth, lanes, group): (Range<usize>, Range<usize>, &mut [P])| {
             (kernel.pack_b)(b_src, lanes, depth, group);
         };
         if threads > 1 {

@@ -100,14 +100,18 @@ pub(super) enum Update<T> {
 /// `p = 0..a.len() / mr` in increasing order starting from zero, then combines it into
 /// `c[i][col..col + nr]` for `i < mr` as `update` says. Every implementation keeps this per-element order
 /// (it is what makes results independent of the thread split) and checks the slice lengths it relies on.
+/// A kernel on k-pairs (`k_unit == 2`, the bf16 dot products) reads `a[q * 2 * mr + 2 * i + h]` for depth
+/// `2 * q + h`, and likewise B; its order within a pair is its own (`bf16/`).
 ///
 /// Unsafe to call: SIMD implementations execute instructions the CPU must have (see [`Kernel::tile`]).
-pub(super) type MicroKernelFn<T> =
-    unsafe fn(a: &[T], b: &[T], c: &mut [&mut [T]], col: usize, alpha: T, update: Update<T>);
+pub(super) type MicroKernelFn<T, P = T> =
+    unsafe fn(a: &[P], b: &[P], c: &mut [&mut [T]], col: usize, alpha: T, update: Update<T>);
 
-/// A micro-kernel together with its packing routines and the block sizes tuned for it.
+/// A micro-kernel together with its packing routines and the block sizes tuned for it: C and the scalars
+/// are `T`, the operands are read as `S` and packed as `P` (all `T` but for the bf16 GEMM, whose operands
+/// are bf16 and are packed as bf16 pairs or widened to f32).
 #[derive(Clone, Copy)]
-pub(super) struct Kernel<T> {
+pub(super) struct Kernel<T, S = T, P = T> {
     /// Rows of the register tile (A sliver width).
     pub(super) mr: usize,
     /// Columns of the register tile (B sliver width).
@@ -118,15 +122,34 @@ pub(super) struct Kernel<T> {
     pub(super) kc: usize,
     /// Column panel: a `kc x nc` packed B panel stays in L3; a multiple of `nr`.
     pub(super) nc: usize,
-    pub(super) pack_a: PackFn<T>,
-    pub(super) pack_b: PackFn<T>,
+    /// Depth steps the micro-kernel reads as one: 1, or 2 for k-pairs; packing pads each depth block to
+    /// a multiple of it with zeros, and `kc` is a multiple of it.
+    pub(super) k_unit: usize,
+    pub(super) pack_a: PackFn<S, P>,
+    pub(super) pack_b: PackFn<S, P>,
     /// The path `compute` belongs to: the few-row path (`gemv.rs`) follows its rounding (fused
     /// multiply-adds on the SIMD paths, a multiply then an add on the portable one) so both give the same
     /// bits, and runs its own loops for the same instruction set.
     pub(super) path: KernelPath,
     /// Invariant: a SIMD micro-kernel is stored here only by a constructor that has just checked that the
     /// CPU has its features (`x86::avx2_f32` and the like return `None` otherwise).
-    pub(super) compute: MicroKernelFn<T>,
+    pub(super) compute: MicroKernelFn<T, P>,
+}
+
+impl<T, S, P> Kernel<T, S, P> {
+    /// A depth block of `depth` steps as packed: padded to whole `k_unit`s.
+    pub(super) fn packed_depth(&self, depth: usize) -> usize {
+        depth.next_multiple_of(self.k_unit)
+    }
+
+    /// Runs the micro-kernel on one full tile (see [`MicroKernelFn`]).
+    #[inline]
+    pub(super) fn tile(&self, a: &[P], b: &[P], c: &mut [&mut [T]], col: usize, alpha: T, update: Update<T>) {
+        // SAFETY: `compute` is a portable kernel (safe) or a SIMD kernel that was stored only after its
+        // constructor detected the CPU features it executes (the field's invariant); the kernel itself
+        // checks the slice lengths it reads and writes.
+        unsafe { (self.compute)(a, b, c, col, alpha, update) }
+    }
 }
 
 impl<T: Float> Kernel<T> {
@@ -146,15 +169,6 @@ impl<T: Float> Kernel<T> {
     /// The kernel of [`KernelPath::selected`].
     pub(super) fn selected() -> Self {
         Self::for_path(KernelPath::selected()).unwrap_or_else(portable::kernel)
-    }
-
-    /// Runs the micro-kernel on one full tile (see [`MicroKernelFn`]).
-    #[inline]
-    pub(super) fn tile(&self, a: &[T], b: &[T], c: &mut [&mut [T]], col: usize, alpha: T, update: Update<T>) {
-        // SAFETY: `compute` is the portable kernel (safe) or a SIMD kernel that was stored only after its
-        // constructor detected the CPU features it executes (the field's invariant); the kernel itself
-        // checks the slice lengths it reads and writes.
-        unsafe { (self.compute)(a, b, c, col, alpha, update) }
     }
 }
 

@@ -32,7 +32,10 @@
 //! sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and AVX-512F
 //! micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
 //! `gemv_x86` (the few-row path and its SIMD tiles), `peak` (the FMA ceiling benchmarks compare
-//! against).
+//! against), `bf16/` (the bf16 GEMM: bf16 operands, f32 accumulation, on the same loop nest with k-pair
+//! packing and a `VDPBF16PS` micro-kernel, or widening onto the f32 micro-kernels; its header states
+//! its paths and rounding models). The loop nest and packing are generic over the operands' element
+//! type and the packed one, which are `T` for the f32 and f64 GEMMs.
 //!
 //! Determinism: each output element is the sum over k in a fixed order (KC blocks in order, k in order
 //! within a block, starting from zero in the micro-kernel) computed by one thread; the split into tasks only
@@ -41,6 +44,7 @@
 //! width) may round differently. The depth is never split across threads (that would need partial sums
 //! combined in a fixed order): the skinny products of training, the weight gradients `[d, T] @ [T, r]`
 //! with a long T, still have d x r >= 512 x 128 outputs, dozens of tiles per thread.
+mod bf16;
 mod driver;
 mod gemv;
 #[cfg(target_arch = "x86_64")]
@@ -59,6 +63,9 @@ use driver::{check_extent, gemm_on, with_workspace, Product, Workspace};
 use kernel::Kernel;
 use rayon::prelude::*;
 
+pub use bf16::{
+    gemm_bf16, gemm_bf16_batched, gemm_bf16_with_path, Bf16GemmOutput, Bf16Path, Bf16PathUnavailable,
+};
 pub use gemv::FEW_ROWS_MAX;
 pub use kernel::{KernelPath, PathUnavailable};
 pub use peak::fma_probe;
@@ -132,8 +139,9 @@ pub fn gemm_blocked_with_path<T: Float>(
     on_path(path, Product { dims, alpha, a, b, beta }, c, gemm_on)
 }
 
-/// A product runner on a chosen kernel: the dispatching entry ([`product_on`]) or the blocked GEMM.
-type RunOn<T> = fn(&Kernel<T>, Product<'_, T>, &mut [T], usize, &mut Workspace<T>);
+/// A product runner on a chosen kernel: the dispatching entry ([`product_on`]) or the blocked GEMM; for
+/// the bf16 GEMM, operands `S` packed as `P`.
+type RunOn<T, S = T, P = T> = fn(&Kernel<T, S, P>, Product<'_, T, S>, &mut [T], usize, &mut Workspace<P>);
 
 /// The product on `path`'s micro-kernel through `run` (the dispatching entry or the blocked GEMM), with
 /// every thread of the pool; errs, computing nothing, when this CPU lacks the path.
@@ -191,6 +199,28 @@ pub fn gemm_batched<T: Float>(
     beta: T,
     c: &mut [T],
 ) {
+    batched_on(&Kernel::selected(), product_on, BatchProduct { dims, alpha, a, b, beta }, c);
+}
+
+/// A batched product except C, as [`gemm_batched`] takes it: operands of elements `S`, scalars `T`.
+#[derive(Clone, Copy)]
+struct BatchProduct<'a, T, S> {
+    dims: Dims,
+    alpha: T,
+    a: BatchRef<'a, S>,
+    b: BatchRef<'a, S>,
+    beta: T,
+}
+
+/// [`gemm_batched`] on `kernel` through `run` (one product: the dispatching entry or the blocked GEMM);
+/// `product` holds the batch views in place of matrices.
+fn batched_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync + 'static>(
+    kernel: &Kernel<T, S, P>,
+    run: RunOn<T, S, P>,
+    product: BatchProduct<'_, T, S>,
+    c: &mut [T],
+) {
+    let BatchProduct { dims, alpha, a, b, beta } = product;
     let Dims { m, n, k } = dims;
     let batch = a.offsets.len();
     assert_eq!(b.offsets.len(), batch, "gemm_batched: A has {batch} items, B has {}", b.offsets.len());
@@ -203,14 +233,13 @@ pub fn gemm_batched<T: Float>(
     if m == 0 || n == 0 || batch == 0 {
         return;
     }
-    let kernel = Kernel::selected();
     let threads = rayon::current_num_threads();
     let a_item = |offset| MatRef { data: a.data, offset, row_stride: a.row_stride, col_stride: a.col_stride };
     let b_item = |offset| MatRef { data: b.data, offset, row_stride: b.row_stride, col_stride: b.col_stride };
     let item = |a_offset, b_offset| Product { dims, alpha, a: a_item(a_offset), b: b_item(b_offset), beta };
     if batch > 1 && stacks_rows(a, m) && b.offsets.iter().all(|&offset| offset == b.offsets[0]) {
         let product = Product { dims: Dims { m: batch * m, n, k }, ..item(a.offsets[0], b.offsets[0]) };
-        with_workspace(|workspace| product_on(&kernel, product, c, threads, workspace));
+        with_workspace(|workspace| run(kernel, product, c, threads, workspace));
         return;
     }
     let item_volume = m.saturating_mul(n).saturating_mul(k);
@@ -221,12 +250,12 @@ pub fn gemm_batched<T: Float>(
     if over_items {
         let items = c.par_chunks_mut(m * n).zip(a.offsets.par_iter().zip(b.offsets.par_iter()));
         items.for_each(|(c_item, (&a_off, &b_off))| {
-            with_workspace(|workspace| product_on(&kernel, item(a_off, b_off), c_item, 1, workspace));
+            with_workspace(|workspace| run(kernel, item(a_off, b_off), c_item, 1, workspace));
         });
     } else {
         with_workspace(|workspace| {
             for (c_item, (&a_off, &b_off)) in c.chunks_mut(m * n).zip(a.offsets.iter().zip(b.offsets)) {
-                product_on(&kernel, item(a_off, b_off), c_item, threads, workspace);
+                run(kernel, item(a_off, b_off), c_item, threads, workspace);
             }
         });
     }

@@ -4,9 +4,42 @@
 //! `sliver[p * w + lane]`, zero-padded past the operand's edge. Packing is where strides are absorbed:
 //! any view (transposed, narrowed, offset) is read once here, so the micro-kernel always streams
 //! contiguous memory. The width is a const generic so the inner copies compile to fixed-size moves.
+//! Packing may also widen (bf16 operands packed as f32 for the f32 micro-kernels: [`PackFrom`]).
 use super::MatRef;
 use crate::Float;
+use half::bf16;
 use std::ops::Range;
+
+/// How a source element lands in a packed buffer: copied (f32, f64) or widened (bf16 to f32, exact).
+pub(super) trait PackFrom<S: Copy>: Copy + Default + Send + Sync + 'static {
+    fn from_source(value: S) -> Self;
+
+    /// `dst[i] = from_source(src[i])`; the same-type impls copy the run as a whole.
+    #[inline(always)]
+    fn convert_run(dst: &mut [Self], src: &[S]) {
+        for (out, &value) in dst.iter_mut().zip(src) {
+            *out = Self::from_source(value);
+        }
+    }
+}
+
+impl<T: Float> PackFrom<T> for T {
+    #[inline(always)]
+    fn from_source(value: T) -> T {
+        value
+    }
+    #[inline(always)]
+    fn convert_run(dst: &mut [T], src: &[T]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+impl PackFrom<bf16> for f32 {
+    #[inline(always)]
+    fn from_source(value: bf16) -> f32 {
+        value.to_f32()
+    }
+}
 
 /// One operand seen as slivers: `across` runs along the sliver width (rows of A, columns of B),
 /// `depth` along k.
@@ -39,15 +72,26 @@ impl<'a, T> PanelSource<'a, T> {
 }
 
 /// Packs `lanes` (zero-padded to whole slivers) over `depth` into consecutive slivers in `dst`, whose
-/// length is `lanes.len().div_ceil(width) * width * depth.len()`.
-pub(super) type PackFn<T> =
-    fn(src: PanelSource<'_, T>, lanes: Range<usize>, depth: Range<usize>, dst: &mut [T]);
+/// length is `lanes.len().div_ceil(width) * width * packed_depth` (`packed_depth` is `depth.len()` padded
+/// to the kernel's `k_unit`, see `Kernel::packed_depth`).
+pub(super) type PackFn<S, P = S> =
+    fn(src: PanelSource<'_, S>, lanes: Range<usize>, depth: Range<usize>, dst: &mut [P]);
 
 /// The [`PackFn`] for slivers `W` wide. Reads follow the contiguous stride: one row segment across all
 /// slivers per depth step when lanes are contiguous (a row-major B, a transposed A), so each cache line
 /// is read once; `W` rows at a time when depth is contiguous (a row-major A, a transposed B).
 pub(super) fn pack<T: Float, const W: usize>(
     src: PanelSource<'_, T>,
+    lanes: Range<usize>,
+    depth: Range<usize>,
+    dst: &mut [T],
+) {
+    pack_into::<T, T, W>(src, lanes, depth, dst);
+}
+
+/// [`pack`] from source elements `S` into packed elements `T` (a copy or a widening).
+pub(super) fn pack_into<S: Copy, T: PackFrom<S>, const W: usize>(
+    src: PanelSource<'_, S>,
     lanes: Range<usize>,
     depth: Range<usize>,
     dst: &mut [T],
@@ -59,20 +103,20 @@ pub(super) fn pack<T: Float, const W: usize>(
     }
     let base = src.offset + depth.start * src.depth_stride;
     if src.across_stride == 1 && src.depth_stride != 1 {
-        pack_contiguous_lanes::<T, W>(src, lanes, base, kc, dst);
+        pack_contiguous_lanes::<S, T, W>(src, lanes, base, kc, dst);
     } else if src.depth_stride == 1 {
         for (s, sliver) in dst.chunks_exact_mut(W * kc).enumerate() {
             let first = lanes.start + s * W;
             if lanes.end - first >= W {
-                pack_contiguous_depth::<T, W>(src, base + first * src.across_stride, sliver);
+                pack_contiguous_depth::<S, T, W>(src, base + first * src.across_stride, sliver);
             } else {
-                pack_strided::<T, W>(src, first..lanes.end, base, sliver);
+                pack_strided::<S, T, W>(src, first..lanes.end, base, sliver);
             }
         }
     } else {
         for (s, sliver) in dst.chunks_exact_mut(W * kc).enumerate() {
             let first = lanes.start + s * W;
-            pack_strided::<T, W>(src, first..lanes.end.min(first + W), base, sliver);
+            pack_strided::<S, T, W>(src, first..lanes.end.min(first + W), base, sliver);
         }
     }
 }
@@ -80,8 +124,8 @@ pub(super) fn pack<T: Float, const W: usize>(
 /// Lanes contiguous: for each depth step, one contiguous row segment is cut into sliver-wide pieces,
 /// prefetching the segment a few depth steps ahead (the rows are too short a run for the hardware
 /// prefetcher to lock onto).
-fn pack_contiguous_lanes<T: Float, const W: usize>(
-    src: PanelSource<'_, T>,
+fn pack_contiguous_lanes<S: Copy, T: PackFrom<S>, const W: usize>(
+    src: PanelSource<'_, S>,
     lanes: Range<usize>,
     base: usize,
     kc: usize,
@@ -89,7 +133,7 @@ fn pack_contiguous_lanes<T: Float, const W: usize>(
 ) {
     let count = lanes.len();
     let full = count / W;
-    let line = 64 / std::mem::size_of::<T>();
+    let line = 64 / std::mem::size_of::<S>();
     for p in 0..kc {
         let start = base + p * src.depth_stride + lanes.start;
         for lane in (0..count).step_by(line) {
@@ -99,12 +143,12 @@ fn pack_contiguous_lanes<T: Float, const W: usize>(
         let pieces = row.chunks_exact(W);
         let rest = pieces.remainder();
         for (s, piece) in pieces.enumerate() {
-            dst[s * W * kc + p * W..][..W].copy_from_slice(piece);
+            T::convert_run(&mut dst[s * W * kc + p * W..][..W], piece);
         }
         if !rest.is_empty() {
             let (head, pad) = dst[full * W * kc + p * W..][..W].split_at_mut(rest.len());
-            head.copy_from_slice(rest);
-            pad.fill(T::ZERO);
+            T::convert_run(head, rest);
+            pad.fill(T::default());
         }
     }
 }
@@ -112,22 +156,26 @@ fn pack_contiguous_lanes<T: Float, const W: usize>(
 /// Depth contiguous, one full sliver starting at `data[start]`: `W` rows of `kc` values each are
 /// interleaved (a transpose). Rows are taken in groups of at most 8 so the lines being read stay within
 /// an L1 set's ways even when the row stride is a multiple of 4 KiB.
-fn pack_contiguous_depth<T: Float, const W: usize>(src: PanelSource<'_, T>, start: usize, sliver: &mut [T]) {
+fn pack_contiguous_depth<S: Copy, T: PackFrom<S>, const W: usize>(
+    src: PanelSource<'_, S>,
+    start: usize,
+    sliver: &mut [T],
+) {
     let kc = sliver.len() / W;
-    let rows: [&[T]; W] = std::array::from_fn(|lane| &src.data[start + lane * src.across_stride..][..kc]);
+    let rows: [&[S]; W] = std::array::from_fn(|lane| &src.data[start + lane * src.across_stride..][..kc]);
     for group in 0..W.div_ceil(8) {
         let lanes = group * 8..(group * 8 + 8).min(W);
         for (p, out) in sliver.chunks_exact_mut(W).enumerate() {
             for (value, row) in out[lanes.clone()].iter_mut().zip(&rows[lanes.clone()]) {
-                *value = row[p];
+                *value = T::from_source(row[p]);
             }
         }
     }
 }
 
 /// Any strides, one sliver holding `lanes` (at most `W`; the rest is zero padding).
-fn pack_strided<T: Float, const W: usize>(
-    src: PanelSource<'_, T>,
+fn pack_strided<S: Copy, T: PackFrom<S>, const W: usize>(
+    src: PanelSource<'_, S>,
     lanes: Range<usize>,
     base: usize,
     sliver: &mut [T],
@@ -136,9 +184,9 @@ fn pack_strided<T: Float, const W: usize>(
         let row = base + p * src.depth_stride;
         let (head, pad) = out.split_at_mut(lanes.len());
         for (value, lane) in head.iter_mut().zip(lanes.clone()) {
-            *value = src.data[row + lane * src.across_stride];
+            *value = T::from_source(src.data[row + lane * src.across_stride]);
         }
-        pad.fill(T::ZERO);
+        pad.fill(T::default());
     }
 }
 

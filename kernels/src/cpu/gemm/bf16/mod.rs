@@ -1,0 +1,310 @@
+//! bf16 GEMM: `C = alpha * A @ B + beta * C` with bf16 A and B (any strides the f32 GEMM takes), f32
+//! accumulation, and an f32 or bf16 C (a bf16 C is computed in f32 and rounded once, to nearest even,
+//! as it is stored). It runs the f32 GEMM's loop nest (`driver.rs`) with other packing and micro-kernels,
+//! on one of these paths, chosen at run time ([`Bf16Path::selected`]) or forced ([`gemm_bf16_with_path`]):
+//!
+//! | path              | packing                       | micro-kernel                          | KC  |
+//! |-------------------|-------------------------------|---------------------------------------|-----|
+//! | `dot-avx512bf16`  | k-pairs (`pack.rs`)           | `VDPBF16PS`, 12 x 32 (`x86.rs`)       | 512 |
+//! | `dot-portable`    | k-pairs                       | `VDPBF16PS` emulated exactly (`dot.rs`) | 512 |
+//! | `widen-<f32 path>`| bf16 widened to f32           | that f32 path's micro-kernel          | 256 |
+//!
+//! The widening paths are for CPUs without bf16 dot products (the selected one there is the widest f32
+//! path); AMX-BF16 (tile multiplies) is not implemented: the development machine's CPU, an Intel Xeon with
+//! AVX512-BF16, does not expose AMX (no `amx_bf16` in `/proc/cpuinfo`), so such a kernel could be neither
+//! tested nor tuned here.
+//!
+//! Rounding models, each element summed by one thread in a fixed order, so results are bit-identical for
+//! any thread count:
+//! - dot paths: per depth block of KC (= 512) steps, an f32 accumulator from zero takes the k-pairs
+//!   `(2q, 2q + 1)` in order, each as `VDPBF16PS` does (the odd k's exact product added first, then the
+//!   even one's, each addition rounded to nearest even; denormal inputs read as zero, tiny sums flushed
+//!   to zero: `dot.rs` states it in full); the block's sum is combined into C as `alpha * acc` (first
+//!   block, `beta == 0`), `fma(alpha, acc, beta * c)` (first block) or `fma(alpha, acc, c)` (later
+//!   blocks). The portable and AVX512-BF16 paths give the same bits (up to NaN payloads).
+//! - widening paths: exactly the f32 GEMM's model on the widened inputs (KC = 256, `fma(a, b, acc)` on
+//!   the SIMD paths, `acc + a * b` on the portable one; the product of two bf16 is exact in f32 unless it
+//!   leaves f32's normal range, so the two agree bit for bit on such inputs when alpha scales exactly);
+//!   the result is bit for bit the f32 [`super::gemm_with_path`] of the widened operands.
+//!
+//! A bf16 C goes through an f32 accumulator (C widened into it first when `beta != 0`; kept per thread
+//! between calls) and one rounding pass at the end.
+//!
+//! Measured on the development machine (an Intel Xeon with AVX512-BF16 under a hypervisor, `bench_gemm
+//! --bf16 --bf16-path ...`, one thread, CPU time): `VDPBF16PS` issues about a quarter as often as an
+//! AVX-512 FMA, so its 64 FLOPs per instruction give about half the FMA's FLOP rate, and the dot path runs
+//! at about 0.65x the widening one (cube1024: 68 against 105 GFLOP/s). The selection still prefers the
+//! dot path where the CPU has it, as for the f32 paths (widest instructions first).
+mod dot;
+mod pack;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use super::driver::{gemm_on, Product, Workspace};
+use super::kernel::{Kernel, KernelPath, MicroKernelFn};
+use super::pack::{pack_into, PackFn};
+use super::{batched_on, with_workspace, BatchProduct, BatchRef, Dims, MatRef};
+use half::bf16;
+use rayon::prelude::*;
+use std::fmt;
+
+/// A bf16 GEMM implementation (see the module header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bf16Path {
+    /// `VDPBF16PS` emulated bit for bit in plain Rust: the reference of [`Bf16Path::DotAvx512Bf16`].
+    DotPortable,
+    /// x86-64 with AVX512-BF16: `VDPBF16PS` on k-pairs.
+    DotAvx512Bf16,
+    /// bf16 widened to f32 while packing, then the f32 micro-kernel of this path.
+    Widen(KernelPath),
+}
+
+impl Bf16Path {
+    /// Every path: the dot paths, then one widening path per f32 path.
+    pub const ALL: [Bf16Path; 5] = [
+        Bf16Path::DotPortable,
+        Bf16Path::DotAvx512Bf16,
+        Bf16Path::Widen(KernelPath::Portable),
+        Bf16Path::Widen(KernelPath::Avx2Fma),
+        Bf16Path::Widen(KernelPath::Avx512F),
+    ];
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Bf16Path::DotPortable => true,
+            Bf16Path::DotAvx512Bf16 => cpu_has_avx512bf16(),
+            Bf16Path::Widen(path) => path.is_available(),
+        }
+    }
+
+    /// `VDPBF16PS` where the CPU has it, else the widening path of the selected f32 path; detected once.
+    pub fn selected() -> Bf16Path {
+        static SELECTED: std::sync::OnceLock<Bf16Path> = std::sync::OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            if Bf16Path::DotAvx512Bf16.is_available() {
+                Bf16Path::DotAvx512Bf16
+            } else {
+                Bf16Path::Widen(KernelPath::selected())
+            }
+        })
+    }
+}
+
+impl fmt::Display for Bf16Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bf16Path::DotPortable => write!(f, "dot-portable"),
+            Bf16Path::DotAvx512Bf16 => write!(f, "dot-avx512bf16"),
+            Bf16Path::Widen(path) => write!(f, "widen-{}", path.name()),
+        }
+    }
+}
+
+/// Asked for a bf16 GEMM path whose instructions this CPU lacks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("bf16 gemm: this CPU cannot run the {path} path")]
+pub struct Bf16PathUnavailable {
+    pub path: Bf16Path,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_avx512bf16() -> bool {
+    x86::cpu_has_avx512bf16()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_has_avx512bf16() -> bool {
+    false
+}
+
+/// The dot kernels around `compute` (the `VDPBF16PS` kernel or its emulation: one blocking, so one KC and
+/// the same bits). KC = 512 makes the 32-wide B sliver 32 KiB of k-pairs, the f32 kernel's 32 KiB at
+/// KC = 256, next to a 12 KiB A sliver in a 48 KiB L1d; the A block is 288 x 512 (288 KiB of L2).
+fn dot_kernel(compute: MicroKernelFn<f32, bf16>, path: KernelPath) -> Kernel<f32, bf16, bf16> {
+    Kernel {
+        mr: 12,
+        nr: 32,
+        mc: 288,
+        kc: 512,
+        nc: 4096,
+        k_unit: 2,
+        pack_a: pack::pack_pairs::<12>,
+        pack_b: pack::pack_pairs::<32>,
+        path,
+        compute,
+    }
+}
+
+/// The widening [`PackFn`] for slivers `width` wide (the f32 kernels' widths).
+fn widening_pack(width: usize) -> Option<PackFn<bf16, f32>> {
+    match width {
+        6 => Some(pack_into::<bf16, f32, 6>),
+        8 => Some(pack_into::<bf16, f32, 8>),
+        12 => Some(pack_into::<bf16, f32, 12>),
+        16 => Some(pack_into::<bf16, f32, 16>),
+        32 => Some(pack_into::<bf16, f32, 32>),
+        _ => None,
+    }
+}
+
+/// The f32 kernel of `path` reading bf16 operands: the same micro-kernel and blocking, widening packs.
+fn widening_kernel(path: KernelPath) -> Option<Kernel<f32, bf16, f32>> {
+    let f32_kernel = Kernel::<f32>::for_path(path)?;
+    let (pack_a, pack_b) = (widening_pack(f32_kernel.mr)?, widening_pack(f32_kernel.nr)?);
+    let Kernel { mr, nr, mc, kc, nc, k_unit, path, compute, .. } = f32_kernel;
+    Some(Kernel { mr, nr, mc, kc, nc, k_unit, pack_a, pack_b, path, compute })
+}
+
+/// An output element type of the bf16 GEMM: f32 (C is the accumulator) or bf16 (C is rounded from an f32
+/// accumulator once, at the end). Implemented for `f32` and `bf16` only.
+pub trait Bf16GemmOutput: Copy + Send + Sync + 'static {
+    /// Runs `compute` (which writes `alpha * A @ B + beta * C` into an f32 C) on `c` or on its f32 copy.
+    #[doc(hidden)]
+    fn through_f32(c: &mut [Self], beta: f32, compute: impl FnOnce(&mut [f32]));
+}
+
+impl Bf16GemmOutput for f32 {
+    fn through_f32(c: &mut [f32], _beta: f32, compute: impl FnOnce(&mut [f32])) {
+        compute(c);
+    }
+}
+
+/// Elements converted per parallel task when widening or rounding a bf16 C.
+const CONVERT_CHUNK: usize = 1 << 14;
+
+/// Largest f32 accumulator for a bf16 C a thread keeps between calls (64 MiB); a larger one is freed after
+/// its call.
+const KEPT_ACCUMULATOR_LEN: usize = 16 << 20;
+
+thread_local! {
+    /// Each calling thread's f32 accumulator for a bf16 C, kept so that a call neither allocates nor
+    /// faults in fresh pages (a 4096 x 1024 C is 16 MiB of f32).
+    static ACCUMULATOR: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Bf16GemmOutput for bf16 {
+    fn through_f32(c: &mut [bf16], beta: f32, compute: impl FnOnce(&mut [f32])) {
+        // Taken out for the call, so a nested call on this thread uses a fresh buffer.
+        let mut kept = ACCUMULATOR.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
+        if kept.len() < c.len() {
+            kept.resize(c.len(), 0.0);
+        }
+        let acc = &mut kept[..c.len()];
+        // With `beta == 0` the GEMM ignores C's contents, so stale values are never read.
+        if beta != 0.0 {
+            acc.par_chunks_mut(CONVERT_CHUNK).zip(c.par_chunks(CONVERT_CHUNK)).for_each(|(acc, c)| {
+                acc.iter_mut().zip(c).for_each(|(acc, c)| *acc = c.to_f32());
+            });
+        }
+        compute(acc);
+        c.par_chunks_mut(CONVERT_CHUNK).zip(acc.par_chunks(CONVERT_CHUNK)).for_each(|(c, acc)| {
+            c.iter_mut().zip(acc).for_each(|(c, &acc)| *c = bf16::from_f32(acc));
+        });
+        if kept.len() <= KEPT_ACCUMULATOR_LEN {
+            ACCUMULATOR.with(|cell| *cell.borrow_mut() = kept);
+        }
+    }
+}
+
+/// `C = alpha * A @ B + beta * C` on bf16 A and B, accumulated in f32, on [`Bf16Path::selected`]; C is
+/// contiguous row-major `m x n` of f32 or bf16. As [`super::gemm`]: `beta == 0` ignores C's contents;
+/// `alpha == 0` or `k == 0` reads neither A nor B.
+pub fn gemm_bf16<O: Bf16GemmOutput>(
+    dims: Dims,
+    alpha: f32,
+    a: MatRef<'_, bf16>,
+    b: MatRef<'_, bf16>,
+    beta: f32,
+    c: &mut [O],
+) {
+    let threads = rayon::current_num_threads();
+    run(&selected_kernels(), Product { dims, alpha, a, b, beta }, c, threads);
+}
+
+/// [`gemm_bf16`] on a chosen path (tests compare paths, benchmarks time them); errs, computing nothing,
+/// when this CPU lacks the path.
+pub fn gemm_bf16_with_path<O: Bf16GemmOutput>(
+    path: Bf16Path,
+    dims: Dims,
+    alpha: f32,
+    a: MatRef<'_, bf16>,
+    b: MatRef<'_, bf16>,
+    beta: f32,
+    c: &mut [O],
+) -> Result<(), Bf16PathUnavailable> {
+    on_path(path, Product { dims, alpha, a, b, beta }, c)
+}
+
+/// Batched bf16 GEMM on [`Bf16Path::selected`]: for each item, `C[i] = alpha * A[i] @ B[i] + beta * C[i]`
+/// with C contiguous `[batch, m, n]`; split over items and threads as [`super::gemm_batched`] does, so
+/// every item has the bits of a [`gemm_bf16`] call.
+pub fn gemm_bf16_batched<O: Bf16GemmOutput>(
+    dims: Dims,
+    alpha: f32,
+    a: BatchRef<'_, bf16>,
+    b: BatchRef<'_, bf16>,
+    beta: f32,
+    c: &mut [O],
+) {
+    let product = BatchProduct { dims, alpha, a, b, beta };
+    O::through_f32(c, beta, |c| match selected_kernels() {
+        Kernels::Dot(kernel) => batched_on(&kernel, gemm_on, product, c),
+        Kernels::Widen(kernel) => batched_on(&kernel, gemm_on, product, c),
+    });
+}
+
+/// The kernel of a path: k-pairs packed as bf16, or operands widened to f32.
+enum Kernels {
+    Dot(Kernel<f32, bf16, bf16>),
+    Widen(Kernel<f32, bf16, f32>),
+}
+
+/// The kernel of `path`, or `None` when this CPU cannot run it.
+fn kernels(path: Bf16Path) -> Option<Kernels> {
+    match path {
+        Bf16Path::DotPortable => {
+            Some(Kernels::Dot(dot_kernel(dot::micro_kernel::<12, 32>, KernelPath::Portable)))
+        }
+        // The `VDPBF16PS` kernel is stored only once its features are detected (`Kernel::compute`'s
+        // invariant).
+        #[cfg(target_arch = "x86_64")]
+        Bf16Path::DotAvx512Bf16 => {
+            cpu_has_avx512bf16().then(|| Kernels::Dot(dot_kernel(x86::dot_12x32, KernelPath::Avx512F)))
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        Bf16Path::DotAvx512Bf16 => None,
+        Bf16Path::Widen(path) => widening_kernel(path).map(Kernels::Widen),
+    }
+}
+
+/// The kernel of [`Bf16Path::selected`] (available by construction; the portable widening kernel, which
+/// every CPU runs, stands in should detection ever disagree).
+fn selected_kernels() -> Kernels {
+    kernels(Bf16Path::selected())
+        .or_else(|| kernels(Bf16Path::Widen(KernelPath::Portable)))
+        .unwrap_or_else(|| Kernels::Dot(dot_kernel(dot::micro_kernel::<12, 32>, KernelPath::Portable)))
+}
+
+/// One product on `path`'s kernel with every thread of the pool; errs when this CPU lacks the path.
+fn on_path<O: Bf16GemmOutput>(
+    path: Bf16Path,
+    product: Product<'_, f32, bf16>,
+    c: &mut [O],
+) -> Result<(), Bf16PathUnavailable> {
+    let kernels = kernels(path).ok_or(Bf16PathUnavailable { path })?;
+    run(&kernels, product, c, rayon::current_num_threads());
+    Ok(())
+}
+
+/// One product on `kernels` with `threads` threads, through an f32 C.
+fn run<O: Bf16GemmOutput>(kernels: &Kernels, product: Product<'_, f32, bf16>, c: &mut [O], threads: usize) {
+    O::through_f32(c, product.beta, |c| match kernels {
+        Kernels::Dot(kernel) => {
+            with_workspace(|w: &mut Workspace<bf16>| gemm_on(kernel, product, c, threads, w))
+        }
+        Kernels::Widen(kernel) => {
+            with_workspace(|w: &mut Workspace<f32>| gemm_on(kernel, product, c, threads, w))
+        }
+    });
+}
