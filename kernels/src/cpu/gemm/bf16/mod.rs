@@ -78,11 +78,15 @@ impl Bf16Path {
         }
     }
 
-    /// `VDPBF16PS` where the CPU has it, else the widening path of the selected f32 path; detected once.
+    /// `VDPBF16PS` where the CPU has it and runs it at the FMA's rate, else the widening path of the
+    /// selected f32 path; detected once. A `VDPBF16PS` does two multiply-adds per lane, so it doubles the
+    /// f32 peak only where it issues as often as an FMA: AMD's Zen 4 and Zen 5 do. The Intel Xeon with
+    /// AVX512-BF16 (no AMX exposed) that this project is measured on issues it at well under the FMA's
+    /// rate (README, "bf16 GEMM"), so Intel CPUs widen to f32 while packing, which ran faster there.
     pub fn selected() -> Bf16Path {
         static SELECTED: std::sync::OnceLock<Bf16Path> = std::sync::OnceLock::new();
         *SELECTED.get_or_init(|| {
-            if Bf16Path::DotAvx512Bf16.is_available() {
+            if Bf16Path::DotAvx512Bf16.is_available() && cpu_is_amd() {
                 Bf16Path::DotAvx512Bf16
             } else {
                 Bf16Path::Widen(KernelPath::selected())
@@ -106,6 +110,21 @@ impl fmt::Display for Bf16Path {
 #[error("bf16 gemm: this CPU cannot run the {path} path")]
 pub struct Bf16PathUnavailable {
     pub path: Bf16Path,
+}
+
+/// Whether the CPU's vendor string (CPUID leaf 0) is AMD's.
+#[cfg(target_arch = "x86_64")]
+fn cpu_is_amd() -> bool {
+    // SAFETY: CPUID leaf 0 exists on every x86_64 CPU and only reads identification registers.
+    #[allow(unused_unsafe)]
+    let leaf = unsafe { std::arch::x86_64::__cpuid(0) };
+    let vendor: Vec<u8> = [leaf.ebx, leaf.edx, leaf.ecx].iter().flat_map(|r| r.to_le_bytes()).collect();
+    vendor == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_is_amd() -> bool {
+    false
 }
 
 #[cfg(target_arch = "x86_64")]
