@@ -58,8 +58,9 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
         if let Some(note) = plan.vocab.note(plan.model) {
             eprintln!("note: {note}");
         }
-        let report = cola::audit::audit(plan.model, plan.vocab.size(), plan.micro_batch, plan.seq_len)
-            .map_err(TrainError::from)?;
+        let report =
+            cola::audit::audit(plan.model, &plan.variant, plan.vocab.size(), plan.micro_batch, plan.seq_len)
+                .map_err(TrainError::from)?;
         if options.json {
             print_json(&report)?;
         } else {

@@ -4,7 +4,7 @@
 //! Memory is measured, not modelled: one micro-batch goes through the tape under the policy and the tape's
 //! accounting reports the bytes of activation buffers it holds (see `cola_autograd::MemoryStats`).
 use cola_autograd::{GradStore, MemoryStats, Policy, Tape};
-use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset};
+use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset, Variant};
 use cola_tensor::{DType, Rng};
 use std::time::Instant;
 
@@ -162,15 +162,21 @@ pub struct AuditRow {
     pub step_seconds: f64,
 }
 
-/// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` with
-/// `vocab_size` rows of embedding and head, and no policy rows. Nothing is allocated, so it answers at once
-/// for every preset, 7b included.
-pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usize) -> Audit {
-    let config = LlamaConfig { vocab_size, ..preset.config() };
+/// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` as
+/// `variant` changes it, with `vocab_size` rows of embedding and head, and no policy rows. Nothing is
+/// allocated, so it answers at once for every preset, 7b included.
+pub fn sizes(
+    preset: Preset,
+    variant: &Variant,
+    vocab_size: usize,
+    micro_batch: usize,
+    seq_len: usize,
+) -> Result<Audit, NnError> {
+    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
     let counts = config.param_counts();
     let flops = flops_per_token(&config, seq_len);
-    Audit {
-        preset: preset.to_string(),
+    Ok(Audit {
+        preset: format!("{preset} {}", variant.flags()).trim_end().to_string(),
         vocab_size,
         params_total: counts.total,
         params_low_rank: counts.low_rank,
@@ -180,7 +186,7 @@ pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usi
         micro_batch,
         seq_len,
         policies: Vec::new(),
-    }
+    })
 }
 
 /// [`sizes`], then one `micro_batch x seq_len` micro-batch per policy that applies to the preset
@@ -188,12 +194,13 @@ pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usi
 /// zeros (memory and time do not depend on values), so even large presets start at once.
 pub fn audit(
     preset: Preset,
+    variant: &Variant,
     vocab_size: usize,
     micro_batch: usize,
     seq_len: usize,
 ) -> Result<Audit, NnError> {
-    let mut report = sizes(preset, vocab_size, micro_batch, seq_len);
-    let config = LlamaConfig { vocab_size, ..preset.config() };
+    let mut report = sizes(preset, variant, vocab_size, micro_batch, seq_len)?;
+    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
     let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
     let ids = synthetic_ids(vocab_size, micro_batch * seq_len, 1);
     for policy in config.policies() {

@@ -104,6 +104,8 @@ fn unary_grad(op: UnaryOp, ctx: &Context) -> Result<Tensor> {
         UnaryOp::Exp => g.mul(ctx.output()?)?,
         UnaryOp::Log => g.div(ctx.input(0)?)?,
         UnaryOp::Silu => Tensor::silu_backward(ctx.input(0)?, g)?,
+        UnaryOp::Gelu => Tensor::gelu_backward(ctx.input(0)?, g)?,
+        UnaryOp::Relu => Tensor::relu_backward(ctx.input(0)?, g)?,
     })
 }
 

@@ -57,6 +57,16 @@ pub trait Graph {
         self.apply(Op::Unary(UnaryOp::Silu), &[x])
     }
 
+    /// GELU, tanh form: `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`.
+    fn gelu(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Gelu), &[x])
+    }
+
+    /// `max(x, 0)`.
+    fn relu(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Relu), &[x])
+    }
+
     fn reshape(&mut self, x: &Self::Value, shape: &[usize]) -> Result<Self::Value> {
         self.apply(Op::Reshape { shape: shape.into() }, &[x])
     }

@@ -215,7 +215,7 @@ impl Op {
             Op::Binary(BinaryOp::Add | BinaryOp::Sub) => Needs::NOTHING,
             Op::Binary(BinaryOp::Mul | BinaryOp::Div) => Needs::ALL_INPUTS,
             Op::Unary(UnaryOp::Exp) => Needs { inputs: 0, output: true },
-            Op::Unary(UnaryOp::Log | UnaryOp::Silu) => Needs { inputs: 1, output: false },
+            Op::Unary(UnaryOp::Log | UnaryOp::Silu | UnaryOp::Gelu | UnaryOp::Relu) => Needs { inputs: 1, output: false },
             Op::Unary(UnaryOp::Neg) => Needs::NOTHING,
             Op::CrossEntropy { .. } => Needs { inputs: 1, output: false },
             Op::Gated { .. } => Needs::ALL_INPUTS,

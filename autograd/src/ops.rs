@@ -42,6 +42,14 @@ impl Tape {
         self.record(Op::Unary(UnaryOp::Silu), &[x])
     }
 
+    pub fn gelu(&mut self, x: Var) -> Result<Var> {
+        self.record(Op::Unary(UnaryOp::Gelu), &[x])
+    }
+
+    pub fn relu(&mut self, x: Var) -> Result<Var> {
+        self.record(Op::Unary(UnaryOp::Relu), &[x])
+    }
+
     /// `scale * x + shift`.
     pub fn affine(&mut self, x: Var, scale: f64, shift: f64) -> Result<Var> {
         self.record(Op::Affine { scale, shift }, &[x])

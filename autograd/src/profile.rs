@@ -144,6 +144,8 @@ pub fn family(op: &Op) -> &'static str {
         Op::RmsNorm { .. } => "rms_norm",
         Op::Rope { .. } => "rope",
         Op::Unary(UnaryOp::Silu) => "silu",
+        Op::Unary(UnaryOp::Gelu) => "gelu",
+        Op::Unary(UnaryOp::Relu) => "relu",
         Op::Binary(_) | Op::Unary(_) | Op::Affine { .. } => "elementwise",
         Op::Embedding { .. } => "embedding",
         Op::CrossEntropy { .. } => "cross_entropy",
@@ -226,6 +228,9 @@ pub fn flops(op: &Op, direction: Direction, inputs: &[&[usize]]) -> u64 {
         Op::RmsNorm { .. } => pick(4, 9) * numel(first),
         Op::Rope { .. } => 3 * numel(first),
         Op::Unary(UnaryOp::Silu) => pick(4, 9) * numel(first),
+        // x * sigmoid(2u) with a cubic u; the slope adds the cubic's derivative.
+        Op::Unary(UnaryOp::Gelu) => pick(8, 16) * numel(first),
+        Op::Unary(UnaryOp::Relu) => pick(1, 1) * numel(first),
         Op::Binary(_) => pick(1, inputs.len() as u64) * broadcast_numel(inputs),
         Op::Unary(_) => numel(first),
         Op::Affine { .. } => pick(2, 1) * numel(first),

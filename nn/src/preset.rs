@@ -3,6 +3,7 @@
 //! preset name. A [`Preset`] is a family (CoLA or the dense baseline) times a size.
 use crate::config::LlamaConfig;
 use crate::error::NnError;
+use crate::variant::LowRankActivation;
 use std::fmt;
 use std::str::FromStr;
 
@@ -255,6 +256,7 @@ impl Preset {
             n_layers: spec.n_layers,
             n_heads: spec.n_heads,
             rank: cola.then_some(spec.rank),
+            lowrank_act: LowRankActivation::Silu,
             mlp_gate_silu: !cola || spec.cola_gate_silu,
             rope_theta: ROPE_THETA,
             norm_eps: NORM_EPS,

@@ -14,7 +14,7 @@
 //! state on disk), `hf_config.rs` (its `config.json` for other tools), `retention.rs` (which checkpoints
 //! are kept), `lock.rs` (one process per run directory), `metrics.rs` (jsonl + plot), `progress.rs`
 //! (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and direction over a few
-//! steps).
+//! steps), `variant.rs` (the model variant on the command line and in `state.json`).
 pub mod checkpoint;
 mod config;
 mod error;
@@ -31,6 +31,7 @@ pub mod retention;
 mod run;
 pub mod sample;
 pub mod trainer;
+pub mod variant;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use config::TrainConfig;

@@ -278,6 +278,20 @@ pub struct Options {
     /// With --audit or --profile: print the same as one JSON object
     #[arg(long, requires = "report")]
     pub json: bool,
+
+    // The model variant (docs/EXPERIMENTS.md), CoLA presets only.
+    /// Activation between the low-rank factors: silu (the paper's), gelu (tanh form), relu, or identity
+    /// (no activation: the plain low-rank baseline y = (x A) B); gelu and relu train on the CPU only
+    /// [default: silu]
+    #[arg(long, value_parser = super::variant::activation_parser())]
+    pub lowrank_act: Option<cola_nn::LowRankActivation>,
+    /// Rank of every low-rank bottleneck, overriding the preset's (1 <= R < min(d_model, ffn_dim))
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+    /// Drop the MLP's own gate SiLU, down(gate(x) * up(x)) (the reference's only_lr_act); --only-lr-act
+    /// false keeps it [default: the preset's: kept up to 130m, dropped from 350m up]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub only_lr_act: Option<bool>,
 }
 
 /// serde by the `Display` / `FromStr` names (`"cola-350m"`, `"bf16-mixed"`): the `state.json` form.
