@@ -135,7 +135,7 @@ where
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    one_of(Preset::NAMES, str::parse::<Preset>)
+    one_of(Preset::ALL_NAMES, str::parse::<Preset>)
 }
 
 fn precision_parser() -> impl TypedValueParser<Value = Precision> {
@@ -165,8 +165,8 @@ fn parsed<T: FromStr<Err = TrainError>>(text: &str) -> std::result::Result<T, St
 #[command(name = "llama_cola_350m", version)]
 #[command(group(clap::ArgGroup::new("report").args(["audit", "profile"])))]
 pub struct Options {
-    /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny
-    /// [default: cola-350m]
+    /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny;
+    /// for experiments cola-small, full-small, full-small-2l (docs/EXPERIMENTS.md) [default: cola-350m]
     #[arg(long, value_parser = preset_parser(), hide_possible_values = true)]
     pub model: Option<Preset>,
     /// Where to train: auto (the first GPU when one is usable, else the CPU), cpu, cuda or cuda:N
