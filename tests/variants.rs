@@ -76,10 +76,7 @@ fn checkpoints_generation_and_resume_follow_the_variant() {
     let checkpoint = train::checkpoint::locate(&run).unwrap();
     let hf: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
-    assert_eq!(
-        (&hf["lr_act_type"], &hf["cola_rank"]),
-        (&serde_json::json!("identity"), &serde_json::json!(6))
-    );
+    assert_eq!((&hf["lr_act_type"], &hf["cola_rank"]), (&serde_json::json!("linear"), &serde_json::json!(6)));
 
     let options = LoadOptions { checkpoint: run.clone(), model: None, tokenizer: None, device: Device::Cpu };
     let loaded = generate::load(&options).unwrap();

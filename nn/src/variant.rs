@@ -39,10 +39,11 @@ impl LowRankActivation {
     }
 
     /// The name in a Hugging Face `config.json` (`lr_act_type`, a key of transformers' `ACT2FN`): the tanh
-    /// GELU is `gelu_pytorch_tanh` there, plain `gelu` being the erf form.
+    /// GELU is `gelu_pytorch_tanh` there (plain `gelu` being the erf form), the identity `linear`.
     pub const fn hf_name(self) -> &'static str {
         match self {
             LowRankActivation::Gelu => "gelu_pytorch_tanh",
+            LowRankActivation::Identity => "linear",
             other => other.name(),
         }
     }

@@ -172,7 +172,7 @@ pub fn infer_config(
             bad(
                 weights,
                 format!(
-                    "config.json's lr_act_type {name:?} is none of silu, gelu_pytorch_tanh, relu, identity"
+                    "config.json's lr_act_type {name:?} is none of silu, gelu_pytorch_tanh, relu, linear"
                 ),
             )
         })?;

@@ -64,7 +64,7 @@ pub struct ColaFields {
     /// Width `r` of every low-rank bottleneck.
     pub cola_rank: usize,
     /// The activation inside each low-rank layer, `σ(x @ A) @ B`, by transformers' `ACT2FN` name
-    /// (`silu`, `gelu_pytorch_tanh`, `relu`; `identity` for none).
+    /// (`silu`, `gelu_pytorch_tanh`, `relu`; `linear` for none).
     pub lr_act_type: String,
     /// Whether the MLP's own gate SiLU is dropped (docs/METHOD.md section 2).
     pub only_lr_act: bool,
