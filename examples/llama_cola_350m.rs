@@ -61,9 +61,10 @@ fn run(options: Options, world: &Arc<dyn Collective>) -> Result<ExitCode, TrainE
         if let Some(note) = plan.vocab.note(plan.model) {
             eprintln!("note: {note}");
         }
-        let report = cola::audit::audit(plan.model, plan.vocab.size(), plan.micro_batch, plan.seq_len)
-            .map_err(TrainError::from)?
-            .per_rank(world.world_size(), options.zero == 1);
+        let report =
+            cola::audit::audit(plan.model, &plan.variant, plan.vocab.size(), plan.micro_batch, plan.seq_len)
+                .map_err(TrainError::from)?
+                .per_rank(world.world_size(), options.zero == 1);
         if options.json {
             print_json(&report)?;
         } else {

@@ -12,7 +12,7 @@ pub mod formulas;
 pub mod probes;
 
 use cola_autograd::{GradStore, MemoryStats, Policy, Tape};
-use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset};
+use cola_nn::{Init, Llama, LlamaConfig, NnError, Preset, Variant};
 use cola_tensor::{DType, Rng};
 use std::time::Instant;
 
@@ -198,15 +198,21 @@ pub struct AuditRow {
     pub step_seconds: f64,
 }
 
-/// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` with
-/// `vocab_size` rows of embedding and head, and no policy rows. Nothing is allocated, so it answers at once
-/// for every preset, 7b included.
-pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usize) -> Audit {
-    let config = LlamaConfig { vocab_size, ..preset.config() };
+/// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` as
+/// `variant` changes it, with `vocab_size` rows of embedding and head, and no policy rows. Nothing is
+/// allocated, so it answers at once for every preset, 7b included.
+pub fn sizes(
+    preset: Preset,
+    variant: &Variant,
+    vocab_size: usize,
+    micro_batch: usize,
+    seq_len: usize,
+) -> Result<Audit, NnError> {
+    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
     let counts = config.param_counts();
     let flops = flops_per_token(&config, seq_len);
-    Audit {
-        preset: preset.to_string(),
+    Ok(Audit {
+        preset: format!("{preset} {}", variant.flags()).trim_end().to_string(),
         vocab_size,
         params_total: counts.total,
         params_low_rank: counts.low_rank,
@@ -219,7 +225,7 @@ pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usi
         ranks: 1,
         zero: false,
         optimizer_bytes_per_rank: crate::dist::zero::optimizer_bytes_per_rank(counts.total, 1, false),
-    }
+    })
 }
 
 /// [`sizes`], then one `micro_batch x seq_len` micro-batch per policy that applies to the preset
@@ -227,12 +233,13 @@ pub fn sizes(preset: Preset, vocab_size: usize, micro_batch: usize, seq_len: usi
 /// zeros (memory and time do not depend on values), so even large presets start at once.
 pub fn audit(
     preset: Preset,
+    variant: &Variant,
     vocab_size: usize,
     micro_batch: usize,
     seq_len: usize,
 ) -> Result<Audit, NnError> {
-    let mut report = sizes(preset, vocab_size, micro_batch, seq_len);
-    let config = LlamaConfig { vocab_size, ..preset.config() };
+    let mut report = sizes(preset, variant, vocab_size, micro_batch, seq_len)?;
+    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
     let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
     let ids = synthetic_ids(vocab_size, micro_batch * seq_len, 1);
     for policy in config.policies() {
@@ -323,12 +330,12 @@ mod tests {
     #[test]
     fn zero_one_divides_the_optimizer_bytes_among_the_ranks() {
         let preset: Preset = "cola-60m".parse().unwrap();
-        let one = sizes(preset, 32000, 1, 16);
+        let one = sizes(preset, &Variant::default(), 32000, 1, 16).unwrap();
         let whole = 2 * 4 * one.params_total;
         assert_eq!(one.optimizer_bytes_per_rank, whole);
-        let plain = sizes(preset, 32000, 1, 16).per_rank(2, false);
+        let plain = sizes(preset, &Variant::default(), 32000, 1, 16).unwrap().per_rank(2, false);
         assert_eq!(plain.optimizer_bytes_per_rank, whole);
-        let zero = sizes(preset, 32000, 1, 16).per_rank(3, true);
+        let zero = sizes(preset, &Variant::default(), 32000, 1, 16).unwrap().per_rank(3, true);
         assert_eq!(zero.optimizer_bytes_per_rank, 2 * 4 * one.params_total.div_ceil(3));
         assert!(zero.to_string().contains("per rank (ZeRO-1: one shard of 3)"), "{zero}");
     }

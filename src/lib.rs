@@ -13,6 +13,7 @@ pub use cola_tensor as tensor;
 pub mod audit;
 pub mod data;
 pub mod dist;
+pub mod experiments;
 pub mod generate;
 pub mod tour;
 pub mod train;

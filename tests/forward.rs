@@ -453,7 +453,7 @@ proptest! {
         }
     }
 
-    /// neg, exp, log, silu, affine, add_scalar and mul_scalar, elementwise on plain and strided inputs.
+    /// neg, exp, log, silu, gelu, relu, affine, add_scalar and mul_scalar, elementwise on plain and strided inputs.
     #[test]
     fn unary_and_scalar_ops_match_reference(
         shape in shape_strategy(0, 4, 5), view in view_strategy(),
@@ -469,6 +469,10 @@ proptest! {
             assert_rel("log", &pos.log().unwrap(), &shape, dtype, &map(&f64::ln, &pv), tol);
             let silu = |x: f64| x / (1.0 + (-x).exp());
             assert_rel("silu", &x.silu().unwrap(), &shape, dtype, &map(&silu, &xv), tol);
+            // The tanh form as PyTorch writes it (the kernel computes x * sigmoid(2u), the same function).
+            let gelu = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert_rel("gelu", &x.gelu().unwrap(), &shape, dtype, &map(&gelu, &xv), tol);
+            assert_rel("relu", &x.relu().unwrap(), &shape, dtype, &map(&|x| x.max(0.0), &xv), tol);
             let affine = map(&|x| scale * x + shift, &xv);
             assert_rel("affine", &x.affine(scale, shift).unwrap(), &shape, dtype, &affine, tol);
             assert_rel("add_scalar", &x.add_scalar(shift).unwrap(), &shape, dtype, &map(&|x| x + shift, &xv), tol);

@@ -191,6 +191,22 @@ proptest! {
         check_unary("silu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.silu(&x[0])?]));
     }
 
+    /// GELU (tanh form), drawn wide as for silu: the curved middle and both tails.
+    #[test]
+    fn gelu(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("gelu", &shape, view, Dist::Normal(3.0), seed, &|t, x| Ok(vec![t.gelu(&x[0])?]));
+    }
+
+    /// ReLU on both sides of its kink, never across it (a central difference straddling 0 is not its
+    /// derivative): `relu(x)` and `relu(-x)` for x in (0.05, 3).
+    #[test]
+    fn relu(shape in any_shape(), view in any_view(), seed: u64) {
+        check_unary("relu", &shape, view, Dist::Uniform(0.05, 3.0), seed, &|t, x| {
+            let negated = t.neg(&x[0])?;
+            Ok(vec![t.relu(&x[0])?, t.relu(&negated)?])
+        });
+    }
+
     /// The fused gated product `act(gate) * up`, both activations, gate and up in independent layouts
     /// (gate drawn wide, as for silu, so the SiLU's curved region and its tails are both visited).
     #[test]

@@ -107,7 +107,9 @@ fn tiny_presets_train_a_step_on_the_default_corpus_with_a_raised_vocabulary() {
         assert_eq!(direct_loss.to_bits(), loss.to_bits(), "{preset}: {direct_loss} vs {loss}");
 
         // The audit counts the model the run trained: the preset's, with 448 more rows of embedding and head.
-        let sizes = cola::audit::sizes(preset, plan.vocab.size(), plan.micro_batch, plan.seq_len);
+        let sizes =
+            cola::audit::sizes(preset, &plan.variant, plan.vocab.size(), plan.micro_batch, plan.seq_len)
+                .unwrap();
         let (total, low_rank, other) = reference_counts(preset);
         let extra = 2 * (SMALL_PRESET_BPE_VOCAB - preset_vocab) * preset.config().d_model;
         assert_eq!(
@@ -153,7 +155,9 @@ fn every_other_preset_audits_with_its_own_vocabulary_and_reference_sizes() {
         let (config, _) = train::resolve(&Options { model: Some(preset), ..Options::default() }).unwrap();
         assert_eq!(config.vocab_size, None, "{preset}");
 
-        let sizes = cola::audit::sizes(preset, plan.vocab.size(), plan.micro_batch, plan.seq_len);
+        let sizes =
+            cola::audit::sizes(preset, &plan.variant, plan.vocab.size(), plan.micro_batch, plan.seq_len)
+                .unwrap();
         assert_eq!(
             (sizes.params_total, sizes.params_low_rank, sizes.params_other),
             reference_counts(preset),

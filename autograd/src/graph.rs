@@ -83,6 +83,16 @@ pub trait Graph {
         self.apply(Op::Unary(UnaryOp::Silu), &[x])
     }
 
+    /// GELU, tanh form: `x * sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3))`.
+    fn gelu(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Gelu), &[x])
+    }
+
+    /// `max(x, 0)`.
+    fn relu(&mut self, x: &Self::Value) -> Result<Self::Value> {
+        self.apply(Op::Unary(UnaryOp::Relu), &[x])
+    }
+
     /// `scale * x + shift`.
     fn affine(&mut self, x: &Self::Value, scale: f64, shift: f64) -> Result<Self::Value> {
         self.apply(Op::Affine(Affine { scale, shift }), &[x])

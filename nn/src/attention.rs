@@ -24,7 +24,7 @@ impl Attention {
     pub fn new(name: &str, config: &LlamaConfig, dtype: DType, init: &mut Init) -> Self {
         let d = config.d_model;
         let mut projection =
-            |p: &str| Projection::new(&format!("{name}.{p}_proj"), d, d, config.rank, dtype, init);
+            |p: &str| Projection::new(&format!("{name}.{p}_proj"), d, d, config, dtype, init);
         let (q_proj, k_proj, v_proj, o_proj) =
             (projection("q"), projection("k"), projection("v"), projection("o"));
         Attention {

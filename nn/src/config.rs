@@ -2,6 +2,7 @@
 use crate::error::{NnError, Result};
 use crate::module::{ParamCounts, ParamKind};
 use crate::preset::Preset;
+use crate::variant::LowRankActivation;
 use cola_autograd::Policy;
 
 /// Shapes and constants of a LLaMA(-CoLA) model.
@@ -14,6 +15,8 @@ pub struct LlamaConfig {
     pub n_heads: usize,
     /// Width `r` of every CoLA bottleneck; `None` gives dense projections (the full-rank baseline).
     pub rank: Option<usize>,
+    /// `σ` of every CoLA layer `σ(x @ A) @ B` (SiLU in the presets; unused by dense models).
+    pub lowrank_act: LowRankActivation,
     /// Whether the MLP applies its own SiLU to the gate: `down(silu(gate(x)) * up(x))`, otherwise
     /// `down(gate(x) * up(x))` (the reference's `only_lr_act = !mlp_gate_silu`).
     pub mlp_gate_silu: bool,
@@ -81,6 +84,7 @@ impl LlamaConfig {
         if self.rank == Some(0) {
             return invalid("rank must be positive (use None for dense projections)".into());
         }
+
         if self.pad_id as usize >= self.vocab_size {
             return invalid(format!("pad_id {} is not below vocab_size {}", self.pad_id, self.vocab_size));
         }

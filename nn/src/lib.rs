@@ -1,6 +1,6 @@
 //! Layers of LLaMA-CoLA, written once against `cola_autograd::Graph` (the tape records them for training,
 //! the eager executor runs them for evaluation and generation): CoLA's low-rank projection
-//! `y = silu(x @ A) @ B` and the dense baseline, RMSNorm, embedding, rotary causal attention, the gated
+//! `y = silu(x @ A) @ B` (or another activation, or none: [`Variant`]) and the dense baseline, RMSNorm, embedding, rotary causal attention, the gated
 //! MLP, the pre-norm decoder block and the model with its next-token loss; the paper's presets;
 //! safetensors checkpoints in the reference's layout; KV-cached inference, sampling and generation.
 pub mod attention;
@@ -20,6 +20,7 @@ pub mod module;
 pub mod norm;
 pub mod preset;
 pub mod sampling;
+pub mod variant;
 
 pub use attention::Attention;
 pub use block::Block;
@@ -40,3 +41,4 @@ pub use module::{Module, ParamCounts, ParamKind};
 pub use norm::RmsNorm;
 pub use preset::{Family, Preset, Recipe, Size, SizeSpec, SIZES};
 pub use sampling::{argmax, Sampler, SamplingConfig};
+pub use variant::{LowRankActivation, Variant};

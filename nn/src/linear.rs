@@ -1,8 +1,10 @@
 //! Projections of a decoder block: the dense `Linear` of the full-rank baseline and CoLA's low-rank
 //! auto-encoder `ColaLinear` (docs/METHOD.md sections 1 and 5).
+use crate::config::LlamaConfig;
 use crate::error::Result;
 use crate::init::Init;
 use crate::module::{Module, ParamKind};
+use crate::variant::LowRankActivation;
 use cola_autograd::{Graph, Parameter, SlotKind};
 use cola_tensor::DType;
 
@@ -57,14 +59,16 @@ pub fn cola_init_std(rank: usize, in_features: usize, out_features: usize) -> f6
     ((rank * (in_features + out_features)) as f64).powf(-0.25)
 }
 
-/// CoLA's low-rank projection `y = silu(x @ A) @ B`: `x: [..., in]`, `A: [in, r]`, `B: [r, out]`,
-/// `y: [..., out]`. The rank-r code `silu(x @ A)` is marked [`SlotKind::LowRankCode`] and its
-/// pre-activation `x @ A` [`SlotKind::LowRankPreActivation`]: the pre-activation is what CoLA-M
-/// keeps for backward.
+/// CoLA's low-rank projection `y = σ(x @ A) @ B` (`σ` = SiLU unless a [`crate::Variant`] says otherwise):
+/// `x: [..., in]`, `A: [in, r]`, `B: [r, out]`, `y: [..., out]`. The rank-r code `σ(x @ A)` is marked
+/// [`SlotKind::LowRankCode`] and its pre-activation `x @ A` [`SlotKind::LowRankPreActivation`]: the
+/// pre-activation is what CoLA-M keeps for backward. With the identity the pre-activation is the code
+/// itself and no activation op is recorded.
 #[derive(Clone, Debug)]
 pub struct ColaLinear {
     a: Parameter,
     b: Parameter,
+    activation: LowRankActivation,
 }
 
 impl ColaLinear {
@@ -84,7 +88,17 @@ impl ColaLinear {
         ColaLinear {
             a: Parameter::new(format!("{name}.cola_a"), a),
             b: Parameter::new(format!("{name}.cola_b"), b),
+            activation: LowRankActivation::Silu,
         }
+    }
+
+    /// The same layer with `σ = activation`.
+    pub fn with_activation(self, activation: LowRankActivation) -> Self {
+        ColaLinear { activation, ..self }
+    }
+
+    pub fn activation(&self) -> LowRankActivation {
+        self.activation
     }
 
     /// `A: [in, r]`.
@@ -114,8 +128,13 @@ impl ColaLinear {
         let a = g.param(&self.a);
         let pre = g.matmul(x, &a)?;
         g.mark(&pre, SlotKind::LowRankPreActivation)?;
-        let code = g.silu(&pre)?;
-        g.mark(&code, SlotKind::LowRankCode)?;
+        let code = match self.activation.apply(g, &pre)? {
+            Some(code) => {
+                g.mark(&code, SlotKind::LowRankCode)?;
+                code
+            }
+            None => pre,
+        };
         let b = g.param(&self.b);
         Ok(g.matmul(&code, &b)?)
     }
@@ -141,17 +160,20 @@ pub enum Projection {
 }
 
 impl Projection {
-    /// `ColaLinear` when `rank` is `Some(r)`, `Linear` when `None`.
+    /// `ColaLinear` with `config`'s activation when `config.rank` is `Some(r)`, `Linear` when `None`.
     pub fn new(
         name: &str,
         in_features: usize,
         out_features: usize,
-        rank: Option<usize>,
+        config: &LlamaConfig,
         dtype: DType,
         init: &mut Init,
     ) -> Self {
-        match rank {
-            Some(r) => Projection::Cola(ColaLinear::new(name, in_features, out_features, r, dtype, init)),
+        match config.rank {
+            Some(r) => Projection::Cola(
+                ColaLinear::new(name, in_features, out_features, r, dtype, init)
+                    .with_activation(config.lowrank_act),
+            ),
             None => Projection::Dense(Linear::new(name, in_features, out_features, dtype, init)),
         }
     }

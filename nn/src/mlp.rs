@@ -20,10 +20,10 @@ impl Mlp {
     /// Projections `{name}.gate_proj`, `{name}.up_proj` (`d_model -> ffn_dim`) and `{name}.down_proj`
     /// (`ffn_dim -> d_model`), created in that order.
     pub fn new(name: &str, config: &LlamaConfig, dtype: DType, init: &mut Init) -> Self {
-        let (d, f, r) = (config.d_model, config.ffn_dim, config.rank);
-        let gate_proj = Projection::new(&format!("{name}.gate_proj"), d, f, r, dtype, init);
-        let up_proj = Projection::new(&format!("{name}.up_proj"), d, f, r, dtype, init);
-        let down_proj = Projection::new(&format!("{name}.down_proj"), f, d, r, dtype, init);
+        let (d, f) = (config.d_model, config.ffn_dim);
+        let gate_proj = Projection::new(&format!("{name}.gate_proj"), d, f, config, dtype, init);
+        let up_proj = Projection::new(&format!("{name}.up_proj"), d, f, config, dtype, init);
+        let down_proj = Projection::new(&format!("{name}.down_proj"), f, d, config, dtype, init);
         Mlp { gate_proj, up_proj, down_proj, gate_silu: config.mlp_gate_silu }
     }
 

@@ -3,6 +3,7 @@
 //! preset name. A [`Preset`] is a family (CoLA or the dense baseline) times a size.
 use crate::config::LlamaConfig;
 use crate::error::NnError;
+use crate::variant::LowRankActivation;
 use std::fmt;
 use std::str::FromStr;
 
@@ -13,7 +14,7 @@ pub enum Family {
     Full,
 }
 
-/// A model size of the paper, plus `Tiny` for tests.
+/// A model size of the paper, plus `Tiny` for tests and the experiment sizes (`Small`, `Small2L`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Size {
     Tiny,
@@ -22,6 +23,11 @@ pub enum Size {
     M350,
     B1,
     B7,
+    /// d 256, 4 layers, an 8192-entry vocabulary: an ablation that sees millions of tokens in minutes
+    /// on a CPU.
+    Small,
+    /// `Small` with 2 layers: `full-small-2l` costs about the training FLOPs per token of `cola-small`.
+    Small2L,
 }
 
 /// The paper's training recipe of one size: linear warmup to `peak_lr`, cosine decay to 10% at
@@ -64,8 +70,12 @@ const fn recipe(peak_lr: f64, warmup_steps: u64, total_steps: u64) -> Recipe {
 }
 
 /// The table. Paper sizes: vocabulary 32000, sequence length 256, recipes of docs/METHOD.md section 6.
-/// `tiny` (tests only) borrows the 60m learning rate with a short schedule.
-pub const SIZES: [SizeSpec; 6] = [
+/// `tiny` (tests only) borrows the 60m learning rate with a short schedule. The experiment sizes
+/// (docs/EXPERIMENTS.md) are outside the paper: half 60m's width, 4 (or 2) layers, the rank at 60m's ratio
+/// `r = d / 4`, the ffn at its ratio `f = 2.6875 d`, an 8192-entry BPE of the corpus (at 32000 the head
+/// would be most of the compute), and half 60m's peak learning rate (3e-3, for the full-rank twin's sake:
+/// the comparison runs both at one rate); the schedule is set by the experiment's token budget.
+pub const SIZES: [SizeSpec; 8] = [
     SizeSpec {
         size: Size::Tiny,
         vocab_size: 64,
@@ -150,6 +160,34 @@ pub const SIZES: [SizeSpec; 6] = [
         cpu_micro_batch: 1,
         gpu_micro_batch: 8,
     },
+    SizeSpec {
+        size: Size::Small,
+        vocab_size: 8192,
+        d_model: 256,
+        ffn_dim: 688,
+        n_layers: 4,
+        n_heads: 4,
+        rank: 64,
+        cola_gate_silu: true,
+        max_seq_len: 256,
+        recipe: recipe(3e-3, 100, 1000),
+        cpu_micro_batch: 8,
+        gpu_micro_batch: 64,
+    },
+    SizeSpec {
+        size: Size::Small2L,
+        vocab_size: 8192,
+        d_model: 256,
+        ffn_dim: 688,
+        n_layers: 2,
+        n_heads: 4,
+        rank: 64,
+        cola_gate_silu: true,
+        max_seq_len: 256,
+        recipe: recipe(3e-3, 100, 1000),
+        cpu_micro_batch: 8,
+        gpu_micro_batch: 64,
+    },
 ];
 
 /// Constants shared by every preset (docs/METHOD.md section 3).
@@ -167,7 +205,10 @@ const _: () = {
 };
 
 impl Size {
+    /// The paper's sizes and `Tiny`.
     pub const ALL: [Size; 6] = [Size::Tiny, Size::M60, Size::M130, Size::M350, Size::B1, Size::B7];
+    /// The sizes of the experiments, outside the paper.
+    pub const EXPERIMENT: [Size; 2] = [Size::Small, Size::Small2L];
 
     /// This size's row of [`SIZES`].
     pub const fn spec(self) -> &'static SizeSpec {
@@ -190,6 +231,27 @@ pub struct Preset {
     pub family: Family,
     pub size: Size,
 }
+
+/// The names of [`Preset::ALL`] then [`Preset::EXPERIMENT`], in their order: a preset's index is
+/// its family's offset (0 for CoLA, 8 for full rank) plus its size.
+const ALL_NAMES: [&str; 16] = [
+    "cola-tiny",
+    "cola-60m",
+    "cola-130m",
+    "cola-350m",
+    "cola-1b",
+    "cola-7b",
+    "cola-small",
+    "cola-small-2l",
+    "full-tiny",
+    "full-60m",
+    "full-130m",
+    "full-350m",
+    "full-1b",
+    "full-7b",
+    "full-small",
+    "full-small-2l",
+];
 
 /// The names of [`Preset::ALL`], in its order.
 const NAMES: [&str; 12] = [
@@ -223,6 +285,17 @@ impl Preset {
     /// The names of [`Preset::ALL`], in its order.
     pub const NAMES: [&'static str; 12] = NAMES;
 
+    /// The experiment presets, outside the paper: both families of [`Size::EXPERIMENT`].
+    pub const EXPERIMENT: [Preset; 4] = [
+        Preset { family: Family::Cola, size: Size::Small },
+        Preset { family: Family::Cola, size: Size::Small2L },
+        Preset { family: Family::Full, size: Size::Small },
+        Preset { family: Family::Full, size: Size::Small2L },
+    ];
+
+    /// Every name a preset answers to: [`Preset::NAMES`] and the experiment presets.
+    pub const ALL_NAMES: [&'static str; 16] = ALL_NAMES;
+
     pub const fn new(family: Family, size: Size) -> Preset {
         Preset { family, size }
     }
@@ -231,9 +304,9 @@ impl Preset {
     pub const fn name(self) -> &'static str {
         let family = match self.family {
             Family::Cola => 0,
-            Family::Full => 6,
+            Family::Full => 8,
         };
-        NAMES[family + self.size as usize]
+        ALL_NAMES[family + self.size as usize]
     }
 
     pub const fn spec(self) -> &'static SizeSpec {
@@ -255,6 +328,7 @@ impl Preset {
             n_layers: spec.n_layers,
             n_heads: spec.n_heads,
             rank: cola.then_some(spec.rank),
+            lowrank_act: LowRankActivation::Silu,
             mlp_gate_silu: !cola || spec.cola_gate_silu,
             rope_theta: ROPE_THETA,
             norm_eps: NORM_EPS,
@@ -287,11 +361,12 @@ impl fmt::Display for Preset {
 impl FromStr for Preset {
     type Err = NnError;
 
-    /// A name of [`Preset::NAMES`]; anything else is [`NnError::UnknownPreset`] listing them.
+    /// A name of [`Preset::ALL_NAMES`]; anything else is [`NnError::UnknownPreset`] listing them.
     fn from_str(name: &str) -> Result<Preset, NnError> {
         Preset::ALL
             .into_iter()
+            .chain(Preset::EXPERIMENT)
             .find(|p| p.name() == name)
-            .ok_or_else(|| NnError::UnknownPreset { name: name.to_string(), valid: NAMES.join(", ") })
+            .ok_or_else(|| NnError::UnknownPreset { name: name.to_string(), valid: ALL_NAMES.join(", ") })
     }
 }

@@ -148,21 +148,22 @@ mod random_policies {
     use proptest::prelude::{any, prop_assert_eq, proptest, ProptestConfig, Strategy};
 
     fn config_strategy() -> impl Strategy<Value = LlamaConfig> {
-        (1usize..=2, 1usize..=2, 1usize..=2, 1usize..=4, 4usize..=12, any::<bool>(), any::<bool>()).prop_map(
-            |(layers, heads, half_head, rank, ffn, gate_silu, cola)| LlamaConfig {
+        let act = proptest::sample::select(cola_nn::LowRankActivation::ALL.to_vec());
+        (1usize..=2, 1usize..=2, 1usize..=2, 1usize..=4, 4usize..=12, any::<bool>(), any::<bool>(), act)
+            .prop_map(|(layers, heads, half_head, rank, ffn, gate_silu, cola, lowrank_act)| LlamaConfig {
                 vocab_size: 32,
                 d_model: heads * 2 * half_head,
                 ffn_dim: ffn,
                 n_layers: layers,
                 n_heads: heads,
                 rank: cola.then_some(rank),
+                lowrank_act,
                 mlp_gate_silu: gate_silu,
                 rope_theta: 10000.0,
                 norm_eps: 1e-6,
                 max_seq_len: 8,
                 pad_id: 0,
-            },
-        )
+            })
     }
 
     proptest! {

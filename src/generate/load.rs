@@ -11,7 +11,9 @@ use super::{GenerateError, Result};
 use crate::data::Tokenizer;
 use crate::train::checkpoint::{self, RunState, STATE_FILE, TOKENIZER_FILE};
 use crate::train::hf_config::{HfConfig, HF_CONFIG_FILE};
-use cola_nn::{read_safetensors_shapes, Init, Llama, LlamaConfig, PRESET_NAMES, WEIGHTS_FILE};
+use cola_nn::{
+    read_safetensors_shapes, Init, Llama, LlamaConfig, LowRankActivation, PRESET_NAMES, WEIGHTS_FILE,
+};
 use cola_tensor::{DType, Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -164,6 +166,16 @@ pub fn infer_config(
     }
     if let Some(only_lr_act) = field("only_lr_act").and_then(|v| v.as_bool()) {
         config.mlp_gate_silu = !only_lr_act;
+    }
+    if let Some(name) = field("lr_act_type").and_then(|v| v.as_str()) {
+        config.lowrank_act = LowRankActivation::from_hf_name(name).ok_or_else(|| {
+            bad(
+                weights,
+                format!(
+                    "config.json's lr_act_type {name:?} is none of silu, gelu_pytorch_tanh, relu, linear"
+                ),
+            )
+        })?;
     }
     Ok(config)
 }

@@ -6,7 +6,7 @@ use super::stop::StopRequest;
 use super::{Result, TrainError};
 use crate::dist::{Collective, Single};
 use cola_autograd::Policy;
-use cola_nn::{LlamaConfig, Preset};
+use cola_nn::{LlamaConfig, Preset, Variant};
 use cola_tensor::Device;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -19,6 +19,10 @@ pub struct TrainConfig {
     /// The model preset, stored by name (`cola-350m`, `full-60m`, `cola-tiny`, ...).
     #[serde(with = "options::by_name")]
     pub model: Preset,
+    /// What the run changes of the preset's model (`--lowrank-act`, `--rank`, `--only-lr-act`); files
+    /// written before variants existed mean the preset's model.
+    #[serde(default, with = "super::variant")]
+    pub variant: Variant,
     /// Overrides the preset's vocabulary (32000); also the size of a BPE trained on the corpus.
     pub vocab_size: Option<usize>,
     /// Where to train, as asked (`auto`, `cpu`, `{"cuda": n}` in `state.json`). The choice is what is
@@ -127,6 +131,7 @@ impl TrainConfig {
         let recipe = model.recipe();
         TrainConfig {
             model,
+            variant: Variant::NONE,
             vocab_size: None,
             device: DeviceChoice::Auto,
             resolved_device: None,
@@ -166,11 +171,11 @@ impl TrainConfig {
         }
     }
 
-    /// The model this run trains: the preset with the run's vocabulary, its context at least `seq_len`
+    /// The model this run trains: the preset with the run's variant and vocabulary, its context at least `seq_len`
     /// (RoPE has no position table: a longer `--seq-len` needs no other change). The pad id is the
     /// tokenizer's, set once the data is prepared.
     pub fn model_config(&self) -> LlamaConfig {
-        let mut config = self.model.config();
+        let mut config = self.variant.overlay(&self.model.config());
         if let Some(vocab) = self.vocab_size {
             config.vocab_size = vocab;
         }
@@ -223,6 +228,8 @@ impl TrainConfig {
                 other => format!("--recompute must be none, cola-m or block, got '{}'", other.name()),
             });
         }
+        self.variant.apply(&self.model.config())?;
+        super::variant::check_device(&self.variant, device)?;
         if self.steps == 0 {
             return bad("--steps must be at least 1".into());
         }

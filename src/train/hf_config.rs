@@ -63,7 +63,8 @@ pub struct HfConfig {
 pub struct ColaFields {
     /// Width `r` of every low-rank bottleneck.
     pub cola_rank: usize,
-    /// The activation inside each low-rank layer: `silu(x @ A) @ B`.
+    /// The activation inside each low-rank layer, `σ(x @ A) @ B`, by transformers' `ACT2FN` name
+    /// (`silu`, `gelu_pytorch_tanh`, `relu`; `linear` for none).
     pub lr_act_type: String,
     /// Whether the MLP's own gate SiLU is dropped (docs/METHOD.md section 2).
     pub only_lr_act: bool,
@@ -84,7 +85,7 @@ impl HfConfig {
     pub fn of(config: &LlamaConfig, stored: DType, eos_token_id: Option<u32>) -> HfConfig {
         let cola = config.rank.map(|rank| ColaFields {
             cola_rank: rank,
-            lr_act_type: "silu".into(),
+            lr_act_type: config.lowrank_act.hf_name().into(),
             only_lr_act: !config.mlp_gate_silu,
         });
         let (architecture, model_type) =

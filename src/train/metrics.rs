@@ -131,7 +131,7 @@ impl MetricsLog {
 }
 
 /// Registers the first font found as plotters' "sans-serif"; false when there is none.
-fn font_available() -> bool {
+pub(crate) fn font_available() -> bool {
     static FOUND: OnceLock<bool> = OnceLock::new();
     *FOUND.get_or_init(|| {
         FONT_PATHS.iter().any(|path| {

@@ -15,7 +15,8 @@
 //! are kept), `lock.rs` (one process per run directory), `metrics.rs` (jsonl + plot), `progress.rs`
 //! (terminal output), `profile.rs` (`--profile`: time and FLOPs per op family and direction over a few
 //! steps), `stop.rs` (signals that stop a run with a checkpoint), `boundary.rs` (what the ranks agree on
-//! between updates: stop, time-based checkpoints).
+//! between updates: stop, time-based checkpoints), `variant.rs` (the model variant on the command line
+//! and in `state.json`).
 mod boundary;
 pub mod checkpoint;
 mod config;
@@ -34,6 +35,7 @@ mod run;
 pub mod sample;
 pub mod stop;
 pub mod trainer;
+pub mod variant;
 
 pub use checkpoint::{RunState, CHECKPOINT_PREFIX, OPTIMIZER_FILE, STATE_FILE, TOKENIZER_FILE};
 pub use config::TrainConfig;

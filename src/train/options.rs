@@ -135,7 +135,7 @@ where
 }
 
 fn preset_parser() -> impl TypedValueParser<Value = Preset> {
-    one_of(Preset::NAMES, str::parse::<Preset>)
+    one_of(Preset::ALL_NAMES, str::parse::<Preset>)
 }
 
 fn precision_parser() -> impl TypedValueParser<Value = Precision> {
@@ -170,8 +170,8 @@ fn parsed<T: FromStr<Err = TrainError>>(text: &str) -> std::result::Result<T, St
 #[command(name = "llama_cola_350m", version)]
 #[command(group(clap::ArgGroup::new("report").args(["audit", "profile", "eval_only"])))]
 pub struct Options {
-    /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny
-    /// [default: cola-350m]
+    /// Model preset: cola-{60m,130m,350m,1b,7b}, full-{60m,...} (dense baseline), cola-tiny, full-tiny;
+    /// for experiments cola-small, full-small, full-small-2l (docs/EXPERIMENTS.md) [default: cola-350m]
     #[arg(long, value_parser = preset_parser(), hide_possible_values = true)]
     pub model: Option<Preset>,
     /// Where to train: auto (the first GPU when one is usable, else the CPU), cpu, cuda or cuda:N
@@ -295,6 +295,20 @@ pub struct Options {
     /// 0's clock [default: none; on --resume the run's]
     #[arg(long, value_name = "M")]
     pub save_every_minutes: Option<f64>,
+
+    // The model variant (docs/EXPERIMENTS.md), CoLA presets only.
+    /// Activation between the low-rank factors: silu (the paper's), gelu (tanh form), relu, or identity
+    /// (no activation: the plain low-rank baseline y = (x A) B); gelu and relu train on the CPU only
+    /// [default: silu]
+    #[arg(long, value_parser = super::variant::activation_parser())]
+    pub lowrank_act: Option<cola_nn::LowRankActivation>,
+    /// Rank of every low-rank bottleneck, overriding the preset's (1 <= R < min(d_model, ffn_dim))
+    #[arg(long, value_name = "R")]
+    pub rank: Option<usize>,
+    /// Drop the MLP's own gate SiLU, down(gate(x) * up(x)) (the reference's only_lr_act); --only-lr-act
+    /// false keeps it [default: the preset's: kept up to 130m, dropped from 350m up]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub only_lr_act: Option<bool>,
 }
 
 /// serde by the `Display` / `FromStr` names (`"cola-350m"`, `"bf16-mixed"`): the `state.json` form.

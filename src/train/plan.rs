@@ -95,6 +95,8 @@ pub fn model_vocab(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuditPlan {
     pub model: Preset,
+    /// `--lowrank-act`, `--rank`, `--only-lr-act`.
+    pub variant: cola_nn::Variant,
     pub vocab: ModelVocab,
     pub micro_batch: usize,
     pub seq_len: usize,
@@ -106,6 +108,7 @@ pub fn audit_plan(options: &Options) -> Result<AuditPlan> {
     let model = options.model.unwrap_or(DEFAULT_MODEL);
     Ok(AuditPlan {
         model,
+        variant: super::variant::of_options(options),
         vocab: model_vocab(model, options.vocab_size, options.tokenizer.as_deref(), options.data.as_deref())?,
         micro_batch: options.micro_batch.unwrap_or(model.cpu_micro_batch()),
         seq_len: options.seq_len.unwrap_or(model.config().max_seq_len),
@@ -129,6 +132,7 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     let recipe = model.recipe();
     let out = options.out.clone().unwrap_or_else(|| default_out(model));
     let mut config = TrainConfig::new(model, out);
+    config.variant = super::variant::of_options(options);
     // A raised vocabulary is stored as the run's own, so that a resumed run takes it from the checkpoint.
     let vocab =
         model_vocab(model, options.vocab_size, options.tokenizer.as_deref(), options.data.as_deref())?;
@@ -271,6 +275,11 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     same!("--batch-size", batch_size);
     same!("--seq-len", seq_len);
     same!("--seed", seed);
+    if let Some(message) =
+        super::variant::resume_conflict(&super::variant::of_options(options), &config.variant)
+    {
+        return Err(TrainError::Config(format!("{message} ({})", dir.display())));
+    }
     // Compared by size: a checkpoint without one used its preset's, and a raised one is stored as its own.
     let saved_vocab = config.vocab_size.unwrap_or(config.model.config().vocab_size);
     if let Some(given) = options.vocab_size.filter(|&given| given != saved_vocab) {

@@ -77,7 +77,10 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
         model_config.d_model,
         model_config.n_layers,
         model_config.n_heads,
-        model_config.rank.map_or("full rank".to_string(), |r| format!("rank {r}")),
+        match model_config.rank {
+            Some(r) => format!("rank {r}, {} between the factors", model_config.lowrank_act),
+            None => "full rank".to_string(),
+        },
     ));
 
     let precision = config.precision;

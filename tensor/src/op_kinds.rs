@@ -40,6 +40,9 @@ pub enum UnaryOp {
     Exp,
     Log,
     Silu,
+    /// GELU, tanh form (see `cola_kernels::cpu::elementwise::gelu_forward`).
+    Gelu,
+    Relu,
 }
 
 impl UnaryOp {
@@ -49,6 +52,8 @@ impl UnaryOp {
             UnaryOp::Exp => "exp",
             UnaryOp::Log => "log",
             UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Relu => "relu",
         }
     }
 }

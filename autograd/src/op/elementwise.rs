@@ -65,10 +65,13 @@ impl Rule for UnaryOp {
         UnaryOp::name(*self)
     }
 
-    /// SiLU, the activation of every CoLA projection, has a row of its own.
+    /// SiLU, the activation of every CoLA projection, has a row of its own, as do the other low-rank
+    /// activations of the variants (`--lowrank-act`).
     fn family(&self) -> &'static str {
         match self {
             UnaryOp::Silu => "silu",
+            UnaryOp::Gelu => "gelu",
+            UnaryOp::Relu => "relu",
             _ => "elementwise",
         }
     }
@@ -80,7 +83,9 @@ impl Rule for UnaryOp {
     fn needs(&self) -> Needs {
         match self {
             UnaryOp::Exp => Needs { inputs: 0, output: true },
-            UnaryOp::Log | UnaryOp::Silu => Needs { inputs: 1, output: false },
+            UnaryOp::Log | UnaryOp::Silu | UnaryOp::Gelu | UnaryOp::Relu => {
+                Needs { inputs: 1, output: false }
+            }
             UnaryOp::Neg => Needs::NOTHING,
         }
     }
@@ -93,16 +98,20 @@ impl Rule for UnaryOp {
                 UnaryOp::Exp => g.mul(ctx.output()?)?,
                 UnaryOp::Log => g.div(ctx.input(0)?)?,
                 UnaryOp::Silu => Tensor::silu_backward(ctx.input(0)?, g)?,
+                UnaryOp::Gelu => Tensor::gelu_backward(ctx.input(0)?, g)?,
+                UnaryOp::Relu => Tensor::relu_backward(ctx.input(0)?, g)?,
             })
         })?])
     }
 
     /// Per element, forward / backward: silu 4 / 9 (`exp`, `+1`, divide, multiply; backward recomputes
-    /// the sigmoid and forms `g s (1 + x (1 - s))`), the others 1 / 1.
+    /// the sigmoid and forms `g s (1 + x (1 - s))`); gelu 8 / 16 (`x * sigmoid(2u)` with a cubic `u`; the
+    /// slope adds the cubic's derivative); relu and the others 1 / 1.
     fn flops(&self, backward: bool, inputs: &[&[usize]]) -> u64 {
         let first = inputs.first().copied().unwrap_or(&[]);
         match self {
             UnaryOp::Silu => pick(backward, 4, 9) * numel(first),
+            UnaryOp::Gelu => pick(backward, 8, 16) * numel(first),
             _ => numel(first),
         }
     }

@@ -1,4 +1,4 @@
-//! Elementwise kernels on contiguous slices: activation functions and their derivatives, plus the
+//! Elementwise kernels on contiguous slices: activation functions (silu, gelu, relu) and their derivatives, plus the
 //! row-splitting and dot-product helpers the fused kernels of this module family share.
 use super::simd::{self, multiversion, Isa};
 use crate::float::PARALLEL_MIN_ELEMS;
@@ -34,6 +34,79 @@ multiversion! {
             *gx = gy * silu_slope(xi);
         }
     }
+}
+
+/// GELU in its tanh form (PyTorch's `gelu(approximate="tanh")`, Hugging Face's `gelu_pytorch_tanh`):
+/// `0.5 x (1 + tanh(u))` with `u = sqrt(2/pi) (x + 0.044715 x^3)`, computed as `x * sigmoid(2u)` (the
+/// same value, and a form that saturates without NaN). The tanh form, not the erf one, because its
+/// derivative is closed-form in the functions every kernel already has.
+pub fn gelu_forward<T: Float>(x: &[T], y: &mut [T]) {
+    let isa = Isa::active();
+    for_each_row_block(y, 1, 1, |start, ys| gelu_forward_block(isa, &x[start..start + ys.len()], ys));
+}
+
+/// `grad_x = grad_y * (s + 2 x s (1 - s) u')` with `s = sigmoid(2u)`, `u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2)`.
+pub fn gelu_backward<T: Float>(x: &[T], grad_y: &[T], grad_x: &mut [T]) {
+    let isa = Isa::active();
+    for_each_row_block(grad_x, 1, 1, |start, gxs| {
+        let end = start + gxs.len();
+        gelu_backward_block(isa, &x[start..end], &grad_y[start..end], gxs)
+    });
+}
+
+/// `y = max(x, 0)`.
+pub fn relu_forward<T: Float>(x: &[T], y: &mut [T]) {
+    for_each_row_block(y, 1, 1, |start, ys| {
+        let xs = &x[start..start + ys.len()];
+        for (yi, &xi) in ys.iter_mut().zip(xs) {
+            *yi = xi.max(T::ZERO);
+        }
+    });
+}
+
+/// `grad_x = grad_y` where `x > 0`, else 0 (the subgradient 0 at `x = 0`, as PyTorch).
+pub fn relu_backward<T: Float>(x: &[T], grad_y: &[T], grad_x: &mut [T]) {
+    for_each_row_block(grad_x, 1, 1, |start, gxs| {
+        let end = start + gxs.len();
+        for (gx, (&xi, &gy)) in gxs.iter_mut().zip(x[start..end].iter().zip(&grad_y[start..end])) {
+            *gx = if xi > T::ZERO { gy } else { T::ZERO };
+        }
+    });
+}
+
+multiversion! {
+    fn gelu_forward_block[T: Float](isa: Isa, x: &[T], y: &mut [T]) {
+        for (yi, &xi) in y.iter_mut().zip(x) {
+            *yi = xi * sigmoid(gelu_2u(xi));
+        }
+    }
+}
+
+multiversion! {
+    fn gelu_backward_block[T: Float](isa: Isa, x: &[T], grad_y: &[T], grad_x: &mut [T]) {
+        for (gx, (&xi, &gy)) in grad_x.iter_mut().zip(x.iter().zip(grad_y)) {
+            *gx = gy * gelu_slope(xi);
+        }
+    }
+}
+
+/// `sqrt(2 / pi)`, the scale of GELU's tanh argument.
+const GELU_SCALE: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of GELU's tanh argument.
+const GELU_CUBIC: f64 = 0.044715;
+
+/// `2u = 2 sqrt(2/pi) (x + 0.044715 x^3)`, the argument of the sigmoid in [`gelu_forward`].
+#[inline(always)]
+fn gelu_2u<T: Float>(x: T) -> T {
+    T::from_f64(2.0 * GELU_SCALE) * (x + T::from_f64(GELU_CUBIC) * x * x * x)
+}
+
+/// `d gelu / dx = s + 2 x s (1 - s) u'` with `s = sigmoid(2u)`.
+#[inline(always)]
+fn gelu_slope<T: Float>(x: T) -> T {
+    let s = sigmoid(gelu_2u(x));
+    let du = T::from_f64(GELU_SCALE) * (T::ONE + T::from_f64(3.0 * GELU_CUBIC) * x * x);
+    s + T::from_f64(2.0) * x * s * (T::ONE - s) * du
 }
 
 /// `x / (1 + exp(-x))` (one rounding fewer than `x * sigmoid(x)`); 0 for large negative x.

@@ -3,7 +3,7 @@
 //! (broadcast dims have stride 0); outputs are new contiguous tensors of the input dtype, bf16 computed in
 //! f32 inside the kernels.
 use super::{cuda_error, strided_args};
-use crate::error::Result;
+use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::Tensor;
@@ -48,6 +48,13 @@ pub(crate) fn unary(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
         UnaryOp::Exp => Unary::Exp,
         UnaryOp::Log => Unary::Log,
         UnaryOp::Silu => Unary::Silu,
+        UnaryOp::Gelu | UnaryOp::Relu => {
+            return Err(TensorError::UnsupportedDevice {
+                op: name,
+                device: a.device(),
+                reason: format!("{name} has a CPU kernel only (silu is the GPU's low-rank activation)"),
+            })
+        }
     };
     let x = operand(name, a, args[0])?;
     // SAFETY: the view addresses only elements of its buffer; `out` is fresh and contiguous.

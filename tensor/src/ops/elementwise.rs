@@ -1,11 +1,13 @@
 //! Elementwise ops: broadcasting binary arithmetic, scalar arithmetic and unary functions.
 use super::{in_compute_dtype1, match_float};
-use crate::error::Result;
+use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 pub use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::storage::CpuFloat;
-use crate::{DType, Tensor};
-use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
+use crate::{DType, Device, Tensor};
+use cola_kernels::cpu::elementwise::{
+    gelu_backward, gelu_forward, relu_backward, relu_forward, silu_backward, silu_forward,
+};
 use cola_kernels::cpu::strided::{binary_map, unary_map};
 use cola_kernels::Float;
 
@@ -47,13 +49,18 @@ fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
         UnaryOp::Neg => map_t::<T>(a, |x| -x),
         UnaryOp::Exp => map_t::<T>(a, |x| x.exp()),
         UnaryOp::Log => map_t::<T>(a, |x| x.ln()),
-        UnaryOp::Silu => {
-            let x = a.contiguous_data::<T>()?;
-            let mut y = vec![T::ZERO; x.len()];
-            silu_forward(&x, &mut y);
-            Ok(Tensor::from_compute(y, a.shape()))
-        }
+        UnaryOp::Silu => activation_t::<T>(a, silu_forward),
+        UnaryOp::Gelu => activation_t::<T>(a, gelu_forward),
+        UnaryOp::Relu => activation_t::<T>(a, relu_forward),
     }
+}
+
+/// An activation kernel over the contiguous values of `a`.
+fn activation_t<T: CpuFloat>(a: &Tensor, kernel: fn(&[T], &mut [T])) -> Result<Tensor> {
+    let x = a.contiguous_data::<T>()?;
+    let mut y = vec![T::ZERO; x.len()];
+    kernel(&x, &mut y);
+    Ok(Tensor::from_compute(y, a.shape()))
 }
 
 impl Tensor {
@@ -117,6 +124,16 @@ impl Tensor {
         self.unary(UnaryOp::Silu)
     }
 
+    /// GELU, tanh form (CPU only).
+    pub fn gelu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Gelu)
+    }
+
+    /// `max(x, 0)` (CPU only).
+    pub fn relu(&self) -> Result<Tensor> {
+        self.unary(UnaryOp::Relu)
+    }
+
     /// `scale * x + shift`, elementwise (scalar add, sub, multiply and divide are special cases).
     pub fn affine(&self, scale: f64, shift: f64) -> Result<Tensor> {
         #[cfg(feature = "cuda")]
@@ -163,13 +180,51 @@ impl Tensor {
             super::check_same("silu_backward", &[x, grad_y])?;
             return crate::cuda::elementwise::silu_backward(x, grad_y);
         }
-        in_compute_dtype1("silu_backward", [x, grad_y], |[x, g]| {
-            match_float!("silu_backward", x.dtype(), T => {
-                let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
-                let mut out = vec![T::ZERO; xd.len()];
-                silu_backward(&xd, &gd, &mut out);
-                Ok(Tensor::from_compute(out, x.shape()))
-            })
-        })
+        cpu_activation_backward("silu_backward", Activation::Silu, x, grad_y)
     }
+
+    /// Gradient of gelu (tanh form): `grad_y * (s + 2 x s (1 - s) u')`, `s = sigmoid(2u)`; CPU only.
+    pub fn gelu_backward(x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        super::check_same_shape("gelu_backward", x, grad_y)?;
+        cpu_activation_backward("gelu_backward", Activation::Gelu, x, grad_y)
+    }
+
+    /// Gradient of relu: `grad_y` where `x > 0`, else 0; CPU only.
+    pub fn relu_backward(x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        super::check_same_shape("relu_backward", x, grad_y)?;
+        cpu_activation_backward("relu_backward", Activation::Relu, x, grad_y)
+    }
+}
+
+/// The activations with a gradient kernel.
+#[derive(Clone, Copy)]
+enum Activation {
+    Silu,
+    Gelu,
+    Relu,
+}
+
+/// An activation's gradient kernel over `x` and `grad_y`, whose shapes the caller checked. A GPU tensor
+/// is [`TensorError::UnsupportedDevice`]: silu's gradient has its own GPU kernel, gelu's and relu's none.
+fn cpu_activation_backward(op: &'static str, act: Activation, x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+    if x.device() != Device::Cpu || grad_y.device() != Device::Cpu {
+        return Err(TensorError::UnsupportedDevice {
+            op,
+            device: if x.device() != Device::Cpu { x.device() } else { grad_y.device() },
+            reason: "this activation has a CPU kernel only".into(),
+        });
+    }
+    in_compute_dtype1(op, [x, grad_y], |[x, g]| {
+        match_float!(op, x.dtype(), T => {
+            let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
+            let mut out = vec![T::ZERO; xd.len()];
+            let kernel: fn(&[T], &[T], &mut [T]) = match act {
+                Activation::Silu => silu_backward,
+                Activation::Gelu => gelu_backward,
+                Activation::Relu => relu_backward,
+            };
+            kernel(&xd, &gd, &mut out);
+            Ok(Tensor::from_compute(out, x.shape()))
+        })
+    })
 }

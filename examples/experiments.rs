@@ -1,0 +1,89 @@
+//! The paper's ablations as experiments (docs/EXPERIMENTS.md):
+//!
+//!     cargo run --release --example experiments -- NAME [--quick] [--out DIR] [--budget-minutes M] [--seeds S]
+//!
+//! NAME is `activation`, `rank`, `compute` or `colam`. The logic is `cola::experiments`; this parses the
+//! command line and prints where the table and the plot are.
+use clap::Parser;
+use cola::experiments::{self, Experiment, ExperimentError, Settings, DEFAULT_BUDGET_MINUTES};
+use cola::train::{self, DeviceChoice};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Train a named grid of model variants x seeds on one token budget, then write DIR/results.md and
+/// DIR/loss.png. Finished runs in DIR/runs/ are kept and skipped when run again.
+#[derive(Parser, Debug)]
+#[command(name = "experiments")]
+struct Args {
+    /// activation, rank, compute or colam
+    #[arg(value_parser = |s: &str| s.parse::<Experiment>().map_err(|e| e.to_string()))]
+    name: Experiment,
+    /// Tiny models and a budget of seconds: checks the pipeline, measures nothing
+    #[arg(long)]
+    quick: bool,
+    /// The experiment's folder [default: runs/experiments/NAME, or NAME-quick with --quick]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Minutes of training per run on the reference CPU; the token budget is this times its measured
+    /// tokens/s (the same tokens for every model of the grid) [default: 10]
+    #[arg(long, value_name = "M")]
+    budget_minutes: Option<f64>,
+    /// Training tokens per run, overriding --budget-minutes
+    #[arg(long)]
+    tokens: Option<u64>,
+    /// Runs per model, seeded 0..S [default: 2]
+    #[arg(long, value_name = "S", default_value_t = 2)]
+    seeds: u64,
+    /// Training corpus, as the training program's --data [default: Shakespeare's works]
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Cache folder for the corpus, tokenizer and token ids [default: $COLA_CACHE or local/cache]
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// auto, cpu, cuda or cuda:N [default: auto]
+    #[arg(long, value_parser = |s: &str| s.parse::<DeviceChoice>().map_err(|e| e.to_string()))]
+    device: Option<DeviceChoice>,
+    /// Threads of the compute pool [default: one per core]
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Show each run's training progress
+    #[arg(long)]
+    verbose: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), ExperimentError> {
+    if let Some(threads) = args.threads {
+        train::set_threads(threads)?;
+    }
+    let folder = if args.quick { format!("{}-quick", args.name) } else { args.name.to_string() };
+    let out = args.out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(folder));
+    let minutes = args.budget_minutes.unwrap_or(DEFAULT_BUDGET_MINUTES);
+    let mut settings = Settings::new(args.name, args.quick, out, minutes, args.seeds);
+    if let Some(tokens) = args.tokens {
+        settings.tokens = tokens;
+    }
+    settings.data = args.data;
+    settings.cache_dir = args.cache_dir;
+    settings.device = args.device.unwrap_or(DeviceChoice::Auto);
+    settings.verbose = args.verbose;
+    let report = experiments::run(&settings)?;
+    println!(
+        "{} runs trained, {} kept from earlier; table {}, plot {}",
+        report.trained,
+        report.skipped,
+        report.table.display(),
+        report.plot.display()
+    );
+    print!("{}", std::fs::read_to_string(&report.table).unwrap_or_default());
+    Ok(())
+}

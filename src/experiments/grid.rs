@@ -1,0 +1,113 @@
+//! The named experiments: which models (preset, variant, retention policy) each one trains, at the
+//! experiment sizes (`cola-small`, `full-small`, `full-small-2l`) or, with `--quick`, at the tiny ones.
+use super::ExperimentError;
+use cola_autograd::Policy;
+use cola_nn::{Family, LowRankActivation, Preset, Size, Variant};
+use std::fmt;
+use std::str::FromStr;
+
+/// An experiment of docs/EXPERIMENTS.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Experiment {
+    /// Full rank against CoLA with SiLU, GELU, ReLU and no activation (the plain low-rank baseline), all
+    /// at the same rank.
+    Activation,
+    /// CoLA at ranks d/8, d/4 and d/2 against full rank.
+    Rank,
+    /// CoLA against a full-rank model of about the same training FLOPs per token (half the layers).
+    Compute,
+    /// CoLA trained keeping everything against CoLA-M: the same losses, less memory, more time per step.
+    Colam,
+}
+
+impl Experiment {
+    pub const ALL: [Experiment; 4] =
+        [Experiment::Activation, Experiment::Rank, Experiment::Compute, Experiment::Colam];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Experiment::Activation => "activation",
+            Experiment::Rank => "rank",
+            Experiment::Compute => "compute",
+            Experiment::Colam => "colam",
+        }
+    }
+}
+
+impl fmt::Display for Experiment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Experiment {
+    type Err = ExperimentError;
+
+    fn from_str(name: &str) -> Result<Experiment, ExperimentError> {
+        Experiment::ALL.into_iter().find(|e| e.name() == name).ok_or_else(|| {
+            ExperimentError::UnknownExperiment {
+                name: name.to_string(),
+                valid: Experiment::ALL.map(Experiment::name).join(", "),
+            }
+        })
+    }
+}
+
+/// One model of a grid; each is trained once per seed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSpec {
+    /// The table's row name and the run directories' prefix, e.g. `cola-small-identity`.
+    pub label: String,
+    pub preset: Preset,
+    pub variant: Variant,
+    pub policy: Policy,
+}
+
+impl RunSpec {
+    fn new(label: &str, preset: Preset, variant: Variant, policy: Policy) -> RunSpec {
+        RunSpec { label: label.to_string(), preset, variant, policy }
+    }
+}
+
+/// The models of `experiment`: at the experiment sizes, or at the tiny one with `quick` (where the
+/// compute-matched full-rank model is `full-tiny` itself: a smoke test of the grid, not a measurement).
+pub fn grid(experiment: Experiment, quick: bool) -> Vec<RunSpec> {
+    let size = if quick { Size::Tiny } else { Size::Small };
+    let cola = Preset::new(Family::Cola, size);
+    let full = Preset::new(Family::Full, size);
+    let none = Variant::NONE;
+    let keep = Policy::KeepAll;
+    let name = |suffix: &str| format!("{cola}-{suffix}");
+    match experiment {
+        Experiment::Activation => {
+            let mut specs = vec![RunSpec::new(full.name(), full, none, keep)];
+            for act in LowRankActivation::ALL {
+                let variant = Variant { lowrank_act: Some(act), ..none };
+                specs.push(RunSpec::new(&name(act.name()), cola, variant, keep));
+            }
+            specs
+        }
+        Experiment::Rank => {
+            let d = cola.config().d_model;
+            let mut specs = vec![RunSpec::new(full.name(), full, none, keep)];
+            for rank in [d / 8, d / 4, d / 2] {
+                let variant = Variant { rank: Some(rank), ..none };
+                specs.push(RunSpec::new(&name(&format!("r{rank}")), cola, variant, keep));
+            }
+            specs
+        }
+        Experiment::Compute => {
+            let matched = if quick { full } else { Preset::new(Family::Full, Size::Small2L) };
+            let mut specs = vec![RunSpec::new(cola.name(), cola, none, keep)];
+            if !quick {
+                specs.push(RunSpec::new(full.name(), full, none, keep));
+            }
+            specs.push(RunSpec::new(&format!("{}-flops-matched", matched.name()), matched, none, keep));
+            specs
+        }
+        Experiment::Colam => vec![
+            RunSpec::new(cola.name(), cola, none, keep),
+            RunSpec::new(&name("cola-m"), cola, none, Policy::ColaM),
+        ],
+    }
+}

@@ -1,0 +1,177 @@
+//! The paper's ablations as runnable experiments (docs/EXPERIMENTS.md): a named grid of models
+//! ([`grid`]) times seeds, each trained through the training library on one fixed token budget
+//! ([`runner`]), then a table and a plot of the results ([`report`]). Finished runs are kept in
+//! `OUT/runs/` and skipped when the experiment is run again, so an interrupted experiment resumes.
+//! `examples/experiments.rs` is a thin shell around [`run`].
+pub mod grid;
+pub mod report;
+pub mod runner;
+
+pub use grid::{grid, Experiment, RunSpec};
+pub use report::{mean_std, Row};
+pub use runner::{RunResult, RESULT_FILE};
+
+use crate::train::{DeviceChoice, TrainError};
+use std::path::{Path, PathBuf};
+
+/// Tokens per second of `cola-small` training on the CPU it was sized on: 8 x 256 tokens per step, f32,
+/// 2 threads of an Intel Xeon with AVX-512, `llama_cola_350m --model cola-small --profile --steps 2
+/// --threads 2` on 2026-12-07 while other builds loaded the machine (load average about 16 on its 2
+/// cores). `--budget-minutes` turns into a token budget at this rate, so that every model of a grid sees
+/// the same tokens; on a quiet machine a run of that budget takes less time.
+pub const REFERENCE_TOKENS_PER_S: f64 = 928.0;
+
+/// Sequences per optimizer step of every run (the CPU default of the training program).
+pub const BATCH_SIZE: usize = 8;
+
+/// Minutes per run unless `--budget-minutes` says otherwise.
+pub const DEFAULT_BUDGET_MINUTES: f64 = 10.0;
+
+/// Errors of an experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Nn(#[from] cola_nn::NnError),
+    #[error("unknown experiment {name:?}; valid experiments: {valid}")]
+    UnknownExperiment { name: String, valid: String },
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run result {}: {reason}", .path.display())]
+    Result { path: PathBuf, reason: String },
+    #[error("could not draw {}: {reason}", .path.display())]
+    Plot { path: PathBuf, reason: String },
+}
+
+impl ExperimentError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExperimentError + '_ {
+        move |source| ExperimentError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// How an experiment runs: where, on how many tokens, with which seeds and data.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub experiment: Experiment,
+    /// Tiny models and a budget of seconds: a smoke test of the whole pipeline.
+    pub quick: bool,
+    /// The experiment's folder: `results.md`, `loss.png`, `runs/<model>-seed<k>/`.
+    pub out: PathBuf,
+    /// Training tokens of every run.
+    pub tokens: u64,
+    /// Runs per model, seeded 0, 1, ...
+    pub seeds: u64,
+    pub device: DeviceChoice,
+    /// Corpus and cache as the training program takes them (`None`: Shakespeare, `local/cache`).
+    pub data: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+    /// Vocabulary of every model, overriding the presets' (the BPE trained on the corpus gets it too).
+    pub vocab_size: Option<usize>,
+    /// Validation tokens per evaluation.
+    pub eval_tokens: usize,
+    pub batch_size: usize,
+    /// Training progress on stderr.
+    pub verbose: bool,
+}
+
+impl Settings {
+    /// `experiment` with its defaults: `budget_minutes` per run at [`REFERENCE_TOKENS_PER_S`] (or, with
+    /// `quick`, 24 steps of 4 x 16 tokens), into `out`.
+    pub fn new(
+        experiment: Experiment,
+        quick: bool,
+        out: PathBuf,
+        budget_minutes: f64,
+        seeds: u64,
+    ) -> Settings {
+        let (tokens, eval_tokens, batch_size) = if quick {
+            (24 * 4 * 16, 64, 4)
+        } else {
+            ((budget_minutes * 60.0 * REFERENCE_TOKENS_PER_S) as u64, 16 * 256, BATCH_SIZE)
+        };
+        Settings {
+            experiment,
+            quick,
+            out,
+            tokens,
+            seeds,
+            device: DeviceChoice::Auto,
+            data: None,
+            cache_dir: None,
+            vocab_size: None,
+            eval_tokens,
+            batch_size,
+            verbose: false,
+        }
+    }
+
+    /// Tokens per sequence: the preset's context (16 for the tiny presets, 256 otherwise).
+    pub fn seq_len(&self, preset: cola_nn::Preset) -> usize {
+        preset.config().max_seq_len
+    }
+}
+
+/// What [`run`] did.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub table: PathBuf,
+    pub plot: PathBuf,
+    /// Runs trained now, and runs read back from an earlier invocation.
+    pub trained: usize,
+    pub skipped: usize,
+}
+
+/// Runs every model of the experiment's grid for every seed (skipping finished runs), then writes
+/// `results.md` and `loss.png` into `settings.out`.
+pub fn run(settings: &Settings) -> Result<Report, ExperimentError> {
+    if settings.seeds == 0 || settings.tokens == 0 {
+        return Err(ExperimentError::Config(format!(
+            "--seeds ({}) and the token budget ({}) must be at least 1",
+            settings.seeds, settings.tokens
+        )));
+    }
+    std::fs::create_dir_all(&settings.out).map_err(ExperimentError::io(&settings.out))?;
+    let specs = grid(settings.experiment, settings.quick);
+    let (mut rows, mut trained, mut skipped) = (Vec::new(), 0, 0);
+    for spec in &specs {
+        let mut runs = Vec::new();
+        for seed in 0..settings.seeds {
+            let (result, reused) = runner::run_one(spec, seed, settings)?;
+            eprintln!(
+                "{} seed {seed}: val loss {:.4} after {} steps ({:.0} tokens/s){}",
+                spec.label,
+                result.final_val_loss,
+                result.steps,
+                result.tokens_per_s,
+                if reused { ", kept from an earlier run" } else { "" }
+            );
+            if reused {
+                skipped += 1;
+            } else {
+                trained += 1;
+            }
+            runs.push(result);
+        }
+        rows.push(Row { label: spec.label.clone(), runs });
+    }
+    let title = format!(
+        "experiment {}{}: {} training tokens per run, {} seed(s)",
+        settings.experiment,
+        if settings.quick { " (--quick)" } else { "" },
+        settings.tokens,
+        settings.seeds
+    );
+    let table = settings.out.join("results.md");
+    std::fs::write(&table, report::table(&title, &rows)).map_err(ExperimentError::io(&table))?;
+    let plot = settings.out.join("loss.png");
+    report::plot(&plot, &title, &rows)?;
+    Ok(Report { rows, table, plot, trained, skipped })
+}
