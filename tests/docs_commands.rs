@@ -57,6 +57,31 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/reference/bench_torch_gpu.py", "needs an NVIDIA GPU and PyTorch"),
     ("scripts/bench_gpu_table.py", "reads the JSON files of a GPU check"),
     ("scripts/compare_metrics.py", "reads the run directories of a GPU check"),
+    ("BF16=1 scripts/bench_gemm_vs_numpy.sh 3", "needs PyTorch; minutes of GEMM timing"),
+    (
+        "cargo run --release --example llama_cola_350m -- --model cola-60m --lowrank-act silu \
+         --data 'c4/en/c4-train.*-of-01024.json.gz' --tokenizer t5/tokenizer.json --batch-size 512 \
+         --steps 10000 --out runs/activation-60m-silu",
+        "needs the C4 corpus and the T5 tokenizer; a GPU run at paper scale",
+    ),
+    (
+        "cargo run --release --example llama_cola_350m -- --model full-60m --data ... --batch-size 512 \
+         --steps 10000 --out runs/activation-60m-full",
+        "a GPU run at paper scale on C4 (`...` stands for the corpus)",
+    ),
+    (
+        "cargo run --release --example audit_doc > docs/AUDIT.md",
+        "tests/audit_doc.rs runs it and compares its output with the page",
+    ),
+    (
+        "cargo run --release --example experiments -- activation",
+        "the default budget: about an hour (tests/experiments.rs runs the grids with --quick)",
+    ),
+    (
+        "cargo run --release --example experiments -- rank [--quick] [--out runs/rank] [--budget-minutes 10] \
+         [--seeds 2]",
+        "the default budget, two seeds: about an hour (tests/experiments.rs runs the grids with --quick)",
+    ),
 ];
 
 /// The flags that make a training command small, replacing the page's values or added to them.
@@ -74,7 +99,7 @@ const SMALL: &[(&str, &str)] = &[
 const RUN: &[&str] = &["llama_cola_350m", "generate", "tour"];
 
 /// The clap programs, whose flags are checked by parsing them.
-const CLAP_PROGRAMS: &[&str] = &["llama_cola_350m", "generate", "prepare_data"];
+const CLAP_PROGRAMS: &[&str] = &["llama_cola_350m", "generate", "prepare_data", "experiments"];
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
