@@ -7,13 +7,13 @@ use crate::storage::CpuFloat;
 use crate::{DType, Tensor};
 use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
 use cola_kernels::cpu::strided::{binary_map, unary_map};
-use cola_kernels::Float;
 
 fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
     let (la, lb) = (a.layout().broadcast_to(&shape)?, b.layout().broadcast_to(&shape)?);
     let (a, b) = (a.with_layout(la), b.with_layout(lb));
-    let mut out = vec![T::ZERO; shape.iter().product()];
+    // `binary_map` writes every element of the broadcast shape.
+    let mut out = crate::pool::take_for_overwrite::<T>(shape.iter().product());
     if !out.is_empty() {
         // Each operation is its own monomorphised loop so the compiler can vectorise it.
         let (va, vb) = (a.strided::<T>()?, b.strided::<T>()?);
@@ -28,7 +28,8 @@ fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>
 }
 
 fn map_t<T: CpuFloat>(a: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
-    let mut out = vec![T::ZERO; a.numel()];
+    // `unary_map` writes every element.
+    let mut out = crate::pool::take_for_overwrite::<T>(a.numel());
     if !out.is_empty() {
         unary_map(a.strided::<T>()?, a.shape(), &mut out, f);
     }
@@ -49,7 +50,7 @@ fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
         UnaryOp::Log => map_t::<T>(a, |x| x.ln()),
         UnaryOp::Silu => {
             let x = a.contiguous_data::<T>()?;
-            let mut y = vec![T::ZERO; x.len()];
+            let mut y = crate::pool::take_for_overwrite::<T>(x.len()); // written whole by the kernel
             silu_forward(&x, &mut y);
             Ok(Tensor::from_compute(y, a.shape()))
         }
@@ -166,7 +167,7 @@ impl Tensor {
         in_compute_dtype1("silu_backward", [x, grad_y], |[x, g]| {
             match_float!("silu_backward", x.dtype(), T => {
                 let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
-                let mut out = vec![T::ZERO; xd.len()];
+                let mut out = crate::pool::take_for_overwrite::<T>(xd.len()); // written whole by the kernel
                 silu_backward(&xd, &gd, &mut out);
                 Ok(Tensor::from_compute(out, x.shape()))
             })
