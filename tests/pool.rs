@@ -1,7 +1,7 @@
 //! The host buffer pool changes no number: cola-tiny trained for 6 steps with the pool off and then on
 //! (recycling from the second op of the run onward) logs bit-identical losses, and the pool did serve
 //! outputs in the second run. Exact equality: a recycled buffer is either overwritten whole or zeroed, so
-//! every op computes the same bits. About 1 s.
+//! every op computes the same bits. Under half a second.
 mod common;
 
 use cola::tensor::pool;
