@@ -12,6 +12,7 @@ pub mod layout;
 pub mod multi_tensor;
 pub mod op_kinds;
 pub mod ops;
+pub mod pool;
 pub mod rng;
 pub mod storage;
 pub mod tensor;

@@ -1,4 +1,5 @@
-//! Owned element buffers. A tensor shares its storage through an `Arc`; views share, ops allocate.
+//! Owned element buffers. A tensor shares its storage through an `Arc`; views share, ops allocate. A host
+//! buffer goes back to the [`crate::pool`] when its last tensor is dropped.
 use crate::{DType, Device};
 use half::bf16;
 
@@ -41,6 +42,12 @@ impl CpuStorage {
 }
 
 impl Storage {
+    /// Host storage, counted as live by the [`crate::pool`] until dropped.
+    pub(crate) fn cpu(storage: CpuStorage) -> Storage {
+        crate::pool::on_create(storage.len() * storage.dtype().size_in_bytes());
+        Storage::Cpu(storage)
+    }
+
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
@@ -75,12 +82,24 @@ impl Storage {
     }
 }
 
+impl Drop for Storage {
+    fn drop(&mut self) {
+        if let Storage::Cpu(storage) = self {
+            let bytes = storage.len() * storage.dtype().size_in_bytes();
+            let taken = std::mem::replace(storage, CpuStorage::F32(Vec::new()));
+            crate::pool::on_drop(taken, bytes);
+        }
+    }
+}
+
 /// A type that can be stored in a tensor (f32, f64, bf16).
 pub trait Element: Copy + Send + Sync + std::fmt::Debug + 'static {
     const DTYPE: DType;
     fn slice(storage: &CpuStorage) -> Option<&[Self]>;
     fn slice_mut(storage: &mut CpuStorage) -> Option<&mut [Self]>;
     fn into_storage(data: Vec<Self>) -> CpuStorage;
+    /// The buffer of `storage` when it holds `Self`.
+    fn storage_into_vec(storage: CpuStorage) -> Option<Vec<Self>>;
     fn into_f64(self) -> f64;
     fn of_f64(x: f64) -> Self;
 }
@@ -103,6 +122,12 @@ macro_rules! impl_element {
             }
             fn into_storage(data: Vec<Self>) -> CpuStorage {
                 CpuStorage::$variant(data)
+            }
+            fn storage_into_vec(storage: CpuStorage) -> Option<Vec<Self>> {
+                match storage {
+                    CpuStorage::$variant(v) => Some(v),
+                    _ => None,
+                }
             }
             fn into_f64(self) -> f64 {
                 $to(self)

@@ -46,7 +46,7 @@ fn fill_with(n: usize, f: impl Fn(u64) -> f64 + Sync, dtype: DType) -> CpuStorag
 
 impl Tensor {
     pub(crate) fn from_storage(storage: CpuStorage, layout: Layout) -> Tensor {
-        Tensor { storage: Arc::new(Storage::Cpu(storage)), layout }
+        Tensor { storage: Arc::new(Storage::cpu(storage)), layout }
     }
 
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -240,7 +240,8 @@ impl Tensor {
             let start = self.layout.offset();
             return Ok(Cow::Borrowed(&view.data[start..start + n]));
         }
-        let mut out = vec![view.data[view.offset]; n];
+        // `copy_strided` writes every element.
+        let mut out = crate::pool::take_for_overwrite::<T>(n);
         copy_strided(view, self.shape(), &mut out);
         Ok(Cow::Owned(out))
     }
@@ -320,7 +321,8 @@ impl Tensor {
             return self.gpu_copy(dtype);
         }
         fn convert<S: Element, D: Element>(t: &Tensor) -> CpuStorage {
-            let mut out = vec![D::of_f64(0.0); t.numel()];
+            // `unary_map` writes every element (the view has the tensor's dtype `S` by construction).
+            let mut out = crate::pool::take_for_overwrite::<D>(t.numel());
             if let (Ok(view), false) = (t.strided::<S>(), out.is_empty()) {
                 unary_map(view, t.shape(), &mut out, |x: S| D::of_f64(x.into_f64()));
             }

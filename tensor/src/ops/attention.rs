@@ -93,7 +93,8 @@ impl Tensor {
         in_compute_dtype1("attention", [q, k, v], |[q, k, v]| {
             match_float!("attention", q.dtype(), T => {
                 let (qd, kd, vd) = (q.contiguous_data::<T>()?, k.contiguous_data::<T>()?, v.contiguous_data::<T>()?);
-                let mut out = vec![T::ZERO; qd.len()];
+                // Every (batch, head) block is scattered into `out`, covering it.
+                let mut out = crate::pool::take_for_overwrite::<T>(qd.len());
                 if !out.is_empty() {
                     attention_forward(&qd, &kd, &vd, dims, T::from_f64(scale), &mut out);
                 }
@@ -156,9 +157,10 @@ impl Tensor {
                     v.contiguous_data::<T>()?,
                     g.contiguous_data::<T>()?,
                 );
-                let mut gq = vec![T::ZERO; qd.len()];
-                let mut gk = vec![T::ZERO; kd.len()];
-                let mut gv = vec![T::ZERO; vd.len()];
+                // The kernel overwrites all three (each pair's block is scattered whole).
+                let mut gq = crate::pool::take_for_overwrite::<T>(qd.len());
+                let mut gk = crate::pool::take_for_overwrite::<T>(kd.len());
+                let mut gv = crate::pool::take_for_overwrite::<T>(vd.len());
                 if !gq.is_empty() {
                     let grads = AttentionGrads { q: &mut gq, k: &mut gk, v: &mut gv };
                     attention_backward(&qd, &kd, &vd, &gd, dims, T::from_f64(scale), grads);

@@ -9,13 +9,13 @@ use cola_kernels::cpu::elementwise::{
     gelu_backward, gelu_forward, relu_backward, relu_forward, silu_backward, silu_forward,
 };
 use cola_kernels::cpu::strided::{binary_map, unary_map};
-use cola_kernels::Float;
 
 fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
     let (la, lb) = (a.layout().broadcast_to(&shape)?, b.layout().broadcast_to(&shape)?);
     let (a, b) = (a.with_layout(la), b.with_layout(lb));
-    let mut out = vec![T::ZERO; shape.iter().product()];
+    // `binary_map` writes every element of the broadcast shape.
+    let mut out = crate::pool::take_for_overwrite::<T>(shape.iter().product());
     if !out.is_empty() {
         // Each operation is its own monomorphised loop so the compiler can vectorise it.
         let (va, vb) = (a.strided::<T>()?, b.strided::<T>()?);
@@ -30,7 +30,8 @@ fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>
 }
 
 fn map_t<T: CpuFloat>(a: &Tensor, f: impl Fn(T) -> T + Sync) -> Result<Tensor> {
-    let mut out = vec![T::ZERO; a.numel()];
+    // `unary_map` writes every element.
+    let mut out = crate::pool::take_for_overwrite::<T>(a.numel());
     if !out.is_empty() {
         unary_map(a.strided::<T>()?, a.shape(), &mut out, f);
     }
@@ -58,7 +59,7 @@ fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
 /// An activation kernel over the contiguous values of `a`.
 fn activation_t<T: CpuFloat>(a: &Tensor, kernel: fn(&[T], &mut [T])) -> Result<Tensor> {
     let x = a.contiguous_data::<T>()?;
-    let mut y = vec![T::ZERO; x.len()];
+    let mut y = crate::pool::take_for_overwrite::<T>(x.len()); // written whole by the kernel
     kernel(&x, &mut y);
     Ok(Tensor::from_compute(y, a.shape()))
 }
@@ -217,7 +218,7 @@ fn cpu_activation_backward(op: &'static str, act: Activation, x: &Tensor, grad_y
     in_compute_dtype1(op, [x, grad_y], |[x, g]| {
         match_float!(op, x.dtype(), T => {
             let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
-            let mut out = vec![T::ZERO; xd.len()];
+            let mut out = crate::pool::take_for_overwrite::<T>(xd.len()); // written whole by the kernel
             let kernel: fn(&[T], &[T], &mut [T]) = match act {
                 Activation::Silu => silu_backward,
                 Activation::Gelu => gelu_backward,

@@ -4,7 +4,6 @@ use crate::error::{Result, TensorError};
 use crate::layout::Shape;
 use crate::Tensor;
 use cola_kernels::cpu::embedding::{embedding_backward, embedding_forward};
-use cola_kernels::Float;
 
 fn check_ids(op: &'static str, ids: &[u32], ids_shape: &[usize], vocab: usize) -> Result<()> {
     let expected: usize = ids_shape.iter().product();
@@ -33,7 +32,8 @@ impl Tensor {
         in_compute_dtype1("embedding", [weight], |[w]| {
             match_float!("embedding", w.dtype(), T => {
                 let wd = w.contiguous_data::<T>()?;
-                let mut out = vec![T::ZERO; ids.len() * dim];
+                // Every row is copied from the table (ids are checked above).
+                let mut out = crate::pool::take_for_overwrite::<T>(ids.len() * dim);
                 if !out.is_empty() {
                     embedding_forward(&wd, dim, ids, &mut out);
                 }
@@ -60,7 +60,8 @@ impl Tensor {
         in_compute_dtype1("embedding_backward", [grad_out], |[g]| {
             match_float!("embedding_backward", g.dtype(), T => {
                 let gd = g.contiguous_data::<T>()?;
-                let mut gw = vec![T::ZERO; vocab * dim];
+                // Accumulated into: rows no id selects stay zero.
+                let mut gw = crate::pool::take_zeroed::<T>(vocab * dim);
                 if !gw.is_empty() {
                     embedding_backward(&gd, dim, ids, pad_id, &mut gw);
                 }

@@ -7,7 +7,6 @@ use super::{check_same_shape, in_compute_dtype, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
 use cola_kernels::cpu::gated::{gated_backward, gated_forward, GateActivation};
-use cola_kernels::Float;
 
 impl Tensor {
     /// `act(self) * up` elementwise, `self` being the gate; both the same shape, dtype and device. Views
@@ -23,7 +22,7 @@ impl Tensor {
         in_compute_dtype1(OP, [self, up], |[gate, up]| {
             match_float!(OP, gate.dtype(), T => {
                 let (g, u) = (gate.contiguous_data::<T>()?, up.contiguous_data::<T>()?);
-                let mut out = vec![T::ZERO; g.len()];
+                let mut out = crate::pool::take_for_overwrite::<T>(g.len()); // written whole by the kernel
                 gated_forward(&g, &u, activation, &mut out);
                 Ok(Tensor::from_compute(out, gate.shape()))
             })
@@ -51,7 +50,8 @@ impl Tensor {
             match_float!(OP, gate.dtype(), T => {
                 let g = gate.contiguous_data::<T>()?;
                 let (u, dh) = (up.contiguous_data::<T>()?, grad.contiguous_data::<T>()?);
-                let (mut grad_gate, mut grad_up) = (vec![T::ZERO; g.len()], vec![T::ZERO; g.len()]);
+                // Both written whole by the kernel.
+                let (mut grad_gate, mut grad_up) = (crate::pool::take_for_overwrite::<T>(g.len()), crate::pool::take_for_overwrite::<T>(g.len()));
                 gated_backward(&g, &u, &dh, activation, &mut grad_gate, &mut grad_up);
                 Ok(vec![
                     Tensor::from_compute(grad_gate, gate.shape()),

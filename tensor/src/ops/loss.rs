@@ -87,7 +87,7 @@ impl Tensor {
         in_compute_dtype1("cross_entropy_backward", [logits], |[logits]| {
             match_float!("cross_entropy_backward", logits.dtype(), T => {
                 let ld = logits.contiguous_data::<T>()?;
-                let mut g = vec![T::ZERO; ld.len()];
+                let mut g = crate::pool::take_for_overwrite::<T>(ld.len()); // overwritten, ignored rows with zeros
                 cross_entropy_backward(&ld, vocab, targets, ignore_id, T::from_f64(grad_loss), &mut g);
                 Ok(Tensor::from_compute(g, logits.shape()))
             })

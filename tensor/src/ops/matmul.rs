@@ -35,7 +35,8 @@ fn output_shape(batch_shape: &[usize], dims: Dims) -> Shape {
 fn matmul_t<T: CpuFloat>(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
     let offsets = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);
     let (lhs, rhs) = batch_views::<T>(a, b, &offsets)?;
-    let mut out = vec![T::ZERO; offsets.0.len() * dims.m * dims.n];
+    // With beta = 0 the GEMM writes every element of C and never reads it (a k = 0 product writes zeros).
+    let mut out = crate::pool::take_for_overwrite::<T>(offsets.0.len() * dims.m * dims.n);
     if !out.is_empty() {
         gemm_batched(dims, T::ONE, lhs, rhs, T::ZERO, &mut out);
     }

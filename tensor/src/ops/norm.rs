@@ -30,7 +30,7 @@ impl Tensor {
         in_compute_dtype1("rms_norm", [self, weight], |[x, w]| {
             match_float!("rms_norm", x.dtype(), T => {
                 let (xd, wd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?);
-                let mut y = vec![T::ZERO; xd.len()];
+                let mut y = crate::pool::take_for_overwrite::<T>(xd.len()); // written whole by the kernel (empty when d == 0)
                 if d > 0 {
                     rms_norm_forward(&xd, &wd, d, T::from_f64(eps), &mut y);
                 }
@@ -51,8 +51,9 @@ impl Tensor {
         in_compute_dtype("rms_norm_backward", [x, weight, grad_y], |[x, w, g]| {
             match_float!("rms_norm_backward", x.dtype(), T => {
                 let (xd, wd, gd) = (x.contiguous_data::<T>()?, w.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
-                let mut gx = vec![T::ZERO; xd.len()];
-                let mut gw = vec![T::ZERO; d];
+                // `gx` is written whole; `gw` is zeroed by the kernel before it sums the rows into it.
+                let mut gx = crate::pool::take_for_overwrite::<T>(xd.len());
+                let mut gw = crate::pool::take_for_overwrite::<T>(d);
                 if d > 0 {
                     rms_norm_backward(&xd, &wd, &gd, d, T::from_f64(eps), &mut gx, &mut gw);
                 }

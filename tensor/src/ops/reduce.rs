@@ -7,7 +7,8 @@ use crate::Tensor;
 use cola_kernels::cpu::reduce::sum_axes;
 
 fn sum_t<T: CpuFloat>(a: &Tensor, reduce: &[bool], keep_shape: &[usize]) -> Result<Tensor> {
-    let mut out = vec![T::ZERO; keep_shape.iter().product()];
+    // `sum_axes` assigns every output (an empty reduction gives zero).
+    let mut out = crate::pool::take_for_overwrite::<T>(keep_shape.iter().product());
     if !out.is_empty() {
         sum_axes(a.strided::<T>()?, a.shape(), reduce, &mut out);
     }

@@ -3,7 +3,6 @@ use super::{check_rank, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
 use cola_kernels::cpu::rope::{rope_backward, rope_forward, RopeDims};
-use cola_kernels::Float;
 
 fn dims(op: &'static str, x: &Tensor, positions: &[u32]) -> Result<RopeDims> {
     check_rank(op, x, 4, "x ([batch, seq, heads, head_dim])")?;
@@ -35,7 +34,8 @@ fn rope_any(op: &'static str, x: &Tensor, positions: &[u32], theta: f64, inverse
     in_compute_dtype1(op, [x], |[x]| {
         match_float!(op, x.dtype(), T => {
             let xd = x.contiguous_data::<T>()?;
-            let mut y = vec![T::ZERO; xd.len()];
+            // Written whole by the kernel (head_dim is even, checked above).
+            let mut y = crate::pool::take_for_overwrite::<T>(xd.len());
             if !y.is_empty() {
                 if inverse {
                     rope_backward(&xd, dims, positions, theta, &mut y);
