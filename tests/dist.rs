@@ -35,27 +35,16 @@
 #![cfg(feature = "mpi")]
 mod common;
 
-use common::TempDir;
+use common::{training, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The training program built with `--features mpi`, next to this test's own binary
-/// (`target/release/deps/dist-*` -> `target/release/examples/llama_cola_350m`); built once if needed.
+/// The training program built with `--features mpi`; built once if needed.
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--features", "mpi", "--example", "llama_cola_350m"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the training program with --features mpi failed");
-        let exe = std::env::current_exe().unwrap();
-        let release = exe.parent().and_then(Path::parent).unwrap();
-        release.join("examples").join("llama_cola_350m")
-    })
+    PROGRAM.get_or_init(|| training::build_training_program(&["mpi"]))
 }
 
 fn write_corpus(dir: &TempDir) {
@@ -71,12 +60,7 @@ fn write_corpus(dir: &TempDir) {
 
 /// The flags of a tiny run into `dir/out` (no evaluation, a checkpoint at the end only).
 fn flags(dir: &TempDir, out: &str, steps: u64, batch: usize, micro: usize) -> Vec<String> {
-    let path = |name: &str| dir.join(name).display().to_string();
-    let mut flags: Vec<String> =
-        ["--model", "cola-tiny", "--vocab-size", "300", "--seq-len", "16"].map(String::from).to_vec();
-    flags.extend(["--data".into(), path("corpus.txt"), "--cache-dir".into(), path("cache")]);
-    flags.extend(["--out".into(), path(out), "--threads".into(), "1".into()]);
-    for (flag, value) in [
+    let rest = [
         ("--steps", steps.to_string()),
         ("--batch-size", batch.to_string()),
         ("--micro-batch", micro.to_string()),
@@ -84,10 +68,8 @@ fn flags(dir: &TempDir, out: &str, steps: u64, batch: usize, micro: usize) -> Ve
         ("--lr", "1e-2".into()),
         ("--eval-every", "0".into()),
         ("--save-every", "0".into()),
-    ] {
-        flags.extend([flag.to_string(), value]);
-    }
-    flags
+    ];
+    training::tiny_run_flags(dir, out, &rest)
 }
 
 /// Held by each test while its runs go: on a machine of 2 cores, the ranks of several launches at once

@@ -13,36 +13,21 @@
 //! About 10 s on 2 shared cores (four short runs, the data prepared once).
 mod common;
 
-use common::TempDir;
+use common::{training, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-/// The training program (built as by `cargo build --release --example llama_cola_350m`), next to this
-/// test's binary: `target/release/deps/signals-*` -> `target/release/examples/llama_cola_350m`.
+/// The training program (built as by `cargo build --release --example llama_cola_350m`).
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--example", "llama_cola_350m"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the training program failed");
-        let exe = std::env::current_exe().unwrap();
-        exe.parent().and_then(Path::parent).unwrap().join("examples").join("llama_cola_350m")
-    })
+    PROGRAM.get_or_init(|| training::build_training_program(&[]))
 }
 
 /// The flags of a tiny run into `dir/out` whose schedule spans far more steps than any test trains.
 fn flags(dir: &TempDir, out: &str) -> Vec<String> {
-    let path = |name: &str| dir.join(name).display().to_string();
-    let mut flags: Vec<String> =
-        ["--model", "cola-tiny", "--vocab-size", "300", "--seq-len", "16"].map(String::from).to_vec();
-    flags.extend(["--data".into(), path("corpus.txt"), "--cache-dir".into(), path("cache")]);
-    flags.extend(["--out".into(), path(out), "--threads".into(), "1".into()]);
-    for (flag, value) in [
+    let rest = [
         ("--steps", "100000"),
         ("--batch-size", "2"),
         ("--micro-batch", "1"),
@@ -51,10 +36,8 @@ fn flags(dir: &TempDir, out: &str) -> Vec<String> {
         ("--eval-every", "0"),
         ("--save-every", "0"),
         ("--keep-checkpoints", "all"),
-    ] {
-        flags.extend([flag.to_string(), value.to_string()]);
-    }
-    flags
+    ];
+    training::tiny_run_flags(dir, out, &rest.map(|(flag, value)| (flag, value.to_string())))
 }
 
 fn write_corpus(dir: &TempDir) {

@@ -3,7 +3,8 @@
 use super::TempDir;
 use cola::tensor::Rng;
 use cola::train::{self, RunOutcome, TrainConfig, TrainSummary};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 pub const VOCAB: usize = 300;
 pub const SEQ: usize = 16;
@@ -46,4 +47,37 @@ pub fn trained(config: &TrainConfig) -> TrainSummary {
         RunOutcome::Trained(summary) => summary,
         other => panic!("expected a training run, got {other:?}"),
     }
+}
+
+/// The training program as `cargo build --release --features FEATURES --example llama_cola_350m` builds
+/// it (a no-op when `cargo test` built it already with the same features), next to the test's own binary:
+/// `target/release/deps/NAME-*` -> `target/release/examples/llama_cola_350m`.
+pub fn build_training_program(features: &[&str]) -> PathBuf {
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .args(["build", "--release", "--example", "llama_cola_350m"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if !features.is_empty() {
+        build.args(["--features", &features.join(",")]);
+    }
+    let status = build.status().expect("cargo runs");
+    assert!(status.success(), "building the training program with features {features:?} failed");
+    let exe = std::env::current_exe().unwrap();
+    let release: &Path = exe.parent().and_then(Path::parent).unwrap();
+    release.join("examples").join("llama_cola_350m")
+}
+
+/// The flags of a tiny command-line run into `dir/out`: cola-tiny with a 300-entry vocabulary on
+/// `dir/corpus.txt`, 16 tokens per sequence, the data cache in `dir/cache`, one compute thread; then
+/// `rest`, the test's own flags.
+pub fn tiny_run_flags(dir: &TempDir, out: &str, rest: &[(&str, String)]) -> Vec<String> {
+    let path = |name: &str| dir.join(name).display().to_string();
+    let mut flags: Vec<String> =
+        ["--model", "cola-tiny", "--vocab-size", "300", "--seq-len", "16"].map(String::from).to_vec();
+    flags.extend(["--data".into(), path("corpus.txt"), "--cache-dir".into(), path("cache")]);
+    flags.extend(["--out".into(), path(out), "--threads".into(), "1".into()]);
+    for (flag, value) in rest {
+        flags.extend([flag.to_string(), value.clone()]);
+    }
+    flags
 }
