@@ -198,6 +198,12 @@ pub struct AuditRow {
     pub step_seconds: f64,
 }
 
+/// The model an audit describes: `preset` as `variant` changes it (checked), with `vocab_size` rows of
+/// embedding and head.
+fn audited_config(preset: Preset, variant: &Variant, vocab_size: usize) -> Result<LlamaConfig, NnError> {
+    variant.apply(&LlamaConfig { vocab_size, ..preset.config() })
+}
+
 /// The part of [`audit`] that follows from the shapes alone: parameter counts and FLOPs of `preset` as
 /// `variant` changes it, with `vocab_size` rows of embedding and head, and no policy rows. Nothing is
 /// allocated, so it answers at once for every preset, 7b included.
@@ -208,7 +214,7 @@ pub fn sizes(
     micro_batch: usize,
     seq_len: usize,
 ) -> Result<Audit, NnError> {
-    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
+    let config = audited_config(preset, variant, vocab_size)?;
     let counts = config.param_counts();
     let flops = flops_per_token(&config, seq_len);
     Ok(Audit {
@@ -239,7 +245,7 @@ pub fn audit(
     seq_len: usize,
 ) -> Result<Audit, NnError> {
     let mut report = sizes(preset, variant, vocab_size, micro_batch, seq_len)?;
-    let config = variant.apply(&LlamaConfig { vocab_size, ..preset.config() })?;
+    let config = audited_config(preset, variant, vocab_size)?;
     let model = Llama::build(config.clone(), DType::F32, &mut Init::Zeros)?;
     let ids = synthetic_ids(vocab_size, micro_batch * seq_len, 1);
     for policy in config.policies() {
