@@ -24,8 +24,13 @@ struct Args {
     /// The experiment's folder [default: runs/experiments/NAME, or NAME-quick with --quick]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Where finished runs are kept [default: runs/experiments/runs, shared by the experiments so that a
+    /// model two grids train (cola-small in activation, rank, compute and colam) is trained once per seed;
+    /// with --out or --quick: OUT/runs]
+    #[arg(long, value_name = "DIR")]
+    runs: Option<PathBuf>,
     /// Minutes of training per run on the reference CPU; the token budget is this times its measured
-    /// tokens/s (the same tokens for every model of the grid) [default: 10]
+    /// tokens/s (the same tokens for every model of the grid) [default: 3]
     #[arg(long, value_name = "M")]
     budget_minutes: Option<f64>,
     /// Training tokens per run, overriding --budget-minutes
@@ -66,9 +71,15 @@ fn run(args: Args) -> Result<(), ExperimentError> {
         train::set_threads(threads)?;
     }
     let folder = if args.quick { format!("{}-quick", args.name) } else { args.name.to_string() };
+    let shared = args.out.is_none() && !args.quick;
     let out = args.out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(folder));
     let minutes = args.budget_minutes.unwrap_or(DEFAULT_BUDGET_MINUTES);
     let mut settings = Settings::new(args.name, args.quick, out, minutes, args.seeds);
+    if let Some(runs) = args.runs {
+        settings.runs = runs;
+    } else if shared {
+        settings.runs = PathBuf::from("runs/experiments/runs");
+    }
     if let Some(tokens) = args.tokens {
         settings.tokens = tokens;
     }

@@ -78,7 +78,7 @@ const NOT_RUN: &[(&str, &str)] = &[
         "the default budget: about an hour (tests/experiments.rs runs the grids with --quick)",
     ),
     (
-        "cargo run --release --example experiments -- rank [--quick] [--out runs/rank] [--budget-minutes 10] \
+        "cargo run --release --example experiments -- rank [--quick] [--out runs/rank] [--budget-minutes 3] \
          [--seeds 2]",
         "the default budget, two seeds: about an hour (tests/experiments.rs runs the grids with --quick)",
     ),

@@ -1,10 +1,12 @@
 //! The experiment runner end to end with `--quick` (tiny models, 24 steps of 4 x 16 tokens, a 300-entry
 //! BPE of a small test corpus): the table and the plot are written, every number of the table is the
-//! mean (or spread) of the per-run `result.json` files, a second invocation trains nothing, and CoLA-M's
+//! mean (or spread) of the per-run `result.json` files, a second invocation trains nothing,
+//! the runs are kept in a store that another grid reuses (under the same settings only), and CoLA-M's
 //! losses equal plain CoLA's bit for bit (the retention policy changes memory, never numbers). About 10 s
 //! on 2 cores.
 mod common;
 
+use cola::experiments::runner::run_dir;
 use cola::experiments::{self, mean_std, Experiment, RunResult, Settings, RESULT_FILE};
 use cola::train::DeviceChoice;
 use common::training::{write_corpus, VOCAB};
@@ -41,12 +43,12 @@ fn quick_activation_grid_writes_a_table_that_matches_its_runs_and_resumes() {
     let table = std::fs::read_to_string(&report.table).unwrap();
     assert!(std::fs::metadata(&report.plot).unwrap().len() > 1000, "loss.png is written");
     let labels = ["full-tiny", "cola-tiny-silu", "cola-tiny-gelu", "cola-tiny-relu", "cola-tiny-identity"];
-    for label in labels {
-        let runs: Vec<RunResult> = (0..2)
-            .map(|seed| {
-                read_result(&settings.out.join("runs").join(format!("{label}-seed{seed}")).join(RESULT_FILE))
-            })
-            .collect();
+    let specs = experiments::grid(Experiment::Activation, true);
+    assert_eq!(specs.iter().map(|s| s.label.as_str()).collect::<Vec<_>>(), labels);
+    for spec in &specs {
+        let label = spec.label.as_str();
+        let runs: Vec<RunResult> =
+            (0..2).map(|seed| read_result(&run_dir(&settings, spec, seed).join(RESULT_FILE))).collect();
         assert!(runs.iter().all(|r| r.final_val_loss.is_finite() && r.steps == 24), "{label}");
         assert_ne!(runs[0].final_val_loss, runs[1].final_val_loss, "{label}: seeds differ");
         let row = table_row(&table, label);
@@ -66,6 +68,23 @@ fn quick_activation_grid_writes_a_table_that_matches_its_runs_and_resumes() {
     let again = experiments::run(&settings).unwrap();
     assert_eq!((again.trained, again.skipped), (0, 10));
     assert_eq!(std::fs::read_to_string(&again.table).unwrap(), table);
+
+    // Another grid given the same store trains only what is new to it: --quick's compute grid is
+    // cola-tiny (= cola-tiny-silu above) and full-tiny, both finished.
+    let mut compute = quick(&dir, Experiment::Compute, 2);
+    compute.runs = settings.runs.clone();
+    let shared = experiments::run(&compute).unwrap();
+    assert_eq!((shared.trained, shared.skipped), (0, 4));
+    assert_eq!(shared.rows[0].runs[0].final_val_loss, table_row_loss(&report, "cola-tiny-silu"));
+    // ... but not under other settings: a run is reused only where it was trained the same way.
+    compute.eval_tokens *= 2;
+    let err = experiments::run(&compute).unwrap_err().to_string();
+    assert!(err.contains("validation tokens") && err.contains("--runs"), "{err}");
+}
+
+/// Seed 0's final validation loss of the report's row `label`.
+fn table_row_loss(report: &experiments::Report, label: &str) -> f64 {
+    report.rows.iter().find(|r| r.label == label).unwrap().runs[0].final_val_loss
 }
 
 #[test]

@@ -67,6 +67,23 @@ impl RunSpec {
     fn new(label: &str, preset: Preset, variant: Variant, policy: Policy) -> RunSpec {
         RunSpec { label: label.to_string(), preset, variant, policy }
     }
+
+    /// What the model is, whatever the grid calls it: the preset, then for a CoLA model its activation,
+    /// rank and MLP gate as resolved against the preset, then the retention policy unless it keeps
+    /// everything. Two grids' rows with the same key train the same model (`cola-small` of `compute` and
+    /// `cola-small-silu` of `activation` are both `cola-small-silu-r64-gated`), so they share runs.
+    pub fn key(&self) -> String {
+        let config = self.variant.overlay(&self.preset.config());
+        let mut key = self.preset.name().to_string();
+        if let Some(rank) = config.rank {
+            let gate = if config.mlp_gate_silu { "gated" } else { "only-lr-act" };
+            key.push_str(&format!("-{}-r{rank}-{gate}", config.lowrank_act));
+        }
+        if self.policy != Policy::KeepAll {
+            key.push_str(&format!("-{}", self.policy.name()));
+        }
+        key
+    }
 }
 
 /// The models of `experiment`: at the experiment sizes, or at the tiny one with `quick` (where the

@@ -15,17 +15,19 @@ use crate::train::{DeviceChoice, TrainError};
 use std::path::{Path, PathBuf};
 
 /// Tokens per second of `cola-small` training on the CPU it was sized on: 8 x 256 tokens per step, f32,
-/// 2 threads of an Intel Xeon with AVX-512, `llama_cola_350m --model cola-small --profile --steps 2
-/// --threads 2` on 2026-12-07 while other builds loaded the machine (load average about 16 on its 2
-/// cores). `--budget-minutes` turns into a token budget at this rate, so that every model of a grid sees
-/// the same tokens; on a quiet machine a run of that budget takes less time.
-pub const REFERENCE_TOKENS_PER_S: f64 = 928.0;
+/// 2 threads of an Intel Xeon (Sapphire Rapids class, AVX-512), `llama_cola_350m --model cola-small
+/// --steps 12 --batch-size 8 --eval-every 0 --threads 2` on a quiet machine, 2026-12-07 (full-small:
+/// 4336, full-small-2l: 7030). `--budget-minutes` turns into a token budget at this rate, so that every
+/// model of a grid sees the same tokens.
+pub const REFERENCE_TOKENS_PER_S: f64 = 4882.0;
 
 /// Sequences per optimizer step of every run (the CPU default of the training program).
 pub const BATCH_SIZE: usize = 8;
 
-/// Minutes per run unless `--budget-minutes` says otherwise.
-pub const DEFAULT_BUDGET_MINUTES: f64 = 10.0;
+/// Minutes per run unless `--budget-minutes` says otherwise: 878,760 tokens (430 steps of 8 x 256), so
+/// that the largest grid (`activation`: 5 models x 2 seeds) trains in about 33 minutes on the reference
+/// CPU (8 CoLA runs at 4882 tokens/s, 2 full-rank runs at 4336).
+pub const DEFAULT_BUDGET_MINUTES: f64 = 3.0;
 
 /// Errors of an experiment.
 #[derive(Debug, thiserror::Error)]
@@ -62,8 +64,11 @@ pub struct Settings {
     pub experiment: Experiment,
     /// Tiny models and a budget of seconds: a smoke test of the whole pipeline.
     pub quick: bool,
-    /// The experiment's folder: `results.md`, `loss.png`, `runs/<model>-seed<k>/`.
+    /// The experiment's folder: `results.md`, `loss.png`.
     pub out: PathBuf,
+    /// The store of run directories, `<model key>-<tokens>tok-seed<k>/` ([`runner::run_dir`]); experiments
+    /// given the same store reuse each other's finished runs of the same model, budget and seed.
+    pub runs: PathBuf,
     /// Training tokens of every run.
     pub tokens: u64,
     /// Runs per model, seeded 0, 1, ...
@@ -99,6 +104,7 @@ impl Settings {
         Settings {
             experiment,
             quick,
+            runs: out.join("runs"),
             out,
             tokens,
             seeds,
@@ -110,6 +116,18 @@ impl Settings {
             batch_size,
             verbose: false,
         }
+    }
+
+    /// The settings a finished run must share to be reused (model, seed and budget are in its directory's
+    /// name): corpus, vocabulary, batch, validation tokens, device.
+    pub fn setup(&self) -> String {
+        let data = self.data.as_ref().map_or("the default corpus".to_string(), |p| p.display().to_string());
+        let vocab = self.vocab_size.map_or("the preset's".to_string(), |v| v.to_string());
+        let device = self.device.resolve().map_or_else(|_| format!("{:?}", self.device), |d| d.to_string());
+        format!(
+            "data {data}, vocabulary {vocab}, batch {}, {} validation tokens, device {device}",
+            self.batch_size, self.eval_tokens
+        )
     }
 
     /// Tokens per sequence: the preset's context (16 for the tiny presets, 256 otherwise).

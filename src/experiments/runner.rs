@@ -17,7 +17,12 @@ pub const RESULT_FILE: &str = "result.json";
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
+    /// The grid row that asked for the run (a run shared by two grids carries the row of the one reading it).
     pub label: String,
+    /// The settings besides model, seed and budget that the run was trained with ([`Settings::setup`]); a
+    /// finished run is reused only under the same ones.
+    #[serde(default)]
+    pub setup: String,
     pub preset: String,
     /// The variant's flags (`--lowrank-act identity`), empty for the preset's model.
     pub variant: String,
@@ -47,19 +52,32 @@ impl RunResult {
     }
 }
 
-/// The run directory of `spec` with `seed`.
-pub fn run_dir(out: &Path, spec: &RunSpec, seed: u64) -> PathBuf {
-    out.join("runs").join(format!("{}-seed{seed}", spec.label))
+/// The run directory of `spec` with `seed` in the store `settings.runs`: named by what is trained (the
+/// model's [`RunSpec::key`], the token budget, the seed), not by the grid's row label.
+pub fn run_dir(settings: &Settings, spec: &RunSpec, seed: u64) -> PathBuf {
+    settings.runs.join(format!("{}-{}tok-seed{seed}", spec.key(), settings.tokens))
 }
 
 /// Trains `spec` with `seed` (or reads its finished result) and returns its metrics.
 pub fn run_one(spec: &RunSpec, seed: u64, settings: &Settings) -> Result<(RunResult, bool), ExperimentError> {
-    let dir = run_dir(&settings.out, spec, seed);
+    let dir = run_dir(settings, spec, seed);
     let result_path = dir.join(RESULT_FILE);
     if result_path.is_file() {
         let text = std::fs::read_to_string(&result_path).map_err(ExperimentError::io(&result_path))?;
-        let result = serde_json::from_str(&text)
+        let mut result: RunResult = serde_json::from_str(&text)
             .map_err(|e| ExperimentError::Result { path: result_path.clone(), reason: e.to_string() })?;
+        if result.setup != settings.setup() {
+            return Err(ExperimentError::Result {
+                path: result_path,
+                reason: format!(
+                    "this finished run was trained with `{}`, this experiment asks for `{}`; give another \
+                     --runs folder or delete the run",
+                    result.setup,
+                    settings.setup()
+                ),
+            });
+        }
+        result.label = spec.label.clone();
         return Ok((result, true));
     }
     if dir.exists() {
@@ -83,6 +101,7 @@ pub fn run_one(spec: &RunSpec, seed: u64, settings: &Settings) -> Result<(RunRes
     let memory = measure_step(&model, spec.policy, &ids, config.micro_batch, config.seq_len)?;
     let result = RunResult {
         label: spec.label.clone(),
+        setup: settings.setup(),
         preset: spec.preset.to_string(),
         variant: spec.variant.flags(),
         policy: spec.policy.name().to_string(),
