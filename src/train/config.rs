@@ -212,12 +212,6 @@ impl TrainConfig {
     /// [`TrainConfig::validate`] for a run on `device` (already resolved).
     pub(crate) fn validate_on(&self, device: Device) -> Result<()> {
         let bad = |reason: String| Err(TrainError::Config(reason));
-        if self.precision != Precision::F32 && device == Device::Cpu {
-            return bad(format!(
-                "--precision {} needs a GPU; the CPU trains in f32 (use --precision f32 or --device cuda)",
-                self.precision
-            ));
-        }
         if !self.model.config().policies().contains(&self.recompute) {
             return bad(match self.recompute {
                 Policy::ColaM => format!(

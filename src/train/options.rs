@@ -73,11 +73,11 @@ pub fn gpu_count() -> usize {
 /// Numeric precision of a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
-    /// f32 weights, activations and optimizer state (the CPU's only mode).
+    /// f32 weights, activations and optimizer state (the CPU's default: exact numbers for teaching and parity).
     F32,
-    /// bf16 weights and activations with f32 accumulation, f32 master weights and AdamW moments (GPU).
+    /// bf16 weights and activations with f32 accumulation, f32 master weights and AdamW moments (a GPU's default).
     Bf16Mixed,
-    /// bf16 weights, activations and AdamW moments: the paper's setting (GPU).
+    /// bf16 weights, activations and AdamW moments: the paper's setting.
     PureBf16,
 }
 

@@ -6,6 +6,7 @@ use super::plan::model_vocab;
 use super::trainer::{norms_and_embedding, Trainer};
 use super::{Precision, Result, TrainConfig, TrainError};
 use crate::data::{DataConfig, Dataset};
+use cola_kernels::cpu::gemm::Bf16Path;
 use cola_nn::{Init, Llama};
 use cola_optim::{AdamW, AdamWConfig, CosineSchedule};
 use cola_tensor::{DType, Device, Rng};
@@ -84,6 +85,13 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     ));
 
     let precision = config.precision;
+    if device == Device::Cpu && precision == Precision::F32 && Bf16Path::DotAvx512Bf16.is_available() {
+        say(&format!(
+            "hint: this CPU has bf16 dot products (AVX512-BF16); --precision bf16-mixed or pure-bf16 trains in \
+             the paper's precision (bf16 GEMM path here: {})",
+            Bf16Path::selected()
+        ));
+    }
     let mut adamw = AdamW::new(AdamWConfig {
         weight_decay: config.weight_decay,
         master_weights: precision != Precision::PureBf16,
