@@ -36,7 +36,7 @@ struct Args {
     /// Training tokens per run, overriding --budget-minutes
     #[arg(long)]
     tokens: Option<u64>,
-    /// Runs per model, seeded 0..S [default: 2]
+    /// Runs per model, seeded 0..S
     #[arg(long, value_name = "S", default_value_t = 2)]
     seeds: u64,
     /// Training corpus, as the training program's --data [default: Shakespeare's works]
