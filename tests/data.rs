@@ -27,7 +27,16 @@ fn documents(path: &Path, strict: bool) -> (Vec<String>, cola::data::ReadReport)
 
 /// Batching in file order over everything (no shuffle, nothing held out).
 fn plain_config(seq_len: usize, mode: BatchMode) -> BatchConfig {
-    BatchConfig { seq_len, mode, seed: 0, shuffle: false, val_fraction: 0.0, pad_id: PAD_ID, eos_id: EOS_ID }
+    BatchConfig {
+        seq_len,
+        mode,
+        seed: 0,
+        split_seed: 0,
+        shuffle: false,
+        val_fraction: 0.0,
+        pad_id: PAD_ID,
+        eos_id: EOS_ID,
+    }
 }
 
 /// `count` toy documents of 3 to 9 ids each (ids from 3 up, clear of pad and eos).
@@ -188,7 +197,7 @@ fn document_mode_truncates_and_right_pads_with_zero() {
 #[test]
 fn shuffle_is_deterministic_per_seed_and_file_order_without_it() {
     let make = |seed: u64, shuffle: bool| {
-        let config = BatchConfig { seed, shuffle, ..plain_config(4, BatchMode::Packed) };
+        let config = BatchConfig { seed, split_seed: seed, shuffle, ..plain_config(4, BatchMode::Packed) };
         DataSplits::new(toy_documents(60), None, config).unwrap()
     };
     let (a, b, c) = (
@@ -218,7 +227,13 @@ fn shuffle_is_deterministic_per_seed_and_file_order_without_it() {
 #[test]
 fn validation_split_is_disjoint_deterministic_and_at_least_one() {
     let make = |seed: u64, fraction: f64, mode: BatchMode| {
-        let config = BatchConfig { seed, shuffle: true, val_fraction: fraction, ..plain_config(4, mode) };
+        let config = BatchConfig {
+            seed,
+            split_seed: seed,
+            shuffle: true,
+            val_fraction: fraction,
+            ..plain_config(4, mode)
+        };
         DataSplits::new(toy_documents(300), None, config).unwrap()
     };
     for mode in [BatchMode::Packed, BatchMode::Document] {
@@ -235,6 +250,18 @@ fn validation_split_is_disjoint_deterministic_and_at_least_one() {
         let val_of = |splits: DataSplits| splits.val_units().collect::<Vec<_>>();
         assert_eq!(val_of(make(3, 0.01, mode)), val, "same seed, same split");
         assert_ne!(val_of(make(4, 0.05, mode)), val_of(make(3, 0.05, mode)), "seed changes the split");
+        // The split follows `split_seed` alone: the shuffle seed does not move a sequence between the sets.
+        let fixed = |seed: u64| {
+            let config = BatchConfig {
+                seed,
+                split_seed: 0,
+                shuffle: true,
+                val_fraction: 0.05,
+                ..plain_config(4, mode)
+            };
+            DataSplits::new(toy_documents(300), None, config).unwrap()
+        };
+        assert_eq!(val_of(fixed(3)), val_of(fixed(4)), "split_seed fixes the split across seeds");
         assert_eq!(make(3, 1e-6, mode).val_len(), 1, "at least one unit is held out");
         // Validation batches: every held-out unit once, the last batch shorter.
         let rows: usize = splits.val_batches(2).unwrap().map(|b| b.rows).sum();
@@ -257,8 +284,13 @@ fn validation_split_is_disjoint_deterministic_and_at_least_one() {
 
 #[test]
 fn resume_state_round_trip_continues_bit_for_bit() {
-    let config =
-        BatchConfig { seed: 11, shuffle: true, val_fraction: 0.02, ..plain_config(4, BatchMode::Packed) };
+    let config = BatchConfig {
+        seed: 11,
+        split_seed: 11,
+        shuffle: true,
+        val_fraction: 0.02,
+        ..plain_config(4, BatchMode::Packed)
+    };
     let splits = DataSplits::new(toy_documents(80), None, config).unwrap();
     let mut stream = splits.train_batches(5).unwrap();
     let per_epoch = stream.batches_per_epoch();

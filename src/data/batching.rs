@@ -63,8 +63,11 @@ impl std::str::FromStr for BatchMode {
 pub struct BatchConfig {
     pub seq_len: usize,
     pub mode: BatchMode,
-    /// Seeds the validation split and the per-epoch shuffles.
+    /// Seeds the per-epoch shuffles.
     pub seed: u64,
+    /// Seeds the validation split (the training program passes its `--seed`; experiments fix it, so that
+    /// every seed is scored on the same held-out sequences).
+    pub split_seed: u64,
     /// `false` serves training sequences in file order every epoch.
     pub shuffle: bool,
     /// Fraction of the sequences (packed) or documents (document mode) held out for validation when no
@@ -193,7 +196,7 @@ impl DataSplits {
             }
             None => {
                 let held = held_out_count(count, config.val_fraction)?;
-                let order = Permutation::new(count, bits_at(config.seed, VALIDATION_SALT));
+                let order = Permutation::new(count, bits_at(config.split_seed, VALIDATION_SALT));
                 (train.clone(), Split::HeldOut { order, held })
             }
         };

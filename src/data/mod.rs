@@ -58,6 +58,8 @@ pub struct DataConfig {
     /// `None` picks per corpus: document for JSON lines (the paper's C4 setting), packed otherwise.
     pub mode: Option<BatchMode>,
     pub seed: u64,
+    /// Seeds the validation split instead of `seed` (`None`: `seed`).
+    pub split_seed: Option<u64>,
     pub shuffle: bool,
     pub val_fraction: f64,
     /// Makes a malformed JSON line an error instead of a skipped, counted line.
@@ -78,6 +80,7 @@ impl Default for DataConfig {
             seq_len: 256,
             mode: None,
             seed: 0,
+            split_seed: None,
             shuffle: true,
             val_fraction: 0.01,
             strict: false,
@@ -239,6 +242,7 @@ impl Dataset {
             seq_len: config.seq_len,
             mode,
             seed: config.seed,
+            split_seed: config.split_seed.unwrap_or(config.seed),
             shuffle: config.shuffle,
             val_fraction: config.val_fraction,
             pad_id: tokenizer.as_ref().map_or(PAD_ID, Tokenizer::pad_id),

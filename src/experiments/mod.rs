@@ -99,7 +99,7 @@ impl Settings {
         let (tokens, eval_tokens, batch_size) = if quick {
             (24 * 4 * 16, 64, 4)
         } else {
-            ((budget_minutes * 60.0 * REFERENCE_TOKENS_PER_S) as u64, 16 * 256, BATCH_SIZE)
+            ((budget_minutes * 60.0 * REFERENCE_TOKENS_PER_S) as u64, 64 * 256, BATCH_SIZE)
         };
         Settings {
             experiment,

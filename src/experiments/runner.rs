@@ -130,6 +130,9 @@ fn train_config(spec: &RunSpec, seed: u64, settings: &Settings, dir: &Path) -> T
     config.variant = spec.variant;
     config.recompute = spec.policy;
     config.seed = seed;
+    // Every seed is scored on the same held-out sequences: the seeds then differ by initial weights and
+    // data order only, and two models are compared on identical tokens.
+    config.split_seed = Some(0);
     config.device = settings.device;
     config.data = settings.data.clone();
     config.cache_dir = settings.cache_dir.clone();

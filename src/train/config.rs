@@ -57,6 +57,11 @@ pub struct TrainConfig {
     pub seq_len: usize,
     /// Seeds the initial weights, the validation split and the data order.
     pub seed: u64,
+    /// Seeds the validation split instead of `seed` (`None`: `seed`). The training program leaves it
+    /// unset; the experiment runner fixes it so that all seeds of a grid score the same held-out sequences.
+    /// Kept in `state.json`, so a resumed run holds out the same sequences.
+    #[serde(default)]
+    pub split_seed: Option<u64>,
     pub shuffle: bool,
     /// Evaluate every this many updates (and after the last); 0 never evaluates.
     pub eval_every: u64,
@@ -146,6 +151,7 @@ impl TrainConfig {
             micro_batch: model.cpu_micro_batch(),
             seq_len: 256,
             seed: 0,
+            split_seed: None,
             shuffle: true,
             eval_every: 1000,
             eval_tokens: plan::DEFAULT_EVAL_TOKENS,

@@ -46,6 +46,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
         vocab_size: model_config.vocab_size,
         seq_len: config.seq_len,
         seed: config.seed,
+        split_seed: config.split_seed,
         shuffle: config.shuffle,
         strict: config.strict,
         cache_dir: config.cache_dir.clone(),
