@@ -58,6 +58,18 @@ fn quick_activation_grid_writes_a_table_that_matches_its_runs_and_resumes() {
         assert_eq!(row[4], format!("{ppl:.2} ± {ppl_sd:.2}"), "{label}");
         assert_eq!(row[5], runs[0].params_total.to_string(), "{label}");
         assert_eq!(row[6], runs[0].params_low_rank.to_string(), "{label}");
+        // The last column: this row's loss minus full rank's, seed by seed.
+        let full: Vec<RunResult> =
+            (0..2).map(|seed| read_result(&run_dir(&settings, &specs[0], seed).join(RESULT_FILE))).collect();
+        let deltas: Vec<f64> =
+            runs.iter().zip(&full).map(|(r, f)| r.final_val_loss - f.final_val_loss).collect();
+        let (delta, delta_sd) = mean_std(&deltas);
+        let expected = if label == "full-tiny" {
+            "(reference)".to_string()
+        } else {
+            format!("{delta:+.4} ± {delta_sd:.4}")
+        };
+        assert_eq!(row[11], expected, "{label}");
     }
     // Every activation has the same parameters; only full rank differs.
     let params = |label: &str| table_row(&table, label)[5].clone();

@@ -39,6 +39,22 @@ impl Row {
     pub fn val_ppl(&self) -> (f64, f64) {
         self.stat(|r| r.final_val_ppl)
     }
+
+    /// This row's final validation loss minus `reference`'s, seed by seed (same seed: same data order and
+    /// validation tokens), then mean and spread over the seeds: the comparison with the between-seed noise
+    /// of the data order taken out. `None` unless both rows ran the same seeds.
+    pub fn paired_delta(&self, reference: &Row) -> Option<(f64, f64)> {
+        let deltas: Option<Vec<f64>> = self
+            .runs
+            .iter()
+            .map(|run| {
+                let other = reference.runs.iter().find(|r| r.seed == run.seed)?;
+                Some(run.final_val_loss - other.final_val_loss)
+            })
+            .collect();
+        let deltas = deltas.filter(|d| !d.is_empty() && d.len() == reference.runs.len())?;
+        Some(mean_std(&deltas))
+    }
 }
 
 /// The Markdown table of `rows`, under a heading naming the experiment and its settings.
@@ -46,9 +62,9 @@ pub fn table(title: &str, rows: &[Row]) -> String {
     let mut out = format!("# {title}\n\n");
     out.push_str(
         "| model | flags | seeds | val loss (mean ± sd) | val ppl (mean ± sd) | params | low-rank params | \
-         train GFLOP/token | tokens/s | s/step | peak memory |\n",
+         train GFLOP/token | tokens/s | s/step | peak memory | val loss - first row's, by seed |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for row in rows {
         let first = &row.runs[0];
         let (loss, loss_sd) = row.val_loss();
@@ -61,10 +77,15 @@ pub fn table(title: &str, rows: &[Row]) -> String {
             .filter(|f| !f.is_empty())
             .collect();
         let flags = if flags.is_empty() { String::new() } else { format!("`{}`", flags.join(" ")) };
+        let delta = match row.paired_delta(&rows[0]) {
+            _ if std::ptr::eq(row, &rows[0]) => "(reference)".to_string(),
+            Some((mean, sd)) => format!("{mean:+.4} ± {sd:.4}"),
+            None => "seeds differ".to_string(),
+        };
         let _ = writeln!(
             out,
             "| {} | {flags} | {} | {loss:.4} ± {loss_sd:.4} | {ppl:.2} ± {ppl_sd:.2} | {} | {} | {:.4} | {tps:.0} | \
-             {sps:.3} | {} |",
+             {sps:.3} | {} | {delta} |",
             row.label,
             row.runs.len(),
             first.params_total,
