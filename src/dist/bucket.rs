@@ -63,6 +63,15 @@ impl Buckets {
         self.total().div_ceil(self.bucket_elements)
     }
 
+    /// The buckets gradient `tensor` has elements in (none for an empty one).
+    pub fn buckets_of(&self, tensor: usize) -> Range<usize> {
+        let span = self.span(tensor);
+        if span.is_empty() {
+            return 0..0;
+        }
+        span.start / self.bucket_elements..(span.end - 1) / self.bucket_elements + 1
+    }
+
     /// The flat elements bucket `bucket` holds.
     pub fn range(&self, bucket: usize) -> Range<usize> {
         let start = (bucket * self.bucket_elements).min(self.total());
@@ -112,7 +121,8 @@ impl Buckets {
 /// parameter without a gradient on this rank (its micro-batches were all padding) contributes zeros,
 /// so the layout never depends on the data. Gradients stay where they lie when the collective sums
 /// device buffers ([`Collective::sums_on_device`]: NCCL, whose runs are on GPUs), else they are staged
-/// through host memory. Returns the bytes reduced.
+/// through host memory ([`Collective::sum_buckets`], as the path that overlaps backward sums them:
+/// `overlap.rs`). Returns the bytes reduced.
 pub fn all_reduce_gradients(
     collective: &dyn Collective,
     params: &[&Parameter],
@@ -122,28 +132,7 @@ pub fn all_reduce_gradients(
     if collective.sums_on_device() {
         return all_reduce_on_device(collective, params, grads, bucket_bytes);
     }
-    let mut host = Vec::with_capacity(params.len());
-    for param in params {
-        host.push(match grads.get(param.id()) {
-            Some(grad) => host_f32(grad)?,
-            None => vec![0.0; param.value().numel()],
-        });
-    }
-    let sizes: Vec<usize> = host.iter().map(Vec::len).collect();
-    let buckets = Buckets::new(&sizes, (bucket_bytes / size_of::<f32>()).max(1))?;
-    let mut buffer = vec![0.0f32; buckets.range(0).len()];
-    for bucket in 0..buckets.count() {
-        let len = buckets.range(bucket).len();
-        buckets.flatten_into(bucket, &host, &mut buffer[..len]);
-        collective.all_reduce_sum(&mut buffer[..len])?;
-        buckets.unflatten_from(bucket, &buffer[..len], &mut host);
-    }
-    for (param, summed) in params.iter().zip(host) {
-        let like = grads.get(param.id()).unwrap_or(param.value());
-        let (dtype, device) = (like.dtype(), like.device());
-        grads.set(param.id(), from_host_f32(summed, param.value().shape(), dtype, device)?);
-    }
-    Ok(buckets.total() * size_of::<f32>())
+    super::overlap::sum_after_backward(collective, params, grads, bucket_bytes)
 }
 
 /// [`all_reduce_gradients`] where the gradients lie: each gradient is widened to a flat f32 tensor on its
@@ -199,7 +188,12 @@ pub(crate) fn host_f32(tensor: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// A tensor of `shape`, `dtype` on `device` holding `values`.
-fn from_host_f32(values: Vec<f32>, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+pub(crate) fn from_host_f32(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    device: Device,
+) -> Result<Tensor> {
     let mut tensor = Tensor::from_vec(values, shape)?;
     if dtype != DType::F32 {
         tensor = tensor.to_dtype(dtype)?;

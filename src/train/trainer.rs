@@ -98,6 +98,10 @@ pub struct Trainer {
     /// This rank's share of the optimizer under ZeRO-1 ([`Trainer::shard_optimizer`]): `optimizer` then
     /// holds the moments of this rank's slices only.
     zero: Option<dist::Zero>,
+    /// Whether gradient buckets start their sums during the last micro-batch's backward, and their size
+    /// ([`Trainer::set_gradient_sum`]).
+    overlap: bool,
+    bucket_bytes: usize,
 }
 
 /// What the gradient sum over the ranks of one update moved and how long it took.
@@ -105,7 +109,11 @@ pub struct Trainer {
 pub struct Reduction {
     /// Gradient bytes each rank contributed (f32 elements x 4).
     pub bytes: usize,
-    /// Wall time of the bucketed sum, copies in and out included.
+    /// Buckets the gradients were summed in, and how many of them started before backward ended.
+    pub buckets: usize,
+    pub started_early: usize,
+    /// Time the step was blocked on the sum: from the end of the last backward until every summed
+    /// bucket was written back (without overlap, the whole bucketed sum, copies in and out included).
     pub time: Duration,
 }
 
@@ -165,7 +173,19 @@ impl Trainer {
             collective: Arc::new(Single),
             last_reduce: None,
             zero: None,
+            overlap: false,
+            bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
         }
+    }
+
+    /// Sums gradients over the ranks in buckets of `bucket_bytes` and, with `overlap`, starts each
+    /// bucket's sum as soon as the last micro-batch's backward has made its gradients final
+    /// (`dist/overlap.rs`) instead of after backward: the same sums, bit for bit, with less of the step
+    /// blocked on communication. Overlap applies to sums through host buffers (MPI) without ZeRO; other
+    /// runs sum after backward.
+    pub fn set_gradient_sum(&mut self, overlap: bool, bucket_bytes: usize) {
+        self.overlap = overlap;
+        self.bucket_bytes = bucket_bytes.max(size_of::<f32>());
     }
 
     /// Makes this trainer one rank of `collective`'s world: it trains its slice of every batch and sums
@@ -286,8 +306,48 @@ impl Trainer {
 
         self.grads.clear();
         self.last_reduce = None;
+        let overlap =
+            sums && self.overlap && targets > 0 && self.zero.is_none() && !self.collective.sums_on_device();
+        let loss = if overlap {
+            self.overlapped_micro_batches(batch, &micro_rows, targets)?
+        } else {
+            self.micro_batches(batch, &micro_rows, targets, None)?
+        };
+        if !sums {
+            return Ok((loss, tokens, targets));
+        }
+        let mut summed = [loss];
+        self.collective.all_reduce_sum_f64(&mut summed)?;
+        if !summed[0].is_finite() {
+            return Err(self.refuse("loss", summed[0]));
+        }
+        // With no target on any rank no rank has a gradient: one process would have none either.
+        // Under ZeRO-1 the sum is the reduce-scatter of the sharded update.
+        if targets > 0 && self.zero.is_none() && !overlap {
+            self.reduce_gradients()?;
+        }
+        Ok((summed[0], tokens, targets))
+    }
+
+    /// Forward and backward over this rank's micro-batches `micro_rows` (row ranges of `batch`) with the
+    /// weights of a global count of `targets`, accumulating their gradients; returns this rank's weighted
+    /// loss. With `reduce`, the last micro-batch's gradients are added as backward makes each final and
+    /// every bucket whose gradients are all final starts its sum.
+    fn micro_batches(
+        &mut self,
+        batch: &Batch,
+        micro_rows: &[(usize, usize)],
+        targets: u64,
+        mut reduce: Option<(&mut dist::ReadyBuckets, &mut dyn dist::BucketSums)>,
+    ) -> std::result::Result<f64, StepError> {
+        let pad = self.model.config().pad_id;
+        let seq = batch.seq_len;
+        let targets_of = |start: usize, end: usize| -> u64 {
+            (start..end).map(|r| batch.row(r)[1..].iter().filter(|&&t| t != pad).count() as u64).sum()
+        };
+        let sums = self.collective.sums();
         let mut loss = 0.0f64;
-        for &(start, end) in &micro_rows {
+        for (i, &(start, end)) in micro_rows.iter().enumerate() {
             let count = targets_of(start, end);
             if count == 0 {
                 continue; // all padding: no loss, no gradient
@@ -311,25 +371,56 @@ impl Trainer {
             }
             loss += weight * value;
             let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(&micro_loss, weight)? };
+            if let (true, Some((ready, bucket_sums))) = (i + 1 == micro_rows.len(), reduce.as_mut()) {
+                // The hook's additions are those of `accumulate`, one parameter at a time.
+                let store = &mut self.grads;
+                tape.backward_with(scaled, |id, g| -> std::result::Result<(), StepError> {
+                    store.accumulate_one(id, g)?;
+                    ready.mark_final(id)?;
+                    ready.start_ready(&mut **bucket_sums, store, false)?;
+                    Ok(bucket_sums.progress()?)
+                })?;
+                self.profiler = tape.take_profiler();
+                continue;
+            }
             let grads = tape.backward(scaled)?;
             self.profiler = tape.take_profiler();
             let added = |t: &Self| summed_elements(&t.grads, &grads);
             self.optimizer_phase("grad_accumulate", added, |t| Ok(t.grads.accumulate(&grads)?))?;
         }
-        if sums {
-            let mut summed = [loss];
-            self.collective.all_reduce_sum_f64(&mut summed)?;
-            loss = summed[0];
-            if !loss.is_finite() {
-                return Err(self.refuse("loss", loss));
+        Ok(loss)
+    }
+
+    /// [`Trainer::micro_batches`] with the gradient sum overlapping the last backward: the buckets start
+    /// as their gradients become final, the rest after backward, and the step waits for all of them.
+    /// The time from the end of backward to the summed gradients is the [`Reduction`]'s time and, when
+    /// profiling, the optimizer row `all_reduce` (no barrier: the wait for a slower rank is part of it).
+    fn overlapped_micro_batches(
+        &mut self,
+        batch: &Batch,
+        micro_rows: &[(usize, usize)],
+        targets: u64,
+    ) -> std::result::Result<f64, StepError> {
+        let collective = self.collective.clone();
+        let mut ready = dist::ReadyBuckets::new(&self.model.parameters(), self.bucket_bytes)?;
+        let (mut outcome, mut backward_end) = (Err(dist::DistError::Interrupted.into()), Instant::now());
+        let summed = collective.sum_buckets(&ready.sizes(), &mut |sums| {
+            outcome = self.micro_batches(batch, micro_rows, targets, Some((&mut ready, &mut *sums)));
+            backward_end = Instant::now();
+            match outcome {
+                Ok(_) => ready.start_ready(sums, &self.grads, true),
+                Err(_) => Err(dist::DistError::Interrupted),
             }
-            // With no target on any rank no rank has a gradient: one process would have none either.
-            // Under ZeRO-1 the sum is the reduce-scatter of the sharded update.
-            if targets > 0 && self.zero.is_none() {
-                self.reduce_gradients()?;
-            }
+        });
+        let loss = outcome?;
+        ready.write_back(&summed?, &mut self.grads)?;
+        let time = backward_end.elapsed();
+        if let Some(profiler) = self.profiler.as_mut() {
+            profiler.add(Direction::Optimizer, "all_reduce", time.as_nanos() as u64, 0);
         }
-        Ok((loss, tokens, targets))
+        let (buckets, started_early) = (ready.sizes().len(), ready.started_early());
+        self.last_reduce = Some(Reduction { bytes: ready.bytes(), buckets, started_early, time });
+        Ok(loss)
     }
 
     /// Sums the gradients over the ranks, timed as the optimizer row `all_reduce`. When profiling, a
@@ -347,10 +438,11 @@ impl Trainer {
                 let mut params = Vec::new();
                 t.model.visit(&mut |param, _| params.push(param));
                 let collective = t.collective.as_ref();
-                Ok(dist::all_reduce_gradients(collective, &params, &mut t.grads, dist::DEFAULT_BUCKET_BYTES)?)
+                Ok(dist::all_reduce_gradients(collective, &params, &mut t.grads, t.bucket_bytes)?)
             },
         )?;
-        self.last_reduce = Some(Reduction { bytes, time: began.elapsed() });
+        let buckets = bytes.div_ceil(self.bucket_bytes);
+        self.last_reduce = Some(Reduction { bytes, buckets, started_early: 0, time: began.elapsed() });
         Ok(())
     }
 
