@@ -18,7 +18,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 pub struct Buckets {
     /// Where each gradient starts in the flat sequence (one more entry: the total).
     starts: Vec<usize>,
-    bucket_elements: usize,
+    /// Where each bucket starts (one more entry: the total).
+    bounds: Vec<usize>,
 }
 
 /// A piece of one gradient inside one bucket.
@@ -35,8 +36,14 @@ pub struct Segment {
 impl Buckets {
     /// The layout of gradients of `sizes` elements in buckets of `bucket_elements` (at least 1).
     pub fn new(sizes: &[usize], bucket_elements: usize) -> Result<Buckets> {
-        if bucket_elements == 0 {
-            return Err(DistError::Buckets("a bucket must hold at least one element".into()));
+        Buckets::cut(sizes, bucket_elements, None)
+    }
+
+    /// [`Buckets::new`] with every bucket also cut where a shard of `shard_elements` ends, so that each
+    /// bucket lies in one rank's shard (ZeRO's gradient sums, each to the rank that owns the bucket).
+    pub fn cut(sizes: &[usize], bucket_elements: usize, shard_elements: Option<usize>) -> Result<Buckets> {
+        if bucket_elements == 0 || shard_elements == Some(0) {
+            return Err(DistError::Buckets("a bucket and a shard must hold at least one element".into()));
         }
         let mut starts = Vec::with_capacity(sizes.len() + 1);
         let mut total = 0usize;
@@ -45,7 +52,14 @@ impl Buckets {
             total += size;
             starts.push(total);
         }
-        Ok(Buckets { starts, bucket_elements })
+        let mut bounds: Vec<usize> = (0..total).step_by(bucket_elements).collect();
+        if let Some(shard) = shard_elements {
+            bounds.extend((0..total).step_by(shard));
+            bounds.sort_unstable();
+            bounds.dedup();
+        }
+        bounds.push(total);
+        Ok(Buckets { starts, bounds })
     }
 
     /// Elements of every gradient together.
@@ -60,7 +74,7 @@ impl Buckets {
 
     /// Buckets of the layout (the last may be short; none when there is nothing to reduce).
     pub fn count(&self) -> usize {
-        self.total().div_ceil(self.bucket_elements)
+        self.bounds.len() - 1
     }
 
     /// The buckets gradient `tensor` has elements in (none for an empty one).
@@ -69,13 +83,14 @@ impl Buckets {
         if span.is_empty() {
             return 0..0;
         }
-        span.start / self.bucket_elements..(span.end - 1) / self.bucket_elements + 1
+        // The last bucket starting at or before the span's start, to the first one starting at its end.
+        let first = self.bounds.partition_point(|&b| b <= span.start) - 1;
+        first..self.bounds.partition_point(|&b| b < span.end)
     }
 
     /// The flat elements bucket `bucket` holds.
     pub fn range(&self, bucket: usize) -> Range<usize> {
-        let start = (bucket * self.bucket_elements).min(self.total());
-        start..(start + self.bucket_elements).min(self.total())
+        self.bounds[bucket]..self.bounds[bucket + 1]
     }
 
     /// The pieces of gradients bucket `bucket` holds, in flat order.
@@ -321,6 +336,10 @@ mod tests {
         assert_eq!(buckets.segments(0), vec![segment(0, 0..4, 0..4), segment(2, 0..6, 4..10)]);
         assert_eq!(Buckets::new(&[], 8).unwrap().count(), 0);
         assert!(Buckets::new(&[1], 0).is_err());
+        // Buckets of 5 (0..5, 5..10) also cut where shards of 4 end (4, 8): 0..4, 4..5, 5..8, 8..10.
+        let cut = Buckets::cut(&[4, 0, 6], 5, Some(4)).unwrap();
+        assert_eq!((0..cut.count()).map(|b| cut.range(b)).collect::<Vec<_>>(), [0..4, 4..5, 5..8, 8..10]);
+        assert_eq!([cut.buckets_of(0), cut.buckets_of(1), cut.buckets_of(2)], [0..1, 0..0, 1..4]);
     }
 
     #[test]

@@ -68,13 +68,17 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
 
     /// Sums buckets of `sizes` elements over the ranks: `body` starts each one through the
     /// [`BucketSums`] it is given, when it likes (backward goes on between starts); every bucket it
-    /// started is complete when this returns the sums, in bucket order. Every rank starts the same
-    /// buckets in the same order. The default sums each bucket with [`Collective::all_reduce_sum`] as it
-    /// starts; MPI starts non-blocking all-reduces that progress while `body` runs. The path without
-    /// overlap starts every bucket after backward through the same call, so the two sum alike.
+    /// started is complete when this returns the sums, in bucket order. With `owners`, bucket b's sum
+    /// is needed on rank `owners[b]` only (ZeRO-1's reduce-scatter, bucket by bucket) and the others'
+    /// copies of it are unspecified. Every rank starts the same buckets in the same order. The default
+    /// sums each bucket with [`Collective::all_reduce_sum`] as it starts (on every rank, owners
+    /// included); MPI starts non-blocking all-reduces (or reduces to the owner) that progress while
+    /// `body` runs. The path without overlap starts every bucket after backward through the same call,
+    /// so the two sum alike.
     fn sum_buckets(
         &self,
         sizes: &[usize],
+        _owners: Option<&[usize]>,
         body: &mut dyn FnMut(&mut dyn BucketSums) -> Result<()>,
     ) -> Result<Vec<Vec<f32>>> {
         let sum = |buffer: &mut [f32]| self.all_reduce_sum(buffer);

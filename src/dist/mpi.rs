@@ -51,10 +51,14 @@ fn check_count(len: usize) -> Result<()> {
     Ok(())
 }
 
-/// Non-blocking all-reduces of gradient buckets (`MPI_Iallreduce`) inside one request scope: each
+/// Non-blocking sums of gradient buckets (`MPI_Iallreduce`, or `MPI_Ireduce` to the bucket's owner
+/// under ZeRO-1) inside one request scope: each
 /// bucket's send and receive buffers are allocated before the scope opens, so they outlive every request.
 struct Immediate<'a, 's> {
     world: SimpleCommunicator,
+    rank: usize,
+    /// The rank each bucket's sum goes to (`MPI_Ireduce`), when not to every rank.
+    owners: Option<&'a [usize]>,
     scope: &'s LocalScope<'a>,
     /// Per bucket: its send and receive buffers until it starts.
     buffers: Vec<Option<(&'a mut [f32], &'a mut [f32])>>,
@@ -68,7 +72,17 @@ impl BucketSums for Immediate<'_, '_> {
         })?;
         fill(send);
         let send: &[f32] = send;
-        let request = self.world.immediate_all_reduce_into(self.scope, send, receive, SystemOperation::sum());
+        let sum = SystemOperation::sum();
+        let request = match self.owners.map(|owners| owners[bucket]) {
+            None => self.world.immediate_all_reduce_into(self.scope, send, receive, sum),
+            Some(owner) if owner == self.rank => self
+                .world
+                .process_at_rank(owner as i32)
+                .immediate_reduce_into_root(self.scope, send, receive, sum),
+            Some(owner) => {
+                self.world.process_at_rank(owner as i32).immediate_reduce_into(self.scope, send, sum)
+            }
+        };
         self.pending.push(request);
         self.progress()
     }
@@ -110,10 +124,14 @@ impl Collective for Mpi {
     fn sum_buckets(
         &self,
         sizes: &[usize],
+        owners: Option<&[usize]>,
         body: &mut dyn FnMut(&mut dyn BucketSums) -> Result<()>,
     ) -> Result<Vec<Vec<f32>>> {
         for &n in sizes {
             check_count(n)?;
+        }
+        if let Some(owner) = owners.into_iter().flatten().find(|&&owner| owner >= self.world_size) {
+            return Err(DistError::Mpi(format!("a bucket owned by rank {owner} of {}", self.world_size)));
         }
         let mut send: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
         let mut receive: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
@@ -123,7 +141,8 @@ impl Collective for Mpi {
                 .zip(receive.iter_mut())
                 .map(|(s, r)| Some((&mut s[..], &mut r[..])))
                 .collect();
-            let mut sums = Immediate { world: self.world(), scope, buffers, pending: Vec::new() };
+            let world = self.world();
+            let mut sums = Immediate { world, rank: self.rank, owners, scope, buffers, pending: Vec::new() };
             let outcome = body(&mut sums);
             sums.wait_all();
             outcome

@@ -48,14 +48,18 @@ pub struct ReadyBuckets {
     /// Of those, the buckets started before backward ended (by [`ReadyBuckets::start_ready`] without
     /// `all`).
     early: usize,
+    /// Under ZeRO-1: the elements of each rank's shard, and the rank whose shard each bucket lies in.
+    shards: Option<(usize, Vec<usize>)>,
 }
 
 impl ReadyBuckets {
     /// The layout of `params`' gradients (model order, the same on every rank) in buckets of
-    /// `bucket_bytes`, with no gradient final yet.
-    pub fn new(params: &[&Parameter], bucket_bytes: usize) -> Result<ReadyBuckets> {
+    /// `bucket_bytes`, with no gradient final yet. With `shard` (ZeRO-1's shard elements), buckets are
+    /// also cut where a shard ends and each one's sum goes to the rank whose shard it lies in.
+    pub fn new(params: &[&Parameter], bucket_bytes: usize, shard: Option<usize>) -> Result<ReadyBuckets> {
         let sizes: Vec<usize> = params.iter().map(|p| p.value().numel()).collect();
-        let layout = Buckets::new(&sizes, (bucket_bytes / size_of::<f32>()).max(1))?;
+        let layout = Buckets::cut(&sizes, (bucket_bytes / size_of::<f32>()).max(1), shard)?;
+        let shards = shard.map(|s| (s, (0..layout.count()).map(|b| layout.range(b).start / s).collect()));
         let mut missing = vec![0; layout.count()];
         let touches: Vec<Range<usize>> = (0..params.len()).map(|t| layout.buckets_of(t)).collect();
         for range in &touches {
@@ -67,12 +71,56 @@ impl ReadyBuckets {
             .iter()
             .map(|p| (p.id(), p.value().shape().to_vec(), p.value().dtype(), p.value().device()))
             .collect();
-        Ok(ReadyBuckets { layout, params, index, touches, missing, is_final, started: 0, early: 0 })
+        Ok(ReadyBuckets { layout, params, index, touches, missing, is_final, started: 0, early: 0, shards })
     }
 
     /// Elements of each bucket.
     pub fn sizes(&self) -> Vec<usize> {
         (0..self.layout.count()).map(|b| self.layout.range(b).len()).collect()
+    }
+
+    /// The rank each bucket's sum goes to under ZeRO-1 (`None`: every rank).
+    pub fn owners(&self) -> Option<&[usize]> {
+        self.shards.as_ref().map(|(_, owners)| &owners[..])
+    }
+
+    /// Starts every bucket not started yet and waits for every sum: the path without overlap, after
+    /// backward, through the same collective calls as the overlapped one.
+    pub fn sum_after_backward(
+        &mut self,
+        collective: &dyn Collective,
+        grads: &GradStore,
+    ) -> Result<Vec<Vec<f32>>> {
+        let sizes = self.sizes();
+        let owners = self.owners().map(<[usize]>::to_vec);
+        collective.sum_buckets(&sizes, owners.as_deref(), &mut |sums| self.start_ready(sums, grads, true))
+    }
+
+    /// Under ZeRO-1: `rank`'s shard of the summed gradient (the buckets it owns, in place; the padding
+    /// after the last gradient zero).
+    pub fn owned_shard(&self, summed: &[Vec<f32>], rank: usize) -> Result<Vec<f32>> {
+        let Some((shard, owners)) = &self.shards else {
+            return Err(DistError::Buckets("the buckets were not cut into shards".into()));
+        };
+        self.check_complete(summed)?;
+        let mut mine = vec![0.0f32; *shard];
+        for (bucket, values) in summed.iter().enumerate().filter(|(b, _)| owners[*b] == rank) {
+            let range = self.layout.range(bucket);
+            mine[range.start - rank * shard..range.end - rank * shard].copy_from_slice(values);
+        }
+        Ok(mine)
+    }
+
+    fn check_complete(&self, summed: &[Vec<f32>]) -> Result<()> {
+        if self.started != self.layout.count() || summed.len() != self.layout.count() {
+            return Err(DistError::Buckets(format!(
+                "{} of {} bucket sums were started, {} came back",
+                self.started,
+                self.layout.count(),
+                summed.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Buckets started while backward ran: their sums overlapped it.
@@ -132,14 +180,7 @@ impl ReadyBuckets {
     /// Replaces every gradient in `grads` by its sum, from the summed buckets, in the dtype and on the
     /// device it had (a parameter without one gets the sum, in its value's dtype and device).
     pub fn write_back(&self, summed: &[Vec<f32>], grads: &mut GradStore) -> Result<()> {
-        if self.started != self.layout.count() || summed.len() != self.layout.count() {
-            return Err(DistError::Buckets(format!(
-                "{} of {} bucket sums were started, {} came back",
-                self.started,
-                self.layout.count(),
-                summed.len()
-            )));
-        }
+        self.check_complete(summed)?;
         let mut host: Vec<Vec<f32>> =
             (0..self.params.len()).map(|t| vec![0.0; self.layout.span(t).len()]).collect();
         for (bucket, values) in summed.iter().enumerate() {
@@ -179,9 +220,8 @@ pub fn sum_after_backward(
     grads: &mut GradStore,
     bucket_bytes: usize,
 ) -> Result<usize> {
-    let mut ready = ReadyBuckets::new(params, bucket_bytes)?;
-    let store: &GradStore = grads;
-    let summed = collective.sum_buckets(&ready.sizes(), &mut |sums| ready.start_ready(sums, store, true))?;
+    let mut ready = ReadyBuckets::new(params, bucket_bytes, None)?;
+    let summed = ready.sum_after_backward(collective, grads)?;
     ready.write_back(&summed, grads)?;
     Ok(ready.bytes())
 }
@@ -222,7 +262,7 @@ mod tests {
             let n = p.value().numel();
             grads.set(p.id(), Tensor::from_vec((0..n).map(|k| (10 * i + k) as f32).collect(), &[n]).unwrap());
         }
-        let mut ready = ReadyBuckets::new(&refs, 16).unwrap();
+        let mut ready = ReadyBuckets::new(&refs, 16, None).unwrap();
         assert_eq!(ready.sizes(), [4, 4]);
         let mut sums = Recorder::default();
         // p0 is final, but bucket 0 waits for bucket 1, which waits for p1 (straddling) and p2.
@@ -238,7 +278,7 @@ mod tests {
         assert_eq!(ready.started_early(), 2);
 
         // After backward, buckets start whatever is marked; a missing gradient contributes zeros.
-        let mut ready = ReadyBuckets::new(&refs, 16).unwrap();
+        let mut ready = ReadyBuckets::new(&refs, 16, None).unwrap();
         let mut sums = Recorder::default();
         let mut partial = GradStore::new();
         partial.set(params[0].id(), grads.get(params[0].id()).unwrap().clone());

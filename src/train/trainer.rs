@@ -102,6 +102,9 @@ pub struct Trainer {
     /// ([`Trainer::set_gradient_sum`]).
     overlap: bool,
     bucket_bytes: usize,
+    /// Under ZeRO-1, this rank's shard of the summed gradient, between its sum (after or during
+    /// backward) and the sharded update.
+    zero_shard: Option<Vec<f32>>,
 }
 
 /// What the gradient sum over the ranks of one update moved and how long it took.
@@ -175,14 +178,15 @@ impl Trainer {
             zero: None,
             overlap: false,
             bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
+            zero_shard: None,
         }
     }
 
     /// Sums gradients over the ranks in buckets of `bucket_bytes` and, with `overlap`, starts each
     /// bucket's sum as soon as the last micro-batch's backward has made its gradients final
     /// (`dist/overlap.rs`) instead of after backward: the same sums, bit for bit, with less of the step
-    /// blocked on communication. Overlap applies to sums through host buffers (MPI) without ZeRO; other
-    /// runs sum after backward.
+    /// blocked on communication. Under ZeRO-1 each bucket is summed to the rank that owns it. Overlap
+    /// applies to sums through host buffers (MPI); sums on the device (NCCL) run after backward.
     pub fn set_gradient_sum(&mut self, overlap: bool, bucket_bytes: usize) {
         self.overlap = overlap;
         self.bucket_bytes = bucket_bytes.max(size_of::<f32>());
@@ -306,14 +310,20 @@ impl Trainer {
 
         self.grads.clear();
         self.last_reduce = None;
-        let overlap =
-            sums && self.overlap && targets > 0 && self.zero.is_none() && !self.collective.sums_on_device();
+        self.zero_shard = None;
+        let overlap = sums && self.overlap && targets > 0 && !self.collective.sums_on_device();
         let loss = if overlap {
             self.overlapped_micro_batches(batch, &micro_rows, targets)?
         } else {
             self.micro_batches(batch, &micro_rows, targets, None)?
         };
         if !sums {
+            if let (Some(zero), true) = (&self.zero, targets > 0) {
+                // One rank: its shard is its whole gradient (a sum over one rank is a copy).
+                let (collective, params) = (self.collective.as_ref(), self.model.parameters());
+                self.zero_shard =
+                    Some(zero.reduce_after_backward(collective, &params, &self.grads, self.bucket_bytes)?);
+            }
             return Ok((loss, tokens, targets));
         }
         let mut summed = [loss];
@@ -322,8 +332,7 @@ impl Trainer {
             return Err(self.refuse("loss", summed[0]));
         }
         // With no target on any rank no rank has a gradient: one process would have none either.
-        // Under ZeRO-1 the sum is the reduce-scatter of the sharded update.
-        if targets > 0 && self.zero.is_none() && !overlap {
+        if targets > 0 && !overlap {
             self.reduce_gradients()?;
         }
         Ok((summed[0], tokens, targets))
@@ -402,9 +411,11 @@ impl Trainer {
         targets: u64,
     ) -> std::result::Result<f64, StepError> {
         let collective = self.collective.clone();
-        let mut ready = dist::ReadyBuckets::new(&self.model.parameters(), self.bucket_bytes)?;
+        let shard = self.zero.as_ref().map(dist::Zero::shard_elements);
+        let mut ready = dist::ReadyBuckets::new(&self.model.parameters(), self.bucket_bytes, shard)?;
+        let owners = ready.owners().map(<[usize]>::to_vec);
         let (mut outcome, mut backward_end) = (Err(dist::DistError::Interrupted.into()), Instant::now());
-        let summed = collective.sum_buckets(&ready.sizes(), &mut |sums| {
+        let summed = collective.sum_buckets(&ready.sizes(), owners.as_deref(), &mut |sums| {
             outcome = self.micro_batches(batch, micro_rows, targets, Some((&mut ready, &mut *sums)));
             backward_end = Instant::now();
             match outcome {
@@ -413,10 +424,15 @@ impl Trainer {
             }
         });
         let loss = outcome?;
-        ready.write_back(&summed?, &mut self.grads)?;
+        if shard.is_some() {
+            self.zero_shard = Some(ready.owned_shard(&summed?, collective.rank())?);
+        } else {
+            ready.write_back(&summed?, &mut self.grads)?;
+        }
         let time = backward_end.elapsed();
+        let family = self.sum_row();
         if let Some(profiler) = self.profiler.as_mut() {
-            profiler.add(Direction::Optimizer, "all_reduce", time.as_nanos() as u64, 0);
+            profiler.add(Direction::Optimizer, family, time.as_nanos() as u64, 0);
         }
         let (buckets, started_early) = (ready.sizes().len(), ready.started_early());
         self.last_reduce = Some(Reduction { bytes: ready.bytes(), buckets, started_early, time });
@@ -432,18 +448,40 @@ impl Trainer {
         }
         let began = Instant::now();
         let bytes = self.optimizer_phase(
-            "all_reduce",
+            self.sum_row(),
             |_| 0,
             |t| {
-                let mut params = Vec::new();
-                t.model.visit(&mut |param, _| params.push(param));
+                let params = t.model.parameters();
                 let collective = t.collective.as_ref();
-                Ok(dist::all_reduce_gradients(collective, &params, &mut t.grads, t.bucket_bytes)?)
+                let Some(zero) = &t.zero else {
+                    return Ok(dist::all_reduce_gradients(
+                        collective,
+                        &params,
+                        &mut t.grads,
+                        t.bucket_bytes,
+                    )?);
+                };
+                let mine = zero.reduce_after_backward(collective, &params, &t.grads, t.bucket_bytes)?;
+                t.zero_shard = Some(mine);
+                Ok(params.iter().map(|p| p.value().numel() * size_of::<f32>()).sum())
             },
         )?;
-        let buckets = bytes.div_ceil(self.bucket_bytes);
+        let sizes: Vec<usize> = self.model.parameters().iter().map(|p| p.value().numel()).collect();
+        let shard = self.zero.as_ref().map(dist::Zero::shard_elements);
+        let buckets =
+            dist::Buckets::cut(&sizes, (self.bucket_bytes / size_of::<f32>()).max(1), shard)?.count();
         self.last_reduce = Some(Reduction { bytes, buckets, started_early: 0, time: began.elapsed() });
         Ok(())
+    }
+
+    /// The optimizer row the gradient sum is timed as: `all_reduce`, or `reduce_scatter` under ZeRO-1
+    /// (bucket by bucket, each to the rank that owns it).
+    fn sum_row(&self) -> &'static str {
+        if self.zero.is_some() {
+            "reduce_scatter"
+        } else {
+            "all_reduce"
+        }
     }
 
     /// Forgets the gradients and returns the refusal of the next update for a non-finite `what`.
@@ -472,7 +510,9 @@ impl Trainer {
                     return Ok(0.0);
                 }
                 let zero = zero.as_mut().expect("checked above");
-                Ok(zero.step(collective.as_ref(), optimizer, &mut params, grads, lr, *clip_norm)?)
+                let mine =
+                    t.zero_shard.take().ok_or(dist::DistError::Zero("the gradient was not summed".into()))?;
+                Ok(zero.step(collective.as_ref(), optimizer, &mut params, mine, lr, *clip_norm)?)
             })?
         } else if fused {
             let flops =

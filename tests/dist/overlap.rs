@@ -1,5 +1,6 @@
 //! Gradient sums that overlap backward (`--overlap`, the default) against sums after backward
-//! (`--overlap false`), under `mpirun -np 2` and `-np 3`, on the tiny runs of this file's parent.
+//! (`--overlap false`), under `mpirun -np 2` and `-np 3`, with and without ZeRO-1 (`--zero 1`: each
+//! bucket summed to the rank whose shard it lies in), on the tiny runs of this file's parent.
 //!
 //! What it proves: the two paths give the same losses and the same final `model.safetensors` BIT FOR
 //! BIT. The bucket layout, each bucket's contents and its collective call are the same; only the
@@ -9,7 +10,7 @@
 //! the order buckets start in (last to first, the same on every rank) is exercised; with 3 ranks a sum
 //! of three terms depends on its grouping, so the collective call itself must be the same. The closing
 //! line of the run must say how many bucket sums started during backward: all of them with overlap,
-//! none without, so the test cannot pass with overlap silently off. About 3 s of launches.
+//! none without, so the test cannot pass with overlap silently off. About 6 s of launches.
 use super::{flags, losses, mpirun, one_launch_at_a_time, weights, write_corpus};
 use crate::common::TempDir;
 
@@ -32,7 +33,7 @@ fn run(dir: &TempDir, out: &str, ranks: usize, batch: usize, micro: usize, extra
 
 fn overlap_is_the_sum_after_backward(ranks: usize, batch: usize, micro: usize, extra: &[&str]) {
     let _launch = one_launch_at_a_time();
-    let dir = TempDir::new(&format!("dist-overlap-{ranks}"));
+    let dir = TempDir::new(&format!("dist-overlap-{ranks}-{}", extra.join("")));
     write_corpus(&dir);
     let (early, buckets) = run(&dir, "on", ranks, batch, micro, extra);
     let off = [extra, &["--overlap", "false"]].concat();
@@ -54,4 +55,11 @@ fn overlapped_sums_over_two_ranks_are_the_sums_after_backward_bit_for_bit() {
 #[test]
 fn overlapped_sums_over_three_ranks_are_the_sums_after_backward_bit_for_bit() {
     overlap_is_the_sum_after_backward(3, 6, 1, &[]);
+}
+
+/// Under ZeRO-1 each bucket is also cut where a shard ends and summed to its owner alone.
+#[test]
+fn overlapped_sharded_sums_are_the_sharded_sums_after_backward_bit_for_bit() {
+    overlap_is_the_sum_after_backward(2, 4, 1, &["--zero", "1"]);
+    overlap_is_the_sum_after_backward(3, 6, 1, &["--zero", "1"]);
 }
