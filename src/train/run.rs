@@ -168,11 +168,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
             world.world_size(),
             config.batch_size / world.world_size(),
             crate::audit::human_bytes(config.bucket_bytes as f64),
-            if config.overlap && !config.zero {
-                ", each started as the last backward finishes it"
-            } else {
-                ""
-            }
+            if config.overlap { ", each started as the last backward finishes it" } else { "" }
         ));
     }
     say(&format!(
