@@ -7,6 +7,7 @@
 //! `formulas.rs` holds the closed forms of all three, `checks.rs` and `probes.rs` what the code gives to
 //! compare them with (small recorded models), and `document.rs` writes `docs/AUDIT.md` from both.
 pub mod checks;
+pub mod cluster;
 pub mod document;
 pub mod formulas;
 pub mod probes;

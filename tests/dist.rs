@@ -28,12 +28,16 @@
 //!   target counts: each pass's f32 mean is the same bits, and only the order of the f64 sum of a few
 //!   dozen terms changes (below 1e-14 relative), while a pass lost or counted twice moves the loss by
 //!   percents.
+//! - gradient sums that overlap backward equal those after backward bit for bit (`dist/overlap.rs`).
 //! - SIGUSR1 sent to rank 1 alone stops both ranks at the same step: rank 0 learns of it only through
 //!   the stop flags reduced at the step boundary, saves the checkpoint of that step and names the signal,
 //!   and the launch ends with status 75 instead of hanging (a rank that went on would wait forever in the
 //!   next update's all-reduce). Time-based checkpoints (`--save-every-minutes`) are agreed the same way.
 #![cfg(feature = "mpi")]
 mod common;
+/// Sums that overlap backward against sums after it.
+#[path = "dist/overlap.rs"]
+mod overlap;
 
 use common::{training, TempDir};
 use std::path::{Path, PathBuf};

@@ -59,12 +59,19 @@ impl GradStore {
     /// Adds the parameter gradients of one backward pass.
     pub fn accumulate(&mut self, grads: &Gradients) -> Result<()> {
         for (id, g) in grads.params() {
-            let summed = match self.grads.get(id) {
-                Some(prev) => prev.add(g)?,
-                None => g.contiguous()?,
-            };
-            self.grads.insert(*id, summed);
+            self.accumulate_one(*id, g)?;
         }
+        Ok(())
+    }
+
+    /// Adds one parameter's gradient of a backward pass: what [`GradStore::accumulate`] does for each,
+    /// for a gradient handed over by [`crate::Tape::backward_with`] as soon as it is final.
+    pub fn accumulate_one(&mut self, id: ParamId, g: &Tensor) -> Result<()> {
+        let summed = match self.grads.get(&id) {
+            Some(prev) => prev.add(g)?,
+            None => g.contiguous()?,
+        };
+        self.grads.insert(id, summed);
         Ok(())
     }
 

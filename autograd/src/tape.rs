@@ -395,21 +395,36 @@ impl Tape {
     /// Back-propagates from the scalar `loss`: returns the gradients of the leaves that require one.
     /// Releases every recorded value on the way; a tape runs backward once.
     pub fn backward(&mut self, loss: Var) -> Result<Gradients> {
+        self.backward_with(loss, |_, _| Ok(()))
+    }
+
+    /// [`Tape::backward`] that also hands each parameter's gradient to `on_final` as soon as it is
+    /// final: once the earliest recorded node that reads the parameter has run its backward rule, no
+    /// later step adds to it. Data-parallel training starts summing a bucket of gradients over the ranks
+    /// while backward goes on through the earlier layers. A parameter recorded more than once (a tied
+    /// weight) is handed over once, summed over its leaves as in the returned [`Gradients`]; one that no
+    /// path from the loss reaches is not handed over. An error of `on_final` stops backward.
+    pub fn backward_with<E: From<AutogradError> + From<cola_tensor::TensorError>>(
+        &mut self,
+        loss: Var,
+        mut on_final: impl FnMut(ParamId, &Tensor) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Gradients, E> {
         if self.backward_done {
-            return Err(AutogradError::BackwardTwice);
+            return Err(AutogradError::BackwardTwice.into());
         }
         let loss_slot = self.slot(loss)?;
         if loss_slot.shape.iter().product::<usize>() != 1 {
-            return Err(AutogradError::NotScalar { shape: loss_slot.shape.to_vec() });
+            return Err(AutogradError::NotScalar { shape: loss_slot.shape.to_vec() }.into());
         }
         if !loss_slot.requires_grad {
-            return Err(AutogradError::NoGradPath { var: loss.0 });
+            return Err(AutogradError::NoGradPath { var: loss.0 }.into());
         }
         let loss_value = self.value(loss)?;
         let seed = Tensor::full_on(&loss_slot.shape, 1.0, loss_value.dtype(), loss_value.device())?;
         self.backward_done = true;
 
         let last_use = self.last_uses();
+        let final_after = self.parameters_final_after();
         self.stats.forward_peak_bytes = self.meter.peak;
         for (s, last) in last_use.iter().enumerate() {
             if last.is_none() || self.slots[s].is_recomputed(self.policy) {
@@ -425,9 +440,23 @@ impl Tape {
         grads[loss.0] = Some(seed);
         let mut rebuilt: Vec<Var> = Vec::new();
         for n in (0..self.nodes.len()).rev() {
+            // Parameters whose earliest reader is node n are final once its rule has run (or skipped).
+            let hand_over =
+                |grads: &[Option<Tensor>],
+                 on_final: &mut dyn FnMut(ParamId, &Tensor) -> std::result::Result<(), E>| {
+                    for (id, leaves) in final_after.get(&n).into_iter().flatten() {
+                        if let Some(g) = sum_leaves(grads, leaves)? {
+                            on_final(*id, &g)?;
+                        }
+                    }
+                    std::result::Result::<(), E>::Ok(())
+                };
             let unit_grads = self.nodes[n].unit_grads.take();
             let node = self.nodes[n].clone();
-            let Some(grad) = grads[node.output.0].take() else { continue };
+            let Some(grad) = grads[node.output.0].take() else {
+                hand_over(&grads, &mut on_final)?;
+                continue;
+            };
             let needs = node.op.needs();
             for (i, &input) in node.inputs.iter().enumerate() {
                 if needs.input(i) {
@@ -496,27 +525,73 @@ impl Tape {
                 self.release(v);
             }
             rebuilt = pending;
+            hand_over(&grads, &mut on_final)?;
         }
         self.stats.backward_peak_bytes = backward_peak;
 
         let mut out = Gradients::default();
+        for (id, leaves) in self.parameter_leaves() {
+            if let Some(g) = sum_leaves(&grads, &leaves)? {
+                out.params.push((id, g));
+            }
+        }
         for (s, slot) in self.slots.iter().enumerate() {
             if slot.producer.is_some() || !slot.requires_grad {
                 continue;
             }
             if let Some(g) = grads[s].take() {
-                if let SlotKind::Parameter(id) = slot.kind {
-                    // A parameter recorded more than once (a tied weight) gets the sum over its leaves.
-                    match out.params.iter_mut().find(|(p, _)| *p == id) {
-                        Some((_, sum)) => *sum = sum.add(&g)?,
-                        None => out.params.push((id, g.clone())),
-                    }
-                }
                 out.leaves.insert(Var(s), g);
             }
         }
         Ok(out)
     }
+
+    /// Every parameter on the tape with its leaf slots, in order of first recording.
+    fn parameter_leaves(&self) -> Vec<(ParamId, Vec<usize>)> {
+        let mut params: Vec<(ParamId, Vec<usize>)> = Vec::new();
+        for (s, slot) in self.slots.iter().enumerate() {
+            let SlotKind::Parameter(id) = slot.kind else { continue };
+            if slot.producer.is_some() || !slot.requires_grad {
+                continue;
+            }
+            match params.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, leaves)) => leaves.push(s),
+                None => params.push((id, vec![s])),
+            }
+        }
+        params
+    }
+
+    /// The parameters keyed by the node after whose backward rule their gradient is final: the earliest
+    /// node that takes any of their leaves as an input (backward visits nodes in reverse).
+    fn parameters_final_after(&self) -> BTreeMap<usize, Vec<(ParamId, Vec<usize>)>> {
+        let mut earliest: Vec<Option<usize>> = vec![None; self.slots.len()];
+        for (n, node) in self.nodes.iter().enumerate() {
+            for input in &node.inputs {
+                earliest[input.0].get_or_insert(n);
+            }
+        }
+        let mut by_node: BTreeMap<usize, Vec<(ParamId, Vec<usize>)>> = BTreeMap::new();
+        for (id, leaves) in self.parameter_leaves() {
+            if let Some(n) = leaves.iter().filter_map(|&s| earliest[s]).min() {
+                by_node.entry(n).or_default().push((id, leaves));
+            }
+        }
+        by_node
+    }
+}
+
+/// A parameter's gradient: the sum over its leaf slots in slot order (a tied weight is recorded more than
+/// once), `None` when no path from the loss reached any of them.
+fn sum_leaves(grads: &[Option<Tensor>], leaves: &[usize]) -> Result<Option<Tensor>> {
+    let mut sum: Option<Tensor> = None;
+    for g in leaves.iter().filter_map(|&s| grads[s].as_ref()) {
+        sum = Some(match sum {
+            Some(prev) => prev.add(g)?,
+            None => g.clone(),
+        });
+    }
+    Ok(sum)
 }
 
 /// The value of `var` among `slots` (an error for an unknown or released var).

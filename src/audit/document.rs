@@ -68,6 +68,7 @@ pub fn render() -> Result<String, AuditError> {
     let probes = Probes::record()?;
     flops(&mut out, &probes)?;
     memory(&mut out, &probes)?;
+    super::cluster::section(&mut out)?;
     Ok(out)
 }
 
@@ -87,7 +88,9 @@ fn header(out: &mut String) {
          can drift from the code.\n\n\
          Symbols: `d` hidden width, `f` MLP width, `r` rank (CoLA), `L` layers, `V` vocabulary, `h` heads; \
          a micro-batch is `b` sequences of `n` tokens, `T = b n`. Per-token figures use one sequence of \
-         the preset's context (`n = 256`, 16 for the tiny presets); the method is `docs/METHOD.md`.\n\n"
+         the preset's context (`n = 256`, 16 for the tiny presets); the method is `docs/METHOD.md`. \
+         Section 4 prices data parallelism at 8 ranks from these counts and formulas \
+         (`src/audit/cluster.rs`).\n\n"
     );
 }
 
@@ -298,11 +301,7 @@ fn memory(out: &mut String, probes: &Probes) -> Result<(), AuditError> {
         let flash = matches!(config.head_dim(), 64 | 128);
         for policy in policies(&config) {
             let bf16 = saved_bytes(&dims, batch, policy, 2);
-            let lse = if flash && policy == Policy::KeepAll {
-                formulas::flash_lse_bytes_per_token_layer(&dims) * dims.layers * t
-            } else {
-                0
-            };
+            let gpu = formulas::gpu_saved_bytes(&dims, batch, policy, flash);
             let _ = writeln!(
                 out,
                 "| {preset} | {} | {} | {} | {} | {} |",
@@ -310,7 +309,7 @@ fn memory(out: &mut String, probes: &Probes) -> Result<(), AuditError> {
                 grouped(formulas::saved_layer_values(&dims, policy)),
                 per_token(saved_bytes(&dims, batch, policy, 4), t),
                 per_token(bf16, t),
-                per_token(bf16 + lse, t)
+                per_token(gpu, t)
             );
         }
     }

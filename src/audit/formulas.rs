@@ -301,6 +301,17 @@ pub fn flash_lse_bytes_per_token_layer(dims: &Dims) -> u64 {
     4 * dims.heads
 }
 
+/// Saved activation bytes of a micro-batch in bf16 on a GPU: [`saved_bytes`] with 2-byte values, plus
+/// flash attention's log-sum-exp under `none` when it runs (`flash`: head_dim 64 or 128).
+pub fn gpu_saved_bytes(dims: &Dims, batch: Batch, policy: Policy, flash: bool) -> u64 {
+    let lse = if flash && policy == Policy::KeepAll {
+        flash_lse_bytes_per_token_layer(dims) * dims.layers * batch.tokens()
+    } else {
+        0
+    };
+    saved_bytes(dims, batch, policy, 2) + lse
+}
+
 /// How the profiler's model forward differs from METHOD section 8's forward (`--audit`), over a
 /// micro-batch: `audit + attention + head_rows + loss + other_ops = model_forward` of [`counted`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

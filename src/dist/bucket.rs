@@ -18,7 +18,8 @@ pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 pub struct Buckets {
     /// Where each gradient starts in the flat sequence (one more entry: the total).
     starts: Vec<usize>,
-    bucket_elements: usize,
+    /// Where each bucket starts (one more entry: the total).
+    bounds: Vec<usize>,
 }
 
 /// A piece of one gradient inside one bucket.
@@ -35,8 +36,14 @@ pub struct Segment {
 impl Buckets {
     /// The layout of gradients of `sizes` elements in buckets of `bucket_elements` (at least 1).
     pub fn new(sizes: &[usize], bucket_elements: usize) -> Result<Buckets> {
-        if bucket_elements == 0 {
-            return Err(DistError::Buckets("a bucket must hold at least one element".into()));
+        Buckets::cut(sizes, bucket_elements, None)
+    }
+
+    /// [`Buckets::new`] with every bucket also cut where a shard of `shard_elements` ends, so that each
+    /// bucket lies in one rank's shard (ZeRO's gradient sums, each to the rank that owns the bucket).
+    pub fn cut(sizes: &[usize], bucket_elements: usize, shard_elements: Option<usize>) -> Result<Buckets> {
+        if bucket_elements == 0 || shard_elements == Some(0) {
+            return Err(DistError::Buckets("a bucket and a shard must hold at least one element".into()));
         }
         let mut starts = Vec::with_capacity(sizes.len() + 1);
         let mut total = 0usize;
@@ -45,7 +52,14 @@ impl Buckets {
             total += size;
             starts.push(total);
         }
-        Ok(Buckets { starts, bucket_elements })
+        let mut bounds: Vec<usize> = (0..total).step_by(bucket_elements).collect();
+        if let Some(shard) = shard_elements {
+            bounds.extend((0..total).step_by(shard));
+            bounds.sort_unstable();
+            bounds.dedup();
+        }
+        bounds.push(total);
+        Ok(Buckets { starts, bounds })
     }
 
     /// Elements of every gradient together.
@@ -60,13 +74,23 @@ impl Buckets {
 
     /// Buckets of the layout (the last may be short; none when there is nothing to reduce).
     pub fn count(&self) -> usize {
-        self.total().div_ceil(self.bucket_elements)
+        self.bounds.len() - 1
+    }
+
+    /// The buckets gradient `tensor` has elements in (none for an empty one).
+    pub fn buckets_of(&self, tensor: usize) -> Range<usize> {
+        let span = self.span(tensor);
+        if span.is_empty() {
+            return 0..0;
+        }
+        // The last bucket starting at or before the span's start, to the first one starting at its end.
+        let first = self.bounds.partition_point(|&b| b <= span.start) - 1;
+        first..self.bounds.partition_point(|&b| b < span.end)
     }
 
     /// The flat elements bucket `bucket` holds.
     pub fn range(&self, bucket: usize) -> Range<usize> {
-        let start = (bucket * self.bucket_elements).min(self.total());
-        start..(start + self.bucket_elements).min(self.total())
+        self.bounds[bucket]..self.bounds[bucket + 1]
     }
 
     /// The pieces of gradients bucket `bucket` holds, in flat order.
@@ -112,7 +136,8 @@ impl Buckets {
 /// parameter without a gradient on this rank (its micro-batches were all padding) contributes zeros,
 /// so the layout never depends on the data. Gradients stay where they lie when the collective sums
 /// device buffers ([`Collective::sums_on_device`]: NCCL, whose runs are on GPUs), else they are staged
-/// through host memory. Returns the bytes reduced.
+/// through host memory ([`Collective::sum_buckets`], as the path that overlaps backward sums them:
+/// `overlap.rs`). Returns the bytes reduced.
 pub fn all_reduce_gradients(
     collective: &dyn Collective,
     params: &[&Parameter],
@@ -122,28 +147,7 @@ pub fn all_reduce_gradients(
     if collective.sums_on_device() {
         return all_reduce_on_device(collective, params, grads, bucket_bytes);
     }
-    let mut host = Vec::with_capacity(params.len());
-    for param in params {
-        host.push(match grads.get(param.id()) {
-            Some(grad) => host_f32(grad)?,
-            None => vec![0.0; param.value().numel()],
-        });
-    }
-    let sizes: Vec<usize> = host.iter().map(Vec::len).collect();
-    let buckets = Buckets::new(&sizes, (bucket_bytes / size_of::<f32>()).max(1))?;
-    let mut buffer = vec![0.0f32; buckets.range(0).len()];
-    for bucket in 0..buckets.count() {
-        let len = buckets.range(bucket).len();
-        buckets.flatten_into(bucket, &host, &mut buffer[..len]);
-        collective.all_reduce_sum(&mut buffer[..len])?;
-        buckets.unflatten_from(bucket, &buffer[..len], &mut host);
-    }
-    for (param, summed) in params.iter().zip(host) {
-        let like = grads.get(param.id()).unwrap_or(param.value());
-        let (dtype, device) = (like.dtype(), like.device());
-        grads.set(param.id(), from_host_f32(summed, param.value().shape(), dtype, device)?);
-    }
-    Ok(buckets.total() * size_of::<f32>())
+    super::overlap::sum_after_backward(collective, params, grads, bucket_bytes)
 }
 
 /// [`all_reduce_gradients`] where the gradients lie: each gradient is widened to a flat f32 tensor on its
@@ -199,7 +203,12 @@ pub(crate) fn host_f32(tensor: &Tensor) -> Result<Vec<f32>> {
 }
 
 /// A tensor of `shape`, `dtype` on `device` holding `values`.
-fn from_host_f32(values: Vec<f32>, shape: &[usize], dtype: DType, device: Device) -> Result<Tensor> {
+pub(crate) fn from_host_f32(
+    values: Vec<f32>,
+    shape: &[usize],
+    dtype: DType,
+    device: Device,
+) -> Result<Tensor> {
     let mut tensor = Tensor::from_vec(values, shape)?;
     if dtype != DType::F32 {
         tensor = tensor.to_dtype(dtype)?;
@@ -327,6 +336,10 @@ mod tests {
         assert_eq!(buckets.segments(0), vec![segment(0, 0..4, 0..4), segment(2, 0..6, 4..10)]);
         assert_eq!(Buckets::new(&[], 8).unwrap().count(), 0);
         assert!(Buckets::new(&[1], 0).is_err());
+        // Buckets of 5 (0..5, 5..10) also cut where shards of 4 end (4, 8): 0..4, 4..5, 5..8, 8..10.
+        let cut = Buckets::cut(&[4, 0, 6], 5, Some(4)).unwrap();
+        assert_eq!((0..cut.count()).map(|b| cut.range(b)).collect::<Vec<_>>(), [0..4, 4..5, 5..8, 8..10]);
+        assert_eq!([cut.buckets_of(0), cut.buckets_of(1), cut.buckets_of(2)], [0..1, 0..0, 1..4]);
     }
 
     #[test]

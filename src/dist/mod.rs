@@ -10,13 +10,14 @@
 //! else.
 //!
 //! Files: `bucket.rs` (gradients flattened into fixed-size buckets, one collective call per bucket),
-//! `zero.rs` (ZeRO-1: each rank keeps the optimizer state of one shard of that flat layout), `mpi.rs`,
+//! `overlap.rs` (bucket sums started while backward runs), `zero.rs` (ZeRO-1: each rank keeps the optimizer state of one shard of that flat layout), `mpi.rs`,
 //! `nccl.rs`.
 pub mod bucket;
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
+pub mod overlap;
 pub mod zero;
 
 pub use bucket::{all_reduce_gradients, Buckets, DEFAULT_BUCKET_BYTES};
@@ -24,6 +25,7 @@ pub use bucket::{all_reduce_gradients, Buckets, DEFAULT_BUCKET_BYTES};
 pub use mpi::Mpi;
 #[cfg(feature = "nccl")]
 pub use nccl::Nccl;
+pub use overlap::{BucketSums, ReadyBuckets};
 pub use zero::Zero;
 
 use cola_tensor::Tensor;
@@ -40,6 +42,9 @@ pub enum DistError {
     Buckets(String),
     #[error("ZeRO: {0}")]
     Zero(String),
+    /// The work between bucket sums (backward) failed; its caller holds the error.
+    #[error("the backward pass between gradient bucket sums failed")]
+    Interrupted,
     #[error(transparent)]
     Tensor(#[from] cola_tensor::TensorError),
     #[error(transparent)]
@@ -60,6 +65,28 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     /// Replaces `buffer` on every rank by the element-wise sum of every rank's `buffer` (a gradient
     /// bucket).
     fn all_reduce_sum(&self, buffer: &mut [f32]) -> Result<()>;
+
+    /// Sums buckets of `sizes` elements over the ranks: `body` starts each one through the
+    /// [`BucketSums`] it is given, when it likes (backward goes on between starts); every bucket it
+    /// started is complete when this returns the sums, in bucket order. With `owners`, bucket b's sum
+    /// is needed on rank `owners[b]` only (ZeRO-1's reduce-scatter, bucket by bucket) and the others'
+    /// copies of it are unspecified. Every rank starts the same buckets in the same order. The default
+    /// sums each bucket with [`Collective::all_reduce_sum`] as it starts (on every rank, owners
+    /// included); MPI starts non-blocking all-reduces (or reduces to the owner) that progress while
+    /// `body` runs. The path without overlap starts every bucket after backward through the same call,
+    /// so the two sum alike.
+    fn sum_buckets(
+        &self,
+        sizes: &[usize],
+        _owners: Option<&[usize]>,
+        body: &mut dyn FnMut(&mut dyn BucketSums) -> Result<()>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let sum = |buffer: &mut [f32]| self.all_reduce_sum(buffer);
+        let mut sums =
+            overlap::Blocking { sum: &sum, buffers: sizes.iter().map(|&n| vec![0.0; n]).collect() };
+        body(&mut sums)?;
+        Ok(sums.buffers)
+    }
 
     /// [`Collective::all_reduce_sum`] over f64 values: loss sums and target counts, which must not round.
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()>;

@@ -2,9 +2,10 @@
 //! by `mpirun` or `srun`. MPI's default error handler on the world communicator aborts every rank on a
 //! failed call, so the operations below cannot return an MPI error; a rank that dies is noticed by the
 //! launcher, which stops the others.
-use super::{check_shards, Collective, DistError, Result};
+use super::{check_shards, BucketSums, Collective, DistError, Result};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
+use mpi::request::{LocalScope, Request};
 use mpi::topology::{Communicator, SimpleCommunicator};
 
 /// This process's membership of the MPI world. Holding it keeps MPI initialised; dropping the last
@@ -50,6 +51,58 @@ fn check_count(len: usize) -> Result<()> {
     Ok(())
 }
 
+/// Non-blocking sums of gradient buckets (`MPI_Iallreduce`, or `MPI_Ireduce` to the bucket's owner
+/// under ZeRO-1) inside one request scope: each
+/// bucket's send and receive buffers are allocated before the scope opens, so they outlive every request.
+struct Immediate<'a, 's> {
+    world: SimpleCommunicator,
+    rank: usize,
+    /// The rank each bucket's sum goes to (`MPI_Ireduce`), when not to every rank.
+    owners: Option<&'a [usize]>,
+    scope: &'s LocalScope<'a>,
+    /// Per bucket: its send and receive buffers until it starts.
+    buffers: Vec<Option<(&'a mut [f32], &'a mut [f32])>>,
+    pending: Vec<Request<'a, [f32], &'s LocalScope<'a>>>,
+}
+
+impl BucketSums for Immediate<'_, '_> {
+    fn start(&mut self, bucket: usize, fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
+        let (send, receive) = self.buffers.get_mut(bucket).and_then(Option::take).ok_or_else(|| {
+            DistError::Buckets(format!("bucket {bucket} does not exist or has started already"))
+        })?;
+        fill(send);
+        let send: &[f32] = send;
+        let sum = SystemOperation::sum();
+        let request = match self.owners.map(|owners| owners[bucket]) {
+            None => self.world.immediate_all_reduce_into(self.scope, send, receive, sum),
+            Some(owner) if owner == self.rank => self
+                .world
+                .process_at_rank(owner as i32)
+                .immediate_reduce_into_root(self.scope, send, receive, sum),
+            Some(owner) => {
+                self.world.process_at_rank(owner as i32).immediate_reduce_into(self.scope, send, sum)
+            }
+        };
+        self.pending.push(request);
+        self.progress()
+    }
+
+    /// Tests every pending request (`MPI_Test`): Open MPI advances non-blocking collectives only inside
+    /// MPI calls, so a sum makes progress during backward only if something calls in.
+    fn progress(&mut self) -> Result<()> {
+        self.pending = std::mem::take(&mut self.pending).into_iter().filter_map(|r| r.test().err()).collect();
+        Ok(())
+    }
+}
+
+impl Immediate<'_, '_> {
+    fn wait_all(&mut self) {
+        for request in self.pending.drain(..) {
+            request.wait_without_status();
+        }
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
@@ -64,6 +117,37 @@ impl Collective for Mpi {
         let send = buffer.to_vec();
         self.world().all_reduce_into(&send[..], buffer, SystemOperation::sum());
         Ok(())
+    }
+
+    /// Non-blocking all-reduces that progress while `body` runs. When `body` fails, the sums it started
+    /// are still waited for (the other ranks take part in them) before its error is returned.
+    fn sum_buckets(
+        &self,
+        sizes: &[usize],
+        owners: Option<&[usize]>,
+        body: &mut dyn FnMut(&mut dyn BucketSums) -> Result<()>,
+    ) -> Result<Vec<Vec<f32>>> {
+        for &n in sizes {
+            check_count(n)?;
+        }
+        if let Some(owner) = owners.into_iter().flatten().find(|&&owner| owner >= self.world_size) {
+            return Err(DistError::Mpi(format!("a bucket owned by rank {owner} of {}", self.world_size)));
+        }
+        let mut send: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        let mut receive: Vec<Vec<f32>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
+        mpi::request::scope(|scope| {
+            let buffers = send
+                .iter_mut()
+                .zip(receive.iter_mut())
+                .map(|(s, r)| Some((&mut s[..], &mut r[..])))
+                .collect();
+            let world = self.world();
+            let mut sums = Immediate { world, rank: self.rank, owners, scope, buffers, pending: Vec::new() };
+            let outcome = body(&mut sums);
+            sums.wait_all();
+            outcome
+        })?;
+        Ok(receive)
     }
 
     fn all_reduce_sum_f64(&self, values: &mut [f64]) -> Result<()> {

@@ -4,8 +4,10 @@
 //! to end), so the optimizer state per rank is `1 / world_size` of the whole.
 //!
 //! One update:
-//! 1. the local gradients, flattened in that layout (zeros for a parameter without a gradient) and padded
-//!    to `world_size` equal shards, are summed by a reduce-scatter: rank r receives the sum of shard r;
+//! 1. the local gradients, flattened in that layout (zeros for a parameter without a gradient), are summed
+//!    bucket by bucket, each bucket cut where a shard ends and summed to the rank that owns it
+//!    (`overlap.rs`: a reduce-scatter in pieces, which may start while backward runs): rank r holds the
+//!    sum of shard r ([`Zero::reduce_after_backward`] without overlap);
 //! 2. the global gradient norm is the square root of the shard squared norms summed over the ranks in f64,
 //!    and each rank clips its shard by the rule of [`cola_optim::clip_grad_norm`];
 //! 3. each rank applies AdamW to its slice of the parameters. AdamW is elementwise, so the update of a
@@ -17,6 +19,7 @@
 //! single-process format: [`Zero::gather_state`] assembles the whole moments on save and
 //! [`Zero::scatter_state`] keeps a rank's slice of a loaded checkpoint.
 use super::bucket::{host_f32, Buckets, Segment};
+use super::overlap::ReadyBuckets;
 use super::{Collective, DistError, Result};
 use cola_autograd::{GradStore, Parameter};
 use cola_optim::{clip_to, squared_norm, AdamW};
@@ -110,28 +113,42 @@ impl Zero {
         Ok(all)
     }
 
-    /// One update of `params` (model order) from this rank's local gradients `grads` with learning rate
-    /// `lr`, clipped to the global norm `max_norm`; returns the global norm before clipping. When the
-    /// norm is not finite nothing is updated (the caller refuses the step), as every rank sees the same
-    /// norm.
+    /// Elements of each rank's shard of the flat layout.
+    pub fn shard_elements(&self) -> usize {
+        self.shard
+    }
+
+    /// The summed gradient of this rank's shard from the local gradients `grads` of `params` (model
+    /// order), summed after backward in buckets of `bucket_bytes` (the same calls as when the sums
+    /// overlap backward).
+    pub fn reduce_after_backward(
+        &self,
+        collective: &dyn Collective,
+        params: &[&Parameter],
+        grads: &GradStore,
+        bucket_bytes: usize,
+    ) -> Result<Vec<f32>> {
+        let mut ready = ReadyBuckets::new(params, bucket_bytes, Some(self.shard))?;
+        let summed = ready.sum_after_backward(collective, grads)?;
+        ready.owned_shard(&summed, collective.rank())
+    }
+
+    /// One update of `params` (model order) from `mine`, the summed gradient of this rank's shard, with
+    /// learning rate `lr`, clipped to the global norm `max_norm`; returns the global norm before
+    /// clipping. When the norm is not finite nothing is updated (the caller refuses the step), as every
+    /// rank sees the same norm.
     pub fn step(
         &mut self,
         collective: &dyn Collective,
         optimizer: &mut AdamW,
         params: &mut [&mut Parameter],
-        grads: &GradStore,
+        mut mine: Vec<f32>,
         lr: f64,
         max_norm: f64,
     ) -> Result<f64> {
-        let mut flat = vec![0.0f32; self.shard * self.world_size];
-        for (i, param) in params.iter().enumerate() {
-            if let Some(grad) = grads.get(param.id()) {
-                flat[self.layout.span(i)].copy_from_slice(&host_f32(grad)?);
-            }
+        if mine.len() != self.shard {
+            return Err(DistError::Zero(format!("a shard of {} elements, not {}", self.shard, mine.len())));
         }
-        let mut mine = vec![0.0f32; self.shard];
-        collective.reduce_scatter_sum(&flat, &mut mine)?;
-        drop(flat);
 
         let mut piece_grads = GradStore::new();
         for (piece, s) in self.pieces.iter().zip(&self.segments) {
@@ -283,8 +300,11 @@ mod tests {
             let norm = clip_grad_norm(&mut grads, 1.0).unwrap();
             plain_adamw.step(&mut plain.iter_mut().collect::<Vec<_>>(), &grads, 1e-2).unwrap();
             let grads = gradients(&sharded, &mut Rng::new(seed));
+            let refs: Vec<&Parameter> = sharded.iter().collect();
+            // Buckets of 8 bytes: the shard is summed in 2-element pieces.
+            let mine = zero.reduce_after_backward(&Single, &refs, &grads, 8).unwrap();
             let mut params: Vec<&mut Parameter> = sharded.iter_mut().collect();
-            let zero_norm = zero.step(&Single, &mut sharded_adamw, &mut params, &grads, 1e-2, 1.0).unwrap();
+            let zero_norm = zero.step(&Single, &mut sharded_adamw, &mut params, mine, 1e-2, 1.0).unwrap();
             assert_eq!(norm.to_bits(), zero_norm.to_bits(), "step {step}");
             assert_eq!(values(&plain), values(&sharded), "step {step}");
             if step == 1 {

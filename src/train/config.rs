@@ -121,6 +121,13 @@ pub struct TrainConfig {
     /// world, not part of the run's identity: checkpoints are whole either way.
     #[serde(skip)]
     pub zero: bool,
+    /// Start gradient bucket sums during the last backward (`--overlap`, [`crate::dist::overlap`]); the
+    /// same sums as after backward, so not part of the run's identity.
+    #[serde(skip)]
+    pub overlap: bool,
+    /// Bytes of each gradient bucket summed over the ranks (`--bucket-kib`).
+    #[serde(skip)]
+    pub bucket_bytes: usize,
 
     // Cluster jobs.
     /// Also checkpoint once this many minutes have passed since the last checkpoint (rank 0's clock);
@@ -173,6 +180,8 @@ impl TrainConfig {
             collective: None,
             nccl: false,
             zero: false,
+            overlap: true,
+            bucket_bytes: crate::dist::DEFAULT_BUCKET_BYTES,
             save_every_minutes: None,
         }
     }

@@ -157,6 +157,8 @@ fn resolve_fresh(options: &Options) -> Result<(TrainConfig, Vec<String>)> {
     config.cache_dir = options.cache_dir.clone();
     config.nccl = options.nccl;
     config.zero = options.zero == 1;
+    config.overlap = options.overlap;
+    config.bucket_bytes = usize::try_from(options.bucket_kib << 10).unwrap_or(usize::MAX);
     config.lr = options.lr.unwrap_or(recipe.peak_lr);
 
     config.steps = options.steps.unwrap_or(recipe.total_steps);
@@ -362,5 +364,7 @@ fn resolve_resume(options: &Options, path: &std::path::Path) -> Result<(TrainCon
     config.cache_dir = options.cache_dir.clone();
     config.nccl = options.nccl;
     config.zero = options.zero == 1;
+    config.overlap = options.overlap;
+    config.bucket_bytes = usize::try_from(options.bucket_kib << 10).unwrap_or(usize::MAX);
     Ok((config, notes))
 }

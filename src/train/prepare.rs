@@ -117,6 +117,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     let mut trainer = Trainer::new(model, adamw, schedule, config.micro_batch, config.clip_norm);
     trainer.policy = config.recompute;
     trainer.set_collective(crate::dist::for_device(world, device, config.nccl)?);
+    trainer.set_gradient_sum(config.overlap, config.bucket_bytes);
     if config.zero {
         trainer.shard_optimizer()?;
     }

@@ -164,10 +164,11 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
     let world = config.world();
     if world.world_size() > 1 {
         say(&format!(
-            "data parallel: {} ranks of {} sequences each per update; gradients summed in buckets of {} MiB",
+            "data parallel: {} ranks of {} sequences each per update; gradients summed in buckets of {}{}",
             world.world_size(),
             config.batch_size / world.world_size(),
-            crate::dist::DEFAULT_BUCKET_BYTES >> 20
+            crate::audit::human_bytes(config.bucket_bytes as f64),
+            if config.overlap { ", each started as the last backward finishes it" } else { "" }
         ));
     }
     say(&format!(
@@ -241,6 +242,7 @@ impl Loop<'_> {
         let world = config.world();
         let (mut train_time, mut run_tokens, mut last_loss) = (Duration::ZERO, 0u64, None);
         let (mut reduce_time, mut reduce_bytes) = (Duration::ZERO, 0usize);
+        let (mut reduce_buckets, mut reduce_early) = (0usize, 0usize);
         let mut stopped_by = None;
         while self.trainer.step < stop_at {
             // Every rank takes the same decisions here: a signal seen by any rank stops all of them at
@@ -277,6 +279,8 @@ impl Loop<'_> {
             train_time += took;
             if let Some(reduction) = self.trainer.last_reduction() {
                 (reduce_time, reduce_bytes) = (reduce_time + reduction.time, reduction.bytes);
+                reduce_buckets += reduction.buckets;
+                reduce_early += reduction.started_early;
             }
             run_tokens += stats.tokens;
             self.tokens += stats.tokens;
@@ -334,7 +338,8 @@ impl Loop<'_> {
             }
             if reduce_bytes > 0 {
                 line += &format!(
-                    ", gradient all-reduce {:.1} MiB in {:.1} ms per update (waits for the slowest rank included)",
+                    ", gradient all-reduce {:.1} MiB, blocked {:.1} ms per update after backward (waits for the \
+                     slowest rank included), {reduce_early} of {reduce_buckets} bucket sums started during backward",
                     reduce_bytes as f64 / (1 << 20) as f64,
                     1e3 * reduce_time.as_secs_f64() / (self.trainer.step - start).max(1) as f64
                 );

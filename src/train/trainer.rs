@@ -11,16 +11,18 @@
 //!
 //! Under N ranks ([`Trainer::set_collective`]) each rank runs only its slice of the global batch's rows
 //! ([`crate::dist::shard_rows`]); the target count `N` is summed over the ranks before any weight is
-//! set, and the weighted gradients and losses are summed after backward (in buckets,
-//! [`crate::dist::all_reduce_gradients`]), so every rank holds the single-process gradient, clips it by
-//! the same global norm and applies the same AdamW update.
+//! set, and the weighted gradients and losses are summed in buckets (`trainer/sum.rs`): during the last
+//! micro-batch's backward as its gradients become final, or after backward, the same sums either way.
+//! So every rank holds the single-process gradient, clips it by the same global norm and applies the
+//! same AdamW update.
 //!
-//! Under ZeRO-1 ([`Trainer::shard_optimizer`]) the gradient sum, clipping and update are one sharded
-//! step ([`crate::dist::Zero::step`]): a reduce-scatter, the update of this rank's slice, an all-gather.
+//! Under ZeRO-1 ([`Trainer::shard_optimizer`]) each bucket is summed to the rank that owns it (a
+//! reduce-scatter in pieces), and clipping and the update are one sharded step
+//! ([`crate::dist::Zero::step`]): the update of this rank's slice, then an all-gather.
 //!
 //! With a profiler set ([`Trainer::set_profiler`]) every micro-batch's tape times its ops, and the
 //! trainer times its own phases as optimizer rows: `grad_accumulate`, `all_reduce_wait` and
-//! `all_reduce` (under N ranks), `clip_grad_norm` and `adamw` on the CPU, `clip_adamw` on a GPU (where
+//! `all_reduce` (under N ranks; `reduce_scatter` under ZeRO-1, with `zero_step`), `clip_grad_norm` and `adamw` on the CPU, `clip_adamw` on a GPU (where
 //! clipping and the update are one multi-tensor step, [`AdamW::clip_and_step`]).
 use super::checkpoint::{self, RunState};
 use super::TrainError;
@@ -33,7 +35,9 @@ use cola_nn::{Llama, Module, ParamKind};
 use cola_optim::{clip_grad_norm, AdamW, CosineSchedule};
 use cola_tensor::Device;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod sum;
 
 /// The names of the parameters `--no-decay-norms-embeddings` spares from weight decay, chosen by role:
 /// RMSNorm weights ([`ParamKind::Vector`]) and the token embedding table ([`ParamKind::Table`]).
@@ -98,6 +102,13 @@ pub struct Trainer {
     /// This rank's share of the optimizer under ZeRO-1 ([`Trainer::shard_optimizer`]): `optimizer` then
     /// holds the moments of this rank's slices only.
     zero: Option<dist::Zero>,
+    /// Whether gradient buckets start their sums during the last micro-batch's backward, and their size
+    /// ([`Trainer::set_gradient_sum`]).
+    overlap: bool,
+    bucket_bytes: usize,
+    /// Under ZeRO-1, this rank's shard of the summed gradient, between its sum (after or during
+    /// backward) and the sharded update.
+    zero_shard: Option<Vec<f32>>,
 }
 
 /// What the gradient sum over the ranks of one update moved and how long it took.
@@ -105,7 +116,11 @@ pub struct Trainer {
 pub struct Reduction {
     /// Gradient bytes each rank contributed (f32 elements x 4).
     pub bytes: usize,
-    /// Wall time of the bucketed sum, copies in and out included.
+    /// Buckets the gradients were summed in, and how many of them started before backward ended.
+    pub buckets: usize,
+    pub started_early: usize,
+    /// Time the step was blocked on the sum: from the end of the last backward until every summed
+    /// bucket was written back (without overlap, the whole bucketed sum, copies in and out included).
     pub time: Duration,
 }
 
@@ -165,7 +180,20 @@ impl Trainer {
             collective: Arc::new(Single),
             last_reduce: None,
             zero: None,
+            overlap: false,
+            bucket_bytes: dist::DEFAULT_BUCKET_BYTES,
+            zero_shard: None,
         }
+    }
+
+    /// Sums gradients over the ranks in buckets of `bucket_bytes` and, with `overlap`, starts each
+    /// bucket's sum as soon as the last micro-batch's backward has made its gradients final
+    /// (`dist/overlap.rs`) instead of after backward: the same sums, bit for bit, with less of the step
+    /// blocked on communication. Under ZeRO-1 each bucket is summed to the rank that owns it. Overlap
+    /// applies to sums through host buffers (MPI); sums on the device (NCCL) run after backward.
+    pub fn set_gradient_sum(&mut self, overlap: bool, bucket_bytes: usize) {
+        self.overlap = overlap;
+        self.bucket_bytes = bucket_bytes.max(size_of::<f32>());
     }
 
     /// Makes this trainer one rank of `collective`'s world: it trains its slice of every batch and sums
@@ -286,8 +314,53 @@ impl Trainer {
 
         self.grads.clear();
         self.last_reduce = None;
+        self.zero_shard = None;
+        let overlap = sums && self.overlap && targets > 0 && !self.collective.sums_on_device();
+        let loss = if overlap {
+            self.overlapped_micro_batches(batch, &micro_rows, targets)?
+        } else {
+            self.micro_batches(batch, &micro_rows, targets, None)?
+        };
+        if !sums {
+            if let (Some(zero), true) = (&self.zero, targets > 0) {
+                // One rank: its shard is its whole gradient (a sum over one rank is a copy).
+                let (collective, params) = (self.collective.as_ref(), self.model.parameters());
+                self.zero_shard =
+                    Some(zero.reduce_after_backward(collective, &params, &self.grads, self.bucket_bytes)?);
+            }
+            return Ok((loss, tokens, targets));
+        }
+        let mut summed = [loss];
+        self.collective.all_reduce_sum_f64(&mut summed)?;
+        if !summed[0].is_finite() {
+            return Err(self.refuse("loss", summed[0]));
+        }
+        // With no target on any rank no rank has a gradient: one process would have none either.
+        if targets > 0 && !overlap {
+            self.reduce_gradients()?;
+        }
+        Ok((summed[0], tokens, targets))
+    }
+
+    /// Forward and backward over this rank's micro-batches `micro_rows` (row ranges of `batch`) with the
+    /// weights of a global count of `targets`, accumulating their gradients; returns this rank's weighted
+    /// loss. With `reduce`, the last micro-batch's gradients are added as backward makes each final and
+    /// every bucket whose gradients are all final starts its sum.
+    fn micro_batches(
+        &mut self,
+        batch: &Batch,
+        micro_rows: &[(usize, usize)],
+        targets: u64,
+        mut reduce: Option<(&mut dist::ReadyBuckets, &mut dyn dist::BucketSums)>,
+    ) -> std::result::Result<f64, StepError> {
+        let pad = self.model.config().pad_id;
+        let seq = batch.seq_len;
+        let targets_of = |start: usize, end: usize| -> u64 {
+            (start..end).map(|r| batch.row(r)[1..].iter().filter(|&&t| t != pad).count() as u64).sum()
+        };
+        let sums = self.collective.sums();
         let mut loss = 0.0f64;
-        for &(start, end) in &micro_rows {
+        for (i, &(start, end)) in micro_rows.iter().enumerate() {
             let count = targets_of(start, end);
             if count == 0 {
                 continue; // all padding: no loss, no gradient
@@ -311,47 +384,24 @@ impl Trainer {
             }
             loss += weight * value;
             let scaled = if weight == 1.0 { micro_loss } else { tape.mul_scalar(&micro_loss, weight)? };
+            if let (true, Some((ready, bucket_sums))) = (i + 1 == micro_rows.len(), reduce.as_mut()) {
+                // The hook's additions are those of `accumulate`, one parameter at a time.
+                let store = &mut self.grads;
+                tape.backward_with(scaled, |id, g| -> std::result::Result<(), StepError> {
+                    store.accumulate_one(id, g)?;
+                    ready.mark_final(id)?;
+                    ready.start_ready(&mut **bucket_sums, store, false)?;
+                    Ok(bucket_sums.progress()?)
+                })?;
+                self.profiler = tape.take_profiler();
+                continue;
+            }
             let grads = tape.backward(scaled)?;
             self.profiler = tape.take_profiler();
             let added = |t: &Self| summed_elements(&t.grads, &grads);
             self.optimizer_phase("grad_accumulate", added, |t| Ok(t.grads.accumulate(&grads)?))?;
         }
-        if sums {
-            let mut summed = [loss];
-            self.collective.all_reduce_sum_f64(&mut summed)?;
-            loss = summed[0];
-            if !loss.is_finite() {
-                return Err(self.refuse("loss", loss));
-            }
-            // With no target on any rank no rank has a gradient: one process would have none either.
-            // Under ZeRO-1 the sum is the reduce-scatter of the sharded update.
-            if targets > 0 && self.zero.is_none() {
-                self.reduce_gradients()?;
-            }
-        }
-        Ok((loss, tokens, targets))
-    }
-
-    /// Sums the gradients over the ranks, timed as the optimizer row `all_reduce`. When profiling, a
-    /// barrier first waits for the slowest rank (row `all_reduce_wait`), so that the `all_reduce` row is
-    /// the transfer and its copies alone; unprofiled steps have no barrier.
-    fn reduce_gradients(&mut self) -> std::result::Result<(), StepError> {
-        if self.profiler.is_some() {
-            self.optimizer_phase("all_reduce_wait", |_| 0, |t| Ok(t.collective.barrier()?))?;
-        }
-        let began = Instant::now();
-        let bytes = self.optimizer_phase(
-            "all_reduce",
-            |_| 0,
-            |t| {
-                let mut params = Vec::new();
-                t.model.visit(&mut |param, _| params.push(param));
-                let collective = t.collective.as_ref();
-                Ok(dist::all_reduce_gradients(collective, &params, &mut t.grads, dist::DEFAULT_BUCKET_BYTES)?)
-            },
-        )?;
-        self.last_reduce = Some(Reduction { bytes, time: began.elapsed() });
-        Ok(())
+        Ok(loss)
     }
 
     /// Forgets the gradients and returns the refusal of the next update for a non-finite `what`.
@@ -380,7 +430,9 @@ impl Trainer {
                     return Ok(0.0);
                 }
                 let zero = zero.as_mut().expect("checked above");
-                Ok(zero.step(collective.as_ref(), optimizer, &mut params, grads, lr, *clip_norm)?)
+                let mine =
+                    t.zero_shard.take().ok_or(dist::DistError::Zero("the gradient was not summed".into()))?;
+                Ok(zero.step(collective.as_ref(), optimizer, &mut params, mine, lr, *clip_norm)?)
             })?
         } else if fused {
             let flops =
