@@ -1,0 +1,120 @@
+//! bf16 <-> f32 conversion on slices, vectorised, and the chunked "load bf16, compute in f32, round once
+//! on store" pattern that the bf16 paths of the element-wise kernels share.
+//!
+//! Widening is exact (a bf16 is the top half of an f32). Rounding is round-to-nearest-even with NaN kept
+//! quiet, bit for bit what `half::bf16::from_f32` returns (`kernels/tests/bf16_convert.rs` checks every
+//! class of input on every SIMD level), written without branches so that the loop vectorises: the
+//! whole-tensor conversions of a bf16 op ran scalar before, through f64.
+use super::simd::{multiversion, Isa};
+use crate::float::PARALLEL_MIN_ELEMS;
+use half::bf16;
+use rayon::prelude::*;
+
+/// Elements converted per step of the chunked paths: 4 KiB of f32 per operand, so a kernel's chunked
+/// operands stay in L1 between the widening, the f32 kernel and the rounding.
+pub const CHUNK: usize = 1024;
+
+/// The f32 value of a bf16 (exact).
+#[inline(always)]
+pub fn widen_one(x: bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+/// `x` rounded to the nearest bf16, ties to even; a NaN keeps its sign and top payload bits and is made
+/// quiet. The same bits as `half::bf16::from_f32`.
+#[inline(always)]
+pub fn round_one(x: f32) -> bf16 {
+    let u = x.to_bits();
+    let rounded = (u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((u >> 16) | 0x40) as u16;
+    bf16::from_bits(if (u & 0x7fff_ffff) > 0x7f80_0000 { quiet_nan } else { rounded })
+}
+
+multiversion! {
+    fn widen_block(isa: Isa, src: &[bf16], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = widen_one(s);
+        }
+    }
+}
+
+multiversion! {
+    fn round_block(isa: Isa, src: &[f32], dst: &mut [bf16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = round_one(s);
+        }
+    }
+}
+
+/// `dst[i] = src[i]` widened to f32, on the calling thread (lengths must match).
+pub fn widen(src: &[bf16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    widen_block(Isa::active(), src, dst);
+}
+
+/// `dst[i] = src[i]` rounded to bf16, on the calling thread (lengths must match).
+pub fn round(src: &[f32], dst: &mut [bf16]) {
+    debug_assert_eq!(src.len(), dst.len());
+    round_block(Isa::active(), src, dst);
+}
+
+/// [`widen`] split over the thread pool for large slices.
+pub fn widen_par(src: &[bf16], dst: &mut [f32]) {
+    let isa = Isa::active();
+    if src.len() < PARALLEL_MIN_ELEMS {
+        return widen_block(isa, src, dst);
+    }
+    dst.par_chunks_mut(PARALLEL_MIN_ELEMS)
+        .zip(src.par_chunks(PARALLEL_MIN_ELEMS))
+        .for_each(|(d, s)| widen_block(isa, s, d));
+}
+
+/// [`round`] split over the thread pool for large slices.
+pub fn round_par(src: &[f32], dst: &mut [bf16]) {
+    let isa = Isa::active();
+    if src.len() < PARALLEL_MIN_ELEMS {
+        return round_block(isa, src, dst);
+    }
+    dst.par_chunks_mut(PARALLEL_MIN_ELEMS)
+        .zip(src.par_chunks(PARALLEL_MIN_ELEMS))
+        .for_each(|(d, s)| round_block(isa, s, d));
+}
+
+/// Widens `CHUNK` elements of each of `N` bf16 inputs at a time into stack buffers and hands them, with
+/// an f32 output chunk, to `f`; the output is rounded once into `out`. Inputs are as long as `out`. The
+/// f32 kernel `f` sees exactly the values the upcast path would give it, element by element, so a kernel
+/// whose element `i` depends only on element `i` of its inputs gives the upcast path's bits.
+pub fn map_chunks<const N: usize>(
+    inputs: [&[bf16]; N],
+    out: &mut [bf16],
+    f: impl Fn([&[f32]; N], &mut [f32]),
+) {
+    let mut wide = [[0.0f32; CHUNK]; N];
+    let mut result = [0.0f32; CHUNK];
+    for (start, o) in (0..out.len()).step_by(CHUNK).zip(out.chunks_mut(CHUNK)) {
+        let len = o.len();
+        for (w, x) in wide.iter_mut().zip(inputs) {
+            widen(&x[start..start + len], &mut w[..len]);
+        }
+        let views: [&[f32]; N] = std::array::from_fn(|i| &wide[i][..len]);
+        f(views, &mut result[..len]);
+        round(&result[..len], o);
+    }
+}
+
+/// [`map_chunks`] split over the thread pool in grains of `PARALLEL_MIN_ELEMS` elements (each a whole
+/// number of chunks), for large element-wise ops.
+pub fn map_chunks_par<const N: usize>(
+    inputs: [&[bf16]; N],
+    out: &mut [bf16],
+    f: impl Fn([&[f32]; N], &mut [f32]) + Sync,
+) {
+    if out.len() < PARALLEL_MIN_ELEMS {
+        return map_chunks(inputs, out, f);
+    }
+    out.par_chunks_mut(PARALLEL_MIN_ELEMS).enumerate().for_each(|(i, o)| {
+        let start = i * PARALLEL_MIN_ELEMS;
+        let parts: [&[bf16]; N] = std::array::from_fn(|k| &inputs[k][start..start + o.len()]);
+        map_chunks(parts, o, &f);
+    });
+}
