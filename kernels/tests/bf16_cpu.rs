@@ -6,11 +6,12 @@
 //! - `adamw_step_bf16` equals `adamw_step::<f32>` on the widened values followed by rounding, and
 //!   `adamw_step_mixed` equals widening the gradient, `adamw_step::<f32>` on the master and rounding the
 //!   master, over zeros, tiny second moments, large steps and odd lengths (across the parallel grain);
-//! - `map_chunks_par` gives the element-wise f32 kernel's bits on lengths around the chunk and grain.
+//! - `map_chunks_par` (two outputs) and `map_in_place` give the element-wise f32 kernel's bits on lengths
+//!   around the chunk and the parallel grain.
 //!
 //! Runs in well under a second.
 use cola_kernels::cpu::adamw::{adamw_step, adamw_step_bf16, adamw_step_mixed, AdamWStep, MixedState};
-use cola_kernels::cpu::bf16::{map_chunks_par, round, round_one, widen, widen_one, CHUNK};
+use cola_kernels::cpu::bf16::{map_chunks_par, map_in_place, round, round_one, widen, widen_one, CHUNK};
 use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::float::PARALLEL_MIN_ELEMS;
 use half::bf16;
@@ -171,9 +172,18 @@ fn chunked_map_gives_the_upcast_bits() {
         let want: Vec<u16> =
             a.iter().zip(&b).map(|(x, y)| bf16::from_f32(f(x.to_f32(), y.to_f32())).to_bits()).collect();
         let mut out = vec![bf16::ZERO; n];
-        map_chunks_par([&a, &b], &mut out, |[x, y], o| {
+        let mut out2 = vec![bf16::ZERO; n];
+        map_chunks_par([&a, &b], [&mut out, &mut out2], |[x, y], [o, o2]| {
             o.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (&x, &y))| *o = f(x, y));
+            o2.iter_mut().zip(x.iter().zip(y)).for_each(|(o, (&x, &y))| *o = f(y, x));
         });
         assert_eq!(bits(&out), want, "n {n}");
+        let want2: Vec<u16> =
+            a.iter().zip(&b).map(|(x, y)| bf16::from_f32(f(y.to_f32(), x.to_f32())).to_bits()).collect();
+        assert_eq!(bits(&out2), want2, "second output, n {n}");
+        let mut in_place = a.clone();
+        map_in_place(&mut in_place, |w| w.iter_mut().for_each(|x| *x = f(*x, 0.5)));
+        let want3: Vec<u16> = a.iter().map(|x| bf16::from_f32(f(x.to_f32(), 0.5)).to_bits()).collect();
+        assert_eq!(bits(&in_place), want3, "in place, n {n}");
     }
 }

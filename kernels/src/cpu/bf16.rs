@@ -81,40 +81,75 @@ pub fn round_par(src: &[f32], dst: &mut [bf16]) {
 }
 
 /// Widens `CHUNK` elements of each of `N` bf16 inputs at a time into stack buffers and hands them, with
-/// an f32 output chunk, to `f`; the output is rounded once into `out`. Inputs are as long as `out`. The
-/// f32 kernel `f` sees exactly the values the upcast path would give it, element by element, so a kernel
-/// whose element `i` depends only on element `i` of its inputs gives the upcast path's bits.
-pub fn map_chunks<const N: usize>(
+/// `M` f32 output chunks, to `f`; each output is rounded once into its bf16 slice. Inputs and outputs are
+/// all as long as `outs[0]`. The f32 kernel `f` sees exactly the values the upcast path would give it, so
+/// a kernel whose element `i` depends only on element `i` of its inputs gives the upcast path's bits.
+pub fn map_chunks<const N: usize, const M: usize>(
     inputs: [&[bf16]; N],
-    out: &mut [bf16],
-    f: impl Fn([&[f32]; N], &mut [f32]),
+    mut outs: [&mut [bf16]; M],
+    f: impl Fn([&[f32]; N], [&mut [f32]; M]),
 ) {
+    let n = outs.first().map_or(0, |o| o.len());
     let mut wide = [[0.0f32; CHUNK]; N];
-    let mut result = [0.0f32; CHUNK];
-    for (start, o) in (0..out.len()).step_by(CHUNK).zip(out.chunks_mut(CHUNK)) {
-        let len = o.len();
+    let mut results = [[0.0f32; CHUNK]; M];
+    for start in (0..n).step_by(CHUNK) {
+        let len = CHUNK.min(n - start);
         for (w, x) in wide.iter_mut().zip(inputs) {
             widen(&x[start..start + len], &mut w[..len]);
         }
         let views: [&[f32]; N] = std::array::from_fn(|i| &wide[i][..len]);
-        f(views, &mut result[..len]);
-        round(&result[..len], o);
+        let mut rest: &mut [[f32; CHUNK]] = &mut results;
+        let chunk_outs: [&mut [f32]; M] = std::array::from_fn(|_| {
+            let (first, tail) = std::mem::take(&mut rest).split_first_mut().expect("M results");
+            rest = tail;
+            &mut first[..len]
+        });
+        f(views, chunk_outs);
+        for (r, o) in results.iter().zip(outs.iter_mut()) {
+            round(&r[..len], &mut o[start..start + len]);
+        }
     }
 }
 
 /// [`map_chunks`] split over the thread pool in grains of `PARALLEL_MIN_ELEMS` elements (each a whole
 /// number of chunks), for large element-wise ops.
-pub fn map_chunks_par<const N: usize>(
+pub fn map_chunks_par<const N: usize, const M: usize>(
     inputs: [&[bf16]; N],
-    out: &mut [bf16],
-    f: impl Fn([&[f32]; N], &mut [f32]) + Sync,
+    outs: [&mut [bf16]; M],
+    f: impl Fn([&[f32]; N], [&mut [f32]; M]) + Sync,
 ) {
-    if out.len() < PARALLEL_MIN_ELEMS {
-        return map_chunks(inputs, out, f);
+    let n = outs.first().map_or(0, |o| o.len());
+    if n < PARALLEL_MIN_ELEMS {
+        return map_chunks(inputs, outs, f);
     }
-    out.par_chunks_mut(PARALLEL_MIN_ELEMS).enumerate().for_each(|(i, o)| {
-        let start = i * PARALLEL_MIN_ELEMS;
-        let parts: [&[bf16]; N] = std::array::from_fn(|k| &inputs[k][start..start + o.len()]);
-        map_chunks(parts, o, &f);
+    // One entry per grain holding the grain of every output.
+    let mut per_output: Vec<std::slice::ChunksMut<'_, bf16>> =
+        outs.into_iter().map(|o| o.chunks_mut(PARALLEL_MIN_ELEMS)).collect();
+    let grains: Vec<Vec<&mut [bf16]>> = (0..n.div_ceil(PARALLEL_MIN_ELEMS))
+        .map(|_| per_output.iter_mut().filter_map(Iterator::next).collect())
+        .collect();
+    grains.into_par_iter().enumerate().for_each(|(g, grain)| {
+        let start = g * PARALLEL_MIN_ELEMS;
+        let len = grain.first().map_or(0, |o| o.len());
+        let parts: [&[bf16]; N] = std::array::from_fn(|k| &inputs[k][start..start + len]);
+        let Ok(grain) = <[&mut [bf16]; M]>::try_from(grain) else { return };
+        map_chunks(parts, grain, &f);
     });
+}
+
+/// `f` applied in place to `data`, a chunk at a time: widened, transformed in f32, rounded once.
+pub fn map_in_place(data: &mut [bf16], f: impl Fn(&mut [f32]) + Sync) {
+    let run = |data: &mut [bf16]| {
+        let mut wide = [0.0f32; CHUNK];
+        for chunk in data.chunks_mut(CHUNK) {
+            let w = &mut wide[..chunk.len()];
+            widen(chunk, w);
+            f(w);
+            round(w, chunk);
+        }
+    };
+    if data.len() < PARALLEL_MIN_ELEMS {
+        return run(data);
+    }
+    data.par_chunks_mut(PARALLEL_MIN_ELEMS).for_each(run);
 }

@@ -44,6 +44,7 @@ use super::driver::{gemm_on, Product, Workspace};
 use super::kernel::{Kernel, KernelPath, MicroKernelFn};
 use super::pack::{pack_into, PackFn};
 use super::{batched_on, with_workspace, BatchProduct, BatchRef, Dims, MatRef};
+use crate::cpu::bf16::{round, widen};
 use half::bf16;
 use rayon::prelude::*;
 use std::fmt;
@@ -212,14 +213,12 @@ impl Bf16GemmOutput for bf16 {
         let acc = &mut kept[..c.len()];
         // With `beta == 0` the GEMM ignores C's contents, so stale values are never read.
         if beta != 0.0 {
-            acc.par_chunks_mut(CONVERT_CHUNK).zip(c.par_chunks(CONVERT_CHUNK)).for_each(|(acc, c)| {
-                acc.iter_mut().zip(c).for_each(|(acc, c)| *acc = c.to_f32());
-            });
+            acc.par_chunks_mut(CONVERT_CHUNK)
+                .zip(c.par_chunks(CONVERT_CHUNK))
+                .for_each(|(acc, c)| widen(c, acc));
         }
         compute(acc);
-        c.par_chunks_mut(CONVERT_CHUNK).zip(acc.par_chunks(CONVERT_CHUNK)).for_each(|(c, acc)| {
-            c.iter_mut().zip(acc).for_each(|(c, &acc)| *c = bf16::from_f32(acc));
-        });
+        c.par_chunks_mut(CONVERT_CHUNK).zip(acc.par_chunks(CONVERT_CHUNK)).for_each(|(c, acc)| round(acc, c));
         if kept.len() <= KEPT_ACCUMULATOR_LEN {
             ACCUMULATOR.with(|cell| *cell.borrow_mut() = kept);
         }
