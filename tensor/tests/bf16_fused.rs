@@ -3,7 +3,7 @@
 //! same f32 arithmetic and one rounding, so no tolerance. Covered: binary arithmetic (including a
 //! transposed, non-contiguous operand and a broadcast one, which takes the upcast path in both runs),
 //! every unary op, affine and its in-place form, the activation gradients, the gated product and its
-//! gradient, the LM head fused with its cross-entropy, the embedding gather; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
+//! gradient, RMSNorm (rows shorter and longer than a chunk), the LM head fused with its cross-entropy, the embedding gather; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
 //! parallel grain. Also bf16 <-> f32 conversion inside the upcast path against `Tensor::to_dtype`.
 //! Well under a second.
 use cola_tensor::ops::set_fused_bf16;
@@ -44,6 +44,8 @@ fn fused_elementwise_ops_give_the_upcast_bits() {
         for op in [UnaryOp::Neg, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Silu, UnaryOp::Gelu, UnaryOp::Relu] {
             same_both_ways(&format!("{op:?} {s}"), || vec![a.unary(op).unwrap()]);
         }
+        let w = Tensor::randn(&[shape[shape.len() - 1]], 1.0, 0.3, DType::BF16, &mut rng);
+        same_both_ways(&format!("rms_norm {s}"), || vec![a.rms_norm(&w, 1e-6).unwrap()]);
         same_both_ways(&format!("affine {s}"), || vec![a.affine(0.3, -1.7).unwrap()]);
         same_both_ways(&format!("affine_in_place {s}"), || {
             let mut t = a.clone();

@@ -153,3 +153,28 @@ pub fn map_in_place(data: &mut [bf16], f: impl Fn(&mut [f32]) + Sync) {
     }
     data.par_chunks_mut(PARALLEL_MIN_ELEMS).for_each(run);
 }
+
+/// [`map_chunks_par`] for a row-local kernel with one input and one output: each chunk holds whole rows
+/// of `row_len` elements (one row when a row is longer than [`CHUNK`]), so `f` sees complete rows, and a
+/// kernel whose row `r` depends only on row `r` of its input gives the upcast path's bits.
+pub fn map_rows_par(input: &[bf16], out: &mut [bf16], row_len: usize, f: impl Fn(&[f32], &mut [f32]) + Sync) {
+    if row_len == 0 || out.is_empty() {
+        return;
+    }
+    let chunk = (CHUNK / row_len).max(1) * row_len;
+    let grain = (PARALLEL_MIN_ELEMS / chunk).max(1) * chunk;
+    let buffers = || (vec![0.0f32; chunk], vec![0.0f32; chunk]);
+    let run = |bufs: &mut (Vec<f32>, Vec<f32>), start: usize, out: &mut [bf16]| {
+        let (wide, result) = bufs;
+        for (k, o) in out.chunks_mut(chunk).enumerate() {
+            let (from, len) = (start + k * chunk, o.len());
+            widen(&input[from..from + len], &mut wide[..len]);
+            f(&wide[..len], &mut result[..len]);
+            round(&result[..len], o);
+        }
+    };
+    if out.len() <= grain {
+        return run(&mut buffers(), 0, out);
+    }
+    out.par_chunks_mut(grain).enumerate().for_each_init(buffers, |bufs, (g, o)| run(bufs, g * grain, o));
+}
