@@ -59,6 +59,10 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/compare_metrics.py", "reads the run directories of a GPU check"),
     ("BF16=1 scripts/bench_gemm_vs_numpy.sh 3", "needs PyTorch; minutes of GEMM timing"),
     (
+        "MODEL=cola-60m BATCH=8 STEPS=4 POLICIES=none PRECISION=bf16-mixed scripts/bench_cpu_step.sh OLD NEW 1",
+        "two builds of the training program; minutes of training",
+    ),
+    (
         "cargo run --release --example llama_cola_350m -- --model cola-60m --lowrank-act silu \
          --data 'c4/en/c4-train.*-of-01024.json.gz' --tokenizer t5/tokenizer.json --batch-size 512 \
          --steps 10000 --out runs/activation-60m-silu",

@@ -118,9 +118,20 @@ impl AdamW {
             let moments = self.moments(param)?;
             match moments.master.as_mut() {
                 Some(master) => {
-                    let grad = grad.to_dtype(DType::F32)?;
-                    Tensor::adamw_step(master, &grad, &mut moments.m, &mut moments.v, hyper)?;
-                    param.set_value(master.to_dtype(DType::BF16)?);
+                    // The bf16 gradient is widened and the master rounded into the param in the same
+                    // pass as the update (the bits of upcasting, stepping the master and rounding it).
+                    let mut value = param.value().clone();
+                    param.set_value(Tensor::zeros(&[], value.dtype()));
+                    let result = Tensor::adamw_step_mixed(
+                        master,
+                        grad,
+                        &mut moments.m,
+                        &mut moments.v,
+                        &mut value,
+                        hyper,
+                    );
+                    param.set_value(value);
+                    result?;
                 }
                 None => {
                     let mut value = param.value().clone();

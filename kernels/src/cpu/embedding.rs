@@ -16,7 +16,9 @@ use rayon::prelude::*;
 const ROWS_PER_TASK: usize = 256;
 
 /// `out[i] = weight[ids[i]]`, rows of length `dim`. Ids must be `< weight.len() / dim` (checked by caller).
-pub fn embedding_forward<T: Float>(weight: &[T], dim: usize, ids: &[u32], out: &mut [T]) {
+/// A copy, so any element type: a bf16 table is gathered as it is (widening to f32 and rounding back
+/// would return the same values).
+pub fn embedding_forward<T: Copy + Send + Sync>(weight: &[T], dim: usize, ids: &[u32], out: &mut [T]) {
     for_each_row_block(out, dim, dim, |row0, rows| {
         for (row, &id) in rows.chunks_exact_mut(dim).zip(&ids[row0..]) {
             let start = id as usize * dim;

@@ -5,9 +5,12 @@
 //! the magnitude of the logits. The gradient of the mean over `count` rows is
 //! `(softmax(x) - onehot(t)) / count`. Logits are never converted to probabilities in memory except as
 //! the gradient itself.
+use super::bf16::{round, widen};
 use super::elementwise::for_each_row_block;
 use super::simd::{self, multiversion, Isa, WIDE};
 use crate::Float;
+use half::bf16;
+use rayon::prelude::*;
 
 /// Number of rows whose target is not `ignore_id`.
 pub fn counted_targets(targets: &[u32], ignore_id: Option<u32>) -> usize {
@@ -51,11 +54,7 @@ pub fn cross_entropy_sum<T: Float>(
         let x = &logits[rows.start * vocab..rows.end * vocab];
         loss_rows(isa, x, vocab, &targets[rows], ignore_id, losses);
     });
-    targets
-        .iter()
-        .zip(&row_loss)
-        .filter(|(&t, _)| Some(t) != ignore_id)
-        .fold(0.0, |acc, (_, &l)| acc + l.to_f64())
+    sum_counted(&row_loss, targets, ignore_id)
 }
 
 /// `grad_logits[row] = grad_loss / count * (softmax(logits[row]) - onehot(target))` for counted rows,
@@ -80,6 +79,79 @@ pub fn cross_entropy_backward<T: Float>(
         let x = &logits[rows.start * vocab..rows.end * vocab];
         grad_rows(isa, x, vocab, &targets[rows], ignore_id, factor, grads);
     });
+}
+
+/// Rows per parallel task of [`cross_entropy_bf16`].
+const BF16_ROWS_PER_TASK: usize = 4;
+
+/// [`cross_entropy_sum`] of bf16 logits and, with `grad = Some((grad_loss, out))`, also
+/// [`cross_entropy_backward`] into the bf16 `out`, in one pass a row at a time: each row is widened into
+/// an f32 row buffer, its loss and gradient row formed by the f32 kernels and the gradient rounded once on
+/// store. Row `r`'s results depend only on row `r` and the row losses are added in row order in f64, so
+/// these are the bits of widening the whole logits, running the two f32 kernels and rounding the
+/// gradient, without the two f32 copies of the logits and the f32 gradient.
+pub fn cross_entropy_bf16(
+    logits: &[bf16],
+    vocab: usize,
+    targets: &[u32],
+    ignore_id: Option<u32>,
+    grad: Option<(f32, &mut [bf16])>,
+) -> f64 {
+    let count = counted_targets(targets, ignore_id);
+    if count == 0 || vocab == 0 {
+        if let Some((_, out)) = grad {
+            out.fill(bf16::ZERO);
+        }
+        return 0.0;
+    }
+    let isa = Isa::active();
+    let mut row_loss = vec![0.0f32; targets.len()];
+    let buffers = || (vec![0.0f32; vocab], vec![0.0f32; vocab]);
+    let rows = |row0: usize,
+                losses: &mut [f32],
+                mut out: Option<(f32, &mut [bf16])>,
+                bufs: &mut (Vec<f32>, Vec<f32>)| {
+        let (wide, wide_grad) = bufs;
+        for (i, loss) in losses.iter_mut().enumerate() {
+            let r = row0 + i;
+            widen(&logits[r * vocab..(r + 1) * vocab], wide);
+            let target = &targets[r..r + 1];
+            loss_rows(isa, wide, vocab, target, ignore_id, std::slice::from_mut(loss));
+            if let Some((factor, out)) = out.as_mut() {
+                grad_rows(isa, wide, vocab, target, ignore_id, *factor, wide_grad);
+                round(wide_grad, &mut out[i * vocab..(i + 1) * vocab]);
+            }
+        }
+    };
+    match grad {
+        Some((grad_loss, out)) => {
+            // `cross_entropy_backward`'s factor, with the same roundings.
+            let factor = grad_loss / f32::from_f64(count as f64);
+            row_loss
+                .par_chunks_mut(BF16_ROWS_PER_TASK)
+                .zip(out.par_chunks_mut(BF16_ROWS_PER_TASK * vocab))
+                .enumerate()
+                .for_each_init(buffers, |bufs, (task, (losses, out))| {
+                    rows(task * BF16_ROWS_PER_TASK, losses, Some((factor, out)), bufs)
+                });
+        }
+        None => row_loss
+            .par_chunks_mut(BF16_ROWS_PER_TASK)
+            .enumerate()
+            .for_each_init(buffers, |bufs, (task, losses)| {
+                rows(task * BF16_ROWS_PER_TASK, losses, None, bufs)
+            }),
+    }
+    sum_counted(&row_loss, targets, ignore_id)
+}
+
+/// The f64 sum, in row order, of the losses of the rows whose target is not `ignore_id`.
+fn sum_counted<T: Float>(row_loss: &[T], targets: &[u32], ignore_id: Option<u32>) -> f64 {
+    targets
+        .iter()
+        .zip(row_loss)
+        .filter(|(&t, _)| Some(t) != ignore_id)
+        .fold(0.0, |acc, (_, &l)| acc + l.to_f64())
 }
 
 multiversion! {

@@ -1,6 +1,7 @@
 //! CPU kernels, one file per op family.
 pub mod adamw;
 pub mod attention;
+pub mod bf16;
 pub mod elementwise;
 pub mod embedding;
 pub mod gated;

@@ -1,14 +1,17 @@
 //! Elementwise ops: broadcasting binary arithmetic, scalar arithmetic and unary functions.
-use super::{in_compute_dtype1, match_float};
+use super::{fused_elementwise, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::layout::broadcast_shapes;
 pub use crate::op_kinds::{BinaryOp, UnaryOp};
 use crate::storage::CpuFloat;
 use crate::{DType, Device, Tensor};
+use cola_kernels::cpu::bf16::map_in_place;
 use cola_kernels::cpu::elementwise::{
     gelu_backward, gelu_forward, relu_backward, relu_forward, silu_backward, silu_forward,
 };
 use cola_kernels::cpu::strided::{binary_map, unary_map};
+use cola_kernels::Float;
+use half::bf16;
 
 fn binary_t<T: CpuFloat>(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let shape = broadcast_shapes(op.name(), a.shape(), b.shape())?;
@@ -45,11 +48,29 @@ fn affine_fn<T: CpuFloat>(scale: f64, shift: f64) -> impl Fn(T) -> T + Sync {
     move |x| s * x + b
 }
 
+/// The unary op on f32 slices: the per-element formulas of [`unary_t`] (the same closures and kernels), for
+/// the fused bf16 path.
+fn unary_f32(op: UnaryOp, x: &[f32], y: &mut [f32]) {
+    let map = |f: fn(f32) -> f32, y: &mut [f32]| y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x));
+    match op {
+        UnaryOp::Neg => map(neg, y),
+        UnaryOp::Exp => map(Float::exp, y),
+        UnaryOp::Log => map(Float::ln, y),
+        UnaryOp::Silu => silu_forward(x, y),
+        UnaryOp::Gelu => gelu_forward(x, y),
+        UnaryOp::Relu => relu_forward(x, y),
+    }
+}
+
+fn neg<T: CpuFloat>(x: T) -> T {
+    -x
+}
+
 fn unary_t<T: CpuFloat>(op: UnaryOp, a: &Tensor) -> Result<Tensor> {
     match op {
-        UnaryOp::Neg => map_t::<T>(a, |x| -x),
-        UnaryOp::Exp => map_t::<T>(a, |x| x.exp()),
-        UnaryOp::Log => map_t::<T>(a, |x| x.ln()),
+        UnaryOp::Neg => map_t::<T>(a, neg),
+        UnaryOp::Exp => map_t::<T>(a, Float::exp),
+        UnaryOp::Log => map_t::<T>(a, Float::ln),
         UnaryOp::Silu => activation_t::<T>(a, silu_forward),
         UnaryOp::Gelu => activation_t::<T>(a, gelu_forward),
         UnaryOp::Relu => activation_t::<T>(a, relu_forward),
@@ -71,6 +92,14 @@ impl Tensor {
         if self.is_cuda() {
             super::check_same(op.name(), &[self, other])?;
             return crate::cuda::elementwise::binary(op, self, other);
+        }
+        if self.shape() == other.shape() {
+            let fused = fused_elementwise(op.name(), [self, other], self.shape(), |[a, b], [out]| {
+                out.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = op.apply(a, b));
+            })?;
+            if let Some([out]) = fused {
+                return Ok(out);
+            }
         }
         in_compute_dtype1(
             op.name(),
@@ -99,6 +128,11 @@ impl Tensor {
         #[cfg(feature = "cuda")]
         if self.is_cuda() {
             return crate::cuda::elementwise::unary(op, self);
+        }
+        if let Some([out]) =
+            fused_elementwise(op.name(), [self], self.shape(), |[x], [y]| unary_f32(op, x, y))?
+        {
+            return Ok(out);
         }
         in_compute_dtype1(
             op.name(),
@@ -141,6 +175,13 @@ impl Tensor {
         if self.is_cuda() {
             return crate::cuda::elementwise::affine(self, scale, shift);
         }
+        let f = affine_fn::<f32>(scale, shift);
+        let fused = fused_elementwise("affine", [self], self.shape(), |[x], [y]| {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = f(x));
+        })?;
+        if let Some([out]) = fused {
+            return Ok(out);
+        }
         in_compute_dtype1(
             "affine",
             [self],
@@ -154,6 +195,12 @@ impl Tensor {
     /// tensors are replaced by `affine`'s result.
     pub fn affine_in_place(&mut self, scale: f64, shift: f64) -> Result<()> {
         use rayon::prelude::*;
+        if self.device() == crate::Device::Cpu && self.dtype() == DType::BF16 && super::fused_bf16() {
+            // Widened, scaled in f32 and rounded once, a chunk at a time: `affine`'s bits.
+            let f = affine_fn::<f32>(scale, shift);
+            map_in_place(self.data_mut::<bf16>()?, |w| w.iter_mut().for_each(|x| *x = f(*x)));
+            return Ok(());
+        }
         if self.device() != crate::Device::Cpu || !matches!(self.dtype(), DType::F32 | DType::F64) {
             *self = self.affine(scale, shift)?;
             return Ok(());
@@ -215,15 +262,23 @@ fn cpu_activation_backward(op: &'static str, act: Activation, x: &Tensor, grad_y
             reason: "this activation has a CPU kernel only".into(),
         });
     }
+    fn kernel<T: CpuFloat>(act: Activation) -> fn(&[T], &[T], &mut [T]) {
+        match act {
+            Activation::Silu => silu_backward,
+            Activation::Gelu => gelu_backward,
+            Activation::Relu => relu_backward,
+        }
+    }
+    if let Some([out]) =
+        fused_elementwise(op, [x, grad_y], x.shape(), |[x, g], [out]| kernel(act)(x, g, out))?
+    {
+        return Ok(out);
+    }
     in_compute_dtype1(op, [x, grad_y], |[x, g]| {
         match_float!(op, x.dtype(), T => {
             let (xd, gd) = (x.contiguous_data::<T>()?, g.contiguous_data::<T>()?);
             let mut out = crate::pool::take_for_overwrite::<T>(xd.len()); // written whole by the kernel
-            let kernel: fn(&[T], &[T], &mut [T]) = match act {
-                Activation::Silu => silu_backward,
-                Activation::Gelu => gelu_backward,
-                Activation::Relu => relu_backward,
-            };
+            let kernel = kernel::<T>(act);
             kernel(&xd, &gd, &mut out);
             Ok(Tensor::from_compute(out, x.shape()))
         })

@@ -2,8 +2,9 @@
 use super::{check_rank, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::layout::Shape;
-use crate::Tensor;
+use crate::{DType, Device, Tensor};
 use cola_kernels::cpu::embedding::{embedding_backward, embedding_forward};
+use half::bf16;
 
 fn check_ids(op: &'static str, ids: &[u32], ids_shape: &[usize], vocab: usize) -> Result<()> {
     let expected: usize = ids_shape.iter().product();
@@ -29,6 +30,16 @@ impl Tensor {
         }
         let mut shape: Shape = ids_shape.into();
         shape.push(dim);
+        if weight.dtype() == DType::BF16 && weight.device() == Device::Cpu && super::fused_bf16() {
+            // The rows are copied as they are: the upcast path's widening and rounding give them back
+            // unchanged (every value but a signalling NaN, which rounding makes quiet).
+            let wd = weight.contiguous_data::<bf16>()?;
+            let mut out = crate::pool::take_for_overwrite::<bf16>(ids.len() * dim); // every row copied
+            if !out.is_empty() {
+                embedding_forward(&wd, dim, ids, &mut out);
+            }
+            return Tensor::from_vec(out, &shape);
+        }
         in_compute_dtype1("embedding", [weight], |[w]| {
             match_float!("embedding", w.dtype(), T => {
                 let wd = w.contiguous_data::<T>()?;

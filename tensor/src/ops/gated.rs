@@ -3,7 +3,7 @@
 //! SiLU and a multiply that each save their inputs (docs/METHOD.md section 2: the activation is SiLU for
 //! the small CoLA models and the identity from 350m up, where the low-rank SiLUs supply the
 //! non-linearity).
-use super::{check_same_shape, in_compute_dtype, in_compute_dtype1, match_float};
+use super::{check_same_shape, fused_elementwise, in_compute_dtype, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
 use cola_kernels::cpu::gated::{gated_backward, gated_forward, GateActivation};
@@ -18,6 +18,12 @@ impl Tensor {
         if self.is_cuda() {
             super::check_same(OP, &[self, up])?;
             return crate::cuda::elementwise::gated(self, up, activation);
+        }
+        let fused = fused_elementwise(OP, [self, up], self.shape(), |[g, u], [out]| {
+            gated_forward(g, u, activation, out);
+        })?;
+        if let Some([out]) = fused {
+            return Ok(out);
         }
         in_compute_dtype1(OP, [self, up], |[gate, up]| {
             match_float!(OP, gate.dtype(), T => {
@@ -45,6 +51,12 @@ impl Tensor {
         if gate.is_cuda() {
             super::check_same(OP, &[gate, up, grad])?;
             return crate::cuda::elementwise::gated_backward(gate, up, grad, activation);
+        }
+        let fused = fused_elementwise(OP, [gate, up, grad], gate.shape(), |[g, u, dh], [dg, du]| {
+            gated_backward(g, u, dh, activation, dg, du);
+        })?;
+        if let Some([grad_gate, grad_up]) = fused {
+            return Ok((grad_gate, grad_up));
         }
         let grads = in_compute_dtype(OP, [gate, up, grad], |[gate, up, grad]| {
             match_float!(OP, gate.dtype(), T => {

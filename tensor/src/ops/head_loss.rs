@@ -14,7 +14,7 @@
 //!
 //! The sums follow a fixed order (blocks in row order, rows in order inside a block, in f64), so results do
 //! not depend on timing; with a single block they are bit-identical to `matmul` then `cross_entropy`.
-use super::check_same;
+use super::{check_same, convert};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
 use cola_kernels::cpu::loss::counted_targets;
@@ -124,18 +124,17 @@ fn block_pass(
         }
         let block = rows.narrow(0, start, len)?;
         let logits = block.matmul(weight)?;
-        if loss {
-            pass.loss_sum += logits.cross_entropy_sum(block_targets, ignore_id)?;
-        }
-        let Some(request) = grads else { continue };
-        let block_grad_loss = request.grad_loss * block_count as f64 / count as f64;
-        let grad_logits = Tensor::cross_entropy_backward(&logits, block_targets, ignore_id, block_grad_loss)?;
+        let block_grad_loss = grads.map(|request| request.grad_loss * block_count as f64 / count as f64);
+        let (block_loss, grad_logits) =
+            logits.cross_entropy_block(block_targets, ignore_id, loss, block_grad_loss)?;
         drop(logits);
+        pass.loss_sum += block_loss;
+        let (Some(request), Some(grad_logits)) = (grads, grad_logits) else { continue };
         if request.hidden {
-            grad_rows.push(grad_logits.matmul(&weight_t)?.to_dtype(compute)?);
+            grad_rows.push(convert(&grad_logits.matmul(&weight_t)?, compute)?);
         }
         if request.weight {
-            let block_grad_weight = block.t()?.matmul(&grad_logits)?.to_dtype(compute)?;
+            let block_grad_weight = convert(&block.t()?.matmul(&grad_logits)?, compute)?;
             pass.grad_weight = Some(match pass.grad_weight.take() {
                 None => block_grad_weight,
                 Some(sum) => sum.add(&block_grad_weight)?,
@@ -281,8 +280,8 @@ impl Tensor {
         let missing =
             || TensorError::InvalidArgument { op, reason: "a requested gradient was not formed".into() };
         let grad_hidden =
-            pass.grad_rows.ok_or_else(missing)?.reshape(hidden.shape())?.to_dtype(hidden.dtype())?;
-        let grad_weight = pass.grad_weight.ok_or_else(missing)?.to_dtype(weight.dtype())?;
+            convert(&pass.grad_rows.ok_or_else(missing)?.reshape(hidden.shape())?, hidden.dtype())?;
+        let grad_weight = convert(&pass.grad_weight.ok_or_else(missing)?, weight.dtype())?;
         Ok((grad_hidden, grad_weight))
     }
 }

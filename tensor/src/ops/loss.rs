@@ -2,8 +2,11 @@
 use super::{in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::Tensor;
-use cola_kernels::cpu::loss::{cross_entropy_backward, cross_entropy_forward, cross_entropy_sum};
+use cola_kernels::cpu::loss::{
+    cross_entropy_backward, cross_entropy_bf16, cross_entropy_forward, cross_entropy_sum,
+};
 use cola_kernels::Float;
+use half::bf16;
 
 /// Checks logits `[..., vocab]` against one target per row; returns `vocab`.
 fn check(op: &'static str, logits: &Tensor, targets: &[u32], ignore_id: Option<u32>) -> Result<usize> {
@@ -43,7 +46,7 @@ impl Tensor {
             return crate::cuda::loss::cross_entropy(self, targets, ignore_id);
         }
         super::check_same("cross_entropy", &[self])?;
-        let logits = self.to_dtype(self.dtype().compute_dtype())?;
+        let logits = super::convert(self, self.dtype().compute_dtype())?;
         match_float!("cross_entropy", logits.dtype(), T => {
             let ld = logits.contiguous_data::<T>()?;
             let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
@@ -64,7 +67,7 @@ impl Tensor {
             let count = cola_kernels::cpu::loss::counted_targets(targets, ignore_id);
             return Ok(mean * count as f64);
         }
-        let logits = self.to_dtype(self.dtype().compute_dtype())?;
+        let logits = super::convert(self, self.dtype().compute_dtype())?;
         match_float!("cross_entropy", logits.dtype(), T => {
             let ld = logits.contiguous_data::<T>()?;
             Ok(cross_entropy_sum(&ld, vocab, targets, ignore_id))
@@ -92,5 +95,42 @@ impl Tensor {
                 Ok(Tensor::from_compute(g, logits.shape()))
             })
         })
+    }
+
+    /// A block of the fused head's loss pass: the cross-entropy sum over the block's rows (0 unless
+    /// `want_loss`) and, given `grad_loss`, the gradient of the logits, as
+    /// [`Tensor::cross_entropy_sum`] and [`Tensor::cross_entropy_backward`] give them. bf16 CPU logits
+    /// take one fused pass (`cola_kernels::cpu::loss::cross_entropy_bf16`: a row at a time widened, both
+    /// kernels, the gradient rounded once), with the same bits and no f32 copy of the logits.
+    pub(crate) fn cross_entropy_block(
+        &self,
+        targets: &[u32],
+        ignore_id: Option<u32>,
+        want_loss: bool,
+        grad_loss: Option<f64>,
+    ) -> Result<(f64, Option<Tensor>)> {
+        let fused =
+            self.dtype() == crate::DType::BF16 && self.device() == crate::Device::Cpu && super::fused_bf16();
+        if !fused {
+            let loss = if want_loss { self.cross_entropy_sum(targets, ignore_id)? } else { 0.0 };
+            let grad =
+                grad_loss.map(|g| Tensor::cross_entropy_backward(self, targets, ignore_id, g)).transpose()?;
+            return Ok((loss, grad));
+        }
+        let vocab = check("cross_entropy", self, targets, ignore_id)?;
+        let logits = self.contiguous_data::<bf16>()?;
+        let Some(grad_loss) = grad_loss else {
+            return Ok((cross_entropy_bf16(&logits, vocab, targets, ignore_id, None), None));
+        };
+        let mut grad = crate::pool::take_for_overwrite::<bf16>(logits.len()); // written whole by the kernel
+        let loss = cross_entropy_bf16(
+            &logits,
+            vocab,
+            targets,
+            ignore_id,
+            Some((f32::from_f64(grad_loss), &mut grad)),
+        );
+        let grad = Tensor::from_vec(grad, self.shape())?;
+        Ok((if want_loss { loss } else { 0.0 }, Some(grad)))
     }
 }

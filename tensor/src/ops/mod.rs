@@ -1,8 +1,20 @@
 //! Forward ops on tensors. Each op validates its inputs (shapes, dtypes, devices), runs the CPU kernel of
-//! `cola_kernels` in the compute dtype (bf16 is upcast to f32 and the result cast back) and returns a new
-//! contiguous tensor. Backward kernels that the autograd rules need are exposed here too.
+//! `cola_kernels` in the compute dtype and returns a new contiguous tensor. Backward kernels that the
+//! autograd rules need are exposed here too.
+//!
+//! bf16 on the CPU takes one of two paths, with the same bits: element-wise ops (arithmetic, activations
+//! and their gradients, the gated product) run *fused* ([`fused_elementwise`]: a chunk of a few thousand
+//! elements at a time is widened, fed to the f32 kernel and rounded once on store, so no f32 copy of a
+//! tensor is ever made); the others run through [`in_compute_dtype`], the *upcast* path (whole inputs
+//! widened to f32, the f32 kernel, whole outputs rounded). [`set_fused_bf16`] turns the fused paths off
+//! on the calling thread, so tests compare the two bit for bit.
 use crate::error::{Result, TensorError};
-use crate::{DType, Tensor};
+use crate::layout::Layout;
+use crate::storage::Element;
+use crate::{DType, Device, Tensor};
+use cola_kernels::cpu::bf16::{map_chunks_par, round_par, widen_par};
+use half::bf16;
+use std::cell::Cell;
 
 pub mod attention;
 pub mod concat;
@@ -55,6 +67,87 @@ pub(crate) fn check_same(op: &'static str, tensors: &[&Tensor]) -> Result<()> {
     crate::tensor::check_device(op, first.device())
 }
 
+thread_local! {
+    static FUSED_BF16: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Whether ops called from this thread take the fused bf16 paths (the default) or the upcast path for
+/// every op. Both give the same bits; the switch exists so that tests can compare them.
+pub fn set_fused_bf16(on: bool) {
+    FUSED_BF16.with(|f| f.set(on));
+}
+
+/// Whether the fused bf16 paths are on for this thread ([`set_fused_bf16`]).
+pub(crate) fn fused_bf16() -> bool {
+    FUSED_BF16.with(Cell::get)
+}
+
+/// Runs an element-wise f32 `kernel` over bf16 CPU `inputs` chunk by chunk, rounding its `M` outputs once
+/// (`cola_kernels::cpu::bf16::map_chunks_par`), each output of `shape` (the inputs' common element count,
+/// read in row-major order). `None` when the fused path does not apply: inputs not bf16 on the CPU, or the
+/// fused paths turned off ([`set_fused_bf16`]); the caller then takes the upcast path. `kernel` must
+/// compute element `i` of each output from element `i` of the inputs alone, which makes the result the
+/// upcast path's, bit for bit.
+pub(crate) fn fused_elementwise<const N: usize, const M: usize>(
+    op: &'static str,
+    inputs: [&Tensor; N],
+    shape: &[usize],
+    kernel: impl Fn([&[f32]; N], [&mut [f32]; M]) + Sync,
+) -> Result<Option<[Tensor; M]>> {
+    let applies =
+        fused_bf16() && inputs.iter().all(|t| t.dtype() == DType::BF16 && t.device() == Device::Cpu);
+    if !applies {
+        return Ok(None);
+    }
+    check_same(op, &inputs)?;
+    let n: usize = shape.iter().product();
+    if let Some(t) = inputs.iter().find(|t| t.numel() != n) {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: shape.to_vec(),
+            rhs: t.shape().to_vec(),
+            reason: "element-wise inputs must have the output's element count",
+        });
+    }
+    let data: Vec<_> = inputs.iter().map(|t| t.contiguous_data::<bf16>()).collect::<Result<_>>()?;
+    let views: [&[bf16]; N] = std::array::from_fn(|i| &*data[i]);
+    // Every output is written whole.
+    let mut outs: [Vec<bf16>; M] = std::array::from_fn(|_| crate::pool::take_for_overwrite::<bf16>(n));
+    {
+        let mut rest: &mut [Vec<bf16>] = &mut outs;
+        let slices: [&mut [bf16]; M] = std::array::from_fn(|_| {
+            let (first, tail) = std::mem::take(&mut rest).split_first_mut().expect("M outputs");
+            rest = tail;
+            first.as_mut_slice()
+        });
+        map_chunks_par(views, slices, kernel);
+    }
+    Ok(Some(outs.map(|o| Tensor::from_storage(bf16::into_storage(o), Layout::contiguous(shape)))))
+}
+
+/// `t` in `dtype`: [`Tensor::to_dtype`], with CPU bf16 <-> f32 through the vectorised, multi-threaded
+/// conversion kernels (`cola_kernels::cpu::bf16`: the same bits, tested against `half`'s rounding).
+pub(crate) fn convert(t: &Tensor, dtype: DType) -> Result<Tensor> {
+    fn wrap<T: Element>(data: Vec<T>, shape: &[usize]) -> Tensor {
+        Tensor::from_storage(T::into_storage(data), Layout::contiguous(shape))
+    }
+    match (t.device(), t.dtype(), dtype) {
+        (Device::Cpu, DType::BF16, DType::F32) => {
+            let src = t.contiguous_data::<bf16>()?;
+            let mut out = crate::pool::take_for_overwrite::<f32>(src.len()); // written whole
+            widen_par(&src, &mut out);
+            Ok(wrap(out, t.shape()))
+        }
+        (Device::Cpu, DType::F32, DType::BF16) => {
+            let src = t.contiguous_data::<f32>()?;
+            let mut out = crate::pool::take_for_overwrite::<bf16>(src.len()); // written whole
+            round_par(&src, &mut out);
+            Ok(wrap(out, t.shape()))
+        }
+        _ => t.to_dtype(dtype),
+    }
+}
+
 /// Runs `f` on the inputs in their compute dtype: bf16 inputs are upcast to f32 and every output is cast
 /// back to bf16. Checks that the inputs agree in dtype and device first.
 pub(crate) fn in_compute_dtype<const N: usize>(
@@ -65,13 +158,13 @@ pub(crate) fn in_compute_dtype<const N: usize>(
     check_same(op, &inputs)?;
     let stored = inputs.first().map_or(DType::F32, |t| t.dtype());
     let compute = stored.compute_dtype();
-    let converted: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(compute)).collect::<Result<_>>()?;
+    let converted: Vec<Tensor> = inputs.iter().map(|t| convert(t, compute)).collect::<Result<_>>()?;
     let converted: [Tensor; N] = converted.try_into().map_err(|_| TensorError::InvalidArgument {
         op,
         reason: "input count changed during conversion".into(),
     })?;
     let outputs = f(converted)?;
-    outputs.into_iter().map(|t| t.to_dtype(stored)).collect()
+    outputs.into_iter().map(|t| convert(&t, stored)).collect()
 }
 
 /// [`in_compute_dtype`] for ops with one output.

@@ -1,9 +1,11 @@
 //! RMSNorm over the last dim: `y = x / sqrt(mean(x^2) + eps) * weight`.
 use super::{in_compute_dtype, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
-use crate::Tensor;
+use crate::{DType, Device, Tensor};
+use cola_kernels::cpu::bf16::{map_rows_par, widen};
 use cola_kernels::cpu::norm::{rms_norm_backward, rms_norm_forward};
 use cola_kernels::Float;
+use half::bf16;
 
 fn check(op: &'static str, x: &Tensor, weight: &Tensor) -> Result<usize> {
     let d = x.shape().last().copied().unwrap_or(0);
@@ -26,6 +28,16 @@ impl Tensor {
         if self.is_cuda() {
             super::check_same("rms_norm", &[self, weight])?;
             return crate::cuda::norm::rms_norm(self, weight, eps);
+        }
+        if self.dtype() == DType::BF16 && self.device() == Device::Cpu && super::fused_bf16() {
+            // Rows are independent: whole rows at a time widened, the f32 kernel, one rounding.
+            super::check_same("rms_norm", &[self, weight])?;
+            let (x, w) = (self.contiguous_data::<bf16>()?, weight.contiguous_data::<bf16>()?);
+            let mut wide_weight = vec![0.0f32; d];
+            widen(&w, &mut wide_weight);
+            let mut y = crate::pool::take_for_overwrite::<bf16>(x.len()); // written whole, row by row
+            map_rows_par(&x, &mut y, d, |x, y| rms_norm_forward(x, &wide_weight, d, f32::from_f64(eps), y));
+            return Tensor::from_vec(y, self.shape());
         }
         in_compute_dtype1("rms_norm", [self, weight], |[x, w]| {
             match_float!("rms_norm", x.dtype(), T => {

@@ -5,8 +5,9 @@ use crate::error::{Result, TensorError};
 pub use crate::multi_tensor::{AdamWTensors, MultiTensorPlan, StateKind};
 use crate::storage::CpuFloat;
 use crate::{DType, Device, Tensor};
-use cola_kernels::cpu::adamw::adamw_step;
 pub use cola_kernels::cpu::adamw::AdamWStep;
+use cola_kernels::cpu::adamw::{adamw_step, adamw_step_bf16, adamw_step_mixed, MixedState};
+use half::bf16;
 
 const MULTI_OP: &str = "clip_adamw_multi";
 
@@ -51,20 +52,30 @@ fn adamw_t<T: CpuFloat>(
     Ok(())
 }
 
-/// Sum of squares of a contiguous buffer, in f64, in fixed-size chunks added in order (deterministic).
-fn squared_norm_t<T: CpuFloat>(t: &Tensor) -> Result<f64> {
+/// Sum of squares of a contiguous buffer, each element read as f64 by `to_f64`, in fixed-size chunks
+/// added in order (deterministic).
+fn squared_sum<T: Copy + Sync>(data: &[T], to_f64: impl Fn(T) -> f64 + Sync) -> f64 {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let data = t.contiguous_data::<T>()?;
     let partials: Vec<f64> =
-        data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>()).collect();
-    Ok(partials.iter().sum())
+        data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| to_f64(x) * to_f64(x)).sum::<f64>()).collect();
+    partials.iter().sum()
+}
+
+fn squared_norm_t<T: CpuFloat>(t: &Tensor) -> Result<f64> {
+    Ok(squared_sum(&t.contiguous_data::<T>()?, |x: T| x.to_f64()))
+}
+
+/// bf16 values read directly: widening is exact, so the bits of upcasting the tensor first, without the
+/// f32 copy.
+fn squared_norm_bf16(t: &Tensor) -> Result<f64> {
+    Ok(squared_sum(&t.contiguous_data::<bf16>()?, |x: bf16| f64::from(x.to_f32())))
 }
 
 impl Tensor {
     /// One AdamW step in place: `param`, `m` and `v` (same shape and dtype as `grad`) are updated; their
-    /// storage is made unshared first. CPU parameters must be f32 or f64 (bf16 training keeps f32 master
-    /// weights); GPU parameters may also be bf16 with bf16 moments (the pure-bf16 mode).
+    /// storage is made unshared first. f32, f64 or bf16 (the pure-bf16 mode: bf16 moments, the update
+    /// computed in f32 and each result rounded once to bf16).
     pub fn adamw_step(
         param: &mut Tensor,
         grad: &Tensor,
@@ -81,13 +92,59 @@ impl Tensor {
             return crate::cuda::optim::adamw_step(param, grad, m, v, hyper);
         }
         if param.dtype() == DType::BF16 {
-            return Err(TensorError::UnsupportedDType {
-                op: "adamw_step",
-                dtype: DType::BF16,
-                reason: "keep f32 master weights and optimizer state",
-            });
+            let g = grad.contiguous_data::<bf16>()?;
+            let (m, v) = (m.data_mut::<bf16>()?, v.data_mut::<bf16>()?);
+            adamw_step_bf16(param.data_mut::<bf16>()?, &g, m, v, hyper);
+            return Ok(());
         }
         match_float!("adamw_step", param.dtype(), T => adamw_t::<T>(param, grad, m, v, hyper))
+    }
+
+    /// One AdamW step of a bf16 parameter under mixed precision: the f32 `master`, `m` and `v` are updated
+    /// from the bf16 `grad` (widened as it is read) and `param` becomes the master's bf16 rounding. The same
+    /// bits as upcasting `grad`, [`Tensor::adamw_step`] on the master and rounding it into `param`, in one
+    /// pass (CPU; on a GPU it runs as those three steps).
+    pub fn adamw_step_mixed(
+        master: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        param: &mut Tensor,
+        hyper: AdamWStep,
+    ) -> Result<()> {
+        const OP: &str = "adamw_step_mixed";
+        check_same(OP, &[master, m, v])?;
+        check_same(OP, &[param, grad])?;
+        for t in [&*m, &*v, grad, &*param] {
+            check_same_shape(OP, master, t)?;
+        }
+        if master.device() != param.device() {
+            return Err(TensorError::DeviceMismatch { op: OP, lhs: master.device(), rhs: param.device() });
+        }
+        if (master.dtype(), param.dtype()) != (DType::F32, DType::BF16) {
+            return Err(TensorError::InvalidArgument {
+                op: OP,
+                reason: format!(
+                    "master, m, v must be f32 and param, grad bf16; got {} and {}",
+                    master.dtype(),
+                    param.dtype()
+                ),
+            });
+        }
+        if master.device() != Device::Cpu {
+            Tensor::adamw_step(master, &grad.to_dtype(DType::F32)?, m, v, hyper)?;
+            *param = master.to_dtype(DType::BF16)?;
+            return Ok(());
+        }
+        let g = grad.contiguous_data::<bf16>()?;
+        let state = MixedState {
+            master: master.data_mut::<f32>()?,
+            m: m.data_mut::<f32>()?,
+            v: v.data_mut::<f32>()?,
+            param: param.data_mut::<bf16>()?,
+        };
+        adamw_step_mixed(state, &g, hyper);
+        Ok(())
     }
 
     /// `sum(x^2)` accumulated in f64.
@@ -98,7 +155,7 @@ impl Tensor {
             return crate::cuda::optim::squared_norm(self);
         }
         match self.dtype() {
-            DType::BF16 => squared_norm_t::<f32>(&self.to_dtype(DType::F32)?),
+            DType::BF16 => squared_norm_bf16(self),
             dtype => match_float!("squared_norm", dtype, T => squared_norm_t::<T>(self)),
         }
     }
