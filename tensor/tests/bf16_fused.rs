@@ -133,3 +133,32 @@ fn embedding_gives_the_upcast_bits() {
     let ids: Vec<u32> = (0..2 * 129).map(|i| (i * 7919 % 301) as u32).collect();
     same_both_ways("embedding", || vec![Tensor::embedding(&table, &ids, &[2, 129]).unwrap()]);
 }
+
+/// `to_dtype` between f32 and bf16 takes the vectorised conversion on a contiguous tensor and the
+/// element-wise one on a view: both round to nearest even as `half` does, and widen exactly.
+#[test]
+fn to_dtype_of_contiguous_tensors_and_views_agree() {
+    let mut rng = Rng::new(21);
+    let x = Tensor::randn(&[37, 1029], 0.0, 3.0, DType::F32, &mut rng);
+    let xt = x.t().unwrap();
+    assert!(x.is_contiguous() && !xt.is_contiguous());
+    let rounded = |t: &Tensor| -> Vec<u16> {
+        t.contiguous()
+            .unwrap()
+            .to_vec::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_bits())
+            .collect()
+    };
+    assert_eq!(bits(&x.to_dtype(DType::BF16).unwrap()), rounded(&x));
+    assert_eq!(bits(&xt.to_dtype(DType::BF16).unwrap().contiguous().unwrap()), rounded(&xt));
+    let b = x.to_dtype(DType::BF16).unwrap();
+    let widened: Vec<f32> = b.to_vec::<bf16>().unwrap().iter().map(|v| v.to_f32()).collect();
+    assert_eq!(b.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap(), widened);
+    let bt = b.t().unwrap().to_dtype(DType::F32).unwrap().contiguous().unwrap();
+    assert_eq!(
+        bt.to_vec::<f32>().unwrap(),
+        b.t().unwrap().contiguous().unwrap().to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap()
+    );
+}
