@@ -12,6 +12,8 @@
 //!   most 2^-24 of a partial sum bounded by `sum |a b|`, so `|C - exact| <= k * 2^-24 * sum |a b|`
 //!   (the products are exact); the test allows `(k + 2) 2^-24 sum |a b|`, which catches any wrong or
 //!   missing term (one term is about 1/k of the magnitude);
+//! - the same bits in pools of 1, 2, 3 and 4 threads, for column counts that make a chunk per thread
+//!   narrower than the usual 256 columns (the CoLA down factors' 256) and ones that do not;
 //! - a batch of stacked items equals the one matrix they form; products that are not few-row ones (too
 //!   many rows, strided B columns, a B per item) are refused, computing nothing.
 //!
@@ -80,7 +82,7 @@ fn bit_for_bit_the_f32_path_and_the_portable_path_and_near_the_exact_product() {
     let mut rng = Rng(7);
     let mut checked = 0;
     for m in 1..=8 {
-        for (n, k) in [(1, 5), (7, 33), (33, 300), (300, 600)] {
+        for (n, k) in [(1, 5), (7, 33), (33, 300), (256, 600), (300, 600)] {
             let dims = Dims { m, n, k };
             let a = Matrix::new(m, k, 3, &mut rng);
             let b = Matrix::new(k, n, 5, &mut rng);
@@ -119,7 +121,23 @@ fn bit_for_bit_the_f32_path_and_the_portable_path_and_near_the_exact_product() {
             }
         }
     }
-    assert_eq!(checked, 32 * available.len());
+    assert_eq!(checked, 40 * available.len());
+}
+
+#[test]
+fn the_thread_count_changes_no_bit() {
+    let mut rng = Rng(3);
+    for (m, n, k) in [(1, 256, 1024), (3, 96, 700), (8, 2736, 64), (2, 1000, 300)] {
+        let dims = Dims { m, n, k };
+        let (a, b) = (Matrix::new(m, k, 1, &mut rng), Matrix::new(k, n, 3, &mut rng));
+        let runs: Vec<Vec<u32>> = (1..=4)
+            .map(|threads| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                bits(&pool.install(|| few_rows(KernelPath::selected(), dims, &a, &b)))
+            })
+            .collect();
+        assert!(runs.iter().all(|run| *run == runs[0]), "{dims:?}: results depend on the thread count");
+    }
 }
 
 #[test]

@@ -4,12 +4,12 @@
 //!
 //! Why: with one to a few rows (a decode step) the blocked GEMM's cost is packing B, a full extra pass
 //! over the weights (plus the MR-tall micro-kernel mostly multiplying padding). Here B is read once, in
-//! place: C's columns are cut into fixed chunks of `CHUNK_COLS` (the unit of parallel work), a chunk
-//! into register tiles of `TILE` columns. For each depth block (the path's KC) every tile of the chunk
+//! place: C's columns are cut into chunks of `CHUNK_COLS` (the unit of parallel work; narrower when
+//! there would be fewer chunks than threads, see [`chunk_width`]), a chunk into register tiles of `TILE` columns. For each depth block (the path's KC) every tile of the chunk
 //! runs with its `m x TILE` accumulators in registers, each depth step loading one `TILE`-wide run of a
 //! B row and broadcasting the m values of A's column (A is gathered once per call into depth-major
 //! `[k][m]`); the chunk's first tile prefetches the whole chunk's width of the rows ahead, so B streams
-//! from memory in runs of `CHUNK_COLS`, and the other tiles find their rows in cache.
+//! from memory in runs of a chunk's width, and the other tiles find their rows in cache.
 //!
 //! Summation order: exactly the blocked GEMM's on the same path, so a row's result does not depend on
 //! whether it went through here or through the GEMM (nor on how many rows shared the call): for each
@@ -26,7 +26,7 @@
 //! check), hence also the blocked GEMM's and the bf16 GEMM's widening path (`bf16/`) on the same f32
 //! micro-kernel path.
 //!
-//! Determinism: chunks are fixed by n alone, each element is computed by one task in the order above,
+//! Determinism: each element is computed by one task in the order above, whichever chunk holds it,
 //! and the instruction-set level (`simd::multiversion!`) changes only the vector width (every operation
 //! is lane-wise and explicitly fused or not), so results are bit-identical for any thread count and any
 //! level. A partial last tile runs on a zero-padded copy of its columns of B, through the same code.
@@ -73,6 +73,17 @@ pub(super) const TILE: usize = 32;
 
 /// Columns per parallel task: 8 tiles, 1 KiB of each f32 B row, so a 32000-column head gives 125 tasks.
 const CHUNK_COLS: usize = 8 * TILE;
+
+/// The chunk width for `n` columns on `threads` threads: [`CHUNK_COLS`], or whole tiles split evenly
+/// when that would give fewer chunks than threads. The CoLA down factors `[d, r]` have `r = 256`
+/// columns, one full chunk, which one thread would otherwise stream alone while the others wait; a
+/// chunk only decides which task computes a column, never how, so the results do not depend on it.
+fn chunk_width(n: usize, threads: usize) -> usize {
+    if threads <= 1 || n.div_ceil(CHUNK_COLS) >= threads {
+        return CHUNK_COLS;
+    }
+    n.div_ceil(threads).next_multiple_of(TILE).clamp(TILE, CHUNK_COLS)
+}
 
 /// Whether a product takes this path: few rows and B's columns contiguous.
 pub(super) fn fits<T>(dims: Dims, b: MatRef<'_, T>) -> bool {
@@ -193,16 +204,16 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
         .map(|p| std::array::from_fn(|i| a.data[a.offset + i * a.row_stride + p * a.col_stride].widen()))
         .collect();
     // `chunks[t][i]` is row i of C restricted to chunk t's columns.
-    let mut chunks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(CHUNK_COLS)).map(|_| Vec::with_capacity(R)).collect();
+    let width = chunk_width(n, threads);
+    let mut chunks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
     for row in c.chunks_mut(n) {
-        for (chunk, part) in chunks.iter_mut().zip(row.chunks_mut(CHUNK_COLS)) {
+        for (chunk, part) in chunks.iter_mut().zip(row.chunks_mut(width)) {
             chunk.push(part);
         }
     }
     let isa = Isa::active();
     let b_rows = Columns { data: b.data, offset: b.offset, row_stride: b.row_stride };
-    let run =
-        |(t, chunk): (usize, Vec<&mut [T]>)| chunk_task(isa, params, &a_cols, b_rows, t * CHUNK_COLS, chunk);
+    let run = |(t, chunk): (usize, Vec<&mut [T]>)| chunk_task(isa, params, &a_cols, b_rows, t * width, chunk);
     let volume = n.saturating_mul(k).saturating_mul(R);
     if threads > 1 && volume >= PARALLEL_MIN_VOLUME && chunks.len() > 1 {
         chunks.into_par_iter().enumerate().for_each(run);
