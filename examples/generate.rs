@@ -7,10 +7,12 @@
 //! `--checkpoint` takes a run directory (its latest checkpoint), a `checkpoint-<step>` folder, a folder
 //! with a `model.safetensors` in the reference's names and layouts, or such a file. With one prompt the
 //! text streams as it is generated; with several, each prompt's text is printed when all are done.
-use clap::Parser;
+//! `--precision bf16` converts the weights to bf16 once they are loaded (half the bytes each decode
+//! step reads; activations and the KV cache follow in bf16); the default keeps f32.
+use clap::{Parser, ValueEnum};
 use cola::generate::{self, GenerateError, LoadOptions};
 use cola::nn::{GenerateOptions, SamplingConfig, StopReason};
-use cola::tensor::Device;
+use cola::tensor::{DType, Device};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +58,16 @@ struct Args {
     /// Threads of the compute pool [default: one per core]
     #[arg(long)]
     threads: Option<usize>,
+    /// Weights (and so activations and KV cache) in f32, or converted to bf16 at load
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
+}
+
+/// The dtype the weights are converted to at load.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    F32,
+    Bf16,
 }
 
 fn parse_device(text: &str) -> Result<Device, String> {
@@ -77,12 +89,15 @@ fn run(args: Args) -> Result<(), GenerateError> {
         cola::train::set_threads(threads)?;
     }
     let began = Instant::now();
-    let loaded = generate::load(&LoadOptions {
+    let mut loaded = generate::load(&LoadOptions {
         checkpoint: args.checkpoint.clone(),
         model: args.model.clone(),
         tokenizer: args.tokenizer.clone(),
         device: args.device,
     })?;
+    if args.precision == Precision::Bf16 {
+        loaded.model.to_device(args.device, DType::BF16)?;
+    }
     let config = loaded.model.config();
     eprintln!(
         "loaded {} ({}; config from {}) in {:.1}s; tokenizer {}",
@@ -142,8 +157,9 @@ fn run(args: Args) -> Result<(), GenerateError> {
 fn describe(model: &cola::nn::Llama) -> String {
     let config = model.config();
     format!(
-        "{:.1}M parameters, d_model {}, {} layers, {}",
+        "{:.1}M parameters in {}, d_model {}, {} layers, {}",
         model.param_counts().total as f64 / 1e6,
+        model.dtype(),
         config.d_model,
         config.n_layers,
         config.rank.map_or("full rank".to_string(), |r| format!("rank {r}"))

@@ -58,6 +58,12 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("scripts/bench_gpu_table.py", "reads the JSON files of a GPU check"),
     ("scripts/compare_metrics.py", "reads the run directories of a GPU check"),
     ("BF16=1 scripts/bench_gemm_vs_numpy.sh 3", "needs PyTorch; minutes of GEMM timing"),
+    ("scripts/bench_cpu_vs_torch.sh [ROUNDS]", "needs PyTorch; trains cola-60m and cola-350m: an hour"),
+    (
+        "ROWS=cola-60m:2:2 SEQ=64 STEPS=3 scripts/bench_cpu_vs_torch.sh 1",
+        "needs PyTorch; torch.compile: minutes",
+    ),
+    ("scripts/reference/bench_torch_gpu.py --device cpu", "needs PyTorch"),
     (
         "MODEL=cola-60m BATCH=8 STEPS=4 POLICIES=none PRECISION=bf16-mixed scripts/bench_cpu_step.sh OLD NEW 1",
         "two builds of the training program; minutes of training",

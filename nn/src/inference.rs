@@ -12,25 +12,51 @@
 //! group as one batch; decode runs every row's next token in one batch (the projections, norms and head
 //! see `[rows, 1, d_model]`), with RoPE positions per row and attention per row against its own cache.
 //! Everything runs on the device of the model's weights; new tensors come only from ops on them.
+//!
+//! bf16 weights (`Llama::to_device(.., DType::BF16)`) make every activation bf16; each op takes bf16 on
+//! the CPU (the matmuls on the bf16 GEMM, whose few-row path reads the weights in place; the rest in f32
+//! on upcast copies of their inputs), except two that run here: the embedding lookup gathers its rows
+//! (the op itself would upcast the whole `[vocab, d]` table at every step), and attention keeps an f32
+//! cache (`CachedGraph::cached_attention`; on a GPU the cache is bf16).
+//!
+//! [`Session::set_profiling`] times every op of the forward by name (the head apart), for finding where
+//! a decode step's time goes (`bench_inference --profile`).
 use crate::config::LlamaConfig;
 use crate::error::{NnError, Result};
 use crate::kv_cache::KvCache;
 use crate::model::Llama;
-use cola_autograd::op::{Attention, Rope};
+use cola_autograd::op::{Attention, Embedding, Rope};
 use cola_autograd::{AutogradError, Eager, Graph, Op, Parameter};
-use cola_tensor::{Tensor, TensorError};
+use cola_tensor::{DType, Device, Tensor, TensorError};
+use std::time::Instant;
+
+/// Calls and seconds per op name over a session's forwards since profiling was turned on, in order of
+/// first use; the LM head's product is listed as `head`.
+pub type OpTimes = Vec<(&'static str, usize, f64)>;
 
 /// A batch of sequences being generated from one model: the model's weights and the cache of every row.
 /// Dropping the session frees the cache.
 pub struct Session<'m> {
     model: &'m Llama,
     cache: KvCache,
+    profile: Option<OpTimes>,
 }
 
 impl<'m> Session<'m> {
     /// An empty session (no rows).
     pub fn new(model: &'m Llama) -> Session<'m> {
-        Session { model, cache: KvCache::new(model.config().n_layers) }
+        Session { model, cache: KvCache::new(model.config().n_layers), profile: None }
+    }
+
+    /// Starts timing every op from now on (clearing earlier times), or stops. Each timed op waits for
+    /// nothing but itself on the CPU; on a GPU the times are launch times.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(Vec::new);
+    }
+
+    /// The op times since [`Session::set_profiling`] turned profiling on (empty when it is off).
+    pub fn op_times(&self) -> &[(&'static str, usize, f64)] {
+        self.profile.as_deref().unwrap_or(&[])
     }
 
     pub fn model(&self) -> &'m Llama {
@@ -127,35 +153,55 @@ impl<'m> Session<'m> {
         let model = self.model;
         let all = self.cache.lengths();
         let lengths: Vec<usize> = rows.iter().map(|&r| all[r]).collect();
-        let mut graph = CachedGraph { cache: &mut self.cache, rows, lengths: &lengths, layer: 0 };
+        let profile = self.profile.as_mut();
+        let mut graph =
+            CachedGraph { cache: &mut self.cache, rows, lengths: &lengths, layer: 0, profile, head: false };
         let hidden = model.hidden_states(&mut graph, ids, rows.len(), seq)?;
         let d_model = model.config().d_model;
         let last = hidden.narrow(1, seq - 1, 1)?.contiguous()?.reshape(&[rows.len(), d_model])?;
+        graph.head = true;
         model.head(&mut graph, &last)
     }
 }
 
-/// The eager executor of a [`Session`]'s forward: the rows being run, the tokens each has seen, and the
-/// decoder layer running now (set by [`Graph::layer`]).
+/// The eager executor of a [`Session`]'s forward: the rows being run, the tokens each has seen, the
+/// decoder layer running now (set by [`Graph::layer`]), the op times when profiling, and whether the
+/// head runs now.
 struct CachedGraph<'a> {
     cache: &'a mut KvCache,
     rows: &'a [usize],
     lengths: &'a [usize],
     layer: usize,
+    profile: Option<&'a mut OpTimes>,
+    head: bool,
 }
 
 impl Graph for CachedGraph<'_> {
     type Value = Tensor;
 
     fn apply(&mut self, op: Op, inputs: &[&Tensor]) -> cola_autograd::Result<Tensor> {
-        match op {
+        let name = if self.head { "head" } else { op.name() };
+        let began = self.profile.is_some().then(Instant::now);
+        let result = match op {
             Op::Rope(Rope { positions, theta }) => self.shifted_rope(inputs[0], &positions, theta),
             Op::Attention(Attention { scale }) => {
                 self.cached_attention(inputs[0], inputs[1], inputs[2], scale)
             }
+            Op::Embedding(Embedding { ids, ids_shape, .. })
+                if inputs[0].dtype() == DType::BF16 && inputs[0].device() == Device::Cpu =>
+            {
+                gather_rows(inputs[0], &ids, &ids_shape)
+            }
             op => Ok(Eager.apply(op, inputs)?),
+        };
+        if let (Some(times), Some(began)) = (self.profile.as_deref_mut(), began) {
+            let seconds = began.elapsed().as_secs_f64();
+            match times.iter_mut().find(|(n, ..)| *n == name) {
+                Some(entry) => (entry.1, entry.2) = (entry.1 + 1, entry.2 + seconds),
+                None => times.push((name, 1, seconds)),
+            }
         }
-        .map_err(|e| match e {
+        result.map_err(|e| match e {
             NnError::Autograd(e) => e,
             NnError::Tensor(e) => AutogradError::Tensor(e),
             other => AutogradError::Tensor(TensorError::InvalidArgument {
@@ -204,7 +250,16 @@ impl CachedGraph<'_> {
     }
 
     /// Attention of `q, k, v: [rows, seq, heads, head_dim]` against each row's cache, which it extends.
+    ///
+    /// bf16 inputs on the CPU attend in f32 against an f32 cache, and the output is rounded back to bf16:
+    /// the CPU attention computes in f32 anyway, and a bf16 cache would be widened whole at every step
+    /// (most of a bf16 decode step's attention time), where this widens only the new positions; the
+    /// price is the f32 cache's size.
     fn cached_attention(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+        if q.dtype() == DType::BF16 && q.device() == Device::Cpu {
+            let [q, k, v] = [q, k, v].map(|t| t.to_dtype(DType::F32));
+            return Ok(self.cached_attention(&q?, &k?, &v?, scale)?.to_dtype(DType::BF16)?);
+        }
         let layer = self.layer;
         for (j, &row) in self.rows.iter().enumerate() {
             self.cache.append(row, layer, k.narrow(0, j, 1)?, v.narrow(0, j, 1)?)?;
@@ -222,6 +277,16 @@ impl CachedGraph<'_> {
         }
         Ok(Tensor::concat(&outputs, 0)?)
     }
+}
+
+/// The embedding lookup as a copy of the table's rows (`[vocab, dim]` -> `ids_shape + [dim]`), in the
+/// table's dtype; the ids were checked against the vocabulary before the forward.
+fn gather_rows(table: &Tensor, ids: &[u32], ids_shape: &[usize]) -> Result<Tensor> {
+    let rows: Vec<Tensor> =
+        ids.iter().map(|&id| table.narrow(0, id as usize, 1)).collect::<std::result::Result<_, _>>()?;
+    let mut shape = ids_shape.to_vec();
+    shape.push(table.shape()[1]);
+    Ok(Tensor::concat(&rows, 0)?.reshape(&shape)?)
 }
 
 /// Checks `tokens` can follow `cached` tokens of a sequence: at least one token, ids below

@@ -4,7 +4,9 @@ with `examples/bench_gpu.rs`: the same rows, settings and FLOPs count, so the tw
 one table (scripts/bench_gpu_table.py).
 
 Per row (`--rows full-350m,cola-350m,cola-350m:cola-m,...`; `PRESET[:POLICY]`): parity.py's model with
-zero weights (values do not change any kernel's time), `--warmup` untimed and `--steps` timed optimizer
+zero weights on a GPU (values do not change a GPU kernel's time) and N(0, 0.02) matrices with unit norm
+weights on the CPU (zero weights become tiny after the first update, their activations subnormal, and a
+CPU computes subnormals on a slow path, which slowed whole steps by an order of magnitude), `--warmup` untimed and `--steps` timed optimizer
 steps of one micro-batch of random token ids each: forward, backward, gradient clipping at 0.5, AdamW
 (fused where PyTorch has it). tokens/s counts input tokens; MFU = tokens/s x training FLOPs per token
 (docs/METHOD.md section 8, `cola::audit::flops_per_token`: 3 x forward, recomputation not counted) /
@@ -21,12 +23,19 @@ activation checkpointing of every decoder layer: the layer input, the post-atten
 rank-r codes silu(x @ A) are saved, everything else is recomputed in backward, as our `cola-m` policy does;
 `block` checkpoints each layer whole.
 
+Against our pure-bf16 (bf16 weights and AdamW moments, no f32 master copy: the paper's setting), `pure-bf16`
+converts the model to bf16 before the optimizer is made, so AdamW keeps its moments in the parameters'
+dtype; norms and softmax still run in f32 inside parity.py, as ours do.
+
 `--match FILE` takes seq, steps, warmup, precision and each row's micro-batch from our bench_gpu JSON, so
-both sides time the same work. `--device cpu` (f32, no peak memory) checks the program on a machine
-without a GPU; its numbers are not a benchmark.
+both sides time the same work. `--device cpu` has no peak memory and defaults to f32; it runs every
+precision (autocast on the CPU is oneDNN's bf16), with `--threads N` intra-op threads, and each row then
+also lists every timed step's seconds (`step_s_each`) so that a caller can take medians over several runs
+(`scripts/bench_cpu_vs_torch.sh` puts it next to our training program).
 
 Usage: bench_torch_gpu.py [--rows ...] [--steps 5] [--warmup 2] [--seq 256] [--micro-batch N]
-       [--precision bf16-mixed|f32] [--peak-tflops 989] [--device cuda] [--compile] [--match OURS.json]
+       [--precision bf16-mixed|pure-bf16|f32] [--peak-tflops 989] [--device cuda] [--threads N] [--compile]
+       [--match OURS.json]
        [--json FILE] [--presets tests/fixtures/parity/presets.json] [--check-policies cola-60m]
 """
 import argparse
@@ -170,9 +179,14 @@ def run_row(cfg, policy, micro_batch, args, device, flash):
     """One row: returns its measurements (raises torch.cuda.OutOfMemoryError when it does not fit)."""
     with torch.device(device):
         model = parity.LlamaForCausalLM(cfg)
+    if args.precision == "pure-bf16":
+        model = model.to(torch.bfloat16)
     with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
+        for name, p in model.named_parameters():
+            if device.type != "cpu":
+                p.zero_()
+            elif "norm" not in name:
+                p.normal_(0.0, 0.02)
     apply_policy(model, cfg, policy)
     params = list(model.parameters())
     try:
@@ -222,8 +236,12 @@ def run_row(cfg, policy, micro_batch, args, device, flash):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
+    each = []
     for _ in range(args.steps):
+        began = time.perf_counter()
         loss = step()
+        if device.type == "cpu":  # a GPU step is only timed as a whole (no synchronisation inside)
+            each.append(time.perf_counter() - began)
     synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -238,6 +256,7 @@ def run_row(cfg, policy, micro_batch, args, device, flash):
         "step_s": elapsed / args.steps,
         "loss": float(loss.detach()) if loss is not None else None,
         "compiled": compiled,
+        "step_s_each": each,
     }
 
 
@@ -258,7 +277,8 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--micro-batch", type=int)
-    parser.add_argument("--precision", choices=["bf16-mixed", "f32"])
+    parser.add_argument("--precision", choices=["bf16-mixed", "pure-bf16", "f32"])
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (intra-op threads)")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--compile", action="store_true")
@@ -276,6 +296,8 @@ def parse_args(argv):
         args.precision = args.precision or ours["precision"]
         args.matched = {row["row"]: row["micro_batch"] for row in ours["rows"]}
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "f32")
     return args, device
 
@@ -288,7 +310,8 @@ def main(argv):
     flash = flash_available(device)
     attention = "flash" if flash else "default"
     print(
-        f"PyTorch {torch.__version__} training throughput ({device}, {args.precision}, seq {args.seq}, "
+        f"PyTorch {torch.__version__} training throughput ({device}, {torch.get_num_threads()} threads, "
+        f"{args.precision}, seq {args.seq}, "
         f"{args.steps} timed steps after {args.warmup} warmup; SDPA {attention}; "
         f"{'torch.compile' if args.compile else 'eager'}; MFU against {args.peak_tflops} TFLOP/s)"
     )
@@ -301,6 +324,7 @@ def main(argv):
         "precision": args.precision,
         "attention": attention,
         "compile": args.compile,
+        "threads": torch.get_num_threads(),
         "seq": args.seq,
         "steps": args.steps,
         "warmup": args.warmup,

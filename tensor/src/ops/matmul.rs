@@ -8,7 +8,9 @@ use crate::error::{Result, TensorError};
 use crate::layout::{broadcast_shapes, Shape};
 use crate::storage::{CpuFloat, Element};
 use crate::{DType, Tensor};
-use cola_kernels::cpu::gemm::{gemm_batched, gemm_bf16_batched, BatchRef, Dims};
+use cola_kernels::cpu::gemm::{
+    gemm_batched, gemm_bf16_batched, gemv_bf16, BatchRef, Dims, KernelPath, FEW_ROWS_MAX,
+};
 use half::bf16;
 
 /// The operands of a batched product as the GEMM takes them: per-item offsets and the matrices' strides.
@@ -44,9 +46,25 @@ fn matmul_t<T: CpuFloat>(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Di
 }
 
 /// bf16 operands on the bf16 GEMM: f32 accumulation, one rounding to bf16 per output element.
+///
+/// Few rows against one shared weight (a decode step: `[rows, 1, d] @ [d, n]` with at most
+/// `FEW_ROWS_MAX` rows in all) take the few-row path instead, which reads the bf16 weight once in place
+/// and widens it in registers (the blocked GEMM would first widen and pack all of it); its f32 sums are
+/// rounded to bf16 here, once per element, as the GEMM rounds its own. They are the bits of the bf16
+/// GEMM's widening path on the f32 micro-kernel path this CPU selects, the path the bf16 GEMM itself
+/// selects on Intel CPUs; where it selects `VDPBF16PS` (AMD), few-row results round differently from
+/// the blocked ones by up to the accumulation error both stay within.
 fn matmul_bf16(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Result<Tensor> {
     let offsets = (batch_offsets(a, batch_shape)?, batch_offsets(b, batch_shape)?);
     let (lhs, rhs) = batch_views::<bf16>(a, b, &offsets)?;
+    let rows = offsets.0.len() * dims.m;
+    if rows <= FEW_ROWS_MAX {
+        let mut sums = vec![0.0f32; rows * dims.n];
+        if gemv_bf16(KernelPath::selected(), dims, lhs, rhs, &mut sums).is_ok() {
+            let out: Vec<bf16> = sums.iter().map(|&x| bf16::from_f32(x)).collect();
+            return Tensor::from_vec(out, &output_shape(batch_shape, dims));
+        }
+    }
     let mut out = vec![bf16::ZERO; offsets.0.len() * dims.m * dims.n];
     if !out.is_empty() {
         gemm_bf16_batched(dims, 1.0, lhs, rhs, 0.0, &mut out);

@@ -66,7 +66,7 @@ use rayon::prelude::*;
 pub use bf16::{
     gemm_bf16, gemm_bf16_batched, gemm_bf16_with_path, Bf16GemmOutput, Bf16Path, Bf16PathUnavailable,
 };
-pub use gemv::FEW_ROWS_MAX;
+pub use gemv::{gemv_bf16, FewRowsBf16Error, FEW_ROWS_MAX};
 pub use kernel::{KernelPath, PathUnavailable};
 pub use peak::fma_probe;
 

@@ -7,6 +7,20 @@
 //!     cargo run --release --example bench_inference -- --quick           # smaller counts, 1 repeat
 //!     cargo run --release --example bench_inference -- --size 60m --repeats 5 --threads 2
 //!     cargo run --release --example bench_inference -- --threads 2 --hf-python local/reference-venv/bin/python
+//!     cargo run --release --example bench_inference -- --precision bf16 --torch-python local/venv/bin/python
+//!     cargo run --release --example bench_inference -- --models cola-350m --profile --repeats 1
+//!
+//! `--precision bf16` converts the weights to bf16 after they are drawn (activations and the KV cache
+//! follow), as `generate --precision bf16` does at load; the default is f32.
+//!
+//! With `--torch-python PYTHON` (a Python with torch and safetensors, e.g. `local/venv`), every repeat
+//! also times the independent PyTorch model (`scripts/reference/parity.py`) decoding with a KV cache in
+//! the same precision, for every model of the run, CoLA included (`scripts/reference/bench_torch_decode.py`),
+//! and a table puts ours next to it; the weight-read bandwidth lines then show both sides.
+//!
+//! `--profile` adds, per repeat and model, where one batch-1 decode step's time goes: calls and
+//! milliseconds per step of every op (the LM head apart), and the rest of the step (reading the logits
+//! back, argmax, the session's own work).
 //!
 //! With `--hf-python PYTHON` (a Python with torch and transformers, e.g. the reference venv of
 //! `scripts/reference/run.sh` plus `pip install transformers`), every repeat also times Hugging Face's
@@ -23,18 +37,45 @@
 //! the same repeat. Peak memory is the peak resident set size (`VmHWM` of `/proc/self/status`, reset
 //! through `/proc/self/clear_refs` after the model is built) over the child's measurements: weights,
 //! activations, logits and caches, as the operating system sees them.
+mod reference;
+
 use cola::nn::{argmax, Family, Llama, LlamaConfig, Module, Preset, Session};
-use cola::tensor::Rng;
+use cola::tensor::{DType, Device, Rng};
+use reference::Rates;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::Instant;
 
 /// What one run measures; `--quick` shrinks it.
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+pub struct Plan {
     prefill_len: usize,
-    decode_prompt: usize,
-    new_tokens: usize,
+    pub decode_prompt: usize,
+    pub new_tokens: usize,
     repeats: usize,
+}
+
+/// The dtype of the weights (and so of activations and cache).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    fn parse(text: &str) -> Result<Precision, String> {
+        match text {
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(format!("--precision takes f32 or bf16, got {other:?}")),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// The measurements of one model (medians), as the worker prints them: `name value` lines.
@@ -75,7 +116,8 @@ fn run(args: &[String]) -> Result<(), String> {
     if args.iter().any(|a| a == "--help" || a == "-h") {
         println!(
             "bench_inference [--size 350m] [--models cola-350m,full-350m] [--quick] [--repeats N] \
-             [--threads N] [--prefill-len N] [--decode-prompt N] [--new-tokens N] [--hf-python PYTHON]"
+             [--threads N] [--prefill-len N] [--decode-prompt N] [--new-tokens N] [--precision f32|bf16] \
+             [--hf-python PYTHON] [--torch-python PYTHON] [--profile]"
         );
         return Ok(());
     }
@@ -87,12 +129,14 @@ fn run(args: &[String]) -> Result<(), String> {
         new_tokens: number(args, "--new-tokens", defaults.2)?,
         repeats: number(args, "--repeats", defaults.3)?.max(1),
     };
+    let precision = Precision::parse(&flag(args, "--precision").unwrap_or_else(|| "f32".into()))?;
+    let profile = args.iter().any(|a| a == "--profile");
     let threads = number(args, "--threads", 0)?;
     if threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().map_err(|e| e.to_string())?;
     }
     if let Some(model) = flag(args, "--worker") {
-        return worker(&model, plan, number(args, "--seed", 0)? as u64);
+        return worker(&model, plan, number(args, "--seed", 0)? as u64, precision, profile);
     }
     let size = flag(args, "--size").unwrap_or_else(|| "350m".into());
     let models = flag(args, "--models").unwrap_or(format!("cola-{size},full-{size}"));
@@ -101,8 +145,9 @@ fn run(args: &[String]) -> Result<(), String> {
         .map(|m| m.parse::<Preset>().map_err(|e| e.to_string()))
         .collect::<Result<_, _>>()?;
     println!(
-        "inference on the CPU, f32, {} threads; prefill {} tokens per row; decode {} new tokens after a \
+        "inference on the CPU, {}, {} threads; prefill {} tokens per row; decode {} new tokens after a \
          {}-token prompt; medians of {} repeats",
+        precision.name(),
         rayon::current_num_threads(),
         plan.prefill_len,
         plan.new_tokens,
@@ -114,8 +159,11 @@ fn run(args: &[String]) -> Result<(), String> {
     // in the machine's load during the run hits both alike.
     let mut values = vec![vec![Vec::new(); KEYS.len()]; models.len()];
     let hf_python = flag(args, "--hf-python");
-    // hf[model] = (decode batch 1, decode batch 8) per repeat, for the full-rank models.
-    let mut hf: Vec<Vec<(f64, f64)>> = vec![Vec::new(); models.len()];
+    let torch_python = flag(args, "--torch-python");
+    // hf[model] = (decode batch 1, decode batch 8) per repeat, for the full-rank models; torch[model]
+    // the same of the reference model, for every model.
+    let mut hf: Vec<Vec<Rates>> = vec![Vec::new(); models.len()];
+    let mut torch: Vec<Vec<Rates>> = vec![Vec::new(); models.len()];
     for repeat in 0..plan.repeats {
         for (m, model) in models.iter().enumerate() {
             eprintln!("repeat {} of {}: {model} ...", repeat + 1, plan.repeats);
@@ -140,8 +188,12 @@ fn run(args: &[String]) -> Result<(), String> {
                 values[m][k].push(value);
             }
             if let (Some(python), Family::Full) = (&hf_python, model.family) {
-                eprintln!("repeat {} of {}: transformers {model} ...", repeat + 1, plan.repeats);
-                hf[m].push(hf_decode(python, *model, plan)?);
+                eprintln!("repeat {} of {}: transformers {model} (f32) ...", repeat + 1, plan.repeats);
+                hf[m].push(reference::hf_decode(python, *model, plan)?);
+            }
+            if let Some(python) = &torch_python {
+                eprintln!("repeat {} of {}: PyTorch reference {model} ...", repeat + 1, plan.repeats);
+                torch[m].push(reference::torch_decode(python, *model, plan, precision)?);
             }
         }
     }
@@ -155,101 +207,19 @@ fn run(args: &[String]) -> Result<(), String> {
     let columns: Vec<Vec<f64>> =
         values.into_iter().map(|model| model.into_iter().map(median).collect()).collect();
     print_table(&models, &columns, ratios.as_deref(), plan);
-    print_bandwidth(&models, &columns);
+    reference::print_bandwidth(&models, &columns, &torch);
+    if torch_python.is_some() {
+        reference::print_torch_table(&models, &columns, &torch, precision);
+    }
     if hf_python.is_some() {
-        print_hf_table(&models, &columns, &hf);
+        reference::print_hf_table(&models, &columns, &hf);
     }
     Ok(())
 }
 
 /// Column of a key in [`KEYS`].
-fn key(name: &str) -> usize {
+pub fn key(name: &str) -> usize {
     KEYS.iter().position(|(k, _)| *k == name).unwrap_or(0)
-}
-
-/// Decode at batch 1 reads every weight once per token: weight bytes x tokens/s, next to a plain copy.
-fn print_bandwidth(models: &[Preset], columns: &[Vec<f64>]) {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let copy = copy_bandwidth();
-    for (model, column) in models.iter().zip(columns) {
-        let read = column[key("weights_mib")] * MIB * column[key("decode_1")] / 1e9;
-        println!("{model}: decode batch 1 reads its weights at {read:.1} GB/s");
-    }
-    println!(
-        "copy bandwidth of this machine: {:.1} GB/s read + {:.1} GB/s written (a 512 MiB copy_from_slice, best \
-         of 5)",
-        copy, copy
-    );
-}
-
-/// GB/s read by the best of 5 copies of 512 MiB (the same amount is written).
-fn copy_bandwidth() -> f64 {
-    let len = 512 << 20;
-    let source = vec![1u8; len];
-    let mut target = vec![0u8; len];
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let began = Instant::now();
-        target.copy_from_slice(&source);
-        best = best.min(began.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&target);
-    len as f64 / best / 1e9
-}
-
-/// One repeat of `scripts/reference/bench_hf_decode.py`: Hugging Face's decode tokens/s at batch 1 and 8.
-fn hf_decode(python: &str, model: Preset, plan: Plan) -> Result<(f64, f64), String> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let output = Command::new(python)
-        .arg(root.join("scripts/reference/bench_hf_decode.py"))
-        .arg(root.join("tests/fixtures/parity/presets.json"))
-        .arg(model.name())
-        .args(["--threads", &rayon::current_num_threads().to_string()])
-        .args(["--prompt", &plan.decode_prompt.to_string(), "--new", &plan.new_tokens.to_string()])
-        .args(["--repeats", "1"])
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("running {python} for the transformers reference: {e}"))?;
-    if !output.status.success() {
-        return Err(format!("the transformers reference failed ({})", output.status));
-    }
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key).and_then(|v| v.trim().parse::<f64>().ok()))
-            .ok_or_else(|| format!("no {key} in the transformers reference's output: {text}"))
-    };
-    Ok((value("decode_1")?, value("decode_8")?))
-}
-
-/// Our decode next to transformers' on the same full-rank shapes; CoLA's decode next to the same
-/// reference. Ratios are of the medians.
-fn print_hf_table(models: &[Preset], columns: &[Vec<f64>], hf: &[Vec<(f64, f64)>]) {
-    let Some(full) = models.iter().position(|m| m.family == Family::Full).filter(|&f| !hf[f].is_empty())
-    else {
-        println!("no full-rank model in --models: nothing to compare with transformers");
-        return;
-    };
-    println!();
-    println!(
-        "| decode tokens/s | transformers {} | ours {} | ours/transformers |",
-        models[full], models[full]
-    );
-    println!("|---|---|---|---|");
-    for (batch, pick) in [(1, 0), (8, 1)] {
-        let reference = median(hf[full].iter().map(|v| if pick == 0 { v.0 } else { v.1 }).collect());
-        let ours = columns[full][key(if pick == 0 { "decode_1" } else { "decode_8" })];
-        println!("| batch {batch} | {reference:.1} | {ours:.1} | {:.2} |", ours / reference);
-    }
-    for (model, column) in models.iter().zip(columns).filter(|(m, _)| m.family != Family::Full) {
-        let reference = median(hf[full].iter().map(|v| v.0).collect());
-        println!(
-            "{model} decode batch 1: {:.1} tokens/s, {:.2}x transformers {}",
-            column[key("decode_1")],
-            column[key("decode_1")] / reference,
-            models[full]
-        );
-    }
 }
 
 fn print_table(models: &[Preset], columns: &[Vec<f64>], ratios: Option<&[f64]>, plan: Plan) {
@@ -283,7 +253,7 @@ fn prompts(vocab: usize, rows: usize, len: usize, seed: u64) -> Vec<Vec<u32>> {
     (0..rows).map(|_| (0..len).map(|_| 3 + rng.below(vocab as u64 - 3) as u32).collect()).collect()
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -300,19 +270,21 @@ fn time_prefill(model: &Llama, rows: usize, len: usize, seed: u64) -> Result<f64
 }
 
 /// Seconds for `new` greedy decode steps of `rows` rows after a `prompt`-token prefill (not timed), and
-/// the KV-cache bytes at the end.
+/// the KV-cache bytes at the end; with `profile`, the ops' times are printed per step.
 fn time_decode(
     model: &Llama,
     rows: usize,
     prompt: usize,
     new: usize,
     seed: u64,
+    profile: bool,
 ) -> Result<(f64, usize), String> {
     let prompts = prompts(model.config().vocab_size, rows, prompt, seed);
     let views: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
     let mut session = Session::new(model);
     let vocab = model.config().vocab_size;
     let mut logits = session.prefill(&views).map_err(|e| e.to_string())?;
+    session.set_profiling(profile);
     let began = Instant::now();
     for _ in 0..new {
         let values: Vec<f32> = logits.to_vec_f64().into_iter().map(|x| x as f32).collect();
@@ -320,7 +292,30 @@ fn time_decode(
         logits = session.decode(&next).map_err(|e| e.to_string())?;
     }
     let _ = logits.to_vec_f64();
-    Ok((began.elapsed().as_secs_f64(), session.cache_bytes()))
+    let seconds = began.elapsed().as_secs_f64();
+    if profile {
+        print_profile(session.op_times(), rows, new, seconds);
+    }
+    Ok((seconds, session.cache_bytes()))
+}
+
+/// Milliseconds per decode step of each op and of the rest of the step, largest first (to stderr).
+fn print_profile(times: &[(&'static str, usize, f64)], rows: usize, steps: usize, seconds: f64) {
+    let per_step = |s: f64| 1e3 * s / steps as f64;
+    let timed: f64 = times.iter().map(|t| t.2).sum();
+    let mut rows_sorted = times.to_vec();
+    rows_sorted.sort_by(|a, b| b.2.total_cmp(&a.2));
+    eprintln!("  decode batch {rows}: {:.2} ms per step; per step:", per_step(seconds));
+    for (name, calls, s) in rows_sorted {
+        eprintln!(
+            "    {name:<12} {:>5} calls {:>8.3} ms {:>5.1}%",
+            calls / steps,
+            per_step(s),
+            100.0 * s / seconds
+        );
+    }
+    let rest = seconds - timed;
+    eprintln!("    {:<12} {:>11} {:>8.3} ms {:>5.1}%", "rest", "", per_step(rest), 100.0 * rest / seconds);
 }
 
 /// `VmHWM` or `VmRSS` of this process, bytes.
@@ -332,11 +327,14 @@ fn status_bytes(key: &str) -> Option<f64> {
 }
 
 /// Measures one model once and prints `key value` lines.
-fn worker(name: &str, plan: Plan, seed: u64) -> Result<(), String> {
+fn worker(name: &str, plan: Plan, seed: u64, precision: Precision, profile: bool) -> Result<(), String> {
     let mut config = LlamaConfig::preset(name).map_err(|e| e.to_string())?;
     config.max_seq_len = config.max_seq_len.max(plan.prefill_len).max(plan.decode_prompt + plan.new_tokens);
     let built = Instant::now();
-    let model = Llama::new(config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+    let mut model = Llama::new(config, &mut Rng::new(seed)).map_err(|e| e.to_string())?;
+    if precision == Precision::Bf16 {
+        model.to_device(Device::Cpu, DType::BF16).map_err(|e| e.to_string())?;
+    }
     let weight_bytes: usize = Module::parameters(&model).iter().map(|p| p.value().size_in_bytes()).sum();
     let peak_reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let mib = |bytes: f64| bytes / (1 << 20) as f64;
@@ -348,7 +346,8 @@ fn worker(name: &str, plan: Plan, seed: u64) -> Result<(), String> {
         line += &format!(", prefill {rows}: {tokens_per_s:.1} tokens/s");
     }
     for rows in [1, 8] {
-        let (seconds, bytes) = time_decode(&model, rows, plan.decode_prompt, plan.new_tokens, seed)?;
+        let (seconds, bytes) =
+            time_decode(&model, rows, plan.decode_prompt, plan.new_tokens, seed, profile && rows == 1)?;
         let tokens_per_s = (rows * plan.new_tokens) as f64 / seconds;
         println!("decode_{rows} {tokens_per_s}");
         println!("kv_{rows} {}", mib(bytes as f64));
