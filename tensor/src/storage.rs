@@ -83,6 +83,8 @@ impl Storage {
 }
 
 impl Drop for Storage {
+    // Without the `cuda` feature `Storage` has only its CPU variant, so the pattern cannot fail.
+    #[allow(irrefutable_let_patterns)]
     fn drop(&mut self) {
         if let Storage::Cpu(storage) = self {
             let bytes = storage.len() * storage.dtype().size_in_bytes();
