@@ -60,8 +60,8 @@ const NOT_RUN: &[(&str, &str)] = &[
     ("BF16=1 scripts/bench_gemm_vs_numpy.sh 3", "needs PyTorch; minutes of GEMM timing"),
     ("scripts/bench_cpu_vs_torch.sh [ROUNDS]", "needs PyTorch; trains cola-60m and cola-350m: an hour"),
     (
-        "ROWS=cola-60m:2:2 SEQ=64 STEPS=3 scripts/bench_cpu_vs_torch.sh 1",
-        "needs PyTorch; torch.compile: minutes",
+        "ROWS=cola-60m:8:8 STEPS=4 scripts/bench_cpu_vs_torch.sh 1",
+        "needs PyTorch; six cola-60m runs and torch.compile: about 4 minutes",
     ),
     ("scripts/reference/bench_torch_gpu.py --device cpu", "needs PyTorch"),
     (
