@@ -278,9 +278,10 @@ pub struct Options {
     /// rank). CPU only, in a build with --features mpi
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
-    /// Under several ranks, start each gradient bucket's all-reduce as soon as the last micro-batch's
-    /// backward has made its gradients final, so that communication overlaps the rest of backward (MPI,
-    /// without --zero); false sums every bucket after backward. The sums are the same bit for bit
+    /// Under several ranks, start each gradient bucket's sum (an all-reduce, or under --zero 1 a reduce to
+    /// the rank that owns it) as soon as the last micro-batch's backward has made its gradients final, so
+    /// that communication overlaps the rest of backward (MPI); false sums every bucket after backward. The
+    /// sums are the same bit for bit
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub overlap: bool,
     /// Size of the gradient buckets summed over the ranks, in KiB (one collective call per bucket; with
