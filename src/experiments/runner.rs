@@ -17,7 +17,8 @@ pub const RESULT_FILE: &str = "result.json";
 /// What one run measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RunResult {
-    /// The grid row that asked for the run (a run shared by two grids carries the row of the one reading it).
+    /// The grid row that asked for the run (a run shared by two grids carries the row, and the variant
+    /// flags, of the one reading it).
     pub label: String,
     /// The settings besides model, seed and budget that the run was trained with ([`Settings::setup`]); a
     /// finished run is reused only under the same ones.
@@ -78,6 +79,7 @@ pub fn run_one(spec: &RunSpec, seed: u64, settings: &Settings) -> Result<(RunRes
             });
         }
         result.label = spec.label.clone();
+        result.variant = spec.variant.flags();
         return Ok((result, true));
     }
     if dir.exists() {
