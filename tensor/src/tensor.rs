@@ -320,31 +320,23 @@ impl Tensor {
         if self.is_cuda() {
             return self.gpu_copy(dtype);
         }
-        // bf16 <-> f32 of a contiguous tensor: the vectorised conversion (`kernels/src/cpu/bf16.rs`), which
-        // gives the numbers of the element-wise path below (widening is exact; rounding is to nearest even
-        // either way, tested in tensor/tests/bf16_fused.rs).
-        if self.is_contiguous() {
-            match (self.dtype(), dtype) {
-                (DType::BF16, DType::F32) => {
-                    let src = self.contiguous_data::<bf16>()?;
-                    let mut out = crate::pool::take_for_overwrite::<f32>(src.len());
-                    cola_kernels::cpu::bf16::widen_par(&src, &mut out);
-                    return Ok(Tensor::from_storage(
-                        f32::into_storage(out),
-                        Layout::contiguous(self.shape()),
-                    ));
-                }
-                (DType::F32, DType::BF16) => {
-                    let src = self.contiguous_data::<f32>()?;
-                    let mut out = crate::pool::take_for_overwrite::<bf16>(src.len());
-                    cola_kernels::cpu::bf16::round_par(&src, &mut out);
-                    return Ok(Tensor::from_storage(
-                        bf16::into_storage(out),
-                        Layout::contiguous(self.shape()),
-                    ));
-                }
-                _ => {}
+        // bf16 <-> f32: the vectorised, multi-threaded conversion kernels (`cola_kernels::cpu::bf16`), on
+        // the tensor's values in order (a view is gathered first). Widening is exact and rounding is to
+        // nearest even, as the element-wise path below gives (tested in tensor/tests/bf16_fused.rs).
+        match (self.dtype(), dtype) {
+            (DType::BF16, DType::F32) => {
+                let src = self.contiguous_data::<bf16>()?;
+                let mut out = crate::pool::take_for_overwrite::<f32>(src.len()); // written whole
+                cola_kernels::cpu::bf16::widen_par(&src, &mut out);
+                return Ok(Tensor::from_storage(f32::into_storage(out), Layout::contiguous(self.shape())));
             }
+            (DType::F32, DType::BF16) => {
+                let src = self.contiguous_data::<f32>()?;
+                let mut out = crate::pool::take_for_overwrite::<bf16>(src.len()); // written whole
+                cola_kernels::cpu::bf16::round_par(&src, &mut out);
+                return Ok(Tensor::from_storage(bf16::into_storage(out), Layout::contiguous(self.shape())));
+            }
+            _ => {}
         }
         fn convert<S: Element, D: Element>(t: &Tensor) -> CpuStorage {
             // `unary_map` writes every element (the view has the tensor's dtype `S` by construction).

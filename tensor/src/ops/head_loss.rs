@@ -14,7 +14,7 @@
 //!
 //! The sums follow a fixed order (blocks in row order, rows in order inside a block, in f64), so results do
 //! not depend on timing; with a single block they are bit-identical to `matmul` then `cross_entropy`.
-use super::{check_same, convert};
+use super::check_same;
 use crate::error::{Result, TensorError};
 use crate::Tensor;
 use cola_kernels::cpu::loss::counted_targets;
@@ -131,10 +131,10 @@ fn block_pass(
         pass.loss_sum += block_loss;
         let (Some(request), Some(grad_logits)) = (grads, grad_logits) else { continue };
         if request.hidden {
-            grad_rows.push(convert(&grad_logits.matmul(&weight_t)?, compute)?);
+            grad_rows.push(grad_logits.matmul(&weight_t)?.to_dtype(compute)?);
         }
         if request.weight {
-            let block_grad_weight = convert(&block.t()?.matmul(&grad_logits)?, compute)?;
+            let block_grad_weight = block.t()?.matmul(&grad_logits)?.to_dtype(compute)?;
             pass.grad_weight = Some(match pass.grad_weight.take() {
                 None => block_grad_weight,
                 Some(sum) => sum.add(&block_grad_weight)?,
@@ -280,8 +280,8 @@ impl Tensor {
         let missing =
             || TensorError::InvalidArgument { op, reason: "a requested gradient was not formed".into() };
         let grad_hidden =
-            convert(&pass.grad_rows.ok_or_else(missing)?.reshape(hidden.shape())?, hidden.dtype())?;
-        let grad_weight = convert(&pass.grad_weight.ok_or_else(missing)?, weight.dtype())?;
+            pass.grad_rows.ok_or_else(missing)?.reshape(hidden.shape())?.to_dtype(hidden.dtype())?;
+        let grad_weight = pass.grad_weight.ok_or_else(missing)?.to_dtype(weight.dtype())?;
         Ok((grad_hidden, grad_weight))
     }
 }

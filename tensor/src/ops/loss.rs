@@ -46,7 +46,7 @@ impl Tensor {
             return crate::cuda::loss::cross_entropy(self, targets, ignore_id);
         }
         super::check_same("cross_entropy", &[self])?;
-        let logits = super::convert(self, self.dtype().compute_dtype())?;
+        let logits = self.to_dtype(self.dtype().compute_dtype())?;
         match_float!("cross_entropy", logits.dtype(), T => {
             let ld = logits.contiguous_data::<T>()?;
             let loss = cross_entropy_forward(&ld, vocab, targets, ignore_id);
@@ -67,7 +67,7 @@ impl Tensor {
             let count = cola_kernels::cpu::loss::counted_targets(targets, ignore_id);
             return Ok(mean * count as f64);
         }
-        let logits = super::convert(self, self.dtype().compute_dtype())?;
+        let logits = self.to_dtype(self.dtype().compute_dtype())?;
         match_float!("cross_entropy", logits.dtype(), T => {
             let ld = logits.contiguous_data::<T>()?;
             Ok(cross_entropy_sum(&ld, vocab, targets, ignore_id))

@@ -12,7 +12,7 @@ use crate::error::{Result, TensorError};
 use crate::layout::Layout;
 use crate::storage::Element;
 use crate::{DType, Device, Tensor};
-use cola_kernels::cpu::bf16::{map_chunks_par, round_par, widen_par};
+use cola_kernels::cpu::bf16::map_chunks_par;
 use half::bf16;
 use std::cell::Cell;
 
@@ -125,29 +125,6 @@ pub(crate) fn fused_elementwise<const N: usize, const M: usize>(
     Ok(Some(outs.map(|o| Tensor::from_storage(bf16::into_storage(o), Layout::contiguous(shape)))))
 }
 
-/// `t` in `dtype`: [`Tensor::to_dtype`], with CPU bf16 <-> f32 through the vectorised, multi-threaded
-/// conversion kernels (`cola_kernels::cpu::bf16`: the same bits, tested against `half`'s rounding).
-pub(crate) fn convert(t: &Tensor, dtype: DType) -> Result<Tensor> {
-    fn wrap<T: Element>(data: Vec<T>, shape: &[usize]) -> Tensor {
-        Tensor::from_storage(T::into_storage(data), Layout::contiguous(shape))
-    }
-    match (t.device(), t.dtype(), dtype) {
-        (Device::Cpu, DType::BF16, DType::F32) => {
-            let src = t.contiguous_data::<bf16>()?;
-            let mut out = crate::pool::take_for_overwrite::<f32>(src.len()); // written whole
-            widen_par(&src, &mut out);
-            Ok(wrap(out, t.shape()))
-        }
-        (Device::Cpu, DType::F32, DType::BF16) => {
-            let src = t.contiguous_data::<f32>()?;
-            let mut out = crate::pool::take_for_overwrite::<bf16>(src.len()); // written whole
-            round_par(&src, &mut out);
-            Ok(wrap(out, t.shape()))
-        }
-        _ => t.to_dtype(dtype),
-    }
-}
-
 /// Runs `f` on the inputs in their compute dtype: bf16 inputs are upcast to f32 and every output is cast
 /// back to bf16. Checks that the inputs agree in dtype and device first.
 pub(crate) fn in_compute_dtype<const N: usize>(
@@ -158,13 +135,13 @@ pub(crate) fn in_compute_dtype<const N: usize>(
     check_same(op, &inputs)?;
     let stored = inputs.first().map_or(DType::F32, |t| t.dtype());
     let compute = stored.compute_dtype();
-    let converted: Vec<Tensor> = inputs.iter().map(|t| convert(t, compute)).collect::<Result<_>>()?;
+    let converted: Vec<Tensor> = inputs.iter().map(|t| t.to_dtype(compute)).collect::<Result<_>>()?;
     let converted: [Tensor; N] = converted.try_into().map_err(|_| TensorError::InvalidArgument {
         op,
         reason: "input count changed during conversion".into(),
     })?;
     let outputs = f(converted)?;
-    outputs.into_iter().map(|t| convert(&t, stored)).collect()
+    outputs.into_iter().map(|t| t.to_dtype(stored)).collect()
 }
 
 /// [`in_compute_dtype`] for ops with one output.
