@@ -84,14 +84,34 @@ pub fn cross_entropy_backward<T: Float>(
 /// Rows per parallel task of [`cross_entropy_bf16`].
 const BF16_ROWS_PER_TASK: usize = 4;
 
-/// [`cross_entropy_sum`] of bf16 logits and, with `grad = Some((grad_loss, out))`, also
-/// [`cross_entropy_backward`] into the bf16 `out`, in one pass a row at a time: each row is widened into
-/// an f32 row buffer, its loss and gradient row formed by the f32 kernels and the gradient rounded once on
-/// store. Row `r`'s results depend only on row `r` and the row losses are added in row order in f64, so
-/// these are the bits of widening the whole logits, running the two f32 kernels and rounding the
-/// gradient, without the two f32 copies of the logits and the f32 gradient.
-pub fn cross_entropy_bf16(
-    logits: &[bf16],
+/// Logits that [`cross_entropy_bf16`] reads a row at a time as f32: bf16 (widened into a row buffer) or
+/// f32 (read in place: the LM head can form its logits in f32 straight from the bf16 GEMM's accumulator).
+pub trait LogitRow: Copy + Send + Sync {
+    /// `row` as f32, in `buffer` when it must be converted.
+    fn as_f32<'a>(row: &'a [Self], buffer: &'a mut [f32]) -> &'a [f32];
+}
+
+impl LogitRow for bf16 {
+    fn as_f32<'a>(row: &'a [bf16], buffer: &'a mut [f32]) -> &'a [f32] {
+        widen(row, buffer);
+        buffer
+    }
+}
+
+impl LogitRow for f32 {
+    fn as_f32<'a>(row: &'a [f32], _buffer: &'a mut [f32]) -> &'a [f32] {
+        row
+    }
+}
+
+/// [`cross_entropy_sum`] of bf16 (or f32) logits and, with `grad = Some((grad_loss, out))`, also
+/// [`cross_entropy_backward`] into the bf16 `out`, in one pass a row at a time: each row is read as f32
+/// (a bf16 row widened into a row buffer), its loss and gradient row formed by the f32 kernels and the
+/// gradient rounded once on store. Row `r`'s results depend only on row `r` and the row losses are added
+/// in row order in f64, so these are the bits of widening the whole logits, running the two f32 kernels
+/// and rounding the gradient, without the two f32 copies of the logits and the f32 gradient.
+pub fn cross_entropy_bf16<L: LogitRow>(
+    logits: &[L],
     vocab: usize,
     targets: &[u32],
     ignore_id: Option<u32>,
@@ -114,11 +134,11 @@ pub fn cross_entropy_bf16(
         let (wide, wide_grad) = bufs;
         for (i, loss) in losses.iter_mut().enumerate() {
             let r = row0 + i;
-            widen(&logits[r * vocab..(r + 1) * vocab], wide);
+            let x = L::as_f32(&logits[r * vocab..(r + 1) * vocab], wide);
             let target = &targets[r..r + 1];
-            loss_rows(isa, wide, vocab, target, ignore_id, std::slice::from_mut(loss));
+            loss_rows(isa, x, vocab, target, ignore_id, std::slice::from_mut(loss));
             if let Some((factor, out)) = out.as_mut() {
-                grad_rows(isa, wide, vocab, target, ignore_id, *factor, wide_grad);
+                grad_rows(isa, x, vocab, target, ignore_id, *factor, wide_grad);
                 round(wide_grad, &mut out[i * vocab..(i + 1) * vocab]);
             }
         }

@@ -10,7 +10,9 @@
 //! exist anyway ([`Tensor::head_cross_entropy_with_grads`]): training then never forms the logits a second
 //! time. [`Tensor::head_cross_entropy_backward`] is the other way, forming them again block by block from
 //! the two inputs. The pieces are the existing matmul and cross-entropy ops, so the fused op runs on every
-//! device they run on.
+//! device they run on. bf16 operands on the CPU keep the logits and the gradient sums in f32 (the bf16
+//! GEMM's accumulator, `matmul::matmul_bf16_f32`) and round only the logits' gradient, which the two
+//! gradient products read as a bf16 operand (tests: `tensor/tests/bf16_head.rs`).
 //!
 //! The sums follow a fixed order (blocks in row order, rows in order inside a block, in f64), so results do
 //! not depend on timing; with a single block they are bit-identical to `matmul` then `cross_entropy`.
@@ -111,6 +113,21 @@ fn block_pass(
     let count = counted_targets(targets, ignore_id);
     let want_rows = grads.is_some_and(|g| g.hidden);
     let weight_t = weight.t()?;
+    // bf16 operands on the CPU keep the logits and both gradients' sums in f32, straight from the bf16
+    // GEMM's f32 accumulator (`matmul_bf16_f32`): the logits are read by the loss in f32 anyway, and the
+    // weight gradient is summed over blocks in the GEMM itself (beta = 1) instead of rounded per block,
+    // widened and added. Only the logits' gradient, an operand of the two gradient products, is bf16.
+    let bf16_cpu = rows.dtype() == crate::DType::BF16 && device == crate::Device::Cpu;
+    let product = |a: &Tensor, b: &Tensor, acc: Option<Tensor>| -> Result<Tensor> {
+        if bf16_cpu {
+            return super::matmul::matmul_bf16_f32(a, b, acc);
+        }
+        let p = a.matmul(b)?.to_dtype(compute)?;
+        match acc {
+            None => Ok(p),
+            Some(sum) => sum.add(&p),
+        }
+    };
     let mut pass = BlockPass { loss_sum: 0.0, grad_rows: None, grad_weight: None };
     let mut grad_rows = Vec::with_capacity(if want_rows { targets.len().div_ceil(chunk_rows) } else { 0 });
     for (start, len) in blocks(targets.len(), chunk_rows) {
@@ -123,22 +140,18 @@ fn block_pass(
             continue;
         }
         let block = rows.narrow(0, start, len)?;
-        let logits = block.matmul(weight)?;
+        let logits = if bf16_cpu { product(&block, weight, None)? } else { block.matmul(weight)? };
         let block_grad_loss = grads.map(|request| request.grad_loss * block_count as f64 / count as f64);
         let (block_loss, grad_logits) =
-            logits.cross_entropy_block(block_targets, ignore_id, loss, block_grad_loss)?;
+            logits.cross_entropy_block(block_targets, ignore_id, loss, block_grad_loss, rows.dtype())?;
         drop(logits);
         pass.loss_sum += block_loss;
         let (Some(request), Some(grad_logits)) = (grads, grad_logits) else { continue };
         if request.hidden {
-            grad_rows.push(grad_logits.matmul(&weight_t)?.to_dtype(compute)?);
+            grad_rows.push(product(&grad_logits, &weight_t, None)?);
         }
         if request.weight {
-            let block_grad_weight = block.t()?.matmul(&grad_logits)?.to_dtype(compute)?;
-            pass.grad_weight = Some(match pass.grad_weight.take() {
-                None => block_grad_weight,
-                Some(sum) => sum.add(&block_grad_weight)?,
-            });
+            pass.grad_weight = Some(product(&block.t()?, &grad_logits, pass.grad_weight.take())?);
         }
     }
     if want_rows {

@@ -98,39 +98,40 @@ impl Tensor {
     }
 
     /// A block of the fused head's loss pass: the cross-entropy sum over the block's rows (0 unless
-    /// `want_loss`) and, given `grad_loss`, the gradient of the logits, as
-    /// [`Tensor::cross_entropy_sum`] and [`Tensor::cross_entropy_backward`] give them. bf16 CPU logits
-    /// take one fused pass (`cola_kernels::cpu::loss::cross_entropy_bf16`: a row at a time widened, both
-    /// kernels, the gradient rounded once), with the same bits and no f32 copy of the logits.
+    /// `want_loss`) and, given `grad_loss`, the gradient of the logits in `grad_dtype` (the logits' dtype,
+    /// or bf16 for f32 logits of bf16 operands), as [`Tensor::cross_entropy_sum`] and
+    /// [`Tensor::cross_entropy_backward`] give them (a bf16 gradient of f32 logits rounded once from
+    /// theirs). bf16 gradients on the CPU take one fused pass (`cola_kernels::cpu::loss::cross_entropy_bf16`:
+    /// a row at a time read as f32, both kernels, the gradient rounded once on store), with the same bits
+    /// and no f32 copy of the logits or of the gradient.
     pub(crate) fn cross_entropy_block(
         &self,
         targets: &[u32],
         ignore_id: Option<u32>,
         want_loss: bool,
         grad_loss: Option<f64>,
+        grad_dtype: crate::DType,
     ) -> Result<(f64, Option<Tensor>)> {
-        let fused =
-            self.dtype() == crate::DType::BF16 && self.device() == crate::Device::Cpu && super::fused_bf16();
+        use crate::DType::{BF16, F32};
+        let fused = grad_dtype == BF16
+            && matches!(self.dtype(), BF16 | F32)
+            && self.device() == crate::Device::Cpu
+            && super::fused_bf16();
         if !fused {
             let loss = if want_loss { self.cross_entropy_sum(targets, ignore_id)? } else { 0.0 };
-            let grad =
-                grad_loss.map(|g| Tensor::cross_entropy_backward(self, targets, ignore_id, g)).transpose()?;
+            let grad = grad_loss
+                .map(|g| Tensor::cross_entropy_backward(self, targets, ignore_id, g)?.to_dtype(grad_dtype))
+                .transpose()?;
             return Ok((loss, grad));
         }
         let vocab = check("cross_entropy", self, targets, ignore_id)?;
-        let logits = self.contiguous_data::<bf16>()?;
-        let Some(grad_loss) = grad_loss else {
-            return Ok((cross_entropy_bf16(&logits, vocab, targets, ignore_id, None), None));
+        let mut grad = grad_loss.map(|_| crate::pool::take_for_overwrite::<bf16>(self.numel())); // written whole
+        let out = grad_loss.zip(grad.as_deref_mut()).map(|(g, out)| (f32::from_f64(g), out));
+        let loss = match self.dtype() {
+            BF16 => cross_entropy_bf16(&self.contiguous_data::<bf16>()?, vocab, targets, ignore_id, out),
+            _ => cross_entropy_bf16(&self.contiguous_data::<f32>()?, vocab, targets, ignore_id, out),
         };
-        let mut grad = crate::pool::take_for_overwrite::<bf16>(logits.len()); // written whole by the kernel
-        let loss = cross_entropy_bf16(
-            &logits,
-            vocab,
-            targets,
-            ignore_id,
-            Some((f32::from_f64(grad_loss), &mut grad)),
-        );
-        let grad = Tensor::from_vec(grad, self.shape())?;
-        Ok((if want_loss { loss } else { 0.0 }, Some(grad)))
+        let grad = grad.map(|g| Tensor::from_vec(g, self.shape())).transpose()?;
+        Ok((if want_loss { loss } else { 0.0 }, grad))
     }
 }

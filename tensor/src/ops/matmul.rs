@@ -65,11 +65,61 @@ fn matmul_bf16(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Res
             return Tensor::from_vec(out, &output_shape(batch_shape, dims));
         }
     }
-    let mut out = vec![bf16::ZERO; offsets.0.len() * dims.m * dims.n];
+    // With beta = 0 the GEMM writes every element of C and never reads it.
+    let mut out = crate::pool::take_for_overwrite::<bf16>(offsets.0.len() * dims.m * dims.n);
     if !out.is_empty() {
         gemm_bf16_batched(dims, 1.0, lhs, rhs, 0.0, &mut out);
     }
     Tensor::from_vec(out, &output_shape(batch_shape, dims))
+}
+
+/// `acc + a @ b`, or `a @ b` without `acc`, in f32 from 2-D bf16 CPU operands `[m, k] @ [k, n]`: the bf16
+/// GEMM's f32 accumulator is the result, so it is never rounded to bf16 and never widened back (the LM
+/// head's logits, which the loss reads in f32, and its gradients, which are summed over blocks in f32).
+/// `acc` (f32 `[m, n]`) is updated in place (`beta = 1`) and returned. Same products, same order as
+/// [`Tensor::matmul`] on these operands, without its final rounding.
+pub(crate) fn matmul_bf16_f32(a: &Tensor, b: &Tensor, acc: Option<Tensor>) -> Result<Tensor> {
+    let op = "matmul_bf16_f32";
+    super::check_same(op, &[a, b])?;
+    let (&[m, k], &[k2, n]) = (a.shape(), b.shape()) else {
+        return Err(TensorError::ShapeMismatch {
+            op,
+            lhs: a.shape().to_vec(),
+            rhs: b.shape().to_vec(),
+            reason: "operands must be [m, k] and [k, n]",
+        });
+    };
+    if k != k2 || a.dtype() != DType::BF16 || a.device() != crate::Device::Cpu {
+        return Err(TensorError::InvalidArgument {
+            op,
+            reason: format!(
+                "bf16 CPU operands [m, k] @ [k, n] expected, got {:?} {:?} @ {:?} on {:?}",
+                a.dtype(),
+                a.shape(),
+                b.shape(),
+                a.device()
+            ),
+        });
+    }
+    let dims = Dims { m, n, k };
+    let offsets = (batch_offsets(a, &[])?, batch_offsets(b, &[])?);
+    let (lhs, rhs) = batch_views::<bf16>(a, b, &offsets)?;
+    let (mut out, beta) = match acc {
+        Some(acc) if acc.shape() == [m, n] && acc.dtype() == DType::F32 => (acc, 1.0),
+        Some(acc) => {
+            return Err(TensorError::InvalidArgument {
+                op,
+                reason: format!("accumulator {:?} {:?}, expected F32 [{m}, {n}]", acc.dtype(), acc.shape()),
+            })
+        }
+        // With beta = 0 the GEMM writes every element of C and never reads it.
+        None => (Tensor::from_compute(crate::pool::take_for_overwrite::<f32>(m * n), &[m, n]), 0.0),
+    };
+    let c = out.data_mut::<f32>()?;
+    if !c.is_empty() {
+        gemm_bf16_batched(dims, 1.0, lhs, rhs, beta, c);
+    }
+    Ok(out)
 }
 
 impl Tensor {
@@ -109,5 +159,39 @@ impl Tensor {
             [a, b],
             |[a, b]| match_float!("matmul", a.dtype(), T => matmul_t::<T>(&a, &b, &batch_shape, dims)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rng;
+
+    /// `matmul_bf16_f32` is the bf16 GEMM without its final rounding: rounding its result gives
+    /// `matmul`'s bits exactly (same products in the same order), on a transposed operand too; with an
+    /// accumulator and a depth within one GEMM depth block (k <= 512) the sum `acc + a @ b` is rounded once,
+    /// so it equals the f32 addition of the product to `acc` bit for bit.
+    #[test]
+    fn f32_output_is_the_unrounded_bf16_product() {
+        let mut rng = Rng::new(5);
+        let (m, k, n) = (37, 300, 70);
+        let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
+        let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
+        let wide = matmul_bf16_f32(&a, &b, None).unwrap();
+        assert_eq!(wide.dtype(), DType::F32);
+        let rounded: Vec<u16> =
+            wide.to_vec::<f32>().unwrap().iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+        let direct: Vec<u16> =
+            a.matmul(&b).unwrap().to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect();
+        assert_eq!(rounded, direct);
+
+        let acc = Tensor::randn(&[m, n], 0.0, 1.0, DType::F32, &mut rng);
+        let want: Vec<u32> =
+            acc.add(&wide).unwrap().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        let got = matmul_bf16_f32(&a, &b, Some(acc)).unwrap();
+        let got: Vec<u32> = got.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want);
+        let bad = Tensor::zeros(&[m, n + 1], DType::F32);
+        assert!(matmul_bf16_f32(&a, &b, Some(bad)).is_err());
     }
 }

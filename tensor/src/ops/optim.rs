@@ -52,13 +52,29 @@ fn adamw_t<T: CpuFloat>(
     Ok(())
 }
 
-/// Sum of squares of a contiguous buffer, each element read as f64 by `to_f64`, in fixed-size chunks
-/// added in order (deterministic).
+/// Sum of squares of a contiguous buffer, each element read as f64 by `to_f64`, deterministic: in
+/// fixed-size chunks added in order, each chunk summed in [`LANES`] interleaved partial sums (element `i`
+/// into sum `i % LANES`: independent chains the compiler keeps in vector registers, where one chain waits
+/// on each addition's latency) that are then added in order.
 fn squared_sum<T: Copy + Sync>(data: &[T], to_f64: impl Fn(T) -> f64 + Sync) -> f64 {
     use rayon::prelude::*;
     const CHUNK: usize = 1 << 16;
-    let partials: Vec<f64> =
-        data.par_chunks(CHUNK).map(|c| c.iter().map(|&x| to_f64(x) * to_f64(x)).sum::<f64>()).collect();
+    const LANES: usize = 8;
+    let chunk_sum = |chunk: &[T]| {
+        let mut lanes = [0.0f64; LANES];
+        let groups = chunk.chunks_exact(LANES);
+        let tail = groups.remainder();
+        for group in groups {
+            for (lane, &x) in lanes.iter_mut().zip(group) {
+                *lane += to_f64(x) * to_f64(x);
+            }
+        }
+        for (lane, &x) in lanes.iter_mut().zip(tail) {
+            *lane += to_f64(x) * to_f64(x);
+        }
+        lanes.iter().sum::<f64>()
+    };
+    let partials: Vec<f64> = data.par_chunks(CHUNK).map(chunk_sum).collect();
     partials.iter().sum()
 }
 
