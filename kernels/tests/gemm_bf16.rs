@@ -290,22 +290,36 @@ fn widening_equals_the_f32_gemm_for_any_scalars() {
     }
 }
 
-/// A bf16 C is the f32 C (computed from the widened old C) rounded once to nearest even, on the selected
-/// path; `alpha == 0` and `k == 0` give `beta * C` rounded.
+/// A bf16 C is the f32 C (computed from the widened old C) rounded once to nearest even, on every path
+/// this CPU has, whether the depth is one block (tiles rounded as they are stored: full tiles and edge
+/// tiles, beta 0 and not) or several (an f32 accumulator rounded at the end: k = 530 > KC on every path);
+/// `alpha == 0` and `k == 0` give `beta * C` rounded. Also through the selected path's `gemm_bf16`.
 #[test]
 fn bf16_output_is_the_f32_output_rounded_once() {
-    for (m, n, k, alpha, beta) in
-        [(37, 45, 530, 1.0, 0.0), (5, 70, 31, 0.5, -2.0), (20, 9, 0, 1.0, 3.0), (7, 7, 7, 0.0, 0.5)]
-    {
+    let cases = [
+        (37, 45, 530, 1.0, 0.0),
+        (5, 70, 31, 0.5, -2.0),
+        (50, 100, 128, 1.0, 0.0),
+        (30, 70, 200, 1.0, 1.5),
+        (20, 9, 0, 1.0, 3.0),
+        (7, 7, 7, 0.0, 0.5),
+    ];
+    let to_bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (m, n, k, alpha, beta) in cases {
         let dims = Dims { m, n, k };
         let mut case = Case::uniform(dims, ((false, 0, 0), (true, 2, 1)), (alpha, beta), k as u64);
         let c_bf16: Vec<bf16> = (0..m * n).map(|i| bf16::from_f32(i as f32 * 0.37 - 5.0)).collect();
         case.c0 = c_bf16.iter().map(|x| x.to_f32()).collect();
+        for path in available(&Bf16Path::ALL) {
+            let expected: Vec<bf16> = case.run(path).iter().map(|&x| bf16::from_f32(x)).collect();
+            let mut got = c_bf16.clone();
+            gemm_bf16_with_path(path, dims, alpha, case.a.view(), case.b.view(), beta, &mut got).unwrap();
+            assert_eq!(to_bits(&got), to_bits(&expected), "{path}: {m}x{n}x{k} alpha {alpha} beta {beta}");
+        }
         let expected: Vec<bf16> = case.run(Bf16Path::selected()).iter().map(|&x| bf16::from_f32(x)).collect();
         let mut got = c_bf16.clone();
         gemm_bf16(dims, alpha, case.a.view(), case.b.view(), beta, &mut got);
-        let to_bits = |v: &[bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(to_bits(&got), to_bits(&expected), "{m}x{n}x{k} alpha {alpha} beta {beta}");
+        assert_eq!(to_bits(&got), to_bits(&expected), "selected: {m}x{n}x{k} alpha {alpha} beta {beta}");
     }
 }
 

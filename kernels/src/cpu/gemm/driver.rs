@@ -54,6 +54,44 @@ pub(super) struct Product<'a, T, S = T> {
     pub(super) beta: T,
 }
 
+/// An element type of C for accumulators `T`: `T` itself (the micro-kernel combines its tile into C in
+/// place), or a narrower type that a tile is rounded to once as it is stored (the bf16 C of the bf16 GEMM:
+/// the tile is combined with C in an f32 scratch tile, C widened into it first when the update reads C).
+/// A rounding C is only ever given products whose depth is one depth block (`k <= kc`), so no partial
+/// sum is rounded: every element is `alpha * tile + beta * C` rounded once, as through a whole f32 C.
+pub(super) trait CElement<T>: Copy + Send + Sync {
+    /// Whether storing rounds (C is not `T`).
+    const ROUNDS: bool;
+    /// The rows of a tile as the micro-kernel writes them, when C is `T`.
+    fn direct<'r, 'c>(rows: &'r mut [&'c mut [Self]]) -> Option<&'r mut [&'c mut [T]]>;
+    /// `dst = src` as `T` (exact).
+    fn load(src: &[Self], dst: &mut [T]);
+    /// `dst = src`, rounded when C is narrower than `T`.
+    fn store(src: &[T], dst: &mut [Self]);
+    /// `C = beta * C` (zeros when `beta == 0`): the whole product when `k == 0` or `alpha == 0`.
+    fn scale(beta: T, c: &mut [Self]);
+}
+
+impl<T: Float> CElement<T> for T {
+    const ROUNDS: bool = false;
+
+    fn direct<'r, 'c>(rows: &'r mut [&'c mut [T]]) -> Option<&'r mut [&'c mut [T]]> {
+        Some(rows)
+    }
+
+    fn load(src: &[T], dst: &mut [T]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn store(src: &[T], dst: &mut [T]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn scale(beta: T, c: &mut [T]) {
+        scale_c(beta, c);
+    }
+}
+
 /// Packing buffers of packed elements `P`: B's packed panel and one A buffer per worker.
 pub(super) struct Workspace<P> {
     a_packs: Vec<Vec<P>>,
@@ -101,10 +139,10 @@ fn aligned<P: Copy + Default>(buf: &mut Vec<P>, len: usize) -> &mut [P] {
 
 /// A rectangle of C owned by one task: `c_rows[i]` is row `rows.start + i` of C restricted to the
 /// panel columns `cols` (relative to the panel start; `cols.start` is a multiple of nr).
-struct Task<'c, T> {
+struct Task<'c, C> {
     rows: Range<usize>,
     cols: Range<usize>,
-    c_rows: Vec<&'c mut [T]>,
+    c_rows: Vec<&'c mut [C]>,
 }
 
 /// Everything a task needs about one panel: B packed for every depth block, block after block.
@@ -121,7 +159,7 @@ struct PanelStep<'a, T, S, P> {
 
 impl<T: Float, S: Copy, P: Copy + Default> PanelStep<'_, T, S, P> {
     /// Runs the task over every depth block in order (the fixed summation order of each element).
-    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<P>) {
+    fn run<C: CElement<T>>(&self, task: &mut Task<'_, C>, a_buf: &mut Vec<P>) {
         let Kernel { nr, kc, .. } = self.kernel;
         for pc in (0..self.k).step_by(kc) {
             let depth = pc..(pc + kc).min(self.k);
@@ -157,7 +195,7 @@ impl<T: Float, S: Copy, P: Copy + Default> BlockStep<'_, T, S, P> {
     /// stays in L1 and the A group in L1/L2 (BLIS with a 48-row A block, B's panel in L2). Wide tasks: the
     /// whole A block is packed during the first B sliver's pass and then streams from L2 for every other
     /// B sliver, B sliver outermost (BLIS as usual).
-    fn run(&self, task: &mut Task<'_, T>, a_buf: &mut Vec<P>) {
+    fn run<C: CElement<T>>(&self, task: &mut Task<'_, C>, a_buf: &mut Vec<P>) {
         let Kernel { mr, nr, .. } = self.kernel;
         let kc = self.kernel.packed_depth(self.depth.len());
         let group_rows = PACK_GROUP_SLIVERS * mr;
@@ -195,7 +233,14 @@ impl<T: Float, S: Copy, P: Copy + Default> BlockStep<'_, T, S, P> {
     }
 
     /// One tile: A sliver `s` of the task times the B sliver at panel column `col`, into C.
-    fn tile(&self, task: &mut Task<'_, T>, s: usize, col: usize, a_sliver: &[P], scratch: &mut [&mut [T]]) {
+    fn tile<C: CElement<T>>(
+        &self,
+        task: &mut Task<'_, C>,
+        s: usize,
+        col: usize,
+        a_sliver: &[P],
+        scratch: &mut [&mut [T]],
+    ) {
         let Kernel { mr, nr, .. } = self.kernel;
         let kc = self.kernel.packed_depth(self.depth.len());
         let b_sliver = &self.b_pack[(col / nr) * nr * kc..][..nr * kc];
@@ -204,17 +249,21 @@ impl<T: Float, S: Copy, P: Copy + Default> BlockStep<'_, T, S, P> {
         let row0 = s * mr;
         let c_tile = &mut task.c_rows[row0..(row0 + mr).min(task.rows.len())];
         if c_tile.len() == mr && cols_live == nr {
-            self.kernel.tile(a_sliver, b_sliver, c_tile, local, self.alpha, self.update);
-            return;
+            if let Some(c_tile) = C::direct(c_tile) {
+                self.kernel.tile(a_sliver, b_sliver, c_tile, local, self.alpha, self.update);
+                return;
+            }
         }
-        // Edge tile: the same micro-kernel on a scratch copy, so edge elements round exactly as they
-        // would in a full tile.
-        for (scratch_row, c_row) in scratch.iter_mut().zip(c_tile.iter()) {
-            scratch_row[..cols_live].copy_from_slice(&c_row[local..local + cols_live]);
+        // Edge tile, or a C that is not `T`: the same micro-kernel on a scratch tile, so edge elements
+        // round exactly as they would in a full tile (C is read in only when the update reads it).
+        if !matches!(self.update, Update::Overwrite) {
+            for (scratch_row, c_row) in scratch.iter_mut().zip(c_tile.iter()) {
+                C::load(&c_row[local..local + cols_live], &mut scratch_row[..cols_live]);
+            }
         }
         self.kernel.tile(a_sliver, b_sliver, scratch, 0, self.alpha, self.update);
         for (c_row, scratch_row) in c_tile.iter_mut().zip(scratch.iter()) {
-            c_row[local..local + cols_live].copy_from_slice(&scratch_row[..cols_live]);
+            C::store(&scratch_row[..cols_live], &mut c_row[local..local + cols_live]);
         }
     }
 }
@@ -232,13 +281,13 @@ fn balanced(units: usize, parts: usize, unit: usize, end: usize) -> Vec<Range<us
 /// as well only when even such rows cannot feed two tasks per thread (tiny m), since every column chunk
 /// packs the same rows of A again while row blocks share nothing. Task sizes never affect results, only
 /// who computes what.
-fn split_panel<'c, T, S, P>(
-    c: &'c mut [T],
+fn split_panel<'c, T, S, P, C>(
+    c: &'c mut [C],
     dims: Dims,
     kernel: &Kernel<T, S, P>,
     panel: Range<usize>,
     threads: usize,
-) -> Vec<Mutex<Task<'c, T>>> {
+) -> Vec<Mutex<Task<'c, C>>> {
     let (mr, nr) = (kernel.mr, kernel.nr);
     let (m, width) = (dims.m, panel.len());
     let row_slivers = m.div_ceil(mr);
@@ -255,7 +304,7 @@ fn split_panel<'c, T, S, P>(
     let mut c_rows = c.chunks_mut(dims.n);
     let mut tasks = Vec::with_capacity(row_parts * col_parts);
     for rows in balanced(row_slivers, row_parts, mr, m) {
-        let mut chunks: Vec<Task<'c, T>> = col_ranges
+        let mut chunks: Vec<Task<'c, C>> = col_ranges
             .iter()
             .map(|cols| Task {
                 rows: rows.clone(),
@@ -277,8 +326,8 @@ fn split_panel<'c, T, S, P>(
 }
 
 /// Runs every task once: one worker per A buffer pulls task indices from a shared counter.
-fn run_tasks<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync>(
-    tasks: &[Mutex<Task<'_, T>>],
+fn run_tasks<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync, C: CElement<T>>(
+    tasks: &[Mutex<Task<'_, C>>],
     a_packs: &mut [Vec<P>],
     step: &PanelStep<'_, T, S, P>,
 ) {
@@ -319,11 +368,12 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
     );
 }
 
-/// The blocked GEMM; `threads == 1` runs on the calling thread.
-pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync>(
+/// The blocked GEMM; `threads == 1` runs on the calling thread. A rounding C ([`CElement::ROUNDS`]) needs
+/// `k <= kc` (one depth block).
+pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync, C: CElement<T>>(
     kernel: &Kernel<T, S, P>,
     product: Product<'_, T, S>,
-    c: &mut [T],
+    c: &mut [C],
     threads: usize,
     workspace: &mut Workspace<P>,
 ) {
@@ -334,9 +384,14 @@ pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync>
         return;
     }
     if k == 0 || alpha == T::ZERO {
-        scale_c(beta, c);
+        C::scale(beta, c);
         return;
     }
+    assert!(
+        !C::ROUNDS || k <= kernel.kc,
+        "gemm: a rounding C needs one depth block, k = {k} > {}",
+        kernel.kc
+    );
     check_extent("A", a, m, k);
     check_extent("B", b, k, n);
     let volume = m.saturating_mul(n).saturating_mul(k);

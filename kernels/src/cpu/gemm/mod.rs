@@ -59,7 +59,7 @@ mod portable;
 mod x86;
 
 use crate::Float;
-use driver::{check_extent, gemm_on, with_workspace, Product, Workspace};
+use driver::{check_extent, gemm_on, with_workspace, CElement, Product, Workspace};
 use kernel::Kernel;
 use rayon::prelude::*;
 
@@ -140,8 +140,9 @@ pub fn gemm_blocked_with_path<T: Float>(
 }
 
 /// A product runner on a chosen kernel: the dispatching entry ([`product_on`]) or the blocked GEMM; for
-/// the bf16 GEMM, operands `S` packed as `P`.
-type RunOn<T, S = T, P = T> = fn(&Kernel<T, S, P>, Product<'_, T, S>, &mut [T], usize, &mut Workspace<P>);
+/// the bf16 GEMM, operands `S` packed as `P` and C's elements `C`.
+type RunOn<T, S = T, P = T, C = T> =
+    fn(&Kernel<T, S, P>, Product<'_, T, S>, &mut [C], usize, &mut Workspace<P>);
 
 /// The product on `path`'s micro-kernel through `run` (the dispatching entry or the blocked GEMM), with
 /// every thread of the pool; errs, computing nothing, when this CPU lacks the path.
@@ -214,11 +215,11 @@ struct BatchProduct<'a, T, S> {
 
 /// [`gemm_batched`] on `kernel` through `run` (one product: the dispatching entry or the blocked GEMM);
 /// `product` holds the batch views in place of matrices.
-fn batched_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync + 'static>(
+fn batched_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync + 'static, C: CElement<T>>(
     kernel: &Kernel<T, S, P>,
-    run: RunOn<T, S, P>,
+    run: RunOn<T, S, P, C>,
     product: BatchProduct<'_, T, S>,
-    c: &mut [T],
+    c: &mut [C],
 ) {
     let BatchProduct { dims, alpha, a, b, beta } = product;
     let Dims { m, n, k } = dims;

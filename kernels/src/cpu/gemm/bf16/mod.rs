@@ -27,8 +27,11 @@
 //!   leaves f32's normal range, so the two agree bit for bit on such inputs when alpha scales exactly);
 //!   the result is bit for bit the f32 [`super::gemm_with_path`] of the widened operands.
 //!
-//! A bf16 C goes through an f32 accumulator (C widened into it first when `beta != 0`; kept per thread
-//! between calls) and one rounding pass at the end.
+//! A bf16 C is rounded once per element either way: a product whose depth is one depth block (`k <= KC`,
+//! most of CoLA's: the low-rank factors' depth is d or r) rounds each tile as it is stored (the tile
+//! combined with C in an f32 scratch tile, C widened into it first when `beta != 0`), so C is written once
+//! as bf16; a deeper one goes through an f32 accumulator (kept per thread between calls) and one rounding
+//! pass at the end, so no partial sum over depth blocks is rounded. Both give the f32 C's value rounded.
 //!
 //! Measured on the development machine (an Intel Xeon with AVX512-BF16 under a hypervisor, `bench_gemm
 //! --bf16 --bf16-path ...`, one thread, CPU time): `VDPBF16PS` issues about a quarter as often as an
@@ -40,7 +43,7 @@ mod pack;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::driver::{gemm_on, Product, Workspace};
+use super::driver::{gemm_on, CElement, Product, Workspace};
 use super::kernel::{Kernel, KernelPath, MicroKernelFn};
 use super::pack::{pack_into, PackFn};
 use super::{batched_on, with_workspace, BatchProduct, BatchRef, Dims, MatRef};
@@ -176,17 +179,52 @@ fn widening_kernel(path: KernelPath) -> Option<Kernel<f32, bf16, f32>> {
     Some(Kernel { mr, nr, mc, kc, nc, k_unit, pack_a, pack_b, path, compute })
 }
 
-/// An output element type of the bf16 GEMM: f32 (C is the accumulator) or bf16 (C is rounded from an f32
-/// accumulator once, at the end). Implemented for `f32` and `bf16` only.
+/// An output element type of the bf16 GEMM: f32 (C is the accumulator) or bf16 (C is rounded once from
+/// f32 sums). A bf16 C of a product whose depth fits one depth block takes each tile rounded as it is
+/// stored (`driver::CElement`); a deeper one goes through a whole f32 accumulator rounded at the end, so
+/// no partial sum is ever rounded. Implemented for `f32` and `bf16` only.
 pub trait Bf16GemmOutput: Copy + Send + Sync + 'static {
     /// Runs `compute` (which writes `alpha * A @ B + beta * C` into an f32 C) on `c` or on its f32 copy.
     #[doc(hidden)]
     fn through_f32(c: &mut [Self], beta: f32, compute: impl FnOnce(&mut [f32]));
+
+    /// `c` as bf16 when it is (C rounded at tile store), else `None`.
+    #[doc(hidden)]
+    fn as_bf16(c: &mut [Self]) -> Option<&mut [bf16]>;
 }
 
 impl Bf16GemmOutput for f32 {
     fn through_f32(c: &mut [f32], _beta: f32, compute: impl FnOnce(&mut [f32])) {
         compute(c);
+    }
+
+    fn as_bf16(_c: &mut [f32]) -> Option<&mut [bf16]> {
+        None
+    }
+}
+
+/// A bf16 C rounded at tile store (see `driver::CElement`).
+impl CElement<f32> for bf16 {
+    const ROUNDS: bool = true;
+
+    fn direct<'r, 'c>(_rows: &'r mut [&'c mut [bf16]]) -> Option<&'r mut [&'c mut [f32]]> {
+        None
+    }
+
+    fn load(src: &[bf16], dst: &mut [f32]) {
+        widen(src, dst);
+    }
+
+    fn store(src: &[f32], dst: &mut [bf16]) {
+        round(src, dst);
+    }
+
+    fn scale(beta: f32, c: &mut [bf16]) {
+        if beta == 0.0 {
+            c.fill(bf16::ZERO);
+        } else {
+            c.iter_mut().for_each(|x| *x = bf16::from_f32(x.to_f32() * beta));
+        }
     }
 }
 
@@ -206,6 +244,10 @@ thread_local! {
 }
 
 impl Bf16GemmOutput for bf16 {
+    fn as_bf16(c: &mut [bf16]) -> Option<&mut [bf16]> {
+        Some(c)
+    }
+
     fn through_f32(c: &mut [bf16], beta: f32, compute: impl FnOnce(&mut [f32])) {
         // Taken out for the call, so a nested call on this thread uses a fresh buffer.
         let mut kept = ACCUMULATOR.with(|cell| std::mem::take(&mut *cell.borrow_mut()));
@@ -268,16 +310,50 @@ pub fn gemm_bf16_batched<O: Bf16GemmOutput>(
     c: &mut [O],
 ) {
     let product = BatchProduct { dims, alpha, a, b, beta };
-    O::through_f32(c, beta, |c| match selected_kernels() {
-        Kernels::Dot(kernel) => batched_on(&kernel, gemm_on, product, c),
-        Kernels::Widen(kernel) => batched_on(&kernel, gemm_on, product, c),
-    });
+    let kernels = selected_kernels();
+    if kernels.single_block(dims.k) {
+        if let Some(c) = O::as_bf16(c) {
+            return kernels.batched(product, c);
+        }
+    }
+    O::through_f32(c, beta, |c| kernels.batched(product, c));
 }
 
 /// The kernel of a path: k-pairs packed as bf16, or operands widened to f32.
 enum Kernels {
     Dot(Kernel<f32, bf16, bf16>),
     Widen(Kernel<f32, bf16, f32>),
+}
+
+impl Kernels {
+    /// Whether a product of depth `k` is one depth block of this kernel (a bf16 C is then rounded at tile
+    /// store).
+    fn single_block(&self, k: usize) -> bool {
+        k <= match self {
+            Kernels::Dot(kernel) => kernel.kc,
+            Kernels::Widen(kernel) => kernel.kc,
+        }
+    }
+
+    /// One product with `threads` threads into C of elements `C`.
+    fn gemm<C: CElement<f32>>(&self, product: Product<'_, f32, bf16>, c: &mut [C], threads: usize) {
+        match self {
+            Kernels::Dot(kernel) => {
+                with_workspace(|w: &mut Workspace<bf16>| gemm_on(kernel, product, c, threads, w))
+            }
+            Kernels::Widen(kernel) => {
+                with_workspace(|w: &mut Workspace<f32>| gemm_on(kernel, product, c, threads, w))
+            }
+        }
+    }
+
+    /// A batched product into C of elements `C`.
+    fn batched<C: CElement<f32>>(&self, product: BatchProduct<'_, f32, bf16>, c: &mut [C]) {
+        match self {
+            Kernels::Dot(kernel) => batched_on(kernel, gemm_on, product, c),
+            Kernels::Widen(kernel) => batched_on(kernel, gemm_on, product, c),
+        }
+    }
 }
 
 /// The kernel of `path`, or `None` when this CPU cannot run it.
@@ -317,14 +393,13 @@ fn on_path<O: Bf16GemmOutput>(
     Ok(())
 }
 
-/// One product on `kernels` with `threads` threads, through an f32 C.
+/// One product on `kernels` with `threads` threads: a bf16 C of one depth block rounded at tile store,
+/// else through an f32 C.
 fn run<O: Bf16GemmOutput>(kernels: &Kernels, product: Product<'_, f32, bf16>, c: &mut [O], threads: usize) {
-    O::through_f32(c, product.beta, |c| match kernels {
-        Kernels::Dot(kernel) => {
-            with_workspace(|w: &mut Workspace<bf16>| gemm_on(kernel, product, c, threads, w))
+    if kernels.single_block(product.dims.k) {
+        if let Some(c) = O::as_bf16(c) {
+            return kernels.gemm(product, c, threads);
         }
-        Kernels::Widen(kernel) => {
-            with_workspace(|w: &mut Workspace<f32>| gemm_on(kernel, product, c, threads, w))
-        }
-    });
+    }
+    O::through_f32(c, product.beta, |c| kernels.gemm(product, c, threads));
 }
