@@ -392,6 +392,86 @@ mod tests {
         }
     }
 
+    /// Records the order device buckets start in and what they hold.
+    #[derive(Default)]
+    struct DeviceRecorder {
+        started: Vec<(usize, Vec<f32>)>,
+    }
+
+    impl BucketSums for DeviceRecorder {
+        fn start(&mut self, _bucket: usize, _fill: &mut dyn FnMut(&mut [f32])) -> Result<()> {
+            unreachable!("device sums are handed tensors")
+        }
+        fn on_device(&self) -> bool {
+            true
+        }
+        fn start_on_device(&mut self, bucket: usize, buffer: Tensor) -> Result<()> {
+            assert_eq!((buffer.dtype(), buffer.shape()), (DType::F32, &[4][..]));
+            self.started.push((bucket, buffer.to_vec::<f32>()?));
+            Ok(())
+        }
+    }
+
+    /// Device buckets (NCCL's, here CPU tensors) start when host buffers would, holding the same
+    /// elements: a bf16 gradient widened, a missing one as zeros; the summed tensors are written back
+    /// and cut into a ZeRO-1 shard as the host buffers are.
+    #[test]
+    fn device_buckets_start_as_host_buffers_do_with_the_same_elements() {
+        let dtypes = [DType::F32, DType::BF16, DType::F32];
+        let params: Vec<Parameter> = [3, 3, 2]
+            .iter()
+            .zip(dtypes)
+            .enumerate()
+            .map(|(i, (&n, dtype))| Parameter::new(format!("p{i}"), Tensor::zeros(&[n], dtype)))
+            .collect();
+        let refs: Vec<&Parameter> = params.iter().collect();
+        let mut grads = GradStore::new();
+        for (i, p) in params.iter().enumerate().take(2) {
+            let n = p.value().numel();
+            let values = Tensor::from_vec((0..n).map(|k| (10 * i + k) as f32).collect(), &[n]).unwrap();
+            grads.set(p.id(), values.to_dtype(dtypes[i]).unwrap());
+        }
+        let (mut host, mut device) = (Recorder::default(), DeviceRecorder::default());
+        // Shards of 4 elements: buckets 0..4 (rank 0) and 4..8 (rank 1).
+        let [mut on_host, mut on_device] = [0; 2].map(|_| ReadyBuckets::new(&refs, 16, Some(4)).unwrap());
+        for id in [params[2].id(), params[1].id()] {
+            on_host.mark_final(id).unwrap();
+            on_device.mark_final(id).unwrap();
+            on_host.start_ready(&mut host, &grads, false).unwrap();
+            on_device.start_ready(&mut device, &grads, false).unwrap();
+            assert_eq!(device.started, host.started);
+        }
+        assert_eq!(device.started, vec![(1, vec![11.0, 12.0, 0.0, 0.0])]);
+        on_device.start_ready(&mut device, &grads, true).unwrap();
+        assert_eq!(device.started[1], (0, vec![0.0, 1.0, 2.0, 10.0]));
+        assert_eq!((on_device.started_early(), on_device.owners()), (1, Some(&[0, 1][..])));
+
+        let in_order = |started: &[(usize, Vec<f32>)]| {
+            let mut buckets = started.to_vec();
+            buckets.sort_by_key(|(bucket, _)| *bucket);
+            buckets.into_iter().map(|(_, values)| Tensor::from_vec(values, &[4]).unwrap()).collect()
+        };
+        let summed = Summed::Device(in_order(&device.started));
+        assert_eq!(
+            on_device.owned_shard(&summed, 1).unwrap().to_vec::<f32>().unwrap(),
+            [11.0, 12.0, 0.0, 0.0]
+        );
+        on_device.write_back(&summed, &mut grads).unwrap();
+        let back: Vec<(DType, Vec<f32>)> = params
+            .iter()
+            .map(|p| {
+                let g = grads.get(p.id()).unwrap();
+                (g.dtype(), g.to_dtype(DType::F32).unwrap().to_vec::<f32>().unwrap())
+            })
+            .collect();
+        let want = [
+            (DType::F32, vec![0.0, 1.0, 2.0]),
+            (DType::BF16, vec![10.0, 11.0, 12.0]),
+            (DType::F32, vec![0.0; 2]),
+        ];
+        assert_eq!(back, want);
+    }
+
     #[test]
     fn buckets_start_last_first_once_their_gradients_are_final() {
         // Parameters of 3, 3 and 2 elements (flat 0..3, 3..6, 6..8) in buckets of 4: 0..4, 4..8.
