@@ -6,8 +6,8 @@
 //! know nothing of ranks. A [`Collective`] is the few operations the trainer needs: sums over f32
 //! gradient buckets and f64 statistics, a broadcast and a barrier. [`Single`] is the one-process world;
 //! `Mpi` (feature `mpi`) runs over MPI between CPU processes and nodes; `Nccl` (feature `nccl`) sums
-//! gradient buckets between GPUs and uses the process world (MPI's with several ranks) for everything
-//! else.
+//! gradient buckets and gathers ZeRO-1's shards between GPUs, on a communication stream of its own, and
+//! uses the process world (MPI's with several ranks) for everything else.
 //!
 //! Files: `bucket.rs` (gradients flattened into fixed-size buckets, one collective call per bucket),
 //! `overlap.rs` (bucket sums started while backward runs), `zero.rs` (ZeRO-1: each rank keeps the optimizer state of one shard of that flat layout), `mpi.rs`,
@@ -135,7 +135,7 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
     /// ranks and leaves shard `rank()` of the sum in `shard`: rank r receives the sum of every rank's
     /// elements `r * shard.len() .. (r + 1) * shard.len()` (MPI's reduce-scatter-block). ZeRO's gradient
     /// sum: each rank receives only the part of the gradient whose optimizer state it holds. A
-    /// collective without it says so (ZeRO runs over MPI on the CPU only).
+    /// collective without it says so.
     fn reduce_scatter_sum(&self, _send: &[f32], _shard: &mut [f32]) -> Result<()> {
         Err(DistError::Mpi("this collective has no reduce-scatter".into()))
     }
