@@ -2,7 +2,7 @@
 # Builds, on a machine with a Rust toolchain (no GPU needed), everything scripts/gpu_check.sh runs on a GPU
 # machine that has none, stripped, in one folder: every GPU test binary (tests/gpu_*.rs), bench_gpu, the
 # training program, the training program built with --features nccl (llama_cola_350m_nccl: NCCL opened at
-# run time, no MPI linked, for the one-GPU check of the NCCL path) and, when the data cache holds it, the
+# run time, no MPI linked, for the one-GPU checks of the NCCL paths: gradient sums and ZeRO-1) and, when the data cache holds it, the
 # tokenized default corpus (cache/shakespeare: its token shards and tokenizer, all a cached run reads; the
 # archive and texts they were made from stay behind, 13 of the 17 MiB) for the training steps. The PyTorch side runs from the tree
 # (scripts/reference/bench_torch_gpu.py, with the preset table of tests/fixtures/parity/presets.json).

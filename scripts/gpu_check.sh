@@ -8,9 +8,12 @@
 #   4. every GPU test binary of the bundle (GPU against CPU op by op, the tiny training comparison)
 #   5. a kernel-time profile of one cola-350m step (COLA_CUDA_PROFILE=1 bench_gpu)
 #   6. 60 steps of the training program, a resume, and the same 60 steps summing gradients over NCCL at
-#      world size 1 (llama_cola_350m_nccl --nccl): MATCH when every loss, gradient norm and validation
-#      loss equals the plain run's, else DIFFER; then the training program's --profile of one cola-350m
-#      step (time per op family and direction)
+#      world size 1 (llama_cola_350m_nccl --nccl, the bucket sums overlapping backward on NCCL's own
+#      stream), then with the optimizer sharded (--zero 1 --nccl: reduce to the owner, the sharded
+#      multi-tensor update, all-gather), with and without --overlap: MATCH when every loss, gradient norm
+#      and validation loss equals the plain run's, else DIFFER, and the ZeRO-1 runs' last checkpoint
+#      (weights and the gathered optimizer state) must equal the plain run's byte for byte; then the
+#      training program's --profile of one cola-350m step (time per op family and direction)
 #   7. PyTorch again under torch.compile (its table in $OUT/bench_table_compiled.md)
 # Each step has its own time limit, cut to what is left of the whole check's budget (GPU_CHECK_BUDGET
 # seconds, default 540); a step that fails or times out does not stop the others, and the summary lists
@@ -63,6 +66,22 @@ skip() {
     echo "=== $1: skipped ($2)"
     status+=("$1 skipped")
 }
+# same_checkpoint A B: whether the newest checkpoints of run directories A and B hold the same weights and
+# optimizer state, byte for byte (a ZeRO-1 checkpoint gathers the sharded state into the plain format).
+same_checkpoint() {
+    local a b file
+    a=$(ls -d "$1"/checkpoint-* 2>/dev/null | sort -V | tail -1)
+    b=$(ls -d "$2"/checkpoint-* 2>/dev/null | sort -V | tail -1)
+    if [ -z "$a" ] || [ -z "$b" ] || [ "$(basename "$a")" != "$(basename "$b")" ]; then
+        echo "DIFFER: newest checkpoints '${a:-none}' and '${b:-none}'"
+        return 1
+    fi
+    for file in model.safetensors optimizer.safetensors; do
+        cmp "$a/$file" "$b/$file" || { echo "DIFFER: $(basename "$a")/$file"; return 1; }
+    done
+    echo "MATCH: $(basename "$a") weights and optimizer state"
+}
+export -f same_checkpoint
 
 step bench_gpu 100 "$bundle/bench_gpu" --rows "$rows" --steps 5 --warmup 2 --json "$out/bench_ours.json"
 match=()
@@ -86,13 +105,24 @@ cache="$bundle/cache"
 if [ -d "$cache/shakespeare" ]; then
     train=(--device cuda --model cola-60m --steps 60 --batch-size 64 --micro-batch 64 --eval-every 30
         --save-every 60 --cache-dir "$cache")
-    rm -rf "$out/run-plain" "$out/run-nccl"
+    rm -rf "$out/run-plain" "$out/run-nccl" "$out/run-zero" "$out/run-zero-no-overlap"
     step train_cola_60m 50 "$bundle/llama_cola_350m" "${train[@]}" --out "$out/run-plain"
     step resume_cola_60m 20 "$bundle/llama_cola_350m" --resume "$out/run-plain" --eval-only --cache-dir "$cache"
     if [ -x "$bundle/llama_cola_350m_nccl" ]; then
         step train_cola_60m_nccl 50 "$bundle/llama_cola_350m_nccl" "${train[@]}" --nccl --out "$out/run-nccl"
         step nccl_vs_plain 10 python3 scripts/compare_metrics.py "$out/run-plain/metrics.jsonl" \
             "$out/run-nccl/metrics.jsonl"
+        # ZeRO-1 over NCCL at world size 1, overlapped (the default) and after backward.
+        for run in zero zero-no-overlap; do
+            overlap=true
+            [ "$run" = zero-no-overlap ] && overlap=false
+            step "train_cola_60m_nccl_$run" 50 "$bundle/llama_cola_350m_nccl" "${train[@]}" --nccl --zero 1 \
+                --overlap "$overlap" --out "$out/run-$run"
+            step "nccl_${run}_vs_plain" 10 python3 scripts/compare_metrics.py "$out/run-plain/metrics.jsonl" \
+                "$out/run-$run/metrics.jsonl"
+            step "nccl_${run}_checkpoint_vs_plain" 10 bash -c 'same_checkpoint "$1" "$2"' _ "$out/run-plain" \
+                "$out/run-$run"
+        done
     else
         skip train_cola_60m_nccl "no $bundle/llama_cola_350m_nccl"
     fi

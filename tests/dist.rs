@@ -212,7 +212,7 @@ fn zero_one_over_two_ranks_is_the_plain_run_and_its_checkpoints_resume_either_wa
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     succeeded(output, "the 2-rank ZeRO run");
     eprintln!("the 2-rank ZeRO run took {:.1} s", started.elapsed().as_secs_f64());
-    assert!(stderr.contains("ZeRO-1: moments of 1/2 of the parameters"), "start-up lines:\n{stderr}");
+    assert!(stderr.contains("ZeRO-1: the state of 1/2 of the parameters"), "start-up lines:\n{stderr}");
     // Sharded to one process: stop the ZeRO run at 2 and resume it alone.
     two_ranks(&stop_at_2(zero(flags(&dir, "to-one", 4, 2, 1))));
     one_process(&[resume("to-one"), vec!["--threads".into(), "1".into()]].concat());

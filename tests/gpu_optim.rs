@@ -3,7 +3,12 @@
 //! matrices, vectors, odd sizes and sizes that straddle the kernels' 8192-element chunks, two parameters
 //! spared from weight decay; f32, bf16 with f32 masters, and pure bf16; clipping active and inactive; six
 //! steps. Also: a non-finite norm leaves everything untouched, a resumed optimizer (new buffers, so new
-//! device tables) continues to the bit, and a step is exactly three kernel launches.
+//! device tables) continues to the bit, and a step is exactly three kernel launches. The step in two
+//! halves for a norm summed over several ranks (`AdamW::squared_norm`, then `AdamW::step_clipped` with its
+//! square root) and ZeRO-1's sharded update at one rank (`dist::Zero` through a one-rank collective that
+//! sums on the device, as NCCL's path at world size 1 does) equal the fused step to the bit: the same
+//! partial sums in the same order, the root and the clip factor in the same correctly rounded f64
+//! operations, the same update kernel.
 //!
 //! Tolerances. Both devices evaluate the same f32 formula with the same f32 constants and correctly
 //! rounded operations (the per-tensor GPU step already agrees with the CPU to the bit), and the gradients
@@ -243,5 +248,91 @@ fn a_resumed_optimizer_continues_to_the_bit_in_three_launches_a_step() {
     }
     for (x, y) in straight.iter().zip(&resumed) {
         assert_agree(x.name(), y.value(), x.value(), 0.0);
+    }
+}
+
+/// The step of `opt` in two halves ([`AdamW::squared_norm`], then [`AdamW::step_clipped`] with its root).
+fn split_step(opt: &mut AdamW, params: &mut [Parameter], s: u64, dtype: DType, max_norm: f64) -> f64 {
+    let mut store = grads(params, s, dtype, false);
+    let mut refs: Vec<&mut Parameter> = params.iter_mut().collect();
+    let norm = opt.squared_norm(&mut refs, &store).unwrap().sqrt();
+    opt.step_clipped(&mut refs, &mut store, LR, norm, max_norm).unwrap();
+    norm
+}
+
+/// One rank whose gradient sums are on the device and are the identity (NCCL's path at world size 1,
+/// without NCCL).
+#[derive(Debug)]
+struct OneDevice;
+
+impl cola::dist::Collective for OneDevice {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world_size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _buffer: &mut [f32]) -> cola::dist::Result<()> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _values: &mut [f64]) -> cola::dist::Result<()> {
+        Ok(())
+    }
+    fn sums_on_device(&self) -> bool {
+        true
+    }
+    fn all_reduce_sum_on_device(&self, _buffer: &mut Tensor) -> cola::dist::Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _buffer: &mut [u8], _root: usize) -> cola::dist::Result<()> {
+        Ok(())
+    }
+    fn barrier(&self) -> cola::dist::Result<()> {
+        Ok(())
+    }
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+#[test]
+fn the_step_in_two_halves_and_zero_one_at_one_rank_are_the_fused_step_to_the_bit() {
+    let Some(_serial) = gpu_or_skip() else { return };
+    for (mode, dtype, master) in
+        [("f32", DType::F32, true), ("mixed", DType::BF16, true), ("pure", DType::BF16, false)]
+    {
+        for (clipping, max_norm) in [("clipped", 1.0), ("unclipped", 1e9)] {
+            let what = format!("{mode} {clipping}");
+            let [mut fused, mut split, mut sharded] = [0; 3].map(|_| params(GPU, dtype));
+            let [mut fused_opt, mut split_opt, mut sharded_opt] = [0; 3].map(|_| optimizer(master));
+            let refs: Vec<&Parameter> = sharded.iter().collect();
+            let mut zero = cola::dist::Zero::new(&refs, 0, 1).unwrap();
+            for s in 0..STEPS {
+                let norm = step(&mut fused_opt, &mut fused, s, dtype, false, max_norm);
+                let split_norm = split_step(&mut split_opt, &mut split, s, dtype, max_norm);
+                // Buckets of 8192 f32 elements: parameters straddle buckets and a bucket holds several.
+                let store = grads(&sharded, s, dtype, false);
+                let refs: Vec<&Parameter> = sharded.iter().collect();
+                let mine = zero.reduce_after_backward(&OneDevice, &refs, &store, 8192 * 4).unwrap();
+                let mut params: Vec<&mut Parameter> = sharded.iter_mut().collect();
+                let zero_norm =
+                    zero.step(&OneDevice, &mut sharded_opt, &mut params, mine, LR, max_norm).unwrap();
+                assert_eq!(split_norm.to_bits(), norm.to_bits(), "{what} step {s}: split norm");
+                assert_eq!(zero_norm.to_bits(), norm.to_bits(), "{what} step {s}: ZeRO-1 norm");
+            }
+            let want = state(&fused_opt);
+            for (other, opt, params) in [("split", &split_opt, &split), ("ZeRO-1", &sharded_opt, &sharded)] {
+                assert_eq!(opt.step_count(), STEPS, "{what} {other}");
+                for (x, y) in fused.iter().zip(params) {
+                    assert_eq!(y.value().dtype(), dtype, "{what} {other} {}", x.name());
+                    assert_agree(&format!("{what} {other} {}", x.name()), y.value(), x.value(), 0.0);
+                }
+                let got = state(opt);
+                assert_eq!(got.len(), want.len(), "{what} {other}: state tensors");
+                for (key, t) in &want {
+                    assert_agree(&format!("{what} {other} {key}"), &got[key], t, 0.0);
+                }
+            }
+        }
     }
 }

@@ -139,20 +139,33 @@ extern "C" __global__ void multi_tensor_norm_partials(const TensorEntry* tensors
     }
 }
 
-// One block: status[0] = the global norm sqrt(sum of partials), status[1] = the clip factor
-// min(1, max_norm / (norm + 1e-6)) (1 when the norm is not finite: the step is skipped anyway). The
-// partials are added in a fixed order, as in multi_tensor_norm_partials.
-extern "C" __global__ void multi_tensor_clip_factor(const double* partials, i64 count, double max_norm,
-                                                    double* status) {
+// The sum of the `count` partials, on one block, in a fixed order (each thread's strided run, then
+// block_sum_f64), the same in every kernel that reads it.
+__device__ double partials_total(const double* partials, i64 count) {
     double acc = 0.0;
     for (i64 i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
-    double total = block_sum_f64(acc);
+    return block_sum_f64(acc);
+}
+
+// One block: status[0] = the global norm sqrt(sum of partials), status[1] = the clip factor
+// min(1, max_norm / (norm + 1e-6)) (1 when the norm is not finite: the step is skipped anyway).
+extern "C" __global__ void multi_tensor_clip_factor(const double* partials, i64 count, double max_norm,
+                                                    double* status) {
+    double total = partials_total(partials, count);
     if (threadIdx.x == 0) {
         double norm = sqrt(total);
         double scale = max_norm / (norm + 1e-6);
         status[0] = norm;
         status[1] = scale < 1.0 ? scale : 1.0;
     }
+}
+
+// One block: squares[0] = the sum of the partials, the squared norm of the group before its square root:
+// the part of a global norm that one rank's shard contributes (ZeRO-1 sums it over the ranks in f64 and
+// hands the norm and clip factor to multi_tensor_adamw). The sum is multi_tensor_clip_factor's, bit for bit.
+extern "C" __global__ void multi_tensor_squares(const double* partials, i64 count, double* squares) {
+    double total = partials_total(partials, count);
+    if (threadIdx.x == 0) squares[0] = total;
 }
 
 // One chunk of one tensor: W is the weight that is updated (the param, or the f32 master), shadow the bf16

@@ -5,13 +5,23 @@
 //! caller's decision, made from each parameter's role in the model (the trainer exempts RMSNorm weights
 //! and the embedding table under `--no-decay-norms-embeddings`) and handed over by name with
 //! [`AdamW::exempt_from_decay`], the key the state already uses.
-use crate::clip::clip_grad_norm;
+use crate::clip::{clip_factor, clip_grad_norm, clip_to, squared_norm};
 use crate::error::{OptimError, Result};
 use cola_autograd::{GradStore, Parameter};
 use cola_tensor::ops::optim::{AdamWStep, AdamWTensors, MultiTensorPlan};
 use cola_tensor::{DType, Device, Tensor};
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// The parameters of `params` with a gradient in `grads` (indices), when there is one and every one of
+/// them lives on one GPU: the case of the multi-tensor step.
+fn on_one_gpu(params: &[&mut Parameter], grads: &GradStore) -> Option<Vec<usize>> {
+    let with_grad: Vec<usize> = (0..params.len()).filter(|&i| grads.get(params[i].id()).is_some()).collect();
+    let device = with_grad.first().map(|&i| params[i].value().device());
+    let one_gpu = matches!(device, Some(Device::Cuda(_)))
+        && with_grad.iter().all(|&i| Some(params[i].value().device()) == device);
+    one_gpu.then_some(with_grad)
+}
 
 /// Hyper-parameters; the defaults are the CoLA recipe's (betas 0.9/0.999, eps 1e-8, weight decay 0.01 on
 /// every parameter not exempted by [`AdamW::exempt_from_decay`]).
@@ -163,36 +173,79 @@ impl AdamW {
         lr: f64,
         max_norm: f64,
     ) -> Result<f64> {
-        let with_grad: Vec<usize> =
-            (0..params.len()).filter(|&i| grads.get(params[i].id()).is_some()).collect();
-        let device = with_grad.first().map(|&i| params[i].value().device());
-        let one_gpu = matches!(device, Some(Device::Cuda(_)))
-            && with_grad.iter().all(|&i| Some(params[i].value().device()) == device);
-        if !one_gpu {
+        let Some(with_grad) = on_one_gpu(params, grads) else {
             let norm = clip_grad_norm(grads, max_norm)?;
             if norm.is_finite() {
                 self.step(params, grads, lr)?;
             }
             return Ok(norm);
-        }
+        };
         self.step += 1;
-        let result = self.multi_tensor_step(params, with_grad, grads, lr, max_norm);
+        let result = self.with_group(params, with_grad, grads, lr, |plan, group, hyper| {
+            Tensor::clip_adamw_multi(plan, group, max_norm, hyper)
+        });
         if !matches!(result, Ok(norm) if norm.is_finite()) {
             self.step -= 1;
         }
         result
     }
 
-    /// The GPU half of [`AdamW::clip_and_step`] for the parameters `with_grad` (indices into `params`),
-    /// with `self.step` already counting this update.
-    fn multi_tensor_step(
+    /// The sum of the squares of the gradients `grads` holds for `params`, in f64: this store's share of
+    /// a global norm whose other shares lie elsewhere (ZeRO-1's shards on other ranks), to be summed and
+    /// handed to [`AdamW::step_clipped`]. On one GPU it is the sum [`AdamW::clip_and_step`] takes the square
+    /// root of, bit for bit ([`Tensor::multi_tensor_squares`]: the same partial sums in the same order);
+    /// elsewhere [`squared_norm`] of `grads`. Creates the state of a parameter not updated yet (zero
+    /// moments), as the update would.
+    pub fn squared_norm(&mut self, params: &mut [&mut Parameter], grads: &GradStore) -> Result<f64> {
+        let Some(with_grad) = on_one_gpu(params, grads) else { return squared_norm(grads) };
+        self.with_group(params, with_grad, grads, 0.0, |plan, group, _| {
+            Tensor::multi_tensor_squares(plan, group)
+        })
+    }
+
+    /// [`AdamW::clip_and_step`] with the global norm `norm` given (the square root of [`AdamW::squared_norm`]
+    /// summed over every store the norm covers): the gradients are scaled by [`clip_factor`] and one
+    /// update is applied. On one GPU this is the multi-tensor update with that norm and factor
+    /// ([`Tensor::adamw_multi_scaled`], the gradients scaled as they are read, `grads` left as it is);
+    /// elsewhere [`clip_to`] followed by [`AdamW::step`]. A norm that is not finite updates nothing and
+    /// is not counted: the caller refuses the step.
+    pub fn step_clipped(
+        &mut self,
+        params: &mut [&mut Parameter],
+        grads: &mut GradStore,
+        lr: f64,
+        norm: f64,
+        max_norm: f64,
+    ) -> Result<()> {
+        if !norm.is_finite() {
+            return Ok(());
+        }
+        let Some(with_grad) = on_one_gpu(params, grads) else {
+            clip_to(grads, norm, max_norm)?;
+            return self.step(params, grads, lr);
+        };
+        self.step += 1;
+        let factor = clip_factor(norm, max_norm);
+        let result = self.with_group(params, with_grad, grads, lr, |plan, group, hyper| {
+            Tensor::adamw_multi_scaled(plan, group, norm, factor, hyper)
+        });
+        if result.is_err() {
+            self.step -= 1;
+        }
+        result
+    }
+
+    /// Runs `f` (a multi-tensor launch) on the group of the parameters `with_grad` (indices into
+    /// `params`, every one with a gradient in `grads`, on one GPU), their state and gradients, with the
+    /// hyper-parameters of update `self.step` at learning rate `lr`.
+    fn with_group<T>(
         &mut self,
         params: &mut [&mut Parameter],
         mut with_grad: Vec<usize>,
         grads: &GradStore,
         lr: f64,
-        max_norm: f64,
-    ) -> Result<f64> {
+        f: impl FnOnce(&mut MultiTensorPlan, &mut [AdamWTensors], AdamWStep) -> cola_tensor::Result<T>,
+    ) -> Result<T> {
         // Name order is the order of `self.state`, so one pass over it pairs each state with its parameter.
         with_grad.sort_by(|&a, &b| params[a].name().cmp(params[b].name()));
         if let Some(pair) = with_grad.windows(2).find(|w| params[w[0]].name() == params[w[1]].name()) {
@@ -228,7 +281,7 @@ impl AdamW {
                     decays: !no_decay.contains(name),
                 })
                 .collect();
-            Tensor::clip_adamw_multi(&mut self.plan, &mut group, max_norm, hyper)
+            f(&mut self.plan, &mut group, hyper)
         };
         for (&i, value) in with_grad.iter().zip(values) {
             params[i].set_value(value);

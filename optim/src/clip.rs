@@ -24,7 +24,7 @@ pub fn squared_norm(grads: &GradStore) -> Result<f64> {
 /// Scales every gradient in `grads` by `min(1, max_norm / (norm + 1e-6))`, where `norm` is the global
 /// norm of the gradients `grads` is part of.
 pub fn clip_to(grads: &mut GradStore, norm: f64, max_norm: f64) -> Result<()> {
-    let scale = max_norm / (norm + 1e-6);
+    let scale = clip_factor(norm, max_norm);
     if scale < 1.0 {
         let ids: Vec<_> = grads.iter().map(|(id, _)| *id).collect();
         for id in ids {
@@ -35,4 +35,16 @@ pub fn clip_to(grads: &mut GradStore, norm: f64, max_norm: f64) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The factor clipping multiplies every gradient by: `min(1, max_norm / (norm + 1e-6))` (1 when the
+/// quotient is NaN), the rule of `multi_tensor_clip_factor` in kernels/cuda/adamw.cu, in the same f64
+/// operations.
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    let scale = max_norm / (norm + 1e-6);
+    if scale < 1.0 {
+        scale
+    } else {
+        1.0
+    }
 }

@@ -6,6 +6,6 @@ pub mod error;
 pub mod schedule;
 
 pub use adamw::{AdamW, AdamWConfig};
-pub use clip::{clip_grad_norm, clip_to, squared_norm};
+pub use clip::{clip_factor, clip_grad_norm, clip_to, squared_norm};
 pub use error::{OptimError, Result};
 pub use schedule::CosineSchedule;

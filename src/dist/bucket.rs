@@ -135,63 +135,18 @@ impl Buckets {
 /// `bucket_bytes`. Every parameter of `params` takes part, in that order (the same on every rank): a
 /// parameter without a gradient on this rank (its micro-batches were all padding) contributes zeros,
 /// so the layout never depends on the data. Gradients stay where they lie when the collective sums
-/// device buffers ([`Collective::sums_on_device`]: NCCL, whose runs are on GPUs), else they are staged
-/// through host memory ([`Collective::sum_buckets`], as the path that overlaps backward sums them:
-/// `overlap.rs`). Returns the bytes reduced.
+/// device buffers ([`Collective::sums_on_device`]: NCCL, whose runs are on GPUs: each bucket is
+/// assembled as one contiguous f32 tensor on the device, summed in place and written back), else they are
+/// staged through host memory. Either way the sums go through [`Collective::sum_buckets`] or
+/// [`Collective::sum_buckets_on_device`], as the path that overlaps backward sums them (`overlap.rs`).
+/// Returns the bytes reduced.
 pub fn all_reduce_gradients(
     collective: &dyn Collective,
     params: &[&Parameter],
     grads: &mut GradStore,
     bucket_bytes: usize,
 ) -> Result<usize> {
-    if collective.sums_on_device() {
-        return all_reduce_on_device(collective, params, grads, bucket_bytes);
-    }
     super::overlap::sum_after_backward(collective, params, grads, bucket_bytes)
-}
-
-/// [`all_reduce_gradients`] where the gradients lie: each gradient is widened to a flat f32 tensor on its
-/// device, each bucket is assembled from its pieces into one contiguous f32 tensor, summed in place and
-/// written back; nothing crosses to the host. Holds an f32 copy of every gradient while it runs, as the
-/// host path holds its host copy.
-fn all_reduce_on_device(
-    collective: &dyn Collective,
-    params: &[&Parameter],
-    grads: &mut GradStore,
-    bucket_bytes: usize,
-) -> Result<usize> {
-    let mut flat = Vec::with_capacity(params.len());
-    for param in params {
-        let (numel, device) = (param.value().numel(), param.value().device());
-        let grad = match grads.get(param.id()) {
-            Some(grad) => grad.to_dtype(DType::F32)?,
-            None => Tensor::zeros_on(&[numel], DType::F32, device)?,
-        };
-        flat.push(grad.reshape(&[numel])?);
-    }
-    let sizes: Vec<usize> = flat.iter().map(Tensor::numel).collect();
-    let buckets = Buckets::new(&sizes, (bucket_bytes / size_of::<f32>()).max(1))?;
-    for bucket in 0..buckets.count() {
-        let segments = buckets.segments(bucket);
-        let Some(first) = segments.first() else { continue };
-        let device = flat[first.tensor].device();
-        let mut buffer = Tensor::zeros_on(&[buckets.range(bucket).len()], DType::F32, device)?;
-        for s in &segments {
-            let piece = flat[s.tensor].narrow(0, s.within_tensor.start, s.within_tensor.len())?;
-            buffer.write_slice(0, s.within_bucket.start, &piece)?;
-        }
-        collective.all_reduce_sum_on_device(&mut buffer)?;
-        for s in &segments {
-            let piece = buffer.narrow(0, s.within_bucket.start, s.within_bucket.len())?;
-            flat[s.tensor].write_slice(0, s.within_tensor.start, &piece)?;
-        }
-    }
-    for (param, summed) in params.iter().zip(flat) {
-        let dtype = grads.get(param.id()).unwrap_or(param.value()).dtype();
-        let summed = summed.reshape(param.value().shape())?;
-        grads.set(param.id(), if dtype == DType::F32 { summed } else { summed.to_dtype(dtype)? });
-    }
-    Ok(buckets.total() * size_of::<f32>())
 }
 
 /// The elements of `tensor` as host f32 (a GPU or bf16 gradient is copied and widened).

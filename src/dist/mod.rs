@@ -6,8 +6,8 @@
 //! know nothing of ranks. A [`Collective`] is the few operations the trainer needs: sums over f32
 //! gradient buckets and f64 statistics, a broadcast and a barrier. [`Single`] is the one-process world;
 //! `Mpi` (feature `mpi`) runs over MPI between CPU processes and nodes; `Nccl` (feature `nccl`) sums
-//! gradient buckets between GPUs and uses the process world (MPI's with several ranks) for everything
-//! else.
+//! gradient buckets and gathers ZeRO-1's shards between GPUs, on a communication stream of its own, and
+//! uses the process world (MPI's with several ranks) for everything else.
 //!
 //! Files: `bucket.rs` (gradients flattened into fixed-size buckets, one collective call per bucket),
 //! `overlap.rs` (bucket sums started while backward runs), `zero.rs` (ZeRO-1: each rank keeps the optimizer state of one shard of that flat layout), `mpi.rs`,
@@ -25,7 +25,7 @@ pub use bucket::{all_reduce_gradients, Buckets, DEFAULT_BUCKET_BYTES};
 pub use mpi::Mpi;
 #[cfg(feature = "nccl")]
 pub use nccl::Nccl;
-pub use overlap::{BucketSums, ReadyBuckets};
+pub use overlap::{BucketSums, ReadyBuckets, Summed};
 pub use zero::Zero;
 
 use cola_tensor::Tensor;
@@ -102,19 +102,48 @@ pub trait Collective: std::fmt::Debug + Send + Sync {
         Err(DistError::Nccl("this collective sums host buffers only".into()))
     }
 
+    /// [`Collective::sum_buckets`] where the gradients lie (a collective that
+    /// [`Collective::sums_on_device`]): `body` starts each bucket with
+    /// [`BucketSums::start_on_device`], handing over a 1-D f32 tensor, and the summed tensors come back in
+    /// bucket order; with `owners`, only the owner's copy of a bucket is its sum. The default sums each
+    /// bucket with [`Collective::all_reduce_sum_on_device`] as it starts; NCCL queues each sum on a
+    /// communication stream of its own, ordered after the copies that filled the bucket, and has the
+    /// device's stream wait for every sum before this returns.
+    fn sum_buckets_on_device(
+        &self,
+        sizes: &[usize],
+        _owners: Option<&[usize]>,
+        body: &mut dyn FnMut(&mut dyn BucketSums) -> Result<()>,
+    ) -> Result<Vec<Tensor>> {
+        let sum = |buffer: &mut Tensor| self.all_reduce_sum_on_device(buffer);
+        let mut sums = overlap::DeviceBlocking { sum: &sum, buffers: vec![None; sizes.len()] };
+        body(&mut sums)?;
+        overlap::started_buckets(sums.buffers)
+    }
+
+    /// [`Collective::all_gather`] of a 1-D f32 tensor on this rank's device (the same length on every
+    /// rank): every rank's `shard` end to end, in rank order, on the same device. The default is one
+    /// rank's: the shard itself.
+    fn all_gather_on_device(&self, shard: Tensor) -> Result<Tensor> {
+        if self.world_size() != 1 {
+            return Err(DistError::Nccl("this collective gathers host buffers only".into()));
+        }
+        Ok(shard)
+    }
+
     /// Sums `send` (the same length on every rank, `world_size()` equal shards end to end) over the
     /// ranks and leaves shard `rank()` of the sum in `shard`: rank r receives the sum of every rank's
     /// elements `r * shard.len() .. (r + 1) * shard.len()` (MPI's reduce-scatter-block). ZeRO's gradient
     /// sum: each rank receives only the part of the gradient whose optimizer state it holds. A
-    /// collective without it says so (ZeRO runs over MPI on the CPU only).
+    /// collective without it says so.
     fn reduce_scatter_sum(&self, _send: &[f32], _shard: &mut [f32]) -> Result<()> {
-        Err(DistError::Mpi("this collective has no reduce-scatter (ZeRO needs MPI on the CPU)".into()))
+        Err(DistError::Mpi("this collective has no reduce-scatter".into()))
     }
 
     /// Concatenates every rank's `shard` (the same length on every rank) in rank order into `all`
     /// (`world_size()` times as long): ZeRO's return of each rank's updated parameters to every rank.
     fn all_gather(&self, _shard: &[f32], _all: &mut [f32]) -> Result<()> {
-        Err(DistError::Mpi("this collective has no all-gather (ZeRO needs MPI on the CPU)".into()))
+        Err(DistError::Mpi("this collective has no all-gather".into()))
     }
 
     /// Replaces `buffer` on every rank by `root`'s.

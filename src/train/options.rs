@@ -273,15 +273,16 @@ pub struct Options {
     /// the one-GPU check of the data-parallel GPU path, whose losses must equal those of a plain run
     #[arg(long)]
     pub nccl: bool,
-    /// ZeRO stage: 1 shards AdamW's moments over the MPI ranks (each rank keeps 1/N of them, updates its
-    /// slice of the parameters and all-gathers them; the same update as 0, which keeps them whole on every
-    /// rank). CPU only, in a build with --features mpi
+    /// ZeRO stage: 1 shards AdamW's moments (and bf16-mixed's f32 masters) over the ranks (each rank keeps
+    /// 1/N of them, updates its slice of the parameters and all-gathers them; the same update as 0, which
+    /// keeps them whole on every rank). On the CPU over MPI (--features mpi); on GPUs over NCCL
+    /// (--features nccl, with --nccl or several ranks)
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
-    /// Under several ranks, start each gradient bucket's sum (an all-reduce, or under --zero 1 a reduce to
-    /// the rank that owns it) as soon as the last micro-batch's backward has made its gradients final, so
-    /// that communication overlaps the rest of backward (MPI); false sums every bucket after backward. The
-    /// sums are the same bit for bit
+    /// Under several ranks (or --nccl), start each gradient bucket's sum (an all-reduce, or under --zero 1
+    /// a reduce to the rank that owns it) as soon as the last micro-batch's backward has made its
+    /// gradients final, so that communication overlaps the rest of backward (MPI; NCCL on a stream of its
+    /// own); false sums every bucket after backward. The sums are the same bit for bit
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub overlap: bool,
     /// Size of the gradient buckets summed over the ranks, in KiB (one collective call per bucket; with

@@ -29,7 +29,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
             eprintln!("{message}");
         }
     };
-    check_zero(config.zero, device)?;
+    check_zero(config.zero, device, config.nccl, config.world().world_size())?;
     // A resumed run reads its token ids with the tokenizer it was trained with.
     let tokenizer = resume_dir.and_then(checkpoint::tokenizer_path).or(config.tokenizer.clone());
     let vocab = model_vocab(config.model, config.vocab_size, tokenizer.as_deref(), config.data.as_deref())?;
@@ -124,23 +124,33 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     Ok(Prepared { dataset, trainer, rng })
 }
 
-/// Refuses `--zero 1` where it cannot run: ZeRO-1 shards the optimizer over MPI between CPU processes
-/// (no NCCL version yet).
-fn check_zero(zero: bool, device: Device) -> Result<()> {
+/// Refuses `--zero 1` where it cannot run: ZeRO-1 shards the optimizer over MPI between CPU processes,
+/// or over NCCL between GPUs (`--nccl`, or several ranks of an `mpi,nccl` build: the runs whose
+/// collective [`crate::dist::for_device`] makes NCCL).
+fn check_zero(zero: bool, device: Device, nccl: bool, world_size: usize) -> Result<()> {
     if !zero {
         return Ok(());
     }
-    if !cfg!(feature = "mpi") {
-        return Err(TrainError::Config(
-            "--zero 1 shards the optimizer over MPI ranks, but this program was built without MPI: build \
-             with --features mpi (scripts/install_mpi.sh installs Open MPI) and start it with mpirun"
-                .into(),
-        ));
+    if device == Device::Cpu {
+        if !cfg!(feature = "mpi") {
+            return Err(TrainError::Config(
+                "--zero 1 shards the optimizer over MPI ranks, but this program was built without MPI: build \
+                 with --features mpi (scripts/install_mpi.sh installs Open MPI) and start it with mpirun"
+                    .into(),
+            ));
+        }
+        return Ok(());
     }
-    if device != Device::Cpu {
+    if !cfg!(feature = "nccl") {
         return Err(TrainError::Config(format!(
-            "--zero 1 runs over MPI on the CPU only, and this run is on {device} (there is no NCCL version): \
-             pass --device cpu, or drop --zero"
+            "--zero 1 on {device} shards the optimizer over NCCL, but this program was built without it: \
+             build with --features nccl (and mpi for several GPUs), or pass --device cpu"
+        )));
+    }
+    if !nccl && world_size < 2 {
+        return Err(TrainError::Config(format!(
+            "--zero 1 on {device} shards the optimizer over NCCL, which a run of one process uses only \
+             with --nccl: pass --nccl, or start several ranks with mpirun"
         )));
     }
     Ok(())
@@ -152,16 +162,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zero_one_needs_mpi_and_the_cpu() {
-        assert!(check_zero(false, Device::Cuda(0)).is_ok());
-        let message = |device| check_zero(true, device).map_err(|e| e.to_string());
+    fn zero_one_needs_mpi_on_the_cpu_and_nccl_on_a_gpu() {
+        assert!(check_zero(false, Device::Cuda(0), false, 1).is_ok());
+        let message = |device, nccl, ranks| check_zero(true, device, nccl, ranks).map_err(|e| e.to_string());
         if cfg!(feature = "mpi") {
-            assert!(message(Device::Cpu).is_ok());
-            let refused = message(Device::Cuda(0)).unwrap_err();
-            assert!(refused.contains("CPU only") && refused.contains("--device cpu"), "{refused}");
+            assert!(message(Device::Cpu, false, 1).is_ok());
         } else {
-            let refused = message(Device::Cpu).unwrap_err();
+            let refused = message(Device::Cpu, false, 1).unwrap_err();
             assert!(refused.contains("without MPI") && refused.contains("--features mpi"), "{refused}");
+        }
+        if cfg!(feature = "nccl") {
+            assert!(message(Device::Cuda(0), true, 1).is_ok());
+            assert!(message(Device::Cuda(0), false, 2).is_ok());
+            let refused = message(Device::Cuda(0), false, 1).unwrap_err();
+            assert!(refused.contains("pass --nccl"), "{refused}");
+        } else {
+            let refused = message(Device::Cuda(0), true, 1).unwrap_err();
+            assert!(refused.contains("without it") && refused.contains("--features nccl"), "{refused}");
         }
     }
 }

@@ -175,7 +175,7 @@ pub fn run(config: &TrainConfig) -> Result<RunOutcome> {
         "optimizer: {} of AdamW state per rank{}",
         crate::audit::human_bytes(trainer.optimizer_bytes() as f64),
         if config.zero {
-            format!(" (ZeRO-1: moments of 1/{} of the parameters on each rank)", world.world_size())
+            format!(" (ZeRO-1: the state of 1/{} of the parameters on each rank)", world.world_size())
         } else {
             String::new()
         }

@@ -106,9 +106,9 @@ pub struct Trainer {
     /// ([`Trainer::set_gradient_sum`]).
     overlap: bool,
     bucket_bytes: usize,
-    /// Under ZeRO-1, this rank's shard of the summed gradient, between its sum (after or during
-    /// backward) and the sharded update.
-    zero_shard: Option<Vec<f32>>,
+    /// Under ZeRO-1, this rank's shard of the summed gradient (1-D f32, on the model's device), between
+    /// its sum (after or during backward) and the sharded update.
+    zero_shard: Option<cola_tensor::Tensor>,
 }
 
 /// What the gradient sum over the ranks of one update moved and how long it took.
@@ -189,8 +189,9 @@ impl Trainer {
     /// Sums gradients over the ranks in buckets of `bucket_bytes` and, with `overlap`, starts each
     /// bucket's sum as soon as the last micro-batch's backward has made its gradients final
     /// (`dist/overlap.rs`) instead of after backward: the same sums, bit for bit, with less of the step
-    /// blocked on communication. Under ZeRO-1 each bucket is summed to the rank that owns it. Overlap
-    /// applies to sums through host buffers (MPI); sums on the device (NCCL) run after backward.
+    /// blocked on communication. Under ZeRO-1 each bucket is summed to the rank that owns it. Over MPI
+    /// the buckets are host buffers; over NCCL, GPU tensors summed on a communication stream while the
+    /// device's stream goes on with backward.
     pub fn set_gradient_sum(&mut self, overlap: bool, bucket_bytes: usize) {
         self.overlap = overlap;
         self.bucket_bytes = bucket_bytes.max(size_of::<f32>());
@@ -207,6 +208,13 @@ impl Trainer {
     /// and before loading a checkpoint ([`Trainer::load_checkpoint`]).
     pub fn shard_optimizer(&mut self) -> Result<(), TrainError> {
         let (rank, world_size) = (self.collective.rank(), self.collective.world_size());
+        let device = self.model.device();
+        if device != Device::Cpu && !self.collective.sums_on_device() {
+            return Err(dist::DistError::Zero(format!(
+                "the sharded optimizer of a model on {device} needs a collective that sums on the GPU (NCCL)"
+            ))
+            .into());
+        }
         self.zero = Some(dist::Zero::new(&self.model.parameters(), rank, world_size)?);
         Ok(())
     }
@@ -214,14 +222,17 @@ impl Trainer {
     /// Bytes of optimizer state this rank holds during training: AdamW's moments (and f32 master copies
     /// under mixed precision) for every parameter, or for this rank's shard under ZeRO-1.
     pub fn optimizer_bytes(&self) -> usize {
-        if let Some(zero) = &self.zero {
-            return zero.optimizer_bytes();
-        }
-        let per_param = |p: &cola_autograd::Parameter| {
+        // Per element of a parameter: two moments, and a master copy under mixed precision.
+        let per_element = |p: &cola_autograd::Parameter| {
             let (mixed, dtype) = self.optimizer.state_dtype(p.value().dtype());
-            p.value().numel() * dtype.size_in_bytes() * (2 + usize::from(mixed))
+            dtype.size_in_bytes() * (2 + usize::from(mixed))
         };
-        self.model.parameters().into_iter().map(per_param).sum()
+        let params = self.model.parameters();
+        if let Some(zero) = &self.zero {
+            // The parameters share one dtype (the run's precision), so one shard's elements share one size.
+            return zero.optimizer_bytes(params.first().map_or(0, |p| per_element(p)));
+        }
+        params.into_iter().map(|p| p.value().numel() * per_element(p)).sum()
     }
 
     /// The optimizer as one process holds it, for a checkpoint: under ZeRO-1 every rank's moments
@@ -315,7 +326,7 @@ impl Trainer {
         self.grads.clear();
         self.last_reduce = None;
         self.zero_shard = None;
-        let overlap = sums && self.overlap && targets > 0 && !self.collective.sums_on_device();
+        let overlap = sums && self.overlap && targets > 0;
         let loss = if overlap {
             self.overlapped_micro_batches(batch, &micro_rows, targets)?
         } else {

@@ -197,6 +197,7 @@ kernel_table! {
         SquaredNormPartialsBf16 = "squared_norm_partials_bf16",
         MultiTensorNormPartials = "multi_tensor_norm_partials",
         MultiTensorClipFactor = "multi_tensor_clip_factor",
+        MultiTensorSquares = "multi_tensor_squares",
         MultiTensorAdamw = "multi_tensor_adamw",
     }
 }

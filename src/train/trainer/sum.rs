@@ -2,7 +2,9 @@
 //! buckets start while the last micro-batch's backward runs and the step waits for them when backward
 //! ends, or every bucket starts after backward. The calls are the same, so are the sums. Under ZeRO-1
 //! each bucket goes to the rank whose shard it lies in, and this rank keeps its shard of the sum for the
-//! sharded update.
+//! sharded update. Over NCCL the buckets are GPU tensors summed on a communication stream of their own
+//! (`dist/nccl.rs`), and the device's stream waits for every sum before the update reads it: the time of
+//! the [`Reduction`] is then the host's time to queue the rest and wait, not the transfer's.
 use super::{Reduction, StepError, Trainer};
 use crate::data::Batch;
 use crate::dist;
@@ -25,14 +27,15 @@ impl Trainer {
         let mut ready = dist::ReadyBuckets::new(&self.model.parameters(), self.bucket_bytes, shard)?;
         let owners = ready.owners().map(<[usize]>::to_vec);
         let (mut outcome, mut backward_end) = (Err(dist::DistError::Interrupted.into()), Instant::now());
-        let summed = collective.sum_buckets(&ready.sizes(), owners.as_deref(), &mut |sums| {
-            outcome = self.micro_batches(batch, micro_rows, targets, Some((&mut ready, &mut *sums)));
-            backward_end = Instant::now();
-            match outcome {
-                Ok(_) => ready.start_ready(sums, &self.grads, true),
-                Err(_) => Err(dist::DistError::Interrupted),
-            }
-        });
+        let summed =
+            dist::overlap::sum_buckets(collective.as_ref(), &ready.sizes(), owners.as_deref(), &mut |sums| {
+                outcome = self.micro_batches(batch, micro_rows, targets, Some((&mut ready, &mut *sums)));
+                backward_end = Instant::now();
+                match outcome {
+                    Ok(_) => ready.start_ready(sums, &self.grads, true),
+                    Err(_) => Err(dist::DistError::Interrupted),
+                }
+            });
         let loss = outcome?;
         if shard.is_some() {
             self.zero_shard = Some(ready.owned_shard(&summed?, collective.rank())?);

@@ -45,16 +45,24 @@ impl Tables {
     }
 }
 
-/// The step of [`crate::Tensor::clip_adamw_multi`] on `group`, whose tensors (of `kinds`) the caller
-/// checked (shapes, dtypes, one device); `cached` is the plan's tables, replaced when a buffer moved.
-pub(crate) fn clip_adamw(
+/// A group ready to launch: its device tables, the table of this step's gradient addresses, and the
+/// contiguous gradients those addresses point into (alive until the launches are queued).
+struct Prepared {
+    device: Arc<CudaDevice>,
+    tables: Arc<Tables>,
+    _grad_table: DeviceBuffer,
+    _grads: Vec<crate::Tensor>,
+    launch: MultiTensorGroup,
+}
+
+/// Checks out `group`'s buffers for in-place kernels and builds (or reuses from `cached`, the plan's
+/// tables, replaced when a buffer moved) the tables the kernels read; `None` for an empty group.
+fn prepare(
     cached: &mut Option<Arc<Tables>>,
     group: &mut [AdamWTensors],
     kinds: &[StateKind],
-    max_norm: f64,
-    hyper: AdamWStep,
-) -> Result<f64> {
-    let Some(first) = group.first() else { return Ok(0.0) };
+) -> Result<Option<Prepared>> {
+    let Some(first) = group.first() else { return Ok(None) };
     let device = first.param.gpu_device(OP)?;
     let mut entries = Vec::with_capacity(group.len());
     // The contiguous gradients stay alive until their kernels are queued (stream order does the rest).
@@ -98,16 +106,70 @@ pub(crate) fn clip_adamw(
         chunk_tensor: tables.chunk_tensor.ptr(),
         chunks: tables.chunks,
     };
+    Ok(Some(Prepared { device, tables, _grad_table: grad_table, _grads: grads, launch }))
+}
+
+/// The step of [`crate::Tensor::clip_adamw_multi`] on `group`, whose tensors (of `kinds`) the caller
+/// checked (shapes, dtypes, one device); `cached` is the plan's tables, replaced when a buffer moved.
+pub(crate) fn clip_adamw(
+    cached: &mut Option<Arc<Tables>>,
+    group: &mut [AdamWTensors],
+    kinds: &[StateKind],
+    max_norm: f64,
+    hyper: AdamWStep,
+) -> Result<f64> {
+    // Bound whole: the gradients and their table must outlive the launches below.
+    let Some(prepared) = prepare(cached, group, kinds)? else { return Ok(0.0) };
+    let Prepared { device, tables, launch, .. } = &prepared;
     let status = tables.status.ptr();
     // SAFETY: the tables describe the group's tensors (contiguous, `n` elements of their kind's dtypes as
-    // the caller checked; param, m, v and master each made the sole owner of its storage above); partials
-    // holds one f64 per chunk and status two.
+    // the caller checked; param, m, v and master each made the sole owner of its storage by `prepare`);
+    // partials holds one f64 per chunk and status two.
     unsafe {
-        kernels::multi_tensor_clip_factor(&device, &launch, tables.partials.ptr(), max_norm, status)
+        kernels::multi_tensor_clip_factor(device, launch, tables.partials.ptr(), max_norm, status)
             .map_err(cuda_error(OP))?;
-        kernels::multi_tensor_adamw(&device, &launch, status, &hyper).map_err(cuda_error(OP))?;
+        kernels::multi_tensor_adamw(device, launch, status, &hyper).map_err(cuda_error(OP))?;
     }
     let mut read = [0.0f64; 2];
     device.download(&tables.status, 0, &mut read).map_err(cuda_error(OP))?;
     Ok(read[0])
+}
+
+/// [`crate::Tensor::multi_tensor_squares`]: the sum of the squares of `group`'s gradients, by the
+/// partial sums of [`clip_adamw`] (the same bits as the square of the norm it computes, before the root).
+pub(crate) fn squares(
+    cached: &mut Option<Arc<Tables>>,
+    group: &mut [AdamWTensors],
+    kinds: &[StateKind],
+) -> Result<f64> {
+    // Bound whole: the gradients and their table must outlive the launches below.
+    let Some(prepared) = prepare(cached, group, kinds)? else { return Ok(0.0) };
+    let Prepared { device, tables, launch, .. } = &prepared;
+    // SAFETY: as in `clip_adamw`; status holds two f64, of which the first receives the sum.
+    unsafe {
+        kernels::multi_tensor_squares(device, launch, tables.partials.ptr(), tables.status.ptr())
+            .map_err(cuda_error(OP))?;
+    }
+    let mut read = [0.0f64; 1];
+    device.download(&tables.status, 0, &mut read).map_err(cuda_error(OP))?;
+    Ok(read[0])
+}
+
+/// [`crate::Tensor::adamw_multi_scaled`]: the update of [`clip_adamw`] with the norm and clip factor given
+/// (computed by the caller from a global norm) rather than computed from `group`'s gradients.
+pub(crate) fn adamw_scaled(
+    cached: &mut Option<Arc<Tables>>,
+    group: &mut [AdamWTensors],
+    kinds: &[StateKind],
+    norm: f64,
+    factor: f64,
+    hyper: AdamWStep,
+) -> Result<()> {
+    // Bound whole: the gradients and their table must outlive the launches below.
+    let Some(prepared) = prepare(cached, group, kinds)? else { return Ok(()) };
+    let Prepared { device, launch, .. } = &prepared;
+    let status = device.upload(&[norm, factor]).map_err(cuda_error(OP))?;
+    // SAFETY: as in `clip_adamw`, with `status` holding the norm and the factor.
+    unsafe { kernels::multi_tensor_adamw(device, launch, status.ptr(), &hyper).map_err(cuda_error(OP))? };
+    Ok(())
 }

@@ -13,7 +13,7 @@ const MULTI_OP: &str = "clip_adamw_multi";
 
 /// What one parameter's tensors of a multi-tensor step hold, after checking them against the param
 /// (shapes, gradient dtype, `device`).
-fn multi_tensor_kind(t: &AdamWTensors, device: Device) -> Result<StateKind> {
+pub(crate) fn multi_tensor_kind(t: &AdamWTensors, device: Device) -> Result<StateKind> {
     let mut others: Vec<&Tensor> = vec![t.grad, &*t.m, &*t.v];
     others.extend(t.master.as_deref());
     for other in others.into_iter().chain([&*t.param]) {

@@ -179,18 +179,54 @@ pub unsafe fn multi_tensor_clip_factor(
     max_norm: f64,
     status: u64,
 ) -> Result<()> {
+    // SAFETY: as this function's contract.
+    unsafe { multi_tensor_norm_partials(device, group, partials)? };
+    let chunks = group.chunks as i64;
+    // SAFETY: matches `multi_tensor_clip_factor(const double*, i64, double, double*)`.
+    unsafe {
+        launch!(device, Kernel::MultiTensorClipFactor, ONE_BLOCK; &partials, &chunks, &max_norm, &status)
+    }
+}
+
+/// Writes the sum of the squares of the group's gradients into `squares` (one f64), on the device: the
+/// partial sums and their fixed-order sum of [`multi_tensor_clip_factor`], bit for bit, without the square
+/// root (a rank's share of a global norm that several ranks sum).
+///
+/// # Safety
+/// As [`multi_tensor_clip_factor`], with `squares` holding one f64.
+pub unsafe fn multi_tensor_squares(
+    device: &CudaDevice,
+    group: &MultiTensorGroup,
+    partials: u64,
+    squares: u64,
+) -> Result<()> {
+    // SAFETY: as this function's contract.
+    unsafe { multi_tensor_norm_partials(device, group, partials)? };
+    let chunks = group.chunks as i64;
+    // SAFETY: matches `multi_tensor_squares(const double*, i64, double*)`.
+    unsafe { launch!(device, Kernel::MultiTensorSquares, ONE_BLOCK; &partials, &chunks, &squares) }
+}
+
+/// The block of the kernels that add the per-chunk partials (`partials_total` in adamw.cu).
+const ONE_BLOCK: LaunchConfig =
+    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+
+/// One f64 partial sum of squares per chunk of the group's gradients, into `partials`.
+///
+/// # Safety
+/// As [`multi_tensor_clip_factor`].
+unsafe fn multi_tensor_norm_partials(
+    device: &CudaDevice,
+    group: &MultiTensorGroup,
+    partials: u64,
+) -> Result<()> {
     let (chunks, chunk) = (group.chunks as i64, MULTI_TENSOR_CHUNK as i64);
     let MultiTensorGroup { tensors, grads, chunk_tensor, .. } = *group;
     // SAFETY: matches `multi_tensor_norm_partials(const TensorEntry*, const u64*, const int*, i64, i64,
     // double*)`; every chunk index is below `chunks`.
     unsafe {
         launch!(device, Kernel::MultiTensorNormPartials, group.config();
-            &tensors, &grads, &chunk_tensor, &chunks, &chunk, &partials)?;
-    }
-    let one_block = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: matches `multi_tensor_clip_factor(const double*, i64, double, double*)`.
-    unsafe {
-        launch!(device, Kernel::MultiTensorClipFactor, one_block; &partials, &chunks, &max_norm, &status)
+            &tensors, &grads, &chunk_tensor, &chunks, &chunk, &partials)
     }
 }
 
