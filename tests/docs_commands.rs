@@ -63,6 +63,10 @@ const NOT_RUN: &[(&str, &str)] = &[
         "ROWS=cola-60m:8:8 STEPS=4 scripts/bench_cpu_vs_torch.sh 1",
         "needs PyTorch; six cola-60m runs and torch.compile: about 4 minutes",
     ),
+    (
+        "BIN=target/release/examples/llama_cola_350m ROWS=cola-60m:8:8 STEPS=4 scripts/bench_cpu_vs_torch.sh 2",
+        "needs PyTorch and a built training program; twelve cola-60m runs and torch.compile: about 5 minutes",
+    ),
     ("scripts/reference/bench_torch_gpu.py --device cpu", "needs PyTorch"),
     (
         "MODEL=cola-60m BATCH=8 STEPS=4 POLICIES=none PRECISION=bf16-mixed scripts/bench_cpu_step.sh OLD NEW 1",
