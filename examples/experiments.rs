@@ -2,10 +2,10 @@
 //!
 //!     cargo run --release --example experiments -- NAME [--quick] [--out DIR] [--budget-minutes M] [--seeds S]
 //!
-//! NAME is `activation`, `rank`, `compute` or `colam`. The logic is `cola::experiments`; this parses the
-//! command line and prints where the table and the plot are.
+//! NAME is `activation`, `rank`, `compute`, `colam` or `precision`. The logic is `cola::experiments`; this
+//! parses the command line and prints where the table and the plot are.
 use clap::Parser;
-use cola::experiments::{self, Experiment, ExperimentError, Settings, DEFAULT_BUDGET_MINUTES};
+use cola::experiments::{self, Experiment, ExperimentError, Settings};
 use cola::train::{self, DeviceChoice};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +15,7 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "experiments")]
 struct Args {
-    /// activation, rank, compute or colam
+    /// activation, rank, compute, colam or precision
     #[arg(value_parser = |s: &str| s.parse::<Experiment>().map_err(|e| e.to_string()))]
     name: Experiment,
     /// Tiny models and a budget of seconds: checks the pipeline, measures nothing
@@ -30,7 +30,8 @@ struct Args {
     #[arg(long, value_name = "DIR")]
     runs: Option<PathBuf>,
     /// Minutes of training per run on the reference CPU; the token budget is this times its measured
-    /// tokens/s (the same tokens for every model of the grid) [default: 3]
+    /// tokens/s (the same tokens for every model of the grid) [default: 3; precision: 300 steps of 8 x 256
+    /// tokens]
     #[arg(long, value_name = "M")]
     budget_minutes: Option<f64>,
     /// Training tokens per run, overriding --budget-minutes
@@ -73,8 +74,7 @@ fn run(args: Args) -> Result<(), ExperimentError> {
     let folder = if args.quick { format!("{}-quick", args.name) } else { args.name.to_string() };
     let shared = args.out.is_none() && !args.quick;
     let out = args.out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(folder));
-    let minutes = args.budget_minutes.unwrap_or(DEFAULT_BUDGET_MINUTES);
-    let mut settings = Settings::new(args.name, args.quick, out, minutes, args.seeds);
+    let mut settings = Settings::new(args.name, args.quick, out, args.budget_minutes, args.seeds);
     if let Some(runs) = args.runs {
         settings.runs = runs;
     } else if shared {

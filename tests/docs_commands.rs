@@ -96,6 +96,10 @@ const NOT_RUN: &[(&str, &str)] = &[
          [--seeds 2]",
         "the default budget, two seeds: about an hour (tests/experiments.rs runs the grids with --quick)",
     ),
+    (
+        "cargo run --release --example experiments -- precision --threads 2",
+        "six runs of cola-60m for 300 steps: hours on a 2-core CPU (tests/experiments.rs runs it with --quick)",
+    ),
 ];
 
 /// The flags that make a training command small, replacing the page's values or added to them.

@@ -2,8 +2,9 @@
 //! BPE of a small test corpus): the table and the plot are written, every number of the table is the
 //! mean (or spread) of the per-run `result.json` files, a second invocation trains nothing,
 //! the runs are kept in a store that another grid reuses (under the same settings only), and CoLA-M's
-//! losses equal plain CoLA's bit for bit (the retention policy changes memory, never numbers). About 10 s
-//! on 2 cores.
+//! losses equal plain CoLA's bit for bit (the retention policy changes memory, never numbers); the
+//! precision grid trains one model in f32, bf16-mixed and pure-bf16 under keys that leave f32 runs' keys
+//! as they were. About 15 s on 2 cores.
 mod common;
 
 use cola::experiments::runner::run_dir;
@@ -14,7 +15,7 @@ use common::TempDir;
 use std::path::Path;
 
 fn quick(dir: &TempDir, experiment: Experiment, seeds: u64) -> Settings {
-    let mut settings = Settings::new(experiment, true, dir.join(experiment.name()), 0.0, seeds);
+    let mut settings = Settings::new(experiment, true, dir.join(experiment.name()), None, seeds);
     settings.data = Some(dir.join("corpus.txt"));
     settings.cache_dir = Some(dir.join("cache"));
     settings.vocab_size = Some(VOCAB);
@@ -126,4 +127,79 @@ fn compute_grid_matches_training_flops() {
     let (cola, full, matched) = (flops("cola-small"), flops("full-small"), flops("full-small-2l"));
     assert!((matched / cola - 1.0).abs() < 0.02, "{matched} vs {cola}");
     assert!(full / cola > 1.45, "{full} vs {cola}");
+}
+
+/// The precision grid trains one model three ways, f32 first (the paired column is "minus f32"): its rows
+/// differ in precision only, their run keys are distinct, and the f32 row's key is the model's key of
+/// every other grid (f32 runs of a store stay valid). Its default budget is 300 steps of 8 x 256 tokens,
+/// the other grids' is unchanged. Then `--quick` end to end: each row trains 24 steps in its precision,
+/// records it, shows its flag in the table, and lands within 0.05 nats of f32's final loss: 24 steps of
+/// cola-tiny from the same seed, where bf16's rounding (8 bits of mantissa) moved it by 0.0002
+/// (bf16-mixed) and 0.010 (pure-bf16, whose updates are rounded too) when this was written; a bf16 path
+/// that ignored the precision would give f32's curve (checked below), a broken one a far larger gap.
+#[test]
+fn precision_grid_varies_precision_only_and_runs_quick() {
+    use cola::train::Precision;
+    let full = experiments::grid(Experiment::Precision, false);
+    let labels: Vec<&str> = full.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["cola-60m-f32", "cola-60m-bf16-mixed", "cola-60m-pure-bf16"]);
+    assert_eq!(full.iter().map(|s| s.precision).collect::<Vec<_>>(), Precision::ALL);
+    for spec in &full[1..] {
+        assert_eq!(
+            (spec.preset, spec.variant, spec.policy),
+            (full[0].preset, full[0].variant, full[0].policy)
+        );
+    }
+    let keys: Vec<String> = full.iter().map(|s| s.key()).collect();
+    assert_eq!(
+        keys,
+        [
+            "cola-60m-silu-r128-gated",
+            "cola-60m-silu-r128-gated-bf16-mixed",
+            "cola-60m-silu-r128-gated-pure-bf16"
+        ]
+    );
+    // The f32 keys of the other grids are what they were before runs had a precision.
+    assert_eq!(experiments::grid(Experiment::Colam, false)[1].key(), "cola-small-silu-r64-gated-cola-m");
+    assert_eq!(experiments::grid(Experiment::Compute, false)[2].key(), "full-small-2l");
+    let budget = |e: Experiment| Settings::new(e, false, "unused".into(), None, 1).tokens;
+    assert_eq!(budget(Experiment::Precision), 300 * 8 * 256);
+    assert_eq!(budget(Experiment::Activation), 878_760);
+
+    let dir = TempDir::new("experiments-precision");
+    write_corpus(&dir);
+    let settings = quick(&dir, Experiment::Precision, 1);
+    let report = experiments::run(&settings).unwrap();
+    assert_eq!((report.trained, report.skipped), (3, 0));
+    let table = std::fs::read_to_string(&report.table).unwrap();
+    let f32_loss = report.rows[0].runs[0].final_val_loss;
+    for (row, precision) in report.rows.iter().zip(Precision::ALL) {
+        let run = &row.runs[0];
+        assert_eq!(run.precision, precision.name(), "{}", row.label);
+        let recorded = read_result(&run_dir(&settings, &grid_spec(&row.label), 0).join(RESULT_FILE));
+        assert_eq!(recorded.precision, precision.name(), "result.json records it");
+        assert_eq!(run.steps, 24);
+        assert!(
+            (run.final_val_loss - f32_loss).abs() < 0.05,
+            "{}: {} vs f32 {f32_loss}",
+            row.label,
+            run.final_val_loss
+        );
+        let flags = &table_row(&table, &row.label)[1];
+        assert_eq!(
+            flags.contains(&format!("--precision {precision}")),
+            precision != Precision::F32,
+            "{flags}"
+        );
+    }
+    assert_ne!(report.rows[1].runs[0].val_curve, report.rows[0].runs[0].val_curve, "bf16 changes numbers");
+    assert_ne!(report.rows[2].runs[0].val_curve, report.rows[1].runs[0].val_curve, "bf16 moments do too");
+    // Pure bf16 holds everything in half the bytes of f32 (bf16-mixed adds f32 master weights and moments
+    // to its bf16 weights, so it need not be smaller at this size).
+    assert!(report.rows[2].runs[0].peak_bytes < report.rows[0].runs[0].peak_bytes);
+}
+
+/// The `--quick` precision grid's row `label`.
+fn grid_spec(label: &str) -> experiments::RunSpec {
+    experiments::grid(Experiment::Precision, true).into_iter().find(|s| s.label == label).unwrap()
 }

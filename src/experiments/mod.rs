@@ -24,10 +24,16 @@ pub const REFERENCE_TOKENS_PER_S: f64 = 4882.0;
 /// Sequences per optimizer step of every run (the CPU default of the training program).
 pub const BATCH_SIZE: usize = 8;
 
-/// Minutes per run unless `--budget-minutes` says otherwise: 878,760 tokens (430 steps of 8 x 256), so
-/// that the largest grid (`activation`: 5 models x 2 seeds) trains in about 33 minutes on the reference
-/// CPU (8 CoLA runs at 4882 tokens/s, 2 full-rank runs at 4336).
+/// Minutes per run unless `--budget-minutes` says otherwise (every grid but `precision`, whose default is
+/// a number of steps: [`Experiment::default_tokens`]): 878,760 tokens (430 steps of 8 x 256), so that the
+/// largest grid (`activation`: 5 models x 2 seeds) trains in about 33 minutes on the reference CPU (8 CoLA
+/// runs at 4882 tokens/s, 2 full-rank runs at 4336).
 pub const DEFAULT_BUDGET_MINUTES: f64 = 3.0;
+
+/// The training tokens of `minutes` at [`REFERENCE_TOKENS_PER_S`].
+pub fn budget_tokens(minutes: f64) -> u64 {
+    (minutes * 60.0 * REFERENCE_TOKENS_PER_S) as u64
+}
 
 /// Errors of an experiment.
 #[derive(Debug, thiserror::Error)]
@@ -87,19 +93,21 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// `experiment` with its defaults: `budget_minutes` per run at [`REFERENCE_TOKENS_PER_S`] (or, with
-    /// `quick`, 24 steps of 4 x 16 tokens), into `out`.
+    /// `experiment` with its defaults: `budget_minutes` per run at [`REFERENCE_TOKENS_PER_S`], or without
+    /// them the experiment's own budget ([`Experiment::default_tokens`]); with `quick`, 24 steps of 4 x 16
+    /// tokens whatever the budget. Into `out`.
     pub fn new(
         experiment: Experiment,
         quick: bool,
         out: PathBuf,
-        budget_minutes: f64,
+        budget_minutes: Option<f64>,
         seeds: u64,
     ) -> Settings {
         let (tokens, eval_tokens, batch_size) = if quick {
             (24 * 4 * 16, 64, 4)
         } else {
-            ((budget_minutes * 60.0 * REFERENCE_TOKENS_PER_S) as u64, 64 * 256, BATCH_SIZE)
+            let tokens = budget_minutes.map_or_else(|| experiment.default_tokens(), budget_tokens);
+            (tokens, 64 * 256, BATCH_SIZE)
         };
         Settings {
             experiment,

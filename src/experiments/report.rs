@@ -72,10 +72,15 @@ pub fn table(title: &str, rows: &[Row]) -> String {
         let (tps, _) = row.stat(|r| r.tokens_per_s);
         let (sps, _) = row.stat(RunResult::seconds_per_step);
         let recompute = format!("--recompute {}", first.policy);
-        let flags: Vec<&str> = [first.variant.as_str(), if first.policy == "none" { "" } else { &recompute }]
-            .into_iter()
-            .filter(|f| !f.is_empty())
-            .collect();
+        let precision = format!("--precision {}", first.precision);
+        let flags: Vec<&str> = [
+            first.variant.as_str(),
+            if first.policy == "none" { "" } else { &recompute },
+            if first.precision == "f32" { "" } else { &precision },
+        ]
+        .into_iter()
+        .filter(|f| !f.is_empty())
+        .collect();
         let flags = if flags.is_empty() { String::new() } else { format!("`{}`", flags.join(" ")) };
         let delta = match row.paired_delta(&rows[0]) {
             _ if std::ptr::eq(row, &rows[0]) => "(reference)".to_string(),

@@ -5,8 +5,9 @@ use super::grid::RunSpec;
 use super::{ExperimentError, Settings};
 use crate::audit::{flops_per_token, measure_step, synthetic_ids};
 use crate::train::plan::model_vocab;
-use crate::train::{self, DeviceChoice, EvalRecord, RunOutcome, TrainConfig, METRICS_FILE};
+use crate::train::{self, DeviceChoice, EvalRecord, Precision, RunOutcome, TrainConfig, METRICS_FILE};
 use cola_nn::{Init, Llama};
+use cola_optim::{AdamW, AdamWConfig};
 use cola_tensor::DType;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct RunResult {
     /// The variant's flags (`--lowrank-act identity`), empty for the preset's model.
     pub variant: String,
     pub policy: String,
+    /// `f32`, `bf16-mixed` or `pure-bf16` (runs from before the field existed trained in f32).
+    #[serde(default = "f32_name")]
+    pub precision: String,
     pub seed: u64,
     pub steps: u64,
     /// Tokens per optimizer step (sequences x sequence length).
@@ -39,12 +43,16 @@ pub struct RunResult {
     /// Mean training throughput of the run (evaluations excluded).
     pub tokens_per_s: f64,
     /// Peak bytes of one training micro-batch (weights, gradients, AdamW state, the larger activation
-    /// peak), measured on the tape under the run's policy.
+    /// peak), measured on the tape under the run's policy and precision.
     pub peak_bytes: usize,
     /// `(step, validation loss)` of every evaluation, the last after the final step.
     pub val_curve: Vec<(u64, f64)>,
     pub final_val_loss: f64,
     pub final_val_ppl: f64,
+}
+
+fn f32_name() -> String {
+    Precision::F32.name().to_string()
 }
 
 impl RunResult {
@@ -98,15 +106,17 @@ pub fn run_one(spec: &RunSpec, seed: u64, settings: &Settings) -> Result<(RunRes
     let vocab = model_vocab(spec.preset, config.vocab_size, None, config.data.as_deref())?.size();
     let model_config = cola_nn::LlamaConfig { vocab_size: vocab, ..config.model_config() };
     let counts = model_config.param_counts();
-    let model = Llama::build(model_config.clone(), DType::F32, &mut Init::Zeros)?;
+    let model = Llama::build(model_config.clone(), spec.precision.param_dtype(), &mut Init::Zeros)?;
     let ids = synthetic_ids(model_config.vocab_size, config.micro_batch * config.seq_len, 1);
-    let memory = measure_step(&model, spec.policy, &ids, config.micro_batch, config.seq_len)?;
+    let mut memory = measure_step(&model, spec.policy, &ids, config.micro_batch, config.seq_len)?;
+    memory.optimizer_bytes = optimizer_bytes(&model, spec.precision);
     let result = RunResult {
         label: spec.label.clone(),
         setup: settings.setup(),
         preset: spec.preset.to_string(),
         variant: spec.variant.flags(),
         policy: spec.policy.name().to_string(),
+        precision: spec.precision.name().to_string(),
         seed,
         steps: summary.steps,
         tokens_per_step: (config.batch_size * config.seq_len) as u64,
@@ -131,6 +141,7 @@ fn train_config(spec: &RunSpec, seed: u64, settings: &Settings, dir: &Path) -> T
     let mut config = TrainConfig::new(spec.preset, dir);
     config.variant = spec.variant;
     config.recompute = spec.policy;
+    config.precision = spec.precision;
     config.seed = seed;
     // Every seed is scored on the same held-out sequences: the seeds then differ by initial weights and
     // data order only, and two models are compared on identical tokens.
@@ -153,6 +164,23 @@ fn train_config(spec: &RunSpec, seed: u64, settings: &Settings, dir: &Path) -> T
     config.save_every = 0;
     config.verbose = settings.verbose;
     config
+}
+
+/// Bytes of AdamW's state for `model` trained in `precision`: two moments per parameter and, where the
+/// optimizer keeps one, an f32 master copy, in the dtypes AdamW itself picks ([`AdamW::state_dtype`]).
+fn optimizer_bytes(model: &Llama, precision: Precision) -> usize {
+    let adamw =
+        AdamW::new(AdamWConfig { master_weights: precision.master_weights(), ..AdamWConfig::default() });
+    model
+        .parameters()
+        .iter()
+        .map(|p| {
+            let value = p.value();
+            let (master, moments) = adamw.state_dtype(value.dtype());
+            let n = value.numel();
+            n * (2 * moments.size_in_bytes() + if master { DType::F32.size_in_bytes() } else { 0 })
+        })
+        .sum()
 }
 
 /// The evaluation records of a run's `metrics.jsonl`, in order.

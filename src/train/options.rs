@@ -93,6 +93,12 @@ impl Precision {
         }
     }
 
+    /// Whether AdamW keeps an f32 master copy (and f32 moments) of the bf16 parameters: everywhere but in
+    /// pure bf16, whose moments are bf16 too.
+    pub fn master_weights(self) -> bool {
+        self != Precision::PureBf16
+    }
+
     /// The dtype parameters and activations are stored in.
     pub fn param_dtype(self) -> cola_tensor::DType {
         match self {

@@ -95,7 +95,7 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
     }
     let mut adamw = AdamW::new(AdamWConfig {
         weight_decay: config.weight_decay,
-        master_weights: precision != Precision::PureBf16,
+        master_weights: precision.master_weights(),
         ..AdamWConfig::default()
     });
     let schedule = CosineSchedule::new(config.lr, config.warmup, config.steps)?;
