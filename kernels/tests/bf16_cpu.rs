@@ -16,20 +16,15 @@ use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::float::PARALLEL_MIN_ELEMS;
 use half::bf16;
 
-/// splitmix64, so every input comes from a seed.
-struct Rng(u64);
+// Only its generator is used here.
+#[allow(dead_code)]
+mod common;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn uniform(&mut self, scale: f32) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-    }
+use common::Rng;
+
+/// Uniform in `[-scale, scale)` as f32, from the shared generator.
+fn uniform(rng: &mut Rng, scale: f32) -> f32 {
+    (rng.uniform() * f64::from(scale)) as f32
 }
 
 fn bits(x: &[bf16]) -> Vec<u16> {
@@ -67,7 +62,7 @@ fn edge_f32() -> Vec<f32> {
         f32::from_bits(0x7fff_ffff),
     ];
     let mut rng = Rng(7);
-    v.extend((0..4096).map(|_| f32::from_bits(rng.next() as u32)));
+    v.extend((0..4096).map(|_| f32::from_bits(rng.next_u64() as u32)));
     v
 }
 
@@ -95,10 +90,10 @@ fn rounding_is_half_from_f32_and_widening_is_exact_on_every_level() {
 /// below `eps^2` (the denominator is then `eps`), gradients of 1e3 (steps of about `lr`), subnormals.
 fn adamw_inputs(n: usize, seed: u64) -> [Vec<f32>; 4] {
     let mut rng = Rng(seed);
-    let mut p: Vec<f32> = (0..n).map(|_| rng.uniform(2.0)).collect();
-    let mut g: Vec<f32> = (0..n).map(|_| rng.uniform(1.0)).collect();
-    let mut m: Vec<f32> = (0..n).map(|_| rng.uniform(0.1)).collect();
-    let mut v: Vec<f32> = (0..n).map(|_| rng.uniform(0.01).abs()).collect();
+    let mut p: Vec<f32> = (0..n).map(|_| uniform(&mut rng, 2.0)).collect();
+    let mut g: Vec<f32> = (0..n).map(|_| uniform(&mut rng, 1.0)).collect();
+    let mut m: Vec<f32> = (0..n).map(|_| uniform(&mut rng, 0.1)).collect();
+    let mut v: Vec<f32> = (0..n).map(|_| uniform(&mut rng, 0.01).abs()).collect();
     for i in 0..n {
         match i % 7 {
             0 => (p[i], g[i], m[i], v[i]) = (0.0, 0.0, 0.0, 0.0),
@@ -166,8 +161,8 @@ fn mixed_adamw_is_the_f32_step_on_the_master_then_rounded() {
 fn chunked_map_gives_the_upcast_bits() {
     let mut rng = Rng(11);
     for n in [0, 1, CHUNK - 1, CHUNK + 1, PARALLEL_MIN_ELEMS + 3 * CHUNK + 7] {
-        let a: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.uniform(3.0))).collect();
-        let b: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.uniform(3.0))).collect();
+        let a: Vec<bf16> = (0..n).map(|_| bf16::from_f32(uniform(&mut rng, 3.0))).collect();
+        let b: Vec<bf16> = (0..n).map(|_| bf16::from_f32(uniform(&mut rng, 3.0))).collect();
         let f = |x: f32, y: f32| x * y + x / 3.0;
         let want: Vec<u16> =
             a.iter().zip(&b).map(|(x, y)| bf16::from_f32(f(x.to_f32(), y.to_f32())).to_bits()).collect();

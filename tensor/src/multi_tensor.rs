@@ -1,7 +1,7 @@
 //! The arguments of the multi-tensor AdamW step ([`Tensor::clip_adamw_multi`]), shared by the CPU-side
 //! checks (`ops/optim.rs`) and the GPU implementation (`cuda/multi_tensor.rs`), so that neither device
 //! path imports the other.
-use crate::ops::optim::{multi_tensor_kind, AdamWStep};
+use crate::ops::optim::{multi_tensor_kinds, AdamWStep};
 use crate::{Device, Result, Tensor, TensorError};
 
 /// One parameter of a multi-tensor AdamW step ([`Tensor::clip_adamw_multi`]): the four tensors of
@@ -45,10 +45,7 @@ impl Tensor {
     /// sums these over the ranks and hands the norm to [`Tensor::adamw_multi_scaled`]. GPU only, one
     /// launch pair and one host read; the group's tensors are checked as for [`Tensor::clip_adamw_multi`].
     pub fn multi_tensor_squares(plan: &mut MultiTensorPlan, group: &mut [AdamWTensors]) -> Result<f64> {
-        let Some(first) = group.first() else { return Ok(0.0) };
-        let device = first.param.device();
-        let kinds: Vec<StateKind> =
-            group.iter().map(|t| multi_tensor_kind(t, device)).collect::<Result<_>>()?;
+        let Some((device, kinds)) = multi_tensor_kinds(group)? else { return Ok(0.0) };
         #[cfg(feature = "cuda")]
         if matches!(device, Device::Cuda(_)) {
             return crate::cuda::multi_tensor::squares(&mut plan.tables, group, &kinds);
@@ -68,10 +65,7 @@ impl Tensor {
         factor: f64,
         hyper: AdamWStep,
     ) -> Result<()> {
-        let Some(first) = group.first() else { return Ok(()) };
-        let device = first.param.device();
-        let kinds: Vec<StateKind> =
-            group.iter().map(|t| multi_tensor_kind(t, device)).collect::<Result<_>>()?;
+        let Some((device, kinds)) = multi_tensor_kinds(group)? else { return Ok(()) };
         #[cfg(feature = "cuda")]
         if matches!(device, Device::Cuda(_)) {
             return crate::cuda::multi_tensor::adamw_scaled(

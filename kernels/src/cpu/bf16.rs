@@ -60,24 +60,24 @@ pub fn round(src: &[f32], dst: &mut [bf16]) {
 
 /// [`widen`] split over the thread pool for large slices.
 pub fn widen_par(src: &[bf16], dst: &mut [f32]) {
-    let isa = Isa::active();
-    if src.len() < PARALLEL_MIN_ELEMS {
-        return widen_block(isa, src, dst);
-    }
-    dst.par_chunks_mut(PARALLEL_MIN_ELEMS)
-        .zip(src.par_chunks(PARALLEL_MIN_ELEMS))
-        .for_each(|(d, s)| widen_block(isa, s, d));
+    split_par(src, dst, widen_block);
 }
 
 /// [`round`] split over the thread pool for large slices.
 pub fn round_par(src: &[f32], dst: &mut [bf16]) {
+    split_par(src, dst, round_block);
+}
+
+/// `convert` over `src` into `dst` (same lengths), on the calling thread below [`PARALLEL_MIN_ELEMS`]
+/// elements, else in chunks of that many over the thread pool.
+fn split_par<S: Sync, D: Send>(src: &[S], dst: &mut [D], convert: impl Fn(Isa, &[S], &mut [D]) + Sync) {
     let isa = Isa::active();
     if src.len() < PARALLEL_MIN_ELEMS {
-        return round_block(isa, src, dst);
+        return convert(isa, src, dst);
     }
     dst.par_chunks_mut(PARALLEL_MIN_ELEMS)
         .zip(src.par_chunks(PARALLEL_MIN_ELEMS))
-        .for_each(|(d, s)| round_block(isa, s, d));
+        .for_each(|(d, s)| convert(isa, s, d));
 }
 
 /// Widens `CHUNK` elements of each of `N` bf16 inputs at a time into stack buffers and hands them, with

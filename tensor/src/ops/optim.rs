@@ -11,6 +11,15 @@ use half::bf16;
 
 const MULTI_OP: &str = "clip_adamw_multi";
 
+/// The device of a multi-tensor group (its first param's) and what each member holds, checked as
+/// [`multi_tensor_kind`] does; `None` for an empty group.
+pub(crate) fn multi_tensor_kinds(group: &[AdamWTensors]) -> Result<Option<(Device, Vec<StateKind>)>> {
+    let Some(first) = group.first() else { return Ok(None) };
+    let device = first.param.device();
+    let kinds = group.iter().map(|t| multi_tensor_kind(t, device)).collect::<Result<_>>()?;
+    Ok(Some((device, kinds)))
+}
+
 /// What one parameter's tensors of a multi-tensor step hold, after checking them against the param
 /// (shapes, gradient dtype, `device`).
 pub(crate) fn multi_tensor_kind(t: &AdamWTensors, device: Device) -> Result<StateKind> {
@@ -193,10 +202,7 @@ impl Tensor {
         max_norm: f64,
         hyper: AdamWStep,
     ) -> Result<f64> {
-        let Some(first) = group.first() else { return Ok(0.0) };
-        let device = first.param.device();
-        let kinds: Vec<StateKind> =
-            group.iter().map(|t| multi_tensor_kind(t, device)).collect::<Result<_>>()?;
+        let Some((device, kinds)) = multi_tensor_kinds(group)? else { return Ok(0.0) };
         #[cfg(feature = "cuda")]
         if matches!(device, Device::Cuda(_)) {
             return crate::cuda::multi_tensor::clip_adamw(&mut plan.tables, group, &kinds, max_norm, hyper);

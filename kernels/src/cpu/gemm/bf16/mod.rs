@@ -47,9 +47,8 @@ use super::driver::{gemm_on, CElement, Product, Workspace};
 use super::kernel::{Kernel, KernelPath, MicroKernelFn};
 use super::pack::{pack_into, PackFn};
 use super::{batched_on, with_workspace, BatchProduct, BatchRef, Dims, MatRef};
-use crate::cpu::bf16::{round, widen};
+use crate::cpu::bf16::{round, round_par, widen, widen_par};
 use half::bf16;
-use rayon::prelude::*;
 use std::fmt;
 
 /// A bf16 GEMM implementation (see the module header).
@@ -228,9 +227,6 @@ impl CElement<f32> for bf16 {
     }
 }
 
-/// Elements converted per parallel task when widening or rounding a bf16 C.
-const CONVERT_CHUNK: usize = 1 << 14;
-
 /// Largest f32 accumulator for a bf16 C a thread keeps between calls (160 MiB); a larger one is freed after
 /// its call. Sized for the LM head's logits block (`HEAD_LOSS_CHUNK_ROWS` = 1024 rows x 32000, 125 MiB): at
 /// 64 MiB it was freed and faulted in afresh at every block, 32,000 pages each (measured over six cola-60m
@@ -257,12 +253,10 @@ impl Bf16GemmOutput for bf16 {
         let acc = &mut kept[..c.len()];
         // With `beta == 0` the GEMM ignores C's contents, so stale values are never read.
         if beta != 0.0 {
-            acc.par_chunks_mut(CONVERT_CHUNK)
-                .zip(c.par_chunks(CONVERT_CHUNK))
-                .for_each(|(acc, c)| widen(c, acc));
+            widen_par(c, acc);
         }
         compute(acc);
-        c.par_chunks_mut(CONVERT_CHUNK).zip(acc.par_chunks(CONVERT_CHUNK)).for_each(|(c, acc)| round(acc, c));
+        round_par(acc, c);
         if kept.len() <= KEPT_ACCUMULATOR_LEN {
             ACCUMULATOR.with(|cell| *cell.borrow_mut() = kept);
         }
