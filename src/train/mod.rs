@@ -46,7 +46,7 @@ pub use lock::{RunLock, LOCK_FILE};
 pub use metrics::{EvalRecord, MetricsLog, StepRecord, METRICS_FILE, PLOT_FILE};
 pub use options::{gpu_count, DeviceChoice, Options, Precision};
 pub use plan::resolve;
-pub use profile::{profile, ProfileRow, StepProfile};
+pub use profile::{profile, HostMemory, ProfileRow, StepProfile};
 pub use progress::{long_run_hint, LONG_RUN, QUICK_START_FLAGS};
 pub use retention::{Keep, Retention};
 pub use run::{run, set_threads, EvalSummary, RunOutcome, TrainSummary};

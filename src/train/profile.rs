@@ -87,6 +87,35 @@ pub struct StepProfile {
     pub counted_flops_per_token: f64,
     /// Timed rows sorted by time (largest first), then `other`.
     pub rows: Vec<ProfileRow>,
+    /// Host memory over the measured steps (CPU tensors; on a GPU these count host-side buffers only).
+    pub host: HostMemory,
+}
+
+/// What the measured steps asked of host memory: the buffer pool's counters (`cola_tensor::pool`) and
+/// the process's minor page faults, each a difference over the measured steps. A step that allocates
+/// afresh faults its new pages in one by one (4 KiB each), which is kernel time, not compute.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct HostMemory {
+    /// Op outputs served by a pooled buffer.
+    pub pool_hits: usize,
+    /// Op outputs allocated afresh (no pooled buffer of that dtype and size, or the pool is off).
+    pub pool_misses: usize,
+    /// Bytes waiting in the pool at the end, and its cap (`cola_tensor::pool::cap_bytes`).
+    pub pooled_bytes: usize,
+    pub pool_cap_bytes: usize,
+    /// The most bytes of CPU tensor storage alive at once, since the process started.
+    pub peak_live_bytes: usize,
+    /// Minor page faults of the whole process (`/proc/self/stat`), if the system reports them.
+    pub minor_faults: Option<u64>,
+}
+
+/// The process's minor page faults so far: field 10 of `/proc/self/stat` (Linux), after the command
+/// name, which is in parentheses and may hold spaces.
+fn minor_faults() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    // Fields from the 3rd on: state, ppid, pgrp, session, tty_nr, tpgid, flags, minflt.
+    after_name.split_whitespace().nth(7)?.parse().ok()
 }
 
 /// Profiles `warmup` + `steps` training steps of `config` (its schedule, data and policy).
@@ -104,6 +133,8 @@ pub fn profile(config: &TrainConfig, warmup: u64, steps: u64) -> Result<StepProf
     }
     trainer.set_profiler(Profiler::new(device));
     cola_tensor::synchronize(device)?;
+    let pool_before = cola_tensor::pool::stats();
+    let faults_before = minor_faults();
     let started = Instant::now();
     let mut tokens = 0;
     for _ in 0..steps {
@@ -112,6 +143,15 @@ pub fn profile(config: &TrainConfig, warmup: u64, steps: u64) -> Result<StepProf
     }
     cola_tensor::synchronize(device)?;
     let measured_seconds = started.elapsed().as_secs_f64();
+    let pool_after = cola_tensor::pool::stats();
+    let host = HostMemory {
+        pool_hits: pool_after.hits - pool_before.hits,
+        pool_misses: pool_after.misses - pool_before.misses,
+        pooled_bytes: pool_after.pooled_bytes,
+        pool_cap_bytes: cola_tensor::pool::cap_bytes(),
+        peak_live_bytes: pool_after.peak_live_bytes,
+        minor_faults: minor_faults().zip(faults_before).map(|(after, before)| after.saturating_sub(before)),
+    };
     let profiler = trainer
         .take_profiler()
         .ok_or_else(|| TrainError::Config("the profiler was lost during the measured steps".into()))?;
@@ -172,6 +212,7 @@ pub fn profile(config: &TrainConfig, warmup: u64, steps: u64) -> Result<StepProf
         model_gflops_per_s: model_flops.training * tokens_per_s / 1e9,
         counted_flops_per_token: counted as f64 / tokens.max(1) as f64,
         rows,
+        host,
     })
 }
 
@@ -257,6 +298,19 @@ impl std::fmt::Display for StepProfile {
             self.model_training_flops_per_token / 1e9,
             self.model_gflops_per_s,
             self.tokens_per_s
+        )?;
+        let mib = |bytes: usize| bytes as f64 / (1u64 << 20) as f64;
+        let host = &self.host;
+        let faults = host.minor_faults.map_or("not reported".to_string(), |n| format!("{:.0}", n as f64 / steps));
+        write!(
+            f,
+            "host memory per step: {:.0} outputs from the pool, {:.0} allocated afresh, {faults} minor page \
+             faults; pool {:.1} of {:.1} MiB cap, peak live tensors {:.1} MiB",
+            host.pool_hits as f64 / steps,
+            host.pool_misses as f64 / steps,
+            mib(host.pooled_bytes),
+            mib(host.pool_cap_bytes),
+            mib(host.peak_live_bytes)
         )
     }
 }

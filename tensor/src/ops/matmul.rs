@@ -168,9 +168,12 @@ mod tests {
     use crate::Rng;
 
     /// `matmul_bf16_f32` is the bf16 GEMM without its final rounding: rounding its result gives
-    /// `matmul`'s bits exactly (same products in the same order), on a transposed operand too; with an
-    /// accumulator and a depth within one GEMM depth block (k <= 512) the sum `acc + a @ b` is rounded once,
-    /// so it equals the f32 addition of the product to `acc` bit for bit.
+    /// `matmul`'s bits exactly (same products in the same order), on a transposed operand too, over two
+    /// GEMM depth blocks; with an accumulator and a depth within one depth block on every path (KC is 512
+    /// on the dot paths, 256 on the widening ones that CPUs without bf16 dot products run) the sum
+    /// `acc + a @ b` is rounded once, so it equals the f32 addition of the product to `acc` bit for bit.
+    /// (Over several blocks each block's sum is added to C in turn, which the f32 addition does not
+    /// reproduce.)
     #[test]
     fn f32_output_is_the_unrounded_bf16_product() {
         let mut rng = Rng::new(5);
@@ -185,6 +188,10 @@ mod tests {
             a.matmul(&b).unwrap().to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect();
         assert_eq!(rounded, direct);
 
+        let k = 200;
+        let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
+        let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
+        let wide = matmul_bf16_f32(&a, &b, None).unwrap();
         let acc = Tensor::randn(&[m, n], 0.0, 1.0, DType::F32, &mut rng);
         let want: Vec<u32> =
             acc.add(&wide).unwrap().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
