@@ -301,7 +301,8 @@ impl std::fmt::Display for StepProfile {
         )?;
         let mib = |bytes: usize| bytes as f64 / (1u64 << 20) as f64;
         let host = &self.host;
-        let faults = host.minor_faults.map_or("not reported".to_string(), |n| format!("{:.0}", n as f64 / steps));
+        let faults =
+            host.minor_faults.map_or("not reported".to_string(), |n| format!("{:.0}", n as f64 / steps));
         write!(
             f,
             "host memory per step: {:.0} outputs from the pool, {:.0} allocated afresh, {faults} minor page \

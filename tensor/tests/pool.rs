@@ -1,7 +1,8 @@
 //! The host buffer pool: a freed buffer serves the next output of its dtype and size, an op that
 //! overwrites its output gives the same bits on a recycled buffer as on a fresh one, an op that accumulates
-//! gets zeros even when the recycled buffer held other values, the pool holds no more than its cap, live
-//! bytes count tensors only, and turning the pool off empties it.
+//! gets zeros even when the recycled buffer held other values, the pool holds no more than its cap (twice
+//! the peak live bytes), a returned buffer that does not fit evicts the sizes used longest ago rather than
+//! being turned away, live bytes count tensors only, and turning the pool off empties it.
 //!
 //! The pool is process-wide, so everything runs in this one test (its own test binary) and counters are
 //! compared as differences. Exact equality throughout: recycling must not change a single bit. Under 0.1 s.
@@ -55,13 +56,35 @@ fn pool_recycles_exactly_and_stays_bounded() {
         assert_eq!(g, if i / dim == 3 { 2.0 } else { 0.0 }, "element {i}");
     }
 
-    // Bounded: after freeing many buffers the pool holds no more than the cap (the peak live bytes).
+    // Bounded: after freeing many buffers the pool holds no more than the cap (twice the peak live bytes).
     let many: Vec<Tensor> = (1..40).map(|n| Tensor::zeros(&[n, 1000], DType::F64)).collect();
     drop(many);
     let s: PoolStats = pool::stats();
-    assert_eq!(pool::cap_bytes(), s.peak_live_bytes);
+    assert_eq!(pool::cap_bytes(), 2 * s.peak_live_bytes);
     assert!(s.pooled_bytes <= pool::cap_bytes(), "{s:?}");
     assert!(s.pooled_bytes > 0);
+
+    // Eviction: twelve buffers of new sizes, each a quarter of the peak (so live bytes never pass the
+    // peak and the cap stays put), returned one after another: three peaks' worth into a pool of two.
+    // Every one is pooled, the oldest sizes leave to make room, and the pool stays within its cap.
+    let peak = s.peak_live_bytes;
+    let quarter = peak / 4 / 8; // f64 elements
+    let sizes: Vec<usize> = (0..12).map(|i| quarter - 1 - i).collect();
+    for &n in &sizes {
+        drop(Tensor::zeros(&[n], DType::F64));
+        let s = pool::stats();
+        assert!(s.pooled_bytes <= pool::cap_bytes(), "{s:?}");
+        assert_eq!(s.peak_live_bytes, peak, "the test keeps the peak, and so the cap, fixed");
+    }
+    // An op whose output has the newest size takes the pooled buffer; the oldest size was evicted.
+    let taken = |n: usize| {
+        let input = Tensor::zeros(&[n], DType::F64);
+        let s = pool::stats();
+        drop(input.exp().unwrap());
+        pool::stats().hits == s.hits + 1
+    };
+    assert!(taken(sizes[11]), "the newest size is pooled");
+    assert!(!taken(sizes[0]), "the oldest size was evicted");
 
     // Off: the pool empties, and outputs are fresh (no hits) and still correct.
     pool::set_enabled(false);
