@@ -6,7 +6,9 @@
 //! token batches exported from this stack and what PyTorch computes from them: logits, the loss, every
 //! gradient, and ten training updates (AdamW, global-norm clipping, warmup + cosine). Each is compared in
 //! f64 and in f32, under every retention policy, and the training runs through [`Trainer`] itself, with two
-//! micro-batches per update.
+//! micro-batches per update. In bf16 (pure bf16: weights, activations and gradients stored in bf16) the
+//! logits, loss and every gradient are compared under every retention policy, beside the gap between
+//! PyTorch's bf16 and f32 results, the noise floor that bf16 rounding alone makes.
 //!
 //! Error measure, per tensor: `max |ours - reference| / max(max |reference|, 1e-30)`, the largest
 //! absolute difference relative to the tensor's scale. Run with `-- --nocapture` to see the largest
@@ -39,6 +41,44 @@ const F32_GRAD_TOL: f64 = 1e-4;
 /// `lr * gradient error` per step: up to ~1e-5 of the weights' scale here, while a wrong schedule,
 /// weight decay or clipping threshold moves the final weights by 3e-4 or more.
 const F32_TRAJECTORY_TOL: f64 = 1e-4;
+/// bf16 (pure bf16: the f32 fixture's weights rounded to bf16, every activation and gradient stored in
+/// bf16, computed in f32 inside each op; the loss in f32). Each stored bf16 result carries a relative
+/// rounding error of at most u = 2^-9 = 1.95e-3, and the two sides round at different places: PyTorch
+/// rounds after every elementary op (RMSNorm twice: the normalised value, then its product with the
+/// weight; RoPE four times: cos/sin, the two products, their sum; the attention scores twice, the
+/// probabilities and their product with v once each; a CoLA projection three times; the gate product and
+/// each residual sum once), about 59 roundings on the longest path from the embeddings to a logit of
+/// cola-tiny. This stack rounds once per fused op (RMSNorm, RoPE, attention, gated product), 40 roundings
+/// on the same path. The first-order worst case, n * u = 99 * u = 0.19, is larger than the error of some
+/// semantic mistakes and would prove nothing; rounding errors are zero-mean and independent, so they add
+/// like a random walk, sqrt(n) * u = 2.0e-2 for the logits, which is what is measured (1.7e-2 at most
+/// against the bf16 reference; the bf16 reference is itself 2.0e-2 from the f32 one). The logits'
+/// tolerance is 2.5 times that estimate.
+const BF16_LOGITS_TOL: f64 = 5e-2;
+/// The bf16 loss is computed in f32 on both sides, from the f32 GEMM accumulator here and from logits
+/// rounded to bf16 in PyTorch. At initialisation the softmax is nearly uniform, so a target's
+/// cross-entropy moves by about the error of its own logit, ~2e-2 of the logits' spread (0.13) = 2.6e-3;
+/// the mean over the ~40 targets of independent errors divides that by sqrt(40): 4e-4, or 1e-4 of the
+/// loss (4.2). Measured: 7.7e-5 at most. The tolerance is 5 times the estimate.
+const BF16_LOSS_TOL: f64 = 5e-4;
+/// bf16 gradients: the backward runs the chain again in reverse, rounding every op's gradient on both
+/// sides (PyTorch also rounds each sum of fan-out gradients: q, k, v reading one normalised input, the
+/// two residual branches), about three times the forward's roundings before a weight gradient: n ~ 300,
+/// sqrt(n) * u = 3.4e-2. Measured: 6.7e-2 at most (the CoLA factors' gradients, the longest chains), and
+/// the bf16 reference is up to 9.0e-2 from the f32 one. The tolerance is 4.4 times the estimate.
+///
+/// What the bf16 tolerances catch, measured by running these tests against bf16 references made with one
+/// mistake each (the largest error of the compared quantities, in the variant where it is smallest):
+/// RoPE theta 5e5 instead of 1e4, 0.24; the MLP gate's SiLU flipped, 0.59; RMSNorm centred like
+/// LayerNorm, 0.64; the MLP reading the block input instead of the attention's residual sum, 0.87; the
+/// causal mask letting a position see the next one, 0.89; RoPE pairs (2i, 2i+1) instead of (i, i + d/2),
+/// 0.98 (full-tiny shows it in its dense projections' gradients only: at initialisation its attention is
+/// nearly uniform, its logits move by 8e-3); RMSNorm without its weight, 1.06; pad targets counted in the
+/// loss, 1.23; RoPE rotation sign flipped, 1.23; GELU instead of SiLU on the low-rank code, 1.58 (CoLA
+/// variants); attention scale 1/d_head instead of 1/sqrt(d_head), 1.87. A mistake below bf16's resolution
+/// is left to the f32 and f64 tests: RMSNorm eps 1e-5 instead of 1e-6 is caught in full-tiny (its dense
+/// projections' gradients move by 0.41) but moves cola-tiny's outputs by 7e-2 at most, within the noise.
+const BF16_GRAD_TOL: f64 = 1.5e-1;
 /// Learning rates are computed in f64 on both sides from the same formula.
 const LR_TOL: f64 = 1e-12;
 
@@ -167,17 +207,18 @@ impl Variant {
         Llama::from_safetensors(self.config.clone(), &self.dir.join(WEIGHTS_FILE), dtype).unwrap()
     }
 
-    /// The reference outputs for `dtype` (`reference-f64.safetensors` or `reference-f32.safetensors`).
+    /// The reference outputs for `dtype` (`reference-<dtype>.safetensors`). The bf16 file holds the
+    /// logits, loss and gradients only (no training trajectory; see `scripts/reference/parity.py`).
     fn reference(&self, dtype: DType, model: &Llama) -> BTreeMap<String, Vec<f64>> {
         let (rows, seq, vocab) = (self.rows(), self.seq(), self.config.vocab_size);
         let steps = self.train()["batches"].as_array().unwrap().len();
-        let mut entries = vec![
-            ("logits".to_string(), vec![rows, seq, vocab]),
-            ("loss".to_string(), vec![1]),
-            ("train.loss".to_string(), vec![steps]),
-            ("train.grad_norm".to_string(), vec![steps]),
-            ("train.lr".to_string(), vec![steps]),
-        ];
+        let trajectory = dtype != DType::BF16;
+        let mut entries = vec![("logits".to_string(), vec![rows, seq, vocab]), ("loss".to_string(), vec![1])];
+        if trajectory {
+            for name in ["train.loss", "train.grad_norm", "train.lr"] {
+                entries.push((name.to_string(), vec![steps]));
+            }
+        }
         model.visit(&mut |p, kind| {
             let shape = p.value().shape();
             let disk: Vec<usize> = if kind.transposed_on_disk() {
@@ -186,10 +227,11 @@ impl Variant {
                 shape.to_vec()
             };
             entries.push((format!("grad.{}", p.name()), disk.clone()));
-            entries.push((format!("final.{}", p.name()), disk));
+            if trajectory {
+                entries.push((format!("final.{}", p.name()), disk));
+            }
         });
-        let tag = if dtype == DType::F64 { "f64" } else { "f32" };
-        read_tensors(&self.dir.join(format!("reference-{tag}.safetensors")), &entries)
+        read_tensors(&self.dir.join(format!("reference-{}.safetensors", dtype.name())), &entries)
     }
 }
 
@@ -292,6 +334,14 @@ fn tolerance(dtype: DType, what: &str) -> f64 {
     }
 }
 
+fn bf16_tolerance(what: &str) -> f64 {
+    match what {
+        "logits" => BF16_LOGITS_TOL,
+        "loss" => BF16_LOSS_TOL,
+        _ => BF16_GRAD_TOL,
+    }
+}
+
 fn check_variant(name: &str) {
     let v = Variant::load(name);
     let clip = f64_of(&v.train()["clip_norm"]);
@@ -313,6 +363,68 @@ fn check_variant(name: &str) {
         }
     }
     eprint!("{report}");
+}
+
+/// The bf16 reference against the f32 one, grouped as [`check_forward_backward`] groups: what rounding
+/// every stored result to bf16 alone changes.
+fn reference_gap(
+    model: &Llama,
+    bf16: &BTreeMap<String, Vec<f64>>,
+    f32: &BTreeMap<String, Vec<f64>>,
+) -> Errors {
+    let mut errors = Errors::default();
+    errors.record("logits", rel_err(&bf16["logits"], &f32["logits"]));
+    errors.record("loss", rel_err(&bf16["loss"], &f32["loss"]));
+    model.visit(&mut |p, kind| {
+        let name = format!("grad.{}", p.name());
+        errors.record(grad_group(p.name(), kind), rel_err(&bf16[&name], &f32[&name]));
+    });
+    errors
+}
+
+fn check_variant_bf16(name: &str) {
+    let v = Variant::load(name);
+    let model = v.model(DType::BF16);
+    assert_eq!(model.dtype(), DType::BF16);
+    let reference = v.reference(DType::BF16, &model);
+    let f32_reference = v.reference(DType::F32, &v.model(DType::F32));
+    let mut report = format!("parity {name} in bf16 (largest relative error per quantity):\n");
+    let gap = reference_gap(&model, &reference, &f32_reference);
+    report.push_str(&format!("  reference bf16 vs reference f32: {}\n", gap.line()));
+    let ours_vs_f32 = check_forward_backward(&v, &model, &f32_reference, Policy::KeepAll);
+    report.push_str(&format!("  ours bf16 vs reference f32: {}\n", ours_vs_f32.line()));
+    let mut checks = Vec::new();
+    for policy_name in POLICIES {
+        let errors = check_forward_backward(&v, &model, &reference, Policy::parse(policy_name).unwrap());
+        report.push_str(&format!(
+            "  ours bf16 vs reference bf16, policy {policy_name:>6}: {}\n",
+            errors.line()
+        ));
+        checks.push((format!("{name} bf16 policy {policy_name}"), errors));
+    }
+    // Printed before the checks, so that a failure shows every quantity.
+    eprint!("{report}");
+    for (context, errors) in checks {
+        errors.check(&context, bf16_tolerance);
+    }
+    // The tolerances must also hold for the reference's own bf16 rounding, and bf16 must have run.
+    gap.check(&format!("{name} reference bf16 vs reference f32"), bf16_tolerance);
+    assert!(gap.0["logits"] > 0.0, "{name}: the bf16 reference equals the f32 one");
+}
+
+#[test]
+fn cola_tiny_matches_pytorch_in_bf16() {
+    check_variant_bf16("cola-tiny");
+}
+
+#[test]
+fn full_tiny_matches_pytorch_in_bf16() {
+    check_variant_bf16("full-tiny");
+}
+
+#[test]
+fn cola_tiny_without_mlp_gate_silu_matches_pytorch_in_bf16() {
+    check_variant_bf16("cola-tiny-only-lr-act");
 }
 
 #[test]

@@ -22,6 +22,21 @@ and writes, for f64 and for f32 (the same weights rounded to f32):
         train.lr        [steps] learning rate of each update (f64 in both files)
         final.<name>    every parameter after the updates (AdamW, clipping, warmup + cosine)
 
+and, for bf16 (`model.to(torch.bfloat16)`, the pure-bf16 setting: every parameter and activation stored
+in bf16; matmuls accumulate in f32 and round their result once, norms and the attention softmax run in f32
+inside (`compute_dtype`) and round on the way out, the loss runs in f32 on the bf16 logits):
+
+    reference-bf16.safetensors
+        logits          [rows, seq, vocab] of the token batch, stored as bf16 (the model's dtype)
+        loss            [1] the same loss, stored as f32 (the dtype it is computed in)
+        grad.<name>     gradient of that loss for every parameter, stored as bf16 (the parameters' dtype)
+
+There is no bf16 training trajectory: PyTorch's AdamW on bf16 parameters computes each update in bf16
+arithmetic (every intermediate rounded), not in f32 rounded once as the Rust stack's pure-bf16 mode does, so
+the two trajectories would differ by their optimizer arithmetic rather than by the model. PyTorch converts
+the f64 weights to bf16 through f32 (as the Rust loader does); `main` checks that this gives the same bits
+as rounding the f32 weights, so the bf16 weights are exactly the f32 fixture's weights rounded to bf16.
+
 It also builds every preset on the meta device and writes their parameter counts to
 FIXTURE_DIR/param_counts.json. Everything runs on one CPU thread with deterministic algorithms, so a rerun
 writes the same bytes.
@@ -240,7 +255,8 @@ class LlamaForCausalLM(nn.Module):
         """Labels are the inputs with pad positions ignored, shifted by one inside the model."""
         logits = self(ids)
         labels = ids.masked_fill(ids == PAD_ID, IGNORE_INDEX)
-        shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1])
+        # In f32 for bf16 logits (as the Rust stack's loss); unchanged in f32 and f64.
+        shift_logits = logits[:, :-1, :].reshape(-1, logits.shape[-1]).to(compute_dtype(logits.dtype))
         shift_labels = labels[:, 1:].reshape(-1)
         return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
 
@@ -271,7 +287,8 @@ def token_tensor(tokens, rows: int, seq: int):
     return torch.tensor(tokens, dtype=torch.long).view(rows, seq)
 
 
-def reference(cfg: Config, weights: dict, spec: dict, dtype) -> dict:
+def reference(cfg: Config, weights: dict, spec: dict, dtype, trajectory: bool) -> dict:
+    """Logits, loss and gradients of the token batch; with `trajectory`, also the ten training updates."""
     rows, seq = spec["rows"], spec["seq_len"]
     out = {}
 
@@ -284,6 +301,9 @@ def reference(cfg: Config, weights: dict, spec: dict, dtype) -> dict:
     out["loss"] = loss.detach().reshape(1)
     for name, p in model.named_parameters():
         out[f"grad.{name}"] = p.grad
+
+    if not trajectory:
+        return {name: t.detach().contiguous() for name, t in out.items()}
 
     train = spec["train"]
     model = load_model(cfg, weights, dtype)
@@ -361,12 +381,20 @@ def main():
             cfg = Config(**{**cfg.__dict__, "only_lr_act": True})
         check_config(cfg, spec["config"], folder.name)
         weights = load_file(str(folder / "model.safetensors"))
-        for dtype, tag in ((torch.float64, "f64"), (torch.float32, "f32")):
-            tensors = reference(cfg, weights, spec, dtype)
+        for name, w in weights.items():
+            direct, via_f32 = w.to(torch.bfloat16), w.to(torch.float32).to(torch.bfloat16)
+            if not torch.equal(direct.view(torch.int16), via_f32.view(torch.int16)):
+                raise SystemExit(f"{folder.name}: {name} rounds to other bf16 values than its f32 rounding")
+        for dtype, tag in ((torch.float64, "f64"), (torch.float32, "f32"), (torch.bfloat16, "bf16")):
+            trajectory = dtype != torch.bfloat16
+            tensors = reference(cfg, weights, spec, dtype, trajectory)
             # One metadata entry: the writer orders several at random, which would change the bytes.
             save_file(tensors, str(folder / f"reference-{tag}.safetensors"), metadata={"format": "pt"})
-            losses = ", ".join(f"{v:.6f}" for v in tensors["train.loss"].tolist())
-            print(f"{folder.name} {tag}: loss {tensors['loss'].item():.10f}; training losses {losses}")
+            line = f"{folder.name} {tag}: loss {tensors['loss'].item():.10f}"
+            if trajectory:
+                losses = ", ".join(f"{v:.6f}" for v in tensors["train.loss"].tolist())
+                line += f"; training losses {losses}"
+            print(line)
 
 
 if __name__ == "__main__":
