@@ -398,6 +398,9 @@ fn check_profile_sample(readme: &str, printed: &str) {
     let sample = readme_profile_sample(readme);
     let printed: Vec<&str> = printed.lines().skip_while(|l| !l.starts_with("profile of")).collect();
     assert_eq!(sample[2], printed[2], "the sample's column header is not the one printed now");
+    let host_line = |lines: &[&str]| lines.iter().any(|l| l.starts_with("host memory per step: "));
+    assert!(host_line(&printed), "the program prints its host-memory line");
+    assert!(host_line(&sample), "the sample shows the host-memory line the program prints");
     let names = |rows: &[(String, String, Vec<f64>)]| -> BTreeSet<(String, String)> {
         rows.iter().map(|(d, f, _)| (d.clone(), f.clone())).collect()
     };

@@ -7,7 +7,8 @@
 //! tape's accounting sees every product once, with the right shapes, and replays do not leak into
 //! forward); replays appear as recompute rows under `cola-m` and not under `none`, and cola-m replays
 //! exactly the five `@ B` products per layer that docs/METHOD.md section 7 derives, plus the attention
-//! forward; the optimizer rows count one AdamW element update per parameter.
+//! forward; the optimizer rows count one AdamW element update per parameter; after the warm-up step the
+//! measured steps take op outputs from the host buffer pool, which stays within its cap.
 //!
 //! Counts and FLOPs are exact integers and compared with `==`. Shares are ratios of one clock: their sum
 //! is 1 up to f64 rounding, far inside the 2% allowed; the `other` row must not be negative (timed ops
@@ -84,6 +85,9 @@ fn check_common(report: &StepProfile) {
     let (timed, measured) = (report.timed_seconds, report.measured_seconds);
     assert!(other.seconds >= 0.0, "timed rows {timed} s exceed the measured {measured} s");
     assert_eq!(report.tokens, MEASURED * (BATCH * SEQ) as u64, "packed batches have no padding");
+    let host = &report.host;
+    assert!(host.pool_hits > 0, "the measured steps reuse pooled buffers: {host:?}");
+    assert!(host.pooled_bytes <= host.pool_cap_bytes, "{host:?}");
 
     let micro_batches = MEASURED * (BATCH / MICRO_BATCH) as u64;
     let layers = 2;

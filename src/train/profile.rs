@@ -303,7 +303,7 @@ impl std::fmt::Display for StepProfile {
         let host = &self.host;
         let faults =
             host.minor_faults.map_or("not reported".to_string(), |n| format!("{:.0}", n as f64 / steps));
-        write!(
+        writeln!(
             f,
             "host memory per step: {:.0} outputs from the pool, {:.0} allocated afresh, {faults} minor page \
              faults; pool {:.1} of {:.1} MiB cap, peak live tensors {:.1} MiB",
