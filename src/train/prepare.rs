@@ -93,6 +93,13 @@ pub(super) fn prepare(config: &TrainConfig, device: Device, resume_dir: Option<&
             Bf16Path::selected()
         ));
     }
+    if device == Device::Cpu && precision != Precision::F32 && !Bf16Path::DotAvx512Bf16.is_available() {
+        say(&format!(
+            "note: this CPU has no bf16 dot products (no AVX512-BF16): the bf16 GEMM widens its operands to \
+             f32 ({}), so {precision} saves memory but is no faster than f32 here (README, bf16 on the CPU)",
+            Bf16Path::selected()
+        ));
+    }
     let mut adamw = AdamW::new(AdamWConfig {
         weight_decay: config.weight_decay,
         master_weights: precision.master_weights(),
