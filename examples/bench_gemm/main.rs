@@ -4,7 +4,8 @@
 //! repetitions, f32, all rayon threads), then the fused-kernel table (`fused.rs`). `--list` prints the GEMM
 //! cases as `<name> <m> <k> <n> <a_transposed>` for `scripts/bench_gemm_vs_numpy.sh`, which runs numpy on
 //! exactly these shapes; `--gemm-only` skips the fused kernels; `--case NAME` (repeatable) runs only the named
-//! GEMM cases (for profiling or A/B timing of one shape) and implies `--gemm-only`; `--cpu-time` divides
+//! GEMM cases (for profiling or A/B timing of one shape; it also reaches the LM head's deep products,
+//! `60m_head_dx` and the like, which the default list leaves out) and implies `--gemm-only`; `--cpu-time` divides
 //! the work of all timed repetitions by the CPU time the process's threads ran (Linux schedstat) instead of
 //! taking the median wall time, so time the scheduler gave to other jobs on a shared machine does not count
 //! (waiting threads that spin still do). `--few-rows` prints only the few-row
@@ -44,6 +45,20 @@ fn cases() -> Vec<Case> {
         out.push(case(format!("{preset}_down_f"), tokens, f, r, false));
         out.push(case(format!("{preset}_wgrad_a"), d, tokens, r, true));
         out.push(case(format!("{preset}_wgrad_b"), r, tokens, d, true));
+    }
+    out
+}
+
+/// The LM head's two deep products per block of 1024 rows (`tensor/src/ops/head_loss.rs`), run only when
+/// named with `--case`: the hidden states' gradient `dlogits @ W` (depth = vocabulary) and the weight's
+/// gradient `dlogits^T @ h` (depth = rows, A transposed).
+fn head_cases() -> Vec<Case> {
+    let (rows, vocab) = (1024, cola::nn::Size::M60.spec().vocab_size);
+    let mut out = Vec::new();
+    for (preset, size) in [("350m", cola::nn::Size::M350), ("60m", cola::nn::Size::M60)] {
+        let d = size.spec().d_model;
+        out.push(Case { name: format!("{preset}_head_dx"), m: rows, k: vocab, n: d, a_transposed: false });
+        out.push(Case { name: format!("{preset}_head_dw"), m: vocab, k: rows, n: d, a_transposed: true });
     }
     out
 }
@@ -134,7 +149,9 @@ fn main() {
     if bf16 && !list {
         println!("bf16 path: {bf16_path}; f32 path: {}", KernelPath::selected().name());
     }
-    for case in cases().into_iter().filter(|case| chosen.is_empty() || chosen.contains(&case.name.as_str())) {
+    let named = |case: &Case| chosen.contains(&case.name.as_str());
+    let all = cases().into_iter().filter(|case| chosen.is_empty() || named(case));
+    for case in all.chain(head_cases().into_iter().filter(named)) {
         if list {
             println!("{} {} {} {} {}", case.name, case.m, case.k, case.n, case.a_transposed as u8);
         } else {

@@ -475,3 +475,34 @@ fn batch_of_stacked_rows_equals_per_item_gemm() {
         }
     }
 }
+
+/// A product too deep for B's whole depth to fit the 8 MiB panel at C's full width runs as consecutive
+/// depth ranges (`driver.rs`, `depth_range`); it must give exactly the bits of the unsplit blocked
+/// product. Every element's arithmetic is independent of which columns share its panel, so the reference
+/// is the same product computed in column slices 40 wide, each shallow enough at that width to run as
+/// one panel: equal bit for bit on every path, with beta = 0.5 (applied once, in the first range) and a
+/// transposed A.
+#[test]
+fn deep_products_split_by_depth_equal_narrow_unsplit_ones() {
+    let (m, n, k) = (37, 600, 6000); // 6000 x 600 f32 is 13.7 MiB of packed B
+    let slice = 40; // 6000 x 48 (rounded to NR) is 1.1 MiB
+    let mut rng = Rng(31);
+    let a = random::<f32>(m, k, Layout { transposed: true, pad: 1, offset: 2 }, &mut rng);
+    let b = random::<f32>(k, n, Layout { transposed: false, pad: 3, offset: 1 }, &mut rng);
+    let c0 = initial_c::<f32>(m * n, 1.0, &mut rng);
+    let (alpha, beta) = (1.25f32, 0.5f32);
+    for path in available_paths() {
+        let mut whole = c0.clone();
+        gemm_with_path(path, Dims { m, n, k }, alpha, a.view(), b.view(), beta, &mut whole).unwrap();
+        for j0 in (0..n).step_by(slice) {
+            let width = slice.min(n - j0);
+            let mut part: Vec<f32> = (0..m).flat_map(|i| c0[i * n + j0..][..width].to_vec()).collect();
+            let b_cols = MatRef { offset: b.offset + j0 * b.col_stride, ..b.view() };
+            gemm_with_path(path, Dims { m, n: width, k }, alpha, a.view(), b_cols, beta, &mut part).unwrap();
+            for i in 0..m {
+                let got = bits(&whole[i * n + j0..][..width]);
+                assert!(got == bits(&part[i * width..][..width]), "{}: row {i}, columns {j0}..", path.name());
+            }
+        }
+    }
+}

@@ -8,6 +8,9 @@
 //! k = tokens) a wake-up and a barrier per block would cost several percent, more on a busy machine.
 //! Tasks are handed out dynamically to one worker per thread, each with its own A buffer, so a core slowed
 //! by other load simply takes fewer tasks; which worker runs a task never changes how it is computed.
+//! A product too deep for B's whole depth to fit the panel bound at C's full width (the LM head's
+//! `dlogits @ W`, depth = vocabulary) runs as consecutive depth ranges of whole KC blocks, each one panel
+//! wide, so A is packed once rather than once per narrowed panel; the bits are the same.
 use super::kernel::{Kernel, Update};
 use super::pack::PanelSource;
 use super::{Dims, MatRef, PARALLEL_MIN_VOLUME};
@@ -370,6 +373,21 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
 
 /// The blocked GEMM; `threads == 1` runs on the calling thread. A rounding C ([`CElement::ROUNDS`]) needs
 /// `k <= kc` (one depth block).
+/// The depth of the ranges a deep product is split into, if it is split: when B's whole depth would not
+/// fit [`B_PANEL_BYTES`] at the full width the kernel takes (`min(n, NC)`), each panel would be narrower
+/// and every row block of A would be packed again for each of them (the LM head's `dlogits @ W`, depth
+/// 32000, packed its 1024 x 32000 A eight times). Depth ranges of whole KC blocks that do fit keep one
+/// panel, so A is packed once, at the cost of reading and writing C once per range.
+fn depth_range<T, S, P>(kernel: &Kernel<T, S, P>, k: usize, n: usize, packed_size: usize) -> Option<usize> {
+    let full_width = n.next_multiple_of(kernel.nr).min(kernel.nc.max(kernel.nr));
+    let fitting_depth = B_PANEL_BYTES / packed_size / full_width;
+    if k <= kernel.kc || kernel.packed_depth(k) <= fitting_depth {
+        return None;
+    }
+    let blocks = (fitting_depth / kernel.packed_depth(kernel.kc)).max(1);
+    Some(blocks * kernel.kc)
+}
+
 pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync, C: CElement<T>>(
     kernel: &Kernel<T, S, P>,
     product: Product<'_, T, S>,
@@ -397,6 +415,23 @@ pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync,
     let volume = m.saturating_mul(n).saturating_mul(k);
     let threads = if volume < PARALLEL_MIN_VOLUME { 1 } else { threads.max(1) };
     let Kernel { nr, kc, .. } = *kernel;
+    if let Some(range) = depth_range(kernel, k, n, size_of::<P>()) {
+        // Consecutive depth ranges, each a product over all of C's columns: every element still takes
+        // its depth blocks in order, the first combined with `beta * C` and the rest added to C, so the
+        // bits are those of one call.
+        for start in (0..k).step_by(range) {
+            let depth = range.min(k - start);
+            let part = Product {
+                dims: Dims { m, n, k: depth },
+                alpha,
+                a: MatRef { offset: a.offset + start * a.col_stride, ..a },
+                b: MatRef { offset: b.offset + start * b.row_stride, ..b },
+                beta: if start == 0 { beta } else { T::ONE },
+            };
+            gemm_on(kernel, part, c, threads, workspace);
+        }
+        return;
+    }
     let (a_src, b_src) = (PanelSource::lhs(a), PanelSource::rhs(b));
     let packed_k = kernel.packed_depth(k);
     let width = (B_PANEL_BYTES / (packed_k * size_of::<P>()) / nr * nr).clamp(nr, kernel.nc);
