@@ -373,19 +373,27 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
 
 /// The blocked GEMM; `threads == 1` runs on the calling thread. A rounding C ([`CElement::ROUNDS`]) needs
 /// `k <= kc` (one depth block).
-/// The depth of the ranges a deep product is split into, if it is split: when B's whole depth would not
-/// fit [`B_PANEL_BYTES`] at the full width the kernel takes (`min(n, NC)`), each panel would be narrower
-/// and every row block of A would be packed again for each of them (the LM head's `dlogits @ W`, depth
-/// 32000, packed its 1024 x 32000 A eight times). Depth ranges of whole KC blocks that do fit keep one
-/// panel, so A is packed once, at the cost of reading and writing C once per range.
+/// The depth of the ranges a deep product is split into, if it is split. When B's whole depth does not
+/// fit [`B_PANEL_BYTES`] at the widest panel the kernel takes (`min(n, NC)`), the panels are narrowed and
+/// every row block of A is packed again for each of them (the LM head's `dlogits @ W`, depth 32000 and 512
+/// columns, packed its 1024 x 32000 A eight times). Depth ranges of whole KC blocks that fit at the widest
+/// panel pack A fewer times, but read and write C once more per range: split when the A elements spared
+/// outnumber the C elements added (per row of C: `k * (panels before - panels after)` against
+/// `2 n (ranges - 1)`), which keeps the head's logits product (depth d, 32000 columns) whole.
 fn depth_range<T, S, P>(kernel: &Kernel<T, S, P>, k: usize, n: usize, packed_size: usize) -> Option<usize> {
-    let full_width = n.next_multiple_of(kernel.nr).min(kernel.nc.max(kernel.nr));
-    let fitting_depth = B_PANEL_BYTES / packed_size / full_width;
-    if k <= kernel.kc || kernel.packed_depth(k) <= fitting_depth {
+    let panel_width = |depth: usize| {
+        (B_PANEL_BYTES / (kernel.packed_depth(depth) * packed_size) / kernel.nr * kernel.nr)
+            .clamp(kernel.nr, kernel.nc)
+    };
+    let widest = n.next_multiple_of(kernel.nr).min(kernel.nc);
+    if k <= kernel.kc || panel_width(k) >= widest {
         return None;
     }
-    let blocks = (fitting_depth / kernel.packed_depth(kernel.kc)).max(1);
-    Some(blocks * kernel.kc)
+    let blocks = (B_PANEL_BYTES / packed_size / widest / kernel.packed_depth(kernel.kc)).max(1);
+    let range = blocks * kernel.kc;
+    let spared = k * (n.div_ceil(panel_width(k)) - n.div_ceil(panel_width(range)));
+    let added = 2 * n * (k.div_ceil(range) - 1);
+    (spared > added).then_some(range)
 }
 
 pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync, C: CElement<T>>(
