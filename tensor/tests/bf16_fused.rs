@@ -3,7 +3,9 @@
 //! same f32 arithmetic and one rounding, so no tolerance. Covered: binary arithmetic (including a
 //! transposed, non-contiguous operand and a broadcast one, which takes the upcast path in both runs),
 //! every unary op, affine and its in-place form, the activation gradients, the gated product and its
-//! gradient, RMSNorm (rows shorter and longer than a chunk), the LM head fused with its cross-entropy, the embedding gather; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
+//! gradient, RMSNorm (rows shorter and longer than a chunk), RoPE and its backward (sequences up to and
+//! past the parallel grain, positions offset as in decoding), the LM head fused with its cross-entropy,
+//! the embedding gather; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
 //! parallel grain. Also bf16 <-> f32 conversion inside the upcast path against `Tensor::to_dtype`.
 //! Well under a second.
 use cola_tensor::ops::set_fused_bf16;
@@ -126,6 +128,23 @@ fn head_cross_entropy_gives_the_upcast_bits() {
 }
 
 /// The bf16 embedding gathers rows as they are: the upcast path's bits (odd dim, repeated ids).
+#[test]
+fn rope_gives_the_upcast_bits() {
+    let mut rng = Rng::new(17);
+    // [batch, seq, heads, head_dim]: one token, a short run, and 2 x 300 tokens of 4 x 64 (past the
+    // 32768-element parallel grain, so the fused path splits into token blocks).
+    for (shape, first) in [([1, 1, 2, 8], 7u32), ([3, 5, 2, 6], 0), ([2, 300, 4, 64], 40)] {
+        let x = Tensor::randn(&shape, 0.0, 1.5, DType::BF16, &mut rng);
+        let positions: Vec<u32> = (first..first + shape[1] as u32).collect();
+        same_both_ways(&format!("rope {shape:?}"), || {
+            vec![
+                x.rope(&positions, 10000.0).unwrap(),
+                Tensor::rope_backward(&x, &positions, 10000.0).unwrap(),
+            ]
+        });
+    }
+}
+
 #[test]
 fn embedding_gives_the_upcast_bits() {
     let mut rng = Rng::new(17);

@@ -5,9 +5,11 @@
 //!     `y_i = x_i cos a - x_{i+h} sin a`,   `y_{i+h} = x_{i+h} cos a + x_i sin a`   (h = head_dim / 2),
 //! which is `y = x * cos + rotate_half(x) * sin` with `rotate_half(x) = [-x_{h..}, x_{..h}]`.
 //! A rotation is orthogonal, so the backward is the rotation by `-a`.
+use super::bf16::{round, widen};
 use super::elementwise::for_each_row_block;
 use super::simd::{multiversion, Isa};
 use crate::Float;
+use half::bf16;
 
 /// Shape of a rope operand laid out contiguously as `[batch, seq, heads, head_dim]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +35,28 @@ pub fn rope_backward<T: Float>(
     grad_x: &mut [T],
 ) {
     rotate(grad_y, dims, positions, theta, -1.0, grad_x);
+}
+
+/// [`rope_forward`] (`inverse == false`) or [`rope_backward`] on bf16 data: each block of tokens is
+/// widened to f32, rotated by the f32 angle table and rounded once to bf16 as it is stored. The same
+/// arithmetic as the f32 kernel on the widened tensor, so the bits of the upcast path, without its two
+/// whole-tensor conversions.
+pub fn rope_bf16(x: &[bf16], dims: RopeDims, positions: &[u32], theta: f64, inverse: bool, y: &mut [bf16]) {
+    let RopeDims { seq, heads, head_dim, .. } = dims;
+    let token_len = heads * head_dim;
+    if head_dim / 2 == 0 || seq == 0 || token_len == 0 {
+        return;
+    }
+    let sin_sign = if inverse { -1.0 } else { 1.0 };
+    let (cos, sin) = angle_table::<f32>(&positions[..seq], head_dim, theta, sin_sign);
+    let isa = Isa::active();
+    for_each_row_block(y, token_len, token_len, |token0, out| {
+        let input = &x[token0 * token_len..token0 * token_len + out.len()];
+        let (mut wide, mut rotated) = (vec![0.0f32; out.len()], vec![0.0f32; out.len()]);
+        widen(input, &mut wide);
+        rotate_tokens(isa, &wide, &mut rotated, token0, dims, &cos, &sin);
+        round(&rotated, out);
+    });
 }
 
 /// Positions are split as `pos = coarse + fine` with `fine = pos % FINE`, and the rotation by `pos`

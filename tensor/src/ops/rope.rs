@@ -1,8 +1,9 @@
 //! Rotary position embedding (rotate-half) on `[batch, seq, heads, head_dim]`.
 use super::{check_rank, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
-use crate::Tensor;
-use cola_kernels::cpu::rope::{rope_backward, rope_forward, RopeDims};
+use crate::{DType, Device, Tensor};
+use cola_kernels::cpu::rope::{rope_backward, rope_bf16, rope_forward, RopeDims};
+use half::bf16;
 
 fn dims(op: &'static str, x: &Tensor, positions: &[u32]) -> Result<RopeDims> {
     check_rank(op, x, 4, "x ([batch, seq, heads, head_dim])")?;
@@ -30,6 +31,12 @@ fn rope_any(op: &'static str, x: &Tensor, positions: &[u32], theta: f64, inverse
     if x.is_cuda() {
         super::check_same(op, &[x])?;
         return crate::cuda::rope::rope(op, x, positions, theta, inverse);
+    }
+    if x.dtype() == DType::BF16 && x.device() == Device::Cpu && super::fused_bf16() {
+        let xd = x.contiguous_data::<bf16>()?;
+        let mut y = crate::pool::take_for_overwrite::<bf16>(xd.len()); // written whole (head_dim is even)
+        rope_bf16(&xd, dims, positions, theta, inverse, &mut y);
+        return Tensor::from_vec(y, x.shape());
     }
     in_compute_dtype1(op, [x], |[x]| {
         match_float!(op, x.dtype(), T => {
