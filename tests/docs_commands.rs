@@ -50,6 +50,11 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
     ("scripts/bench_gemm_vs_numpy.sh 5", "needs numpy; minutes of GEMM timing"),
     ("PEAK=1 scripts/bench_gemm_vs_numpy.sh 3", "needs numpy; minutes of GEMM timing"),
+    ("scripts/bench_gemm_vs_numpy.sh 3", "needs numpy; minutes of GEMM timing"),
+    (
+        "ROWS=cola-60m:8:8 STEPS=4 TORCH_PRECISIONS=f32 scripts/bench_cpu_vs_torch.sh 2",
+        "needs PyTorch; trains cola-60m in three precisions and PyTorch's f32 twice: ten minutes",
+    ),
     ("scripts/bench_cpu_step.sh OLD NEW 3", "builds two trees and trains cola-350m: an hour"),
     ("scripts/bench_data.sh [--size-mb 1024] [--python PY]", "tokenizes a 1 GiB corpus: 15 minutes"),
     ("scripts/gpu_bundle.sh", "builds every GPU test binary: many minutes"),
