@@ -34,8 +34,10 @@ struct LayerEntry {
     len: usize,
 }
 
-/// Where a [`LayerEntry`] keeps its keys and values.
+/// Where a [`LayerEntry`] keeps its keys and values. (There is one per row and layer, a few hundred
+/// at most, so the variants' different sizes cost nothing worth a box.)
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Buffers {
     /// f32 or f64 on the CPU: in the head-major layout the CPU attention reads in place.
     HeadMajor(AttentionCache),

@@ -139,7 +139,7 @@ pub fn write_cache<T: Float>(
     if row == 0 {
         return;
     }
-    assert!(keys.len() == values.len() && keys.len() % row == 0, "keys and values");
+    assert!(keys.len() == values.len() && keys.len().is_multiple_of(row), "keys and values");
     let new = keys.len() / row;
     assert!(start + new <= capacity, "positions {start}..{} past capacity {capacity}", start + new);
     for (j, (k_j, v_j)) in keys.chunks_exact(row).zip(values.chunks_exact(row)).enumerate() {
@@ -200,6 +200,8 @@ pub fn attention_forward_cached<T: Float>(
     assert!(dims.batch == 1 && dims.kv_len == cache.len && dims.q_len <= dims.kv_len, "dims {dims:?}");
     assert!(dims.heads == layout.heads && dims.head_dim == layout.head_dim && cache.len <= layout.capacity);
     assert!(cache.keys_t.len() == layout.keys_len() && cache.values.len() == layout.values_len());
+    let n = dims.q_len * dims.heads * dims.head_dim;
+    assert!(q.len() == n && out.len() == n, "q and out must be [q_len, heads, head_dim]");
     let width = padded(dims.head_dim);
     let block = dims.q_len * width;
     if block == 0 || dims.heads == 0 {
@@ -209,10 +211,10 @@ pub fn attention_forward_cached<T: Float>(
     let mut scratch = vec![T::ZERO; dims.heads * block];
     match isa.level() {
         Level::Avx2 => for_each_head(&mut scratch, block, dims, |head, o| {
-            forward_cached_head(isa, Tile::<16>, q, cache, dims, head, scale, o)
+            forward_cached_head(isa, Tile::<16>, q, cache, head, scale, o)
         }),
         _ => for_each_head(&mut scratch, block, dims, |head, o| {
-            forward_cached_head(isa, Tile::<32>, q, cache, dims, head, scale, o)
+            forward_cached_head(isa, Tile::<32>, q, cache, head, scale, o)
         }),
     }
     scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
@@ -221,18 +223,19 @@ pub fn attention_forward_cached<T: Float>(
 multiversion! {
     /// Forward of one head against a cache into its `[q_len, padded(head_dim)]` block `out`: the query
     /// rows gathered as [`forward_pair`] gathers them, the keys and values the head's slices of the
-    /// cache's buffers.
+    /// cache's buffers (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
     fn forward_cached_head[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
         q: &[T],
         cache: CachedKeysValues<'_, T>,
-        dims: AttentionDims,
         head: usize,
         scale: T,
         out: &mut [T],
     ) {
-        let CacheLayout { head_dim, capacity, .. } = cache.layout;
+        let CacheLayout { heads, head_dim, capacity } = cache.layout;
+        let q_len = q.len() / (heads * head_dim);
+        let dims = AttentionDims { batch: 1, heads, q_len, kv_len: cache.len, head_dim };
         let width = cache.layout.width();
         let qs = HeadView::new(dims, head).rows(q, dims.q_len);
         let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
