@@ -12,7 +12,7 @@
 //! holds at most twice what a row has used, not `max_seq_len` for every row (rows that stop early stay
 //! small), and writes each position once plus, on average, less than one move.
 //!
-//! On the CPU (f32 or f64) the buffers are a [`AttentionCache`]: the head-major layout the CPU attention
+//! On the CPU (f32 or f64) the buffers are an [`AttentionCache`]: the head-major layout the CPU attention
 //! kernel reads in place (each head's keys transposed, `[heads, head_dim, capacity]`; its values
 //! `[heads, capacity, head_dim rounded up to the kernel's 32-wide tiles]`; the capacity also rounded up
 //! to whole tiles), so attention over the cache copies nothing; its result is the same bits as the
