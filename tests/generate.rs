@@ -115,8 +115,11 @@ fn the_cache_holds_keys_and_values_of_every_layer_and_position() {
     session.prefill(&[&[3, 4, 5], &[6]]).unwrap();
     session.decode(&[7, 8]).unwrap();
     assert_eq!(session.lengths(), vec![4, 2]);
-    // Allocated bytes: each row's key and value buffers start with room for 16 positions (f32).
-    assert_eq!(session.cache_bytes(), 2 * c.n_layers * (16 + 16) * c.d_model * 4);
+    // Allocated bytes: each row's key and value buffers start with room for 16 positions, rounded up to
+    // 32 (whole tiles of the CPU attention kernel, which reads them in place): f32 keys `32 * d_model`
+    // per layer, values `32 * n_heads * 32` (each head's rows, 8 wide here, padded to a tile).
+    let per_layer = 32 * c.d_model + 32 * c.n_heads * 32;
+    assert_eq!(session.cache_bytes(), 2 * c.n_layers * per_layer * 4);
     drop(session);
 }
 

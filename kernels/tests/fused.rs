@@ -10,6 +10,9 @@
 //! the terms that cancelled, not on its own tiny magnitude.
 use cola_kernels::cpu::adamw::{adamw_step, AdamWStep};
 use cola_kernels::cpu::attention::{attention_backward, attention_forward, AttentionDims, AttentionGrads};
+use cola_kernels::cpu::attention::{
+    attention_forward_cached, copy_cache, write_cache, CacheLayout, CachedKeysValues,
+};
 use cola_kernels::cpu::elementwise::{silu_backward, silu_forward};
 use cola_kernels::cpu::embedding::{embedding_backward, embedding_forward};
 use cola_kernels::cpu::gated::{gated_backward, gated_forward, GateActivation};
@@ -150,6 +153,45 @@ fn attention_grad<T: Float>(q: &[T], k: &[T], v: &[T], g: &[T], dims: AttentionD
     let grads = AttentionGrads { q: &mut dq, k: &mut dk, v: &mut dv };
     attention_backward(q, k, v, g, dims, T::from_f64(0.7), grads);
     [dq, dk, dv]
+}
+/// [`attention`] of `q` (`[batch, q_len, heads, head_dim]`) against k and v (`[batch, kv_len, ..]`)
+/// through a head-major cache per sequence: its positions written in pieces of the sizes in `pieces`
+/// (cycled: a prefill, then decode steps), the cache starting with room for the first piece and moved
+/// into one of twice the capacity (or what the next piece needs) whenever it is full.
+fn cached_attention<T: Float>(q: &[T], k: &[T], v: &[T], dims: AttentionDims, pieces: &[usize]) -> Vec<T> {
+    let AttentionDims { batch, heads, q_len, kv_len, head_dim } = dims;
+    let (row, mut out) = (heads * head_dim, vec![T::from_f64(7.0); q.len()]);
+    for b in 0..batch {
+        let (k_b, v_b) = (&k[b * kv_len * row..][..kv_len * row], &v[b * kv_len * row..][..kv_len * row]);
+        let mut layout = CacheLayout::new(heads, head_dim, pieces[0].min(kv_len));
+        let (mut keys_t, mut values) = (vec![T::ZERO; layout.keys_len()], vec![T::ZERO; layout.values_len()]);
+        let mut len = 0;
+        for &piece in pieces.iter().cycle() {
+            let new = piece.min(kv_len - len);
+            if len + new > layout.capacity {
+                let grown = CacheLayout::new(heads, head_dim, (len + new).max(2 * layout.capacity));
+                let (mut k_t2, mut v2) = (vec![T::ZERO; grown.keys_len()], vec![T::ZERO; grown.values_len()]);
+                copy_cache(
+                    CachedKeysValues { keys_t: &keys_t, values: &values, layout, len },
+                    grown,
+                    &mut k_t2,
+                    &mut v2,
+                );
+                (layout, keys_t, values) = (grown, k_t2, v2);
+            }
+            let (k_new, v_new) = (&k_b[len * row..][..new * row], &v_b[len * row..][..new * row]);
+            write_cache(layout, len, k_new, v_new, &mut keys_t, &mut values);
+            len += new;
+            if len == kv_len {
+                break;
+            }
+        }
+        let cache = CachedKeysValues { keys_t: &keys_t, values: &values, layout, len };
+        let one = AttentionDims { batch: 1, ..dims };
+        let (q_b, out_b) = (&q[b * q_len * row..][..q_len * row], &mut out[b * q_len * row..][..q_len * row]);
+        attention_forward_cached(q_b, cache, one, T::from_f64(0.7), out_b);
+    }
+    out
 }
 fn ce_grad<T: Float>(x: &[T], vocab: usize, t: &[u32], ignore: Option<u32>, g: T) -> Vec<T> {
     let mut dx = vec![T::from_f64(7.0); x.len()];
@@ -428,6 +470,35 @@ proptest! {
         prop_assert_eq!(dv_full, dv);
     }
 
+    /// Attention against a head-major cache (`attention_forward_cached` reading the buffers of
+    /// `CacheLayout` in place; filled by `write_cache` in pieces like a prefill and decode steps, moved by
+    /// `copy_cache` when full) is the full kernel's last `q_len` rows bit for bit, in f64 and in f32:
+    /// what cached decoding must hold for its logits to be the full forward's exactly. Lengths and head
+    /// dims cross the widest tile (32), so that several key tiles, a capacity above the filled length
+    /// (grown from a small start) and padded value rows all occur.
+    #[test]
+    fn attention_against_a_head_major_cache_is_the_tail_of_full_attention(
+        batch in 1usize..3, heads in 1usize..4, kv_len in 1usize..80, cut in 0usize..80,
+        head_dim in 1usize..40, pieces in proptest::collection::vec(1usize..40, 1..5), seed: u64,
+    ) {
+        let full = AttentionDims { batch, heads, q_len: kv_len, kv_len, head_dim };
+        let q_len = kv_len - cut % kv_len;
+        let part = AttentionDims { q_len, ..full };
+        let [q, k, v, _] = attention_problem(seed, full);
+        let row = heads * head_dim;
+        let tail = |x: &[f64]| -> Vec<f64> {
+            x.chunks(kv_len * row).flat_map(|b| b[(kv_len - q_len) * row..].to_vec()).collect()
+        };
+        prop_assert_eq!(cached_attention(&tail(&q), &k, &v, part, &pieces), tail(&attention(&q, &k, &v, full)));
+        let [q32, k32, v32] = [&q, &k, &v].map(|x| to32(x));
+        let tail32 = to32(&tail(&q));
+        let want32: Vec<f32> = attention(&q32, &k32, &v32, full)
+            .chunks(kv_len * row)
+            .flat_map(|b| b[(kv_len - q_len) * row..].to_vec())
+            .collect();
+        prop_assert_eq!(cached_attention(&tail32, &k32, &v32, part, &pieces), want32);
+    }
+
     #[test]
     fn cross_entropy_matches_reference_and_finite_differences(
         rows in 1usize..6, vocab in 1usize..9, ignore: bool, seed: u64,
@@ -647,6 +718,12 @@ impl Problem {
             let [q, k, v, g] = inputs.each_ref().map(|x| c(x));
             outs.push(attention(&q, &k, &v, *ad));
             outs.extend(attention_grad(&q, &k, &v, &g, *ad));
+            let last = AttentionDims { q_len: 1, ..*ad };
+            let q_last: Vec<T> = q
+                .chunks(ad.q_len * ad.heads * ad.head_dim)
+                .flat_map(|b| b[(ad.q_len - 1) * ad.heads * ad.head_dim..].to_vec())
+                .collect();
+            outs.push(cached_attention(&q_last, &k, &v, last, &[7, 1]));
         }
         let (xl, t, ignore) = (c(&self.ce.0), &self.ce.1, self.ce.2);
         outs.push(vec![cross_entropy_forward(&xl, CE_VOCAB, t, ignore)]);

@@ -254,7 +254,8 @@ impl CachedGraph<'_> {
     /// bf16 inputs on the CPU attend in f32 against an f32 cache, and the output is rounded back to bf16:
     /// the CPU attention computes in f32 anyway, and a bf16 cache would be widened whole at every step
     /// (most of a bf16 decode step's attention time), where this widens only the new positions; the
-    /// price is the f32 cache's size.
+    /// price is the f32 cache's size. On the CPU the cache is in the layout the attention kernel reads
+    /// in place (`nn/src/kv_cache.rs`), so a decode step's attention copies none of it.
     fn cached_attention(&mut self, q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
         if q.dtype() == DType::BF16 && q.device() == Device::Cpu {
             let [q, k, v] = [q, k, v].map(|t| t.to_dtype(DType::F32));
@@ -270,10 +271,7 @@ impl CachedGraph<'_> {
         }
         let mut outputs = Vec::with_capacity(self.rows.len());
         for (j, &row) in self.rows.iter().enumerate() {
-            let (keys, values) = self.cache.get(row, layer).ok_or_else(|| NnError::InvalidInput {
-                reason: format!("kv cache: row {row} has no layer {layer}"),
-            })?;
-            outputs.push(Tensor::attention(&q.narrow(0, j, 1)?, keys, values, scale)?);
+            outputs.push(self.cache.attention(row, layer, &q.narrow(0, j, 1)?, scale)?);
         }
         Ok(Tensor::concat(&outputs, 0)?)
     }

@@ -1,52 +1,73 @@
 //! The key/value cache of cached decoding: per sequence (row) and decoder layer, the keys (after RoPE)
-//! and values of every position seen so far, each `[1, len, heads, head_dim]`.
+//! and values of every position seen so far.
 //!
 //! Rows are stored separately, so a batch may hold sequences of different lengths (prompts of any
 //! lengths, rows that stop early) without padding or masks: the projections still run batched, only
 //! attention and the append go row by row.
 //!
-//! Each row and layer holds its keys and values in buffers `[1, capacity, heads, head_dim]`, written in
-//! place ([`Tensor::write_slice`]), so an append copies only the new positions. The capacity starts at
-//! the first append's length rounded up to a power of two (at least `MIN_CAPACITY`) and doubles when
-//! full (one copy of the filled prefix): the cache needs no model limits at construction (`new` takes
-//! the layer count only), holds at most twice what a row has used, not `max_seq_len` for every row (rows
-//! that stop early stay small), and writes each position once plus, on average, less than one move.
-//! Attention reads the filled prefix, a `narrow` of the buffer: contiguous (the batch dim is 1), so the
-//! CPU attention borrows it without a copy.
+//! Each row and layer holds its keys and values in buffers with room for `capacity` positions, written
+//! in place, so an append copies only the new positions. The capacity starts at the first append's
+//! length rounded up to a power of two (at least `MIN_CAPACITY`) and doubles when full (one copy of the
+//! filled prefix): the cache needs no model limits at construction (`new` takes the layer count only),
+//! holds at most twice what a row has used, not `max_seq_len` for every row (rows that stop early stay
+//! small), and writes each position once plus, on average, less than one move.
+//!
+//! On the CPU (f32 or f64) the buffers are an [`AttentionCache`]: the head-major layout the CPU attention
+//! kernel reads in place (each head's keys transposed, `[heads, head_dim, capacity]`; its values
+//! `[heads, capacity, head_dim rounded up to the kernel's 32-wide tiles]`; the capacity also rounded up
+//! to whole tiles), so attention over the cache copies nothing; its result is the same bits as the
+//! fused attention on the filled keys and values. Elsewhere (a GPU) they are `[1, capacity, heads,
+//! head_dim]` tensors ([`Tensor::write_slice`] appends), and attention reads the filled prefix, a
+//! contiguous `narrow` of them.
 //! Dropping the cache, or [`KvCache::clear`], frees its tensors.
 use crate::error::{NnError, Result};
-use cola_tensor::Tensor;
+use cola_tensor::{AttentionCache, DType, Device, Tensor};
 
 /// The capacity of a fresh buffer is at least this many positions (so short prompts do not double
 /// after every few decode steps).
 const MIN_CAPACITY: usize = 16;
 
-/// Keys and values of one row at one layer: the buffers `[1, capacity, heads, head_dim]`, how many
-/// positions are filled, and the filled prefixes `[1, len, heads, head_dim]` that [`KvCache::get`] lends
-/// out (views of the buffers; dropped while a write runs, so that the buffers are not shared then and
-/// the write happens in place rather than on a copy).
+/// Keys and values of one row at one layer, and how many positions are filled.
 #[derive(Clone, Debug)]
 struct LayerEntry {
-    keys: Tensor,
-    values: Tensor,
+    buffers: Buffers,
     len: usize,
-    filled: Option<(Tensor, Tensor)>,
+}
+
+/// Where a [`LayerEntry`] keeps its keys and values. (There is one per row and layer, a few hundred
+/// at most, so the variants' different sizes cost nothing worth a box.)
+#[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
+enum Buffers {
+    /// f32 or f64 on the CPU: in the head-major layout the CPU attention reads in place.
+    HeadMajor(AttentionCache),
+    /// Elsewhere (a GPU; bf16): buffers `[1, capacity, heads, head_dim]` and the filled prefixes
+    /// `[1, len, heads, head_dim]` that attention reads (views of the buffers; dropped while a write
+    /// runs, so that the buffers are not shared then and the write happens in place rather than on a
+    /// copy).
+    Interleaved { keys: Tensor, values: Tensor, filled: Option<(Tensor, Tensor)> },
 }
 
 impl LayerEntry {
     /// An entry holding `keys` and `values` (`[1, new, heads, head_dim]`) in buffers of room for at
     /// least `MIN_CAPACITY` positions.
     fn new(keys: &Tensor, values: &Tensor) -> Result<LayerEntry> {
-        let new = keys.shape().get(1).copied().unwrap_or(0);
-        let capacity = new.max(MIN_CAPACITY).next_power_of_two();
-        let buffer = |t: &Tensor| -> Result<Tensor> {
-            let mut shape = t.shape().to_vec();
-            if let Some(positions) = shape.get_mut(1) {
-                *positions = capacity;
-            }
-            Ok(Tensor::zeros_on(&shape, t.dtype(), t.device())?)
+        let &[_, new, heads, head_dim] = keys.shape() else {
+            return Err(NnError::InvalidInput {
+                reason: format!("kv cache: keys must be [1, new, heads, head_dim], got {:?}", keys.shape()),
+            });
         };
-        let mut entry = LayerEntry { keys: buffer(keys)?, values: buffer(values)?, len: 0, filled: None };
+        let capacity = new.max(MIN_CAPACITY).next_power_of_two();
+        let head_major = keys.device() == Device::Cpu && matches!(keys.dtype(), DType::F32 | DType::F64);
+        let buffers = if head_major {
+            Buffers::HeadMajor(AttentionCache::new(heads, head_dim, capacity, keys.dtype())?)
+        } else {
+            let mut shape = keys.shape().to_vec();
+            shape[1] = capacity;
+            let buffer = || Tensor::zeros_on(&shape, keys.dtype(), keys.device());
+            Buffers::Interleaved { keys: buffer()?, values: buffer()?, filled: None }
+        };
+        let mut entry = LayerEntry { buffers, len: 0 };
         entry.append(keys, values)?;
         Ok(entry)
     }
@@ -56,38 +77,85 @@ impl LayerEntry {
     /// On an error (keys or values of another shape, dtype or device) the filled positions stay as
     /// they were.
     fn append(&mut self, keys: &Tensor, values: &Tensor) -> Result<()> {
-        let new = keys.shape().get(1).copied().unwrap_or(0);
-        self.filled = None;
-        let written = self.write(self.len, keys, values);
-        if written.is_ok() {
-            self.len += new;
-        }
-        self.filled = Some((self.keys.narrow(1, 0, self.len)?, self.values.narrow(1, 0, self.len)?));
-        written
-    }
-
-    fn write(&mut self, start: usize, keys: &Tensor, values: &Tensor) -> Result<()> {
         if keys.shape() != values.shape() {
             return Err(NnError::InvalidInput {
                 reason: format!("kv cache: keys {:?} and values {:?} differ", keys.shape(), values.shape()),
             });
         }
-        let needed = start + keys.shape().get(1).copied().unwrap_or(0);
-        let capacity = self.keys.dim(1)?;
-        if needed > capacity {
-            let grown = needed.max(2 * capacity);
-            self.keys = grow(&self.keys, start, grown)?;
-            self.values = grow(&self.values, start, grown)?;
+        let new = keys.shape().get(1).copied().unwrap_or(0);
+        let (start, needed) = (self.len, self.len + new);
+        match &mut self.buffers {
+            Buffers::HeadMajor(cache) => {
+                let capacity = cache.capacity();
+                if needed > capacity {
+                    cache.reserve(needed.max(2 * capacity))?;
+                }
+                cache.append(keys, values)?;
+            }
+            Buffers::Interleaved { keys: key_buffer, values: value_buffer, filled } => {
+                *filled = None;
+                let written = write(key_buffer, value_buffer, start, keys, values);
+                let len = if written.is_ok() { needed } else { start };
+                *filled = Some((key_buffer.narrow(1, 0, len)?, value_buffer.narrow(1, 0, len)?));
+                written?;
+            }
         }
-        self.keys.write_slice(1, start, keys)?;
-        self.values.write_slice(1, start, values)?;
+        self.len = needed;
         Ok(())
+    }
+
+    /// Attention of `q` (`[1, q_len, heads, head_dim]`) against the filled positions.
+    fn attention(&self, q: &Tensor, scale: f64) -> Result<Tensor> {
+        match &self.buffers {
+            Buffers::HeadMajor(cache) => Ok(cache.attention(q, scale)?),
+            Buffers::Interleaved { filled: Some((keys, values)), .. } => {
+                Ok(Tensor::attention(q, keys, values, scale)?)
+            }
+            Buffers::Interleaved { filled: None, .. } => {
+                Err(NnError::InvalidInput { reason: "kv cache: an entry without positions".into() })
+            }
+        }
+    }
+
+    /// Copies of the filled keys and values, `[1, len, heads, head_dim]` each.
+    #[cfg(test)]
+    fn keys_values(&self) -> Result<(Tensor, Tensor)> {
+        match &self.buffers {
+            Buffers::HeadMajor(cache) => Ok(cache.keys_values()?),
+            Buffers::Interleaved { keys, values, .. } => {
+                Ok((keys.narrow(1, 0, self.len)?.contiguous()?, values.narrow(1, 0, self.len)?.contiguous()?))
+            }
+        }
     }
 
     /// Bytes of the two buffers (allocated, filled or not).
     fn bytes(&self) -> usize {
-        self.keys.size_in_bytes() + self.values.size_in_bytes()
+        match &self.buffers {
+            Buffers::HeadMajor(cache) => cache.size_in_bytes(),
+            Buffers::Interleaved { keys, values, .. } => keys.size_in_bytes() + values.size_in_bytes(),
+        }
     }
+}
+
+/// Writes `keys` and `values` into the interleaved buffers at `start`, doubling them first if they are
+/// full.
+fn write(
+    key_buffer: &mut Tensor,
+    value_buffer: &mut Tensor,
+    start: usize,
+    keys: &Tensor,
+    values: &Tensor,
+) -> Result<()> {
+    let needed = start + keys.shape().get(1).copied().unwrap_or(0);
+    let capacity = key_buffer.dim(1)?;
+    if needed > capacity {
+        let grown = needed.max(2 * capacity);
+        *key_buffer = grow(key_buffer, start, grown)?;
+        *value_buffer = grow(value_buffer, start, grown)?;
+    }
+    key_buffer.write_slice(1, start, keys)?;
+    value_buffer.write_slice(1, start, values)?;
+    Ok(())
 }
 
 /// A buffer like `buffer` with room for `capacity` positions, holding its first `len`.
@@ -165,12 +233,20 @@ impl KvCache {
         Ok(())
     }
 
-    /// Keys and values of row `row` at `layer`, `[1, len, heads, head_dim]` each: views of the cache's
-    /// buffers. A caller that keeps a clone of them past the next append makes that append copy the
-    /// buffers (copy on write) instead of writing in place.
-    pub(crate) fn get(&self, row: usize, layer: usize) -> Option<(&Tensor, &Tensor)> {
-        let (keys, values) = self.rows.get(row)?.layers.get(layer)?.filled.as_ref()?;
-        Some((keys, values))
+    /// Attention of `q` (`[1, q_len, heads, head_dim]`, the last `q_len` cached positions of row `row`)
+    /// against row `row`'s cache at `layer`.
+    pub(crate) fn attention(&self, row: usize, layer: usize, q: &Tensor, scale: f64) -> Result<Tensor> {
+        let entry = self.rows.get(row).and_then(|r| r.layers.get(layer));
+        let entry = entry.ok_or_else(|| NnError::InvalidInput {
+            reason: format!("kv cache: row {row} has no layer {layer}"),
+        })?;
+        entry.attention(q, scale)
+    }
+
+    /// Copies of the keys and values of row `row` at `layer`, `[1, len, heads, head_dim]` each.
+    #[cfg(test)]
+    fn get(&self, row: usize, layer: usize) -> Option<(Tensor, Tensor)> {
+        self.rows.get(row)?.layers.get(layer)?.keys_values().ok()
     }
 
     /// Keeps the rows whose flag is true (in order); the others' tensors are freed.
@@ -224,8 +300,10 @@ mod tests {
             assert_eq!(values.to_vec_f64(), want.mul_scalar(-2.0).unwrap().to_vec_f64());
         }
         assert!(cache.get(0, 0).is_none());
-        // 5 tokens start at 16 positions; 16 -> 32 at 17 tokens; 32 -> 64 at 37 tokens.
-        assert_eq!(cache.bytes(), layers * 2 * 64 * heads * head_dim * 4);
+        // 5 tokens start at 16 positions, rounded up to 32 (whole tiles of the CPU attention kernel);
+        // 32 -> 64 at 37 tokens. Keys take `64 * heads * head_dim` f32 per layer, values
+        // `64 * heads * 32` (each head's rows padded to a tile).
+        assert_eq!(cache.bytes(), layers * (64 * heads * head_dim + 64 * heads * 32) * 4);
     }
 
     #[test]

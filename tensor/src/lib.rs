@@ -25,6 +25,7 @@ pub use half::bf16;
 pub use layout::{Layout, Shape};
 pub use op_kinds::{BinaryOp, UnaryOp};
 pub use ops::attention::AttentionSaved;
+pub use ops::attention_cache::AttentionCache;
 pub use ops::head_loss::HeadLossWithGrads;
 pub use rng::Rng;
 pub use storage::{CpuFloat, Element};

@@ -13,6 +13,12 @@
 //! in blocks whose products run as register-tiled micro-kernels (`blocks.rs`); every accumulation runs in
 //! a fixed order inside one pair, so the result does not depend on the number of threads or on the SIMD
 //! level.
+//!
+//! Decoding against a KV cache would gather (and transpose) the whole cache at every call that way. So a
+//! cache can instead hold one sequence's keys and values in the layout the per-pair code reads
+//! ([`CacheLayout`]: each head's keys transposed, each head's value rows contiguous, written there once
+//! by [`write_cache`]), and [`attention_forward_cached`] runs the same per-head code on its buffers in
+//! place: the same operations on the same values, so its result is [`attention_forward`]'s bit for bit.
 mod blocks;
 
 use super::simd::{multiversion, Isa, Level};
@@ -68,6 +74,174 @@ pub fn attention_forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: AttentionDim
         }),
     }
     scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
+}
+
+/// The head-major layout of one sequence's cached keys and values, which [`attention_forward_cached`]
+/// reads in place: the keys transposed per head, `[heads, head_dim, capacity]` (each head's keys as
+/// [`attention_forward`] lays them out for its products, with row stride `capacity`), and the values per
+/// head, `[heads, capacity, width]` with `width` the head dim rounded up to whole tiles (each head's
+/// value rows as [`attention_forward`] gathers them). `capacity` is a multiple of the widest tile, so
+/// that a tile of keys never runs past a row. Positions past the filled ones and the values' padding
+/// columns never reach a result; the cache keeps them zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheLayout {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub capacity: usize,
+}
+
+impl CacheLayout {
+    /// The layout with room for at least `positions` positions (rounded up to whole tiles).
+    pub fn new(heads: usize, head_dim: usize, positions: usize) -> Self {
+        Self { heads, head_dim, capacity: padded(positions) }
+    }
+
+    /// The row stride of the values: the head dim rounded up to whole tiles.
+    pub fn width(&self) -> usize {
+        padded(self.head_dim)
+    }
+
+    /// Elements of the keys buffer, `heads * head_dim * capacity`.
+    pub fn keys_len(&self) -> usize {
+        self.heads * self.head_dim * self.capacity
+    }
+
+    /// Elements of the values buffer, `heads * capacity * width`.
+    pub fn values_len(&self) -> usize {
+        self.heads * self.capacity * self.width()
+    }
+}
+
+/// One sequence's cache buffers in `layout` ([`CacheLayout`]) and how many positions are filled.
+#[derive(Clone, Copy, Debug)]
+pub struct CachedKeysValues<'a, T> {
+    pub keys_t: &'a [T],
+    pub values: &'a [T],
+    pub layout: CacheLayout,
+    pub len: usize,
+}
+
+/// Writes `keys` and `values`, `[new, heads, head_dim]` each (one sequence's positions in the layout of
+/// [`attention_forward`]'s inputs), at positions `start..start + new` of the cache buffers `keys_t` and
+/// `values` in `layout`: each key element to its head's transposed row (a strided write), each value row
+/// to its head's rows. Panics if the positions do not fit or a buffer is not of the layout's size.
+pub fn write_cache<T: Float>(
+    layout: CacheLayout,
+    start: usize,
+    keys: &[T],
+    values: &[T],
+    keys_t: &mut [T],
+    values_out: &mut [T],
+) {
+    let CacheLayout { heads, head_dim, capacity } = layout;
+    let (width, row) = (layout.width(), heads * head_dim);
+    assert!(keys_t.len() == layout.keys_len() && values_out.len() == layout.values_len(), "cache buffers");
+    if row == 0 {
+        return;
+    }
+    assert!(keys.len() == values.len() && keys.len().is_multiple_of(row), "keys and values");
+    let new = keys.len() / row;
+    assert!(start + new <= capacity, "positions {start}..{} past capacity {capacity}", start + new);
+    for (j, (k_j, v_j)) in keys.chunks_exact(row).zip(values.chunks_exact(row)).enumerate() {
+        let at = start + j;
+        for (h, (k_jh, v_jh)) in k_j.chunks_exact(head_dim).zip(v_j.chunks_exact(head_dim)).enumerate() {
+            for (c, &x) in k_jh.iter().enumerate() {
+                keys_t[(h * head_dim + c) * capacity + at] = x;
+            }
+            values_out[(h * capacity + at) * width..][..head_dim].copy_from_slice(v_jh);
+        }
+    }
+}
+
+/// Copies the first `len` positions of a cache in `from` into the buffers of a cache in `to`, of the
+/// same heads and head dim and at least `len` positions of capacity (the growth of a full cache).
+pub fn copy_cache<T: Float>(
+    from: CachedKeysValues<'_, T>,
+    to: CacheLayout,
+    keys_t: &mut [T],
+    values: &mut [T],
+) {
+    let (old, len, width) = (from.layout, from.len, to.width());
+    assert!(old.heads == to.heads && old.head_dim == to.head_dim, "cache layouts");
+    assert!(
+        len <= old.capacity && len <= to.capacity,
+        "{len} positions, capacities {} and {}",
+        old.capacity,
+        to.capacity
+    );
+    assert!(keys_t.len() == to.keys_len() && values.len() == to.values_len(), "cache buffers");
+    if len == 0 || width == 0 {
+        return;
+    }
+    let key_rows = from.keys_t.chunks_exact(old.capacity).zip(keys_t.chunks_exact_mut(to.capacity));
+    for (src, dst) in key_rows {
+        dst[..len].copy_from_slice(&src[..len]);
+    }
+    let heads =
+        from.values.chunks_exact(old.capacity * width).zip(values.chunks_exact_mut(to.capacity * width));
+    for (src, dst) in heads {
+        dst[..len * width].copy_from_slice(&src[..len * width]);
+    }
+}
+
+/// [`attention_forward`] of one sequence's `q` (`[q_len, heads, head_dim]`, its last `q_len` positions)
+/// against its cached keys and values, read in place: `dims` has `batch = 1` and `kv_len = cache.len`,
+/// and the heads and head dim of the cache's layout. The result is [`attention_forward`]'s on the
+/// cache's positions laid out as `[1, kv_len, heads, head_dim]`, bit for bit (the same per-head code on
+/// the same values; only the gathering of keys and values is skipped).
+pub fn attention_forward_cached<T: Float>(
+    q: &[T],
+    cache: CachedKeysValues<'_, T>,
+    dims: AttentionDims,
+    scale: T,
+    out: &mut [T],
+) {
+    let layout = cache.layout;
+    assert!(dims.batch == 1 && dims.kv_len == cache.len && dims.q_len <= dims.kv_len, "dims {dims:?}");
+    assert!(dims.heads == layout.heads && dims.head_dim == layout.head_dim && cache.len <= layout.capacity);
+    assert!(cache.keys_t.len() == layout.keys_len() && cache.values.len() == layout.values_len());
+    let n = dims.q_len * dims.heads * dims.head_dim;
+    assert!(q.len() == n && out.len() == n, "q and out must be [q_len, heads, head_dim]");
+    let width = padded(dims.head_dim);
+    let block = dims.q_len * width;
+    if block == 0 || dims.heads == 0 {
+        return;
+    }
+    let isa = Isa::active();
+    let mut scratch = vec![T::ZERO; dims.heads * block];
+    match isa.level() {
+        Level::Avx2 => for_each_head(&mut scratch, block, dims, |head, o| {
+            forward_cached_head(isa, Tile::<16>, q, cache, head, scale, o)
+        }),
+        _ => for_each_head(&mut scratch, block, dims, |head, o| {
+            forward_cached_head(isa, Tile::<32>, q, cache, head, scale, o)
+        }),
+    }
+    scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
+}
+
+multiversion! {
+    /// Forward of one head against a cache into its `[q_len, padded(head_dim)]` block `out`: the query
+    /// rows gathered as [`forward_pair`] gathers them, the keys and values the head's slices of the
+    /// cache's buffers (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
+    fn forward_cached_head[T: Float, const W: usize](
+        isa: Isa,
+        tile: Tile<W>,
+        q: &[T],
+        cache: CachedKeysValues<'_, T>,
+        head: usize,
+        scale: T,
+        out: &mut [T],
+    ) {
+        let CacheLayout { heads, head_dim, capacity } = cache.layout;
+        let q_len = q.len() / (heads * head_dim);
+        let dims = AttentionDims { batch: 1, heads, q_len, kv_len: cache.len, head_dim };
+        let width = cache.layout.width();
+        let qs = HeadView::new(dims, head).rows(q, dims.q_len);
+        let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
+        let vs = &cache.values[head * capacity * width..][..capacity * width];
+        forward_head(isa, tile, [&qs, k_t, vs], capacity, dims, scale, out);
+    }
 }
 
 /// Gradients of attention; the probabilities are recomputed from q and k, nothing is saved by forward.
@@ -136,15 +310,36 @@ multiversion! {
     ) {
         let [q, k, v] = inputs;
         let view = HeadView::new(dims, pair);
-        let (width, keys) = (view.width, view.keys);
         let (qs, k_t, vs) = (view.rows(q, dims.q_len), view.transposed(k), view.rows(v, dims.kv_len));
-        let mut block = Block::new(width, keys);
-        for (b, out) in out.chunks_mut(ROWS * width).enumerate() {
-            let rows = Rows::new(b * ROWS, out.len() / width, dims.kv_len - dims.q_len);
-            block.probabilities(isa, tile, &rows, &qs, &k_t, scale);
-            interleave(&rows, &block.scores, keys, &mut block.coef);
-            weighted_rows(isa, tile, &rows, &block.coef, &vs, width, out);
-        }
+        forward_head(isa, tile, [&qs, &k_t, &vs], view.keys, dims, scale, out);
+    }
+}
+
+/// The forward of one head, every input laid out as the kernels read it: `qs` the query rows
+/// `[q_len, width]`, `k_t` the keys transposed `[head_dim, keys]` (row stride `keys`, a multiple of the
+/// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `out` is
+/// `[q_len, width]`. Both [`attention_forward`] (on gathered copies, `keys = padded(kv_len)`) and
+/// [`attention_forward_cached`] (on the cache's buffers, `keys` its capacity) run this, so they compute
+/// every output element by the same operations on the same values: the key stride only places the
+/// scores, whose columns past a row's visible keys are never read.
+#[inline(always)]
+fn forward_head<T: Float, const W: usize>(
+    isa: Isa,
+    tile: Tile<W>,
+    inputs: [&[T]; 3],
+    keys: usize,
+    dims: AttentionDims,
+    scale: T,
+    out: &mut [T],
+) {
+    let [qs, k_t, vs] = inputs;
+    let width = padded(dims.head_dim);
+    let mut block = Block::new(width, keys);
+    for (b, out) in out.chunks_mut(ROWS * width).enumerate() {
+        let rows = Rows::new(b * ROWS, out.len() / width, dims.kv_len - dims.q_len);
+        block.probabilities(isa, tile, &rows, qs, k_t, scale);
+        interleave(&rows, &block.scores, keys, &mut block.coef);
+        weighted_rows(isa, tile, &rows, &block.coef, vs, width, out);
     }
 }
 

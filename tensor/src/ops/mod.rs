@@ -17,6 +17,7 @@ use half::bf16;
 use std::cell::Cell;
 
 pub mod attention;
+pub mod attention_cache;
 pub mod concat;
 pub mod elementwise;
 pub mod embedding;
