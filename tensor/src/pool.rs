@@ -54,6 +54,20 @@ struct Pool {
     clock: u64,
 }
 
+impl Pool {
+    /// One pooled buffer of the class `key`, if any, out of the pool. A class left empty is dropped: an
+    /// empty class is never a candidate for eviction, and dropping it keeps the map small.
+    fn pop(&mut self, key: (DType, usize)) -> Option<CpuStorage> {
+        let class = self.classes.get_mut(&key)?;
+        let buffer = class.buffers.pop().expect("pooled classes are never empty");
+        if class.buffers.is_empty() {
+            self.classes.remove(&key);
+        }
+        self.pooled_bytes -= capacity_bytes(&buffer);
+        Some(buffer)
+    }
+}
+
 /// The pooled buffers of one dtype and element count.
 #[derive(Default)]
 struct Class {
@@ -143,16 +157,12 @@ fn take<T: Element>(n: usize) -> Option<Vec<T>> {
     let mut pool = pool();
     pool.clock += 1;
     let now = pool.clock;
-    let class = pool.classes.entry((T::DTYPE, n)).or_default();
-    class.last_use = now;
-    let found = class.buffers.pop();
-    if class.buffers.is_empty() {
-        // An empty class is never a candidate for eviction; dropping its entry keeps the map small.
-        pool.classes.remove(&(T::DTYPE, n));
+    let key = (T::DTYPE, n);
+    if let Some(class) = pool.classes.get_mut(&key) {
+        class.last_use = now;
     }
-    match found {
+    match pool.pop(key) {
         Some(storage) => {
-            pool.pooled_bytes -= capacity_bytes(&storage);
             pool.hits += 1;
             // The class key holds the dtype, so the conversion succeeds.
             T::storage_into_vec(storage)
@@ -209,13 +219,7 @@ pub(crate) fn on_drop(storage: CpuStorage, bytes: usize) {
         let Some((&victim, _)) = oldest else {
             return; // only this size is pooled and it is full: the buffer is freed
         };
-        let class = pool.classes.get_mut(&victim).expect("the victim class was just found");
-        let buffer = class.buffers.pop().expect("pooled classes are never empty");
-        if class.buffers.is_empty() {
-            pool.classes.remove(&victim);
-        }
-        pool.pooled_bytes -= capacity_bytes(&buffer);
-        evicted.push(buffer);
+        evicted.extend(pool.pop(victim));
     }
     pool.clock += 1;
     let now = pool.clock;

@@ -42,21 +42,20 @@ pub fn rope_backward<T: Float>(
 /// arithmetic as the f32 kernel on the widened tensor, so the bits of the upcast path, without its two
 /// whole-tensor conversions.
 pub fn rope_bf16(x: &[bf16], dims: RopeDims, positions: &[u32], theta: f64, inverse: bool, y: &mut [bf16]) {
-    let RopeDims { seq, heads, head_dim, .. } = dims;
-    let token_len = heads * head_dim;
-    if head_dim / 2 == 0 || seq == 0 || token_len == 0 {
-        return;
-    }
     let sin_sign = if inverse { -1.0 } else { 1.0 };
-    let (cos, sin) = angle_table::<f32>(&positions[..seq], head_dim, theta, sin_sign);
-    let isa = Isa::active();
-    for_each_row_block(y, token_len, token_len, |token0, out| {
-        let input = &x[token0 * token_len..token0 * token_len + out.len()];
-        let (mut wide, mut rotated) = (vec![0.0f32; out.len()], vec![0.0f32; out.len()]);
-        widen(input, &mut wide);
-        rotate_tokens(isa, &wide, &mut rotated, token0, dims, &cos, &sin);
-        round(&rotated, out);
-    });
+    for_each_token_block::<f32, _>(
+        y,
+        dims,
+        positions,
+        theta,
+        sin_sign,
+        |isa, token0, input, out, cos, sin| {
+            let (mut wide, mut rotated) = (vec![0.0f32; out.len()], vec![0.0f32; out.len()]);
+            widen(&x[input], &mut wide);
+            rotate_tokens(isa, &wide, &mut rotated, token0, dims, cos, sin);
+            round(&rotated, out);
+        },
+    );
 }
 
 /// Positions are split as `pos = coarse + fine` with `fine = pos % FINE`, and the rotation by `pos`
@@ -96,17 +95,37 @@ fn angle_table<T: Float>(positions: &[u32], head_dim: usize, theta: f64, sin_sig
 
 /// Rotates every head of `src` into `dst` by the table angles of its sequence index.
 fn rotate<T: Float>(src: &[T], dims: RopeDims, positions: &[u32], theta: f64, sin_sign: f64, dst: &mut [T]) {
+    for_each_token_block::<T, _>(
+        dst,
+        dims,
+        positions,
+        theta,
+        sin_sign,
+        |isa, token0, input, out, cos, sin| rotate_tokens(isa, &src[input], out, token0, dims, cos, sin),
+    );
+}
+
+/// The angle table in `T` ([`angle_table`]), then `f(isa, token0, input, out, cos, sin)` over blocks of
+/// whole tokens of `dst` (in parallel, blocks fixed by the shape alone), `input` the block's element
+/// range of the source, `token0` its first token.
+fn for_each_token_block<T: Float, O: Send>(
+    dst: &mut [O],
+    dims: RopeDims,
+    positions: &[u32],
+    theta: f64,
+    sin_sign: f64,
+    f: impl Fn(Isa, usize, std::ops::Range<usize>, &mut [O], &[T], &[T]) + Sync,
+) {
     let RopeDims { seq, heads, head_dim, .. } = dims;
-    let half = head_dim / 2;
     let token_len = heads * head_dim;
-    if half == 0 || seq == 0 || token_len == 0 {
+    if head_dim / 2 == 0 || seq == 0 || token_len == 0 {
         return;
     }
     let (cos, sin) = angle_table::<T>(&positions[..seq], head_dim, theta, sin_sign);
     let isa = Isa::active();
     for_each_row_block(dst, token_len, token_len, |token0, out| {
-        let input = &src[token0 * token_len..token0 * token_len + out.len()];
-        rotate_tokens(isa, input, out, token0, dims, &cos, &sin);
+        let start = token0 * token_len;
+        f(isa, token0, start..start + out.len(), out, &cos, &sin)
     });
 }
 

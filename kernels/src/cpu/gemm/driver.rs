@@ -373,6 +373,13 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
 
 /// The blocked GEMM; `threads == 1` runs on the calling thread. A rounding C ([`CElement::ROUNDS`]) needs
 /// `k <= kc` (one depth block).
+/// The columns of one B panel of depth `k`: as many whole NR slivers as fit [`B_PANEL_BYTES`] packed,
+/// at least one, at most NC.
+fn panel_width<T, S, P>(kernel: &Kernel<T, S, P>, k: usize, packed_size: usize) -> usize {
+    (B_PANEL_BYTES / (kernel.packed_depth(k) * packed_size) / kernel.nr * kernel.nr)
+        .clamp(kernel.nr, kernel.nc)
+}
+
 /// The depth of the ranges a deep product is split into, if it is split. When B's whole depth does not
 /// fit [`B_PANEL_BYTES`] at the widest panel the kernel takes (`min(n, NC)`), the panels are narrowed and
 /// every row block of A is packed again for each of them (the LM head's `dlogits @ W`, depth 32000 and 512
@@ -381,10 +388,7 @@ pub(super) fn check_extent<T>(name: &str, view: MatRef<'_, T>, rows: usize, cols
 /// outnumber the C elements added (per row of C: `k * (panels before - panels after)` against
 /// `2 n (ranges - 1)`), which keeps the head's logits product (depth d, 32000 columns) whole.
 fn depth_range<T, S, P>(kernel: &Kernel<T, S, P>, k: usize, n: usize, packed_size: usize) -> Option<usize> {
-    let panel_width = |depth: usize| {
-        (B_PANEL_BYTES / (kernel.packed_depth(depth) * packed_size) / kernel.nr * kernel.nr)
-            .clamp(kernel.nr, kernel.nc)
-    };
+    let panel_width = |depth: usize| panel_width(kernel, depth, packed_size);
     let widest = n.next_multiple_of(kernel.nr).min(kernel.nc);
     if k <= kernel.kc || panel_width(k) >= widest {
         return None;
@@ -442,7 +446,7 @@ pub(super) fn gemm_on<T: Float, S: Copy + Sync, P: Copy + Default + Send + Sync,
     }
     let (a_src, b_src) = (PanelSource::lhs(a), PanelSource::rhs(b));
     let packed_k = kernel.packed_depth(k);
-    let width = (B_PANEL_BYTES / (packed_k * size_of::<P>()) / nr * nr).clamp(nr, kernel.nc);
+    let width = panel_width(kernel, k, size_of::<P>());
     workspace.a_packs.resize_with(threads, Vec::new);
     let Workspace { a_packs, b_pack: b_buf } = workspace;
     let a_packs = &mut a_packs[..threads];
