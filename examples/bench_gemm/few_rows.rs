@@ -8,7 +8,8 @@
 //! f32, all rayon threads), after a `copy` line (a 512 MiB `copy_from_slice`, median of 5).
 use super::median;
 use super::shapes::filled;
-use cola::kernels::cpu::gemm::{gemm, gemm_blocked_with_path, Dims, KernelPath, MatRef};
+use cola::kernels::cpu::gemm::{gemm, gemm_blocked_with_path, gemv_bf16, BatchRef, Dims, KernelPath, MatRef};
+use cola::tensor::bf16;
 use std::time::Instant;
 
 /// (m, k, n): the 350m head, an MLP up projection, a rank-256 CoLA up projection, and 4 and 8 rows of
@@ -55,15 +56,24 @@ pub fn run_all() {
             // The selected path is available by construction, so this cannot fail.
             let _ = gemm_blocked_with_path(path, dims, 1.0, lhs, rhs, 0.0, &mut c);
         });
-        let gbs = |seconds: f64| (k * n * 4) as f64 / seconds / 1e9;
+        let a16: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
+        let b16: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+        let few_row_bf16 = time(|| {
+            let lhs = BatchRef { data: &a16, offsets: &[0], row_stride: k, col_stride: 1 };
+            let rhs = BatchRef { data: &b16, offsets: &[0], row_stride: n, col_stride: 1 };
+            gemv_bf16(path, dims, lhs, rhs, &mut c).expect("a few-row product");
+        });
+        let gbs = |seconds: f64, bytes: usize| (k * n * bytes) as f64 / seconds / 1e9;
         println!(
             "few_rows {m}x{k}@{k}x{n} few_row_ms={:.3} few_row_gbs={:.1} blocked_ms={:.3} blocked_gbs={:.1} \
-             speedup={:.2}",
+             speedup={:.2} bf16_ms={:.3} bf16_gbs={:.1}",
             few_row * 1e3,
-            gbs(few_row),
+            gbs(few_row, 4),
             blocked * 1e3,
-            gbs(blocked),
-            blocked / few_row
+            gbs(blocked, 4),
+            blocked / few_row,
+            few_row_bf16 * 1e3,
+            gbs(few_row_bf16, 2),
         );
     }
 }

@@ -4,20 +4,23 @@
 //!
 //! Why: with one to a few rows (a decode step) the blocked GEMM's cost is packing B, a full extra pass
 //! over the weights (plus the MR-tall micro-kernel mostly multiplying padding). Here B is read once, in
-//! place: C's columns are cut into chunks of `CHUNK_COLS` (the unit of parallel work; narrower when
-//! there would be fewer chunks than threads, see [`chunk_width`]), a chunk into register tiles of `TILE` columns. For each depth block (the path's KC) every tile of the chunk
-//! runs with its `m x TILE` accumulators in registers, each depth step loading one `TILE`-wide run of a
-//! B row and broadcasting the m values of A's column (A is gathered once per call into depth-major
-//! `[k][m]`); the chunk's first tile prefetches the whole chunk's width of the rows ahead, so B streams
-//! from memory in runs of a chunk's width, and the other tiles find their rows in cache.
+//! place, as a stream: C's columns are cut into tasks (the unit of parallel work) of [`task_width`]
+//! columns; a task keeps the f32 (or f64) sums of its `m x width` outputs in a buffer that stays in
+//! the L1 cache, and walks B's rows in depth order, each row's run of `width` columns read from one
+//! end to the other (a long contiguous run per row is what lets the hardware prefetcher stream the
+//! weights; the register-tile form this replaced read 256-column runs, one cache-line group per 64 KiB
+//! row stride, and reached a third of the read bandwidth). A pass loads each accumulator once, applies
+//! [`STEPS`] consecutive depth steps to it and stores it, so the accumulator traffic is a fraction of
+//! B's; A is gathered once per call into depth-major `[k][m]`.
 //!
 //! Summation order: exactly the blocked GEMM's on the same path, so a row's result does not depend on
 //! whether it went through here or through the GEMM (nor on how many rows shared the call): for each
 //! element, depth blocks of the path's KC in order; within a block a sum from zero over k in order
 //! (`acc = fma(a, b, acc)` on the AVX2+FMA and AVX-512F paths, `acc += a * b` on the portable one); then
 //! the block is combined into C as the micro-kernels do (first block `alpha * acc` when `beta == 0`, else
-//! `alpha * acc + beta * C`; later blocks `alpha * acc + C`, fused on the FMA paths). The tests check
-//! this bit for bit against the GEMM.
+//! `alpha * acc + beta * C`; later blocks `alpha * acc + C`, fused on the FMA paths). How many steps a
+//! pass applies, and in which order the columns are visited, change nothing in that per-element chain.
+//! The tests check this bit for bit against the GEMM.
 //!
 //! bf16 operands (`gemv_bf16`, the few-row dispatch of the bf16 matmul): the same loops with A and B
 //! read as bf16 and widened to f32 in registers (a bf16 is the top half of an f32, so widening is exact),
@@ -26,10 +29,11 @@
 //! check), hence also the blocked GEMM's and the bf16 GEMM's widening path (`bf16/`) on the same f32
 //! micro-kernel path.
 //!
-//! Determinism: each element is computed by one task in the order above, whichever chunk holds it,
+//! Determinism: each element is computed by one task in the order above, whichever task holds it,
 //! and the instruction-set level (`simd::multiversion!`) changes only the vector width (every operation
 //! is lane-wise and explicitly fused or not), so results are bit-identical for any thread count and any
-//! level. A partial last tile runs on a zero-padded copy of its columns of B, through the same code.
+//! level. The SIMD passes take whole vectors of columns; a task's last few columns (fewer than a
+//! vector) run through the portable pass with the same rounding.
 use super::driver::{check_extent, Product};
 use super::kernel::{Kernel, KernelPath, PathUnavailable, Update};
 use super::{BatchRef, Dims, MatRef, PARALLEL_MIN_VOLUME};
@@ -40,12 +44,10 @@ use rayon::prelude::*;
 
 /// An element of A and B as this path reads it: widened exactly to the accumulation type `T`.
 pub(super) trait Operand<T>: Copy + Send + Sync + 'static {
-    const ZERO: Self;
     fn widen(self) -> T;
 }
 
 impl<T: Float> Operand<T> for T {
-    const ZERO: T = T::ZERO;
     #[inline(always)]
     fn widen(self) -> T {
         self
@@ -53,7 +55,6 @@ impl<T: Float> Operand<T> for T {
 }
 
 impl Operand<f32> for bf16 {
-    const ZERO: bf16 = bf16::ZERO;
     #[inline(always)]
     fn widen(self) -> f32 {
         self.to_f32()
@@ -68,21 +69,32 @@ pub const FEW_ROWS_MAX: usize = 8;
 // `gemv_on` has one arm per row count up to FEW_ROWS_MAX.
 const _: () = assert!(FEW_ROWS_MAX == 8);
 
-/// Columns per register tile: two 512-bit f32 vectors per row, so 8 rows use 16 of the 32 registers.
-pub(super) const TILE: usize = 32;
+/// Depth steps a pass applies to each accumulator between loading and storing it. Four rows of B are
+/// read side by side (four sequential streams); at one step per pass the accumulators' load and store
+/// traffic outweighed B's (measured: half the bandwidth at one row).
+pub(super) const STEPS: usize = 4;
 
-/// Columns per parallel task: 8 tiles, 1 KiB of each f32 B row, so a 32000-column head gives 125 tasks.
-const CHUNK_COLS: usize = 8 * TILE;
+/// Accumulators one task keeps, for all its rows: 4096 f32 are 16 KiB, half an L1 data cache, so the
+/// accumulators stay there while B streams past. A row's run is then `4096 / m` columns (8 KiB of a
+/// bf16 row at m = 1). Measured on an AVX2 Zen 3 with a bf16 `[1024, 32768]` B: at m = 1 runs of 4096
+/// columns read at about the machine's read bandwidth, 1024 at two thirds of it; at m = 8, 512 columns
+/// ran 1.5x faster than 1024 (accumulators spilling out of L1 cost more than the shorter runs).
+const TASK_ACCUMULATORS: usize = 4096;
 
-/// The chunk width for `n` columns on `threads` threads: [`CHUNK_COLS`], or whole tiles split evenly
-/// when that would give fewer chunks than threads. The CoLA down factors `[d, r]` have `r = 256`
-/// columns, one full chunk, which one thread would otherwise stream alone while the others wait; a
-/// chunk only decides which task computes a column, never how, so the results do not depend on it.
-fn chunk_width(n: usize, threads: usize) -> usize {
-    if threads <= 1 || n.div_ceil(CHUNK_COLS) >= threads {
-        return CHUNK_COLS;
+/// Task widths are multiples of this (an AVX-512 f32 vector), except where a product ends.
+const COLUMN_ALIGN: usize = 16;
+
+/// The task width for `n` columns of `rows` rows on `threads` threads: [`TASK_ACCUMULATORS`]` / rows`
+/// columns, or whole [`COLUMN_ALIGN`] groups split evenly when that would give fewer tasks than threads
+/// (a CoLA down factor `[d, r]` has `r = 256` columns, which one thread would otherwise stream alone while
+/// the others wait). A task only decides which thread computes a column, never how, so the results do
+/// not depend on it.
+fn task_width(n: usize, rows: usize, threads: usize) -> usize {
+    let full = (TASK_ACCUMULATORS / rows.max(1)).next_multiple_of(COLUMN_ALIGN);
+    if threads <= 1 || n.div_ceil(full) >= threads {
+        return full;
     }
-    n.div_ceil(threads).next_multiple_of(TILE).clamp(TILE, CHUNK_COLS)
+    n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN).clamp(COLUMN_ALIGN, full)
 }
 
 /// Whether a product takes this path: few rows and B's columns contiguous.
@@ -90,10 +102,10 @@ pub(super) fn fits<T>(dims: Dims, b: MatRef<'_, T>) -> bool {
     dims.m <= FEW_ROWS_MAX && (b.col_stride == 1 || dims.n == 1)
 }
 
-/// What a tile needs besides its B columns and C rows.
+/// What a task needs besides its B columns and C rows.
 #[derive(Clone, Copy)]
 pub(super) struct Params<T> {
-    /// The micro-kernel path whose rounding the tile follows.
+    /// The micro-kernel path whose rounding the task follows.
     pub(super) path: KernelPath,
     /// The path's depth block.
     pub(super) kc: usize,
@@ -101,15 +113,14 @@ pub(super) struct Params<T> {
     pub(super) beta: T,
 }
 
-/// Depth block `block` of one `R x TILE` tile, in the summation order of the file header: `a[p]` is A's
-/// column `block * kc + p`, that row of B is `b[p * b_stride..][..TILE]`; the block's sum is combined
-/// into `out` (C's tile) as the micro-kernels combine theirs. `prefetch` asks for that many columns of
-/// the B rows some steps ahead to be prefetched (a hint: no effect on results).
+/// One depth block's products added into a task's accumulators: for every depth step `p` of `a` in
+/// order, `acc[i * acc_stride + j] = fma(a[p][i], b[p * b_stride + j], acc[i * acc_stride + j])` for the
+/// rows `i < R` and the columns `j < cols` (B's elements `S` widened to `T` as they are loaded). Arguments:
+/// `(a, b, b_stride, acc, acc_stride, cols)`; `cols` is a multiple of the function's vector width.
 ///
-/// Unsafe to call: SIMD implementations execute instructions the CPU must have (`gemv_x86::tile_for`
-/// returns one only after detecting them). B's elements are `S` (widened to `T` as they are loaded).
-pub(super) type TileFn<T, S, const R: usize> =
-    unsafe fn(Params<T>, usize, &[[T; R]], &[S], usize, usize, &mut [[T; TILE]; R]);
+/// Unsafe to call: SIMD implementations execute instructions the CPU must have (`gemv_x86::span_for`
+/// returns one only after detecting them).
+pub(super) type SpanFn<T, S, const R: usize> = unsafe fn(&[[T; R]], &[S], usize, &mut [T], usize, usize);
 
 /// The few-row product on `kernel`'s summation order (its KC, fused or not), operands `S` widened to
 /// `T`; `threads == 1` runs on the calling thread. The caller has checked [`fits`], that `k > 0`,
@@ -203,22 +214,22 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
     let a_cols: Vec<[T; R]> = (0..k)
         .map(|p| std::array::from_fn(|i| a.data[a.offset + i * a.row_stride + p * a.col_stride].widen()))
         .collect();
-    // `chunks[t][i]` is row i of C restricted to chunk t's columns.
-    let width = chunk_width(n, threads);
-    let mut chunks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
+    // `tasks[t][i]` is row i of C restricted to task t's columns.
+    let width = task_width(n, R, threads);
+    let mut tasks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
     for row in c.chunks_mut(n) {
-        for (chunk, part) in chunks.iter_mut().zip(row.chunks_mut(width)) {
-            chunk.push(part);
+        for (task, part) in tasks.iter_mut().zip(row.chunks_mut(width)) {
+            task.push(part);
         }
     }
     let isa = Isa::active();
     let b_rows = Columns { data: b.data, offset: b.offset, row_stride: b.row_stride };
-    let run = |(t, chunk): (usize, Vec<&mut [T]>)| chunk_task(isa, params, &a_cols, b_rows, t * width, chunk);
+    let run = |(t, rows): (usize, Vec<&mut [T]>)| task(isa, params, &a_cols, b_rows, t * width, rows);
     let volume = n.saturating_mul(k).saturating_mul(R);
-    if threads > 1 && volume >= PARALLEL_MIN_VOLUME && chunks.len() > 1 {
-        chunks.into_par_iter().enumerate().for_each(run);
+    if threads > 1 && volume >= PARALLEL_MIN_VOLUME && tasks.len() > 1 {
+        tasks.into_par_iter().enumerate().for_each(run);
     } else {
-        chunks.into_iter().enumerate().for_each(run);
+        tasks.into_iter().enumerate().for_each(run);
     }
 }
 
@@ -230,8 +241,8 @@ struct Columns<'a, T> {
     row_stride: usize,
 }
 
-/// One chunk of columns starting at `col0`: `c_rows[i]` is row i of C over the chunk.
-fn chunk_task<T: Float, S: Operand<T>, const R: usize>(
+/// One task: the columns from `col0` on, `c_rows[i]` being row i of C over them.
+fn task<T: Float, S: Operand<T>, const R: usize>(
     isa: Isa,
     params: Params<T>,
     a_cols: &[[T; R]],
@@ -240,107 +251,84 @@ fn chunk_task<T: Float, S: Operand<T>, const R: usize>(
     mut c_rows: Vec<&mut [T]>,
 ) {
     let width = c_rows.first().map_or(0, |row| row.len());
-    let k = a_cols.len();
     #[cfg(target_arch = "x86_64")]
-    let simd = super::gemv_x86::tile_for::<T, S, R>(params.path);
+    let simd = super::gemv_x86::span_for::<T, S, R>(params.path);
     #[cfg(not(target_arch = "x86_64"))]
-    let simd: Option<TileFn<T, S, R>> = None;
-    let tile = |block, a: &[[T; R]], b: &[S], b_stride, prefetch, out: &mut [[T; TILE]; R]| match simd {
-        // SAFETY: `tile_for` returns a SIMD tile only for a path whose features this CPU has.
-        Some(simd) => unsafe { simd(params, block, a, b, b_stride, prefetch, out) },
-        None => portable_tile(isa, params, block, a, b, b_stride, out),
-    };
-    let tiles = width.div_ceil(TILE);
-    let mut outs: Vec<[[T; TILE]; R]> = vec![[[T::ZERO; TILE]; R]; tiles];
-    for (t, out) in outs.iter_mut().enumerate() {
-        let cols = t * TILE..(t * TILE + TILE).min(width);
-        for (out_row, c_row) in out.iter_mut().zip(c_rows.iter()) {
-            out_row[..cols.len()].copy_from_slice(&c_row[cols.clone()]);
-        }
-    }
-    // A partial last tile runs on its columns of B copied into TILE-wide zero-padded rows.
-    let live = width - (tiles - 1) * TILE;
-    let padded = (live < TILE).then(|| {
-        let first = b.offset + col0 + (tiles - 1) * TILE;
-        let mut padded = vec![S::ZERO; k * TILE];
-        for (p, padded_row) in padded.chunks_exact_mut(TILE).enumerate() {
-            padded_row[..live].copy_from_slice(&b.data[first + p * b.row_stride..][..live]);
-        }
-        padded
-    });
+    let simd: Option<(SpanFn<T, S, R>, usize)> = None;
+    // The SIMD pass takes whole vectors; the rest of the columns take the portable pass.
+    let vector_cols = simd.map_or(0, |(_, lanes)| width / lanes * lanes);
+    let fused = params.path != KernelPath::Portable;
+    let mut acc = vec![T::ZERO; R * width];
     let kc = params.kc.max(1);
     for (block, a_block) in a_cols.chunks(kc).enumerate() {
-        for (t, out) in outs.iter_mut().enumerate() {
-            let row0 = block * kc;
-            // The first tile prefetches the whole chunk's part of the rows ahead, so B streams in runs of
-            // the chunk's width, not of one tile's.
-            let prefetch = if t == 0 { width } else { 0 };
-            match (&padded, t + 1 == tiles) {
-                (Some(padded), true) => tile(block, a_block, &padded[row0 * TILE..], TILE, 0, out),
-                _ => {
-                    let first = b.offset + row0 * b.row_stride + col0 + t * TILE;
-                    tile(block, a_block, &b.data[first..], b.row_stride, prefetch, out);
-                }
-            }
+        acc.fill(T::ZERO);
+        let b_block = &b.data[b.offset + block * kc * b.row_stride + col0..];
+        if let Some((span, _)) = simd.filter(|_| vector_cols > 0) {
+            // SAFETY: `span_for` returns a SIMD pass only for a path whose features this CPU has.
+            unsafe { span(a_block, b_block, b.row_stride, &mut acc, width, vector_cols) };
         }
-    }
-    for (t, out) in outs.iter().enumerate() {
-        let cols = t * TILE..(t * TILE + TILE).min(width);
-        for (c_row, out_row) in c_rows.iter_mut().zip(out.iter()) {
-            c_row[cols.clone()].copy_from_slice(&out_row[..cols.len()]);
+        if vector_cols < width {
+            let (b_rest, acc_rest) = (&b_block[vector_cols..], &mut acc[vector_cols..]);
+            portable_span(isa, fused, a_block, b_rest, b.row_stride, acc_rest, width, width - vector_cols);
         }
+        let update = match block {
+            0 if params.beta == T::ZERO => Update::Overwrite,
+            0 => Update::Scale(params.beta),
+            _ => Update::Accumulate,
+        };
+        combine(isa, fused, params.alpha, update, &acc, &mut c_rows);
     }
 }
 
 multiversion! {
-    /// The portable [`TileFn`] (without prefetching): plain loops compiled for every instruction-set
-    /// level (bit-identical on all). Runs the portable path's rounding, and the fused one where no SIMD
-    /// tile exists.
-    fn portable_tile[T: Float, S: Operand<T>, const R: usize](
+    /// The portable [`SpanFn`] (with the rounding of `fused`): plain loops compiled for every
+    /// instruction-set level (bit-identical on all). Runs the whole task on the portable path, and the
+    /// columns past the last whole vector on the SIMD ones.
+    #[allow(clippy::too_many_arguments)]
+    fn portable_span[T: Float, S: Operand<T>, const R: usize](
         isa: Isa,
-        params: Params<T>,
-        block: usize,
+        fused: bool,
         a: &[[T; R]],
         b: &[S],
         b_stride: usize,
-        out: &mut [[T; TILE]; R]
+        acc: &mut [T],
+        acc_stride: usize,
+        cols: usize
     ) {
-        let Params { path, alpha, beta, .. } = params;
-        let fused = path != KernelPath::Portable;
-        let mut acc = [[T::ZERO; TILE]; R];
         for (p, a_p) in a.iter().enumerate() {
-            let b_row = &b[p * b_stride..p * b_stride + TILE];
-            for (acc_row, &a_i) in acc.iter_mut().zip(a_p) {
+            let b_row = &b[p * b_stride..][..cols];
+            for (i, &a_i) in a_p.iter().enumerate() {
+                let acc_row = &mut acc[i * acc_stride..][..cols];
                 for (acc_ij, &b_j) in acc_row.iter_mut().zip(b_row) {
                     let b_j = b_j.widen();
                     *acc_ij = if fused { fma(a_i, b_j, *acc_ij) } else { *acc_ij + a_i * b_j };
                 }
             }
         }
-        let update = match block {
-            0 if beta == T::ZERO => Update::Overwrite,
-            0 => Update::Scale(beta),
-            _ => Update::Accumulate,
-        };
-        combine(fused, alpha, update, &acc, out);
     }
 }
 
-/// Combines one depth block's sums into the tile as the micro-kernels do ([`Update`]).
-#[inline(always)]
-fn combine<T: Float, const R: usize>(
-    fused: bool,
-    alpha: T,
-    update: Update<T>,
-    acc: &[[T; TILE]; R],
-    out: &mut [[T; TILE]; R],
-) {
-    let pairs = out.iter_mut().flatten().zip(acc.iter().flatten());
-    match (update, fused) {
-        (Update::Overwrite, _) => pairs.for_each(|(c, &t)| *c = alpha * t),
-        (Update::Scale(beta), true) => pairs.for_each(|(c, &t)| *c = fma(alpha, t, beta * *c)),
-        (Update::Scale(beta), false) => pairs.for_each(|(c, &t)| *c = alpha * t + beta * *c),
-        (Update::Accumulate, true) => pairs.for_each(|(c, &t)| *c = fma(alpha, t, *c)),
-        (Update::Accumulate, false) => pairs.for_each(|(c, &t)| *c += alpha * t),
+multiversion! {
+    /// Combines one depth block's sums (`acc`, C's rows one after the other) into C's rows as the
+    /// micro-kernels do ([`Update`]).
+    fn combine[T: Float](
+        isa: Isa,
+        fused: bool,
+        alpha: T,
+        update: Update<T>,
+        acc: &[T],
+        c_rows: &mut [&mut [T]]
+    ) {
+        let width = c_rows.first().map_or(0, |row| row.len());
+        for (c_row, acc_row) in c_rows.iter_mut().zip(acc.chunks_exact(width.max(1))) {
+            let pairs = c_row.iter_mut().zip(acc_row);
+            match (update, fused) {
+                (Update::Overwrite, _) => pairs.for_each(|(c, &t)| *c = alpha * t),
+                (Update::Scale(beta), true) => pairs.for_each(|(c, &t)| *c = fma(alpha, t, beta * *c)),
+                (Update::Scale(beta), false) => pairs.for_each(|(c, &t)| *c = alpha * t + beta * *c),
+                (Update::Accumulate, true) => pairs.for_each(|(c, &t)| *c = fma(alpha, t, *c)),
+                (Update::Accumulate, false) => pairs.for_each(|(c, &t)| *c += alpha * t),
+            }
+        }
     }
 }

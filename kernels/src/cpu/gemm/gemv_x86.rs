@@ -1,112 +1,114 @@
-//! x86-64 register tiles of the few-row path (`gemv.rs`): AVX2+FMA and AVX-512F, f32, f64 and bf16
-//! operands with f32 accumulators, all six from one macro (as the GEMM micro-kernels in `x86.rs`), so
-//! the AVX-512 kernels share every line of logic with the AVX2 ones. A bf16 tile differs only in how it
-//! loads a B run: 16 (or 8) bf16 zero-extended to 32-bit lanes and shifted into the top half, which is
-//! the f32 of the same value (exact), so a bf16 tile's sums are the f32 tile's on the widened values.
+//! x86-64 passes of the few-row path (`gemv.rs`): AVX2+FMA and AVX-512F, f32, f64 and bf16 operands
+//! with f32 accumulators, all six from one macro (as the GEMM micro-kernels in `x86.rs`), so the AVX-512
+//! kernels share every line of logic with the AVX2 ones. A bf16 pass differs only in how it loads a B
+//! run: 16 (or 8) bf16 zero-extended to 32-bit lanes and shifted into the top half, which is the f32 of
+//! the same value (exact), so a bf16 pass's sums are the f32 pass's on the widened values.
 //!
-//! A tile is `R x TILE` accumulator lanes (`R x NV` vectors): per depth step, `NV` loads of a B row's
-//! run, `R` broadcasts of A's column, `R * NV` independent FMAs. f32 on AVX-512 at R = 8 is 16
-//! accumulators of 32 registers; wider combinations spill some accumulators to L1, which a product
-//! bound by memory bandwidth does not notice.
-use super::gemv::{Params, TileFn, TILE};
+//! A pass over `U` depth steps (`U = STEPS`, or 1 for a block's last few steps) broadcasts the `U x R`
+//! values of A once; then for each vector of columns it loads the `U` rows' runs of B, and for each row
+//! of C loads its accumulator vector, applies the `U` multiply-adds in depth order and stores it. Where
+//! the broadcasts outnumber the registers (AVX2 at R = 8: 32 of 16) the compiler keeps them on the stack
+//! and the multiply-adds read them from L1, which a product bound by memory bandwidth does not notice.
+use super::gemv::{SpanFn, STEPS};
 use super::kernel::KernelPath;
 use crate::Float;
 use half::bf16;
 use std::any::Any;
 use std::arch::x86_64::*;
-use std::mem::size_of;
 
-/// How many B rows ahead the first tile of a chunk prefetches: enough requests in flight to cover the
-/// memory latency (tens of depth steps run in that time), few enough to stay in L1.
-const PREFETCH_ROWS: usize = 16;
-
-/// One depth block's call: whether it is the first (which applies beta), B's row stride, and how many
-/// cache lines of each row `PREFETCH_ROWS` ahead to prefetch.
-#[derive(Clone, Copy)]
-struct Step {
-    first_block: bool,
-    b_stride: usize,
-    prefetch_lines: usize,
-}
-
-macro_rules! gemv_tile {
+macro_rules! gemv_span {
     (
         $(#[$doc:meta])*
-        $name:ident / $inner:ident: $features:literal, $t:ty, B $s:ty, $lanes:literal lanes,
-        $zero:ident, $load:ident, $load_b:ident, $store:ident, $splat:ident, $mul:ident, $fmadd:ident
+        $name:ident / $inner:ident / $pass:ident: $features:literal, $t:ty, B $s:ty, $lanes:literal lanes,
+        $zero:ident, $load:ident, $load_b:ident, $store:ident, $splat:ident, $fmadd:ident
     ) => {
         $(#[$doc])*
-        /// A [`TileFn`].
+        /// A [`SpanFn`].
         ///
         /// # Safety
         /// The CPU must have the target features named in the `target_feature` of the inner function.
         unsafe fn $name<const R: usize>(
-            params: Params<$t>,
-            block: usize,
             a: &[[$t; R]],
             b: &[$s],
             b_stride: usize,
-            prefetch: usize,
-            out: &mut [[$t; TILE]; R],
+            acc: &mut [$t],
+            acc_stride: usize,
+            cols: usize,
         ) {
             let Some(last) = a.len().checked_sub(1) else { return };
-            assert!(b.len() >= last * b_stride + TILE, "gemv tile: B holds {} values", b.len());
-            let step = Step { first_block: block == 0, b_stride, prefetch_lines: (prefetch * size_of::<$s>()).div_ceil(64) };
-            // SAFETY: the caller guarantees the CPU features; B's rows `p < a.len()` each hold TILE values
-            // from `p * b_stride` (asserted above); `out` is borrowed mutably for the call.
-            unsafe { $inner::<R>(params, step, a, b.as_ptr(), out) }
+            assert!(cols % $lanes == 0, "gemv pass: {cols} columns are not whole vectors");
+            assert!(b.len() >= last * b_stride + cols, "gemv pass: B holds {} values", b.len());
+            assert!(R == 0 || acc.len() >= (R - 1) * acc_stride + cols, "gemv pass: {} accumulators", acc.len());
+            // SAFETY: the caller guarantees the CPU features; B's rows `p < a.len()` each hold `cols`
+            // values from `p * b_stride`, and the accumulator rows `i < R` hold `cols` from
+            // `i * acc_stride` (asserted above); `acc` is borrowed mutably for the call.
+            unsafe { $inner::<R>(a, b.as_ptr(), b_stride, acc.as_mut_ptr(), acc_stride, cols) }
         }
 
         /// # Safety
-        /// The CPU has the features; `b.add(p * b_stride)` points at TILE readable values for
-        /// `p < a.len()`.
+        /// The CPU has the features; `b.add(p * b_stride)` points at `cols` readable values for
+        /// `p < a.len()`, `acc.add(i * acc_stride)` at `cols` writable ones for `i < R`; `cols` is a
+        /// multiple of the vector width.
         #[target_feature(enable = $features)]
         unsafe fn $inner<const R: usize>(
-            params: Params<$t>,
-            step: Step,
             a: &[[$t; R]],
             b: *const $s,
-            out: &mut [[$t; TILE]; R],
+            b_stride: usize,
+            acc: *mut $t,
+            acc_stride: usize,
+            cols: usize,
         ) {
-            const NV: usize = TILE / $lanes;
-            let Params { alpha, beta, .. } = params;
-            let Step { first_block, b_stride, prefetch_lines } = step;
-            let line = 64 / size_of::<$s>();
-            // SAFETY: B loads stay inside the rows the caller guarantees (depth step p reads row
-            // `p < a.len()`, lanes `0..TILE`); prefetch addresses are formed with wrapping arithmetic and
-            // never dereferenced (a prefetch cannot fault); `out` rows are TILE values each. Unaligned
-            // loads and stores throughout.
+            let mut groups = a.chunks_exact(STEPS);
+            let mut b_rows = b;
+            // SAFETY: each pass reads the rows of its steps, which the caller guarantees; the pointer is
+            // advanced with wrapping arithmetic and dereferenced only for rows that exist.
             unsafe {
-                let mut acc = [[$zero(); NV]; R];
-                let mut b_row = b;
-                for a_p in a {
-                    let ahead = b_row.wrapping_add(PREFETCH_ROWS * b_stride);
-                    for l in 0..prefetch_lines {
-                        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l * line).cast());
-                    }
-                    let mut b_v = [$zero(); NV];
-                    for (v, b_vv) in b_v.iter_mut().enumerate() {
-                        *b_vv = $load_b(b_row.add(v * $lanes));
-                    }
-                    for (acc_row, &a_i) in acc.iter_mut().zip(a_p) {
-                        let a_i = $splat(a_i);
-                        for (acc_v, &b_vv) in acc_row.iter_mut().zip(&b_v) {
-                            *acc_v = $fmadd(a_i, b_vv, *acc_v);
-                        }
-                    }
-                    b_row = b_row.wrapping_add(b_stride);
+                for group in groups.by_ref() {
+                    $pass::<R, STEPS>(group, b_rows, b_stride, acc, acc_stride, cols);
+                    b_rows = b_rows.wrapping_add(STEPS * b_stride);
                 }
-                // The micro-kernels' combine (`Update`): overwrite, scale by beta, or accumulate.
-                let alpha_v = $splat(alpha);
-                for (out_row, acc_row) in out.iter_mut().zip(&acc) {
-                    for (v, &acc_v) in acc_row.iter().enumerate() {
-                        let dst = out_row.as_mut_ptr().add(v * $lanes);
-                        let value = match first_block {
-                            true if beta == 0.0 => $mul(alpha_v, acc_v),
-                            true => $fmadd(alpha_v, acc_v, $mul($splat(beta), $load(dst))),
-                            false => $fmadd(alpha_v, acc_v, $load(dst)),
-                        };
-                        $store(dst, value);
+                for step in groups.remainder() {
+                    $pass::<R, 1>(std::slice::from_ref(step), b_rows, b_stride, acc, acc_stride, cols);
+                    b_rows = b_rows.wrapping_add(b_stride);
+                }
+            }
+        }
+
+        /// `U` depth steps (`a.len() == U`) over every column vector and accumulator row.
+        ///
+        /// # Safety
+        /// As the inner function, for the `U` rows of B from `b`.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn $pass<const R: usize, const U: usize>(
+            a: &[[$t; R]],
+            b: *const $s,
+            b_stride: usize,
+            acc: *mut $t,
+            acc_stride: usize,
+            cols: usize,
+        ) {
+            let mut a_v = [[$zero(); R]; U];
+            for (a_vu, a_u) in a_v.iter_mut().zip(a) {
+                for (v, &x) in a_vu.iter_mut().zip(a_u) {
+                    *v = $splat(x);
+                }
+            }
+            // SAFETY: column vectors `j < cols` of B rows `u < U` and accumulator rows `i < R` lie in
+            // what the caller guarantees. Unaligned loads and stores throughout.
+            unsafe {
+                for j in (0..cols).step_by($lanes) {
+                    let mut b_v = [$zero(); U];
+                    for (u, b_vu) in b_v.iter_mut().enumerate() {
+                        *b_vu = $load_b(b.add(u * b_stride + j));
+                    }
+                    for i in 0..R {
+                        let dst = acc.add(i * acc_stride + j);
+                        let mut sum = $load(dst);
+                        for (a_vu, &b_vu) in a_v.iter().zip(&b_v) {
+                            sum = $fmadd(a_vu[i], b_vu, sum);
+                        }
+                        $store(dst, sum);
                     }
                 }
             }
@@ -138,61 +140,60 @@ unsafe fn load_bf16_512(p: *const bf16) -> __m512 {
     }
 }
 
-gemv_tile!(
-    /// AVX2+FMA f32: 4 vectors of 8 per row.
-    avx2_f32 / avx2_f32_inner: "avx2,fma", f32, B f32, 8 lanes,
-    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps,
-    _mm256_fmadd_ps
+gemv_span!(
+    /// AVX2+FMA f32: vectors of 8.
+    avx2_f32 / avx2_f32_inner / avx2_f32_pass: "avx2,fma", f32, B f32, 8 lanes,
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps
 );
 
-gemv_tile!(
-    /// AVX2+FMA f64: 8 vectors of 4 per row.
-    avx2_f64 / avx2_f64_inner: "avx2,fma", f64, B f64, 4 lanes,
-    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_mul_pd,
-    _mm256_fmadd_pd
+gemv_span!(
+    /// AVX2+FMA f64: vectors of 4.
+    avx2_f64 / avx2_f64_inner / avx2_f64_pass: "avx2,fma", f64, B f64, 4 lanes,
+    _mm256_setzero_pd, _mm256_loadu_pd, _mm256_loadu_pd, _mm256_storeu_pd, _mm256_set1_pd, _mm256_fmadd_pd
 );
 
-gemv_tile!(
-    /// AVX2+FMA, bf16 B widened to f32: 4 vectors of 8 per row.
-    avx2_bf16 / avx2_bf16_inner: "avx2,fma", f32, B bf16, 8 lanes,
-    _mm256_setzero_ps, _mm256_loadu_ps, load_bf16_256, _mm256_storeu_ps, _mm256_set1_ps, _mm256_mul_ps,
-    _mm256_fmadd_ps
+gemv_span!(
+    /// AVX2+FMA, bf16 B widened to f32: vectors of 8.
+    avx2_bf16 / avx2_bf16_inner / avx2_bf16_pass: "avx2,fma", f32, B bf16, 8 lanes,
+    _mm256_setzero_ps, _mm256_loadu_ps, load_bf16_256, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps
 );
 
-gemv_tile!(
-    /// AVX-512F f32: 2 vectors of 16 per row.
-    avx512_f32 / avx512_f32_inner: "avx512f", f32, B f32, 16 lanes,
-    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps,
-    _mm512_fmadd_ps
+gemv_span!(
+    /// AVX-512F f32: vectors of 16.
+    avx512_f32 / avx512_f32_inner / avx512_f32_pass: "avx512f", f32, B f32, 16 lanes,
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps
 );
 
-gemv_tile!(
-    /// AVX-512F f64: 4 vectors of 8 per row.
-    avx512_f64 / avx512_f64_inner: "avx512f", f64, B f64, 8 lanes,
-    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_mul_pd,
-    _mm512_fmadd_pd
+gemv_span!(
+    /// AVX-512F f64: vectors of 8.
+    avx512_f64 / avx512_f64_inner / avx512_f64_pass: "avx512f", f64, B f64, 8 lanes,
+    _mm512_setzero_pd, _mm512_loadu_pd, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd, _mm512_fmadd_pd
 );
 
-gemv_tile!(
-    /// AVX-512F, bf16 B widened to f32: 2 vectors of 16 per row.
-    avx512_bf16 / avx512_bf16_inner: "avx512f", f32, B bf16, 16 lanes,
-    _mm512_setzero_ps, _mm512_loadu_ps, load_bf16_512, _mm512_storeu_ps, _mm512_set1_ps, _mm512_mul_ps,
-    _mm512_fmadd_ps
+gemv_span!(
+    /// AVX-512F, bf16 B widened to f32: vectors of 16.
+    avx512_bf16 / avx512_bf16_inner / avx512_bf16_pass: "avx512f", f32, B bf16, 16 lanes,
+    _mm512_setzero_ps, _mm512_loadu_ps, load_bf16_512, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps
 );
 
-/// The SIMD tile of `path` for accumulators `T`, B elements `S` and `R` rows, or `None` for the portable
-/// path, for a path this CPU lacks (so a returned function's features are present), or for a pair of
-/// element types without one.
-pub(super) fn tile_for<T: Float, S: 'static, const R: usize>(path: KernelPath) -> Option<TileFn<T, S, R>> {
+/// The SIMD pass of `path` for accumulators `T`, B elements `S` and `R` rows, with its vector width in
+/// columns, or `None` for the portable path, for a path this CPU lacks (so a returned function's features
+/// are present), or for a pair of element types without one.
+pub(super) fn span_for<T: Float, S: 'static, const R: usize>(
+    path: KernelPath,
+) -> Option<(SpanFn<T, S, R>, usize)> {
     if path == KernelPath::Portable || !path.is_available() {
         return None;
     }
-    type Tiles<const R: usize> = (TileFn<f32, f32, R>, TileFn<f64, f64, R>, TileFn<f32, bf16, R>);
-    let tiles: Tiles<R> = match path {
-        KernelPath::Avx512F => (avx512_f32::<R>, avx512_f64::<R>, avx512_bf16::<R>),
-        _ => (avx2_f32::<R>, avx2_f64::<R>, avx2_bf16::<R>),
+    type Spans<const R: usize> = (SpanFn<f32, f32, R>, SpanFn<f64, f64, R>, SpanFn<f32, bf16, R>);
+    let (spans, lanes): (Spans<R>, [usize; 3]) = match path {
+        KernelPath::Avx512F => ((avx512_f32::<R>, avx512_f64::<R>, avx512_bf16::<R>), [16, 8, 16]),
+        _ => ((avx2_f32::<R>, avx2_f64::<R>, avx2_bf16::<R>), [8, 4, 8]),
     };
-    let candidates: [&dyn Any; 3] = [&tiles.0, &tiles.1, &tiles.2];
-    let tile = candidates.into_iter().find_map(|tile| tile.downcast_ref::<TileFn<T, S, R>>().copied());
-    tile
+    let candidates: [&dyn Any; 3] = [&spans.0, &spans.1, &spans.2];
+    let found = candidates
+        .into_iter()
+        .zip(lanes)
+        .find_map(|(span, lanes)| span.downcast_ref::<SpanFn<T, S, R>>().map(|&span| (span, lanes)));
+    found
 }
