@@ -1,31 +1,16 @@
 //! The PyTorch side of `bench_inference`: decode timings from the Python scripts (the independent
 //! reference model with a KV cache, `scripts/reference/bench_torch_decode.py`, for every preset and
 //! precision; Hugging Face's `LlamaForCausalLM.generate`, `bench_hf_decode.py`, for full-rank ones in
-//! f32), the tables that put ours next to them, and the machine's copy bandwidth that decode at batch 1
-//! is measured against.
+//! f32), the tables that put ours next to them, and the weight-read rate of decode at batch 1 against
+//! the machine's copy bandwidth (`copy_bandwidth`).
 use crate::{key, median, Plan, Precision};
+use cola::kernels::cpu::gemm::copy_bandwidth;
 use cola::nn::{Family, Preset};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 /// Decode tokens/s at batch 1 and 8 of one run of a reference script.
 pub type Rates = (f64, f64);
-
-/// GB/s read by the best of 5 copies of 512 MiB (the same amount is written).
-pub fn copy_bandwidth() -> f64 {
-    let len = 512 << 20;
-    let source = vec![1u8; len];
-    let mut target = vec![0u8; len];
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        let began = Instant::now();
-        target.copy_from_slice(&source);
-        best = best.min(began.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&target);
-    len as f64 / best / 1e9
-}
 
 /// Runs `script` (in `scripts/reference/`) on the preset table and `model` with `extra` arguments;
 /// returns its `decode_1` and `decode_8` lines.
@@ -78,7 +63,7 @@ fn pick(rates: &[Rates], batch: usize) -> f64 {
 /// measured) the reference model's, as a share of a plain copy's read bandwidth.
 pub fn print_bandwidth(models: &[Preset], columns: &[Vec<f64>], torch: &[Vec<Rates>]) {
     const MIB: f64 = 1024.0 * 1024.0;
-    let copy = copy_bandwidth();
+    let copy = copy_bandwidth(5);
     for ((model, column), torch) in models.iter().zip(columns).zip(torch) {
         let bytes = column[key("weights_mib")] * MIB;
         let read = bytes * column[key("decode_1")] / 1e9;
@@ -93,8 +78,9 @@ pub fn print_bandwidth(models: &[Preset], columns: &[Vec<f64>], torch: &[Vec<Rat
         println!();
     }
     println!(
-        "copy bandwidth of this machine: {copy:.1} GB/s read + {copy:.1} GB/s written (a 512 MiB copy_from_slice, \
-         best of 5)"
+        "copy bandwidth of this machine: {copy:.1} GB/s read + {copy:.1} GB/s written (a 512 MiB copy split among \
+         {} threads, median of 5)",
+        rayon::current_num_threads()
     );
 }
 

@@ -185,7 +185,8 @@ fn simd_paths_and_levels_match_portable() {
     }
 }
 
-/// The same product in pools of 1, 2 and 3 threads: chunks are fixed by n, bits must not change.
+/// The same product in pools of 1, 2 and 3 threads: the split into tasks changes with the thread count
+/// (column runs, and for narrow deep products depth blocks split among threads), the bits must not.
 fn check_threads<T: Float>(dims: Dims) {
     let inputs = case::<T>(dims, true, (1.25, 0.5), 21);
     for path in available_paths() {
@@ -205,6 +206,9 @@ fn few_row_path_is_bit_identical_across_thread_counts() {
     check_threads::<f32>(Dims { m: 1, n: 5001, k: 300 });
     check_threads::<f32>(Dims { m: 8, n: 2736, k: 256 });
     check_threads::<f64>(Dims { m: 3, n: 1500, k: 260 });
+    // Narrow and deep (a CoLA down factor): one column run, depth blocks split among the threads.
+    check_threads::<f32>(Dims { m: 1, n: 256, k: 1024 });
+    check_threads::<f32>(Dims { m: 8, n: 300, k: 2736 });
 }
 
 /// Batched few-row products (a decode step's stacked rows, and per-item A and B) equal per-item calls.

@@ -84,17 +84,31 @@ const TASK_ACCUMULATORS: usize = 4096;
 /// Task widths are multiples of this (an AVX-512 f32 vector), except where a product ends.
 const COLUMN_ALIGN: usize = 16;
 
-/// The task width for `n` columns of `rows` rows on `threads` threads: [`TASK_ACCUMULATORS`]` / rows`
-/// columns, or whole [`COLUMN_ALIGN`] groups split evenly when that would give fewer tasks than threads
-/// (a CoLA down factor `[d, r]` has `r = 256` columns, which one thread would otherwise stream alone while
-/// the others wait). A task only decides which thread computes a column, never how, so the results do
-/// not depend on it.
-fn task_width(n: usize, rows: usize, threads: usize) -> usize {
+/// How a product is cut into tasks (the unit of parallel work): C's columns in runs of `width`, and
+/// each run's depth blocks (the path's KC) in `groups` consecutive ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Split {
+    width: usize,
+    groups: usize,
+}
+
+/// The split of `n` columns and `blocks` depth blocks of a product of `rows` rows on `threads` threads.
+/// Columns are cut into runs of [`TASK_ACCUMULATORS`]` / rows`. Where that gives fewer runs than threads:
+/// a product of several depth blocks (a CoLA down factor `[d, r]`: 256 columns, depth 1024) splits its
+/// blocks among the threads instead, so each thread streams one contiguous piece of B (whole rows); a
+/// product of one block (an up factor `[r, d]`) splits its columns evenly into whole [`COLUMN_ALIGN`]
+/// groups. A split only decides which thread computes what, never how (each block's sums start from zero
+/// and are combined into C in block order either way), so the results do not depend on it.
+fn split(n: usize, blocks: usize, rows: usize, threads: usize) -> Split {
     let full = (TASK_ACCUMULATORS / rows.max(1)).next_multiple_of(COLUMN_ALIGN);
-    if threads <= 1 || n.div_ceil(full) >= threads {
-        return full;
+    let runs = n.div_ceil(full);
+    if threads <= 1 || runs >= threads {
+        return Split { width: full, groups: 1 };
     }
-    n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN).clamp(COLUMN_ALIGN, full)
+    if blocks > 1 {
+        return Split { width: full, groups: threads.div_ceil(runs).min(blocks) };
+    }
+    Split { width: n.div_ceil(threads).next_multiple_of(COLUMN_ALIGN).clamp(COLUMN_ALIGN, full), groups: 1 }
 }
 
 /// Whether a product takes this path: few rows and B's columns contiguous.
@@ -214,22 +228,56 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
     let a_cols: Vec<[T; R]> = (0..k)
         .map(|p| std::array::from_fn(|i| a.data[a.offset + i * a.row_stride + p * a.col_stride].widen()))
         .collect();
-    // `tasks[t][i]` is row i of C restricted to task t's columns.
-    let width = task_width(n, R, threads);
-    let mut tasks: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
+    let kc = params.kc.max(1);
+    let blocks: Vec<&[[T; R]]> = a_cols.chunks(kc).collect();
+    let volume = n.saturating_mul(k).saturating_mul(R);
+    let parallel = threads > 1 && volume >= PARALLEL_MIN_VOLUME;
+    let Split { width, groups } = split(n, blocks.len(), R, if parallel { threads } else { 1 });
+    // `runs[t][i]` is row i of C restricted to run t's columns.
+    let mut runs: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
     for row in c.chunks_mut(n) {
-        for (task, part) in tasks.iter_mut().zip(row.chunks_mut(width)) {
-            task.push(part);
+        for (run, part) in runs.iter_mut().zip(row.chunks_mut(width)) {
+            run.push(part);
         }
     }
-    let isa = Isa::active();
-    let b_rows = Columns { data: b.data, offset: b.offset, row_stride: b.row_stride };
-    let run = |(t, rows): (usize, Vec<&mut [T]>)| task(isa, params, &a_cols, b_rows, t * width, rows);
-    let volume = n.saturating_mul(k).saturating_mul(R);
-    if threads > 1 && volume >= PARALLEL_MIN_VOLUME && tasks.len() > 1 {
-        tasks.into_par_iter().enumerate().for_each(run);
+    let job = Job {
+        isa: Isa::active(),
+        params,
+        blocks: &blocks,
+        b: Columns { data: b.data, offset: b.offset, row_stride: b.row_stride },
+    };
+    if groups > 1 {
+        // Every (run, block range) computes its blocks' sums; then each run's are combined in block order.
+        let per_group = blocks.len().div_ceil(groups);
+        let tasks: Vec<(usize, usize)> =
+            (0..runs.len()).flat_map(|t| (0..groups).map(move |g| (t, g))).collect();
+        let sums: Vec<Vec<Vec<T>>> = tasks
+            .into_par_iter()
+            .map(|(t, g)| {
+                let cols = t * width..(t * width + width).min(n);
+                let range = g * per_group..(g * per_group + per_group).min(blocks.len());
+                range.map(|block| job.block_sums(block, cols.clone())).collect()
+            })
+            .collect();
+        let mut sums = sums.into_iter();
+        for mut c_rows in runs {
+            for (block, acc) in sums.by_ref().take(groups).flatten().enumerate() {
+                job.combine(block, &acc, &mut c_rows);
+            }
+        }
     } else {
-        tasks.into_iter().enumerate().for_each(run);
+        let run = |(t, mut c_rows): (usize, Vec<&mut [T]>)| {
+            let cols = t * width..(t * width + width).min(n);
+            for block in 0..blocks.len() {
+                let acc = job.block_sums(block, cols.clone());
+                job.combine(block, &acc, &mut c_rows);
+            }
+        };
+        if parallel && runs.len() > 1 {
+            runs.into_par_iter().enumerate().for_each(run);
+        } else {
+            runs.into_iter().enumerate().for_each(run);
+        }
     }
 }
 
@@ -241,42 +289,51 @@ struct Columns<'a, T> {
     row_stride: usize,
 }
 
-/// One task: the columns from `col0` on, `c_rows[i]` being row i of C over them.
-fn task<T: Float, S: Operand<T>, const R: usize>(
+/// What every task of one product shares: A's columns cut into depth blocks, and B.
+#[derive(Clone, Copy)]
+struct Job<'a, T, S, const R: usize> {
     isa: Isa,
     params: Params<T>,
-    a_cols: &[[T; R]],
-    b: Columns<'_, S>,
-    col0: usize,
-    mut c_rows: Vec<&mut [T]>,
-) {
-    let width = c_rows.first().map_or(0, |row| row.len());
-    #[cfg(target_arch = "x86_64")]
-    let simd = super::gemv_x86::span_for::<T, S, R>(params.path);
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd: Option<(SpanFn<T, S, R>, usize)> = None;
-    // The SIMD pass takes whole vectors; the rest of the columns take the portable pass.
-    let vector_cols = simd.map_or(0, |(_, lanes)| width / lanes * lanes);
-    let fused = params.path != KernelPath::Portable;
-    let mut acc = vec![T::ZERO; R * width];
-    let kc = params.kc.max(1);
-    for (block, a_block) in a_cols.chunks(kc).enumerate() {
-        acc.fill(T::ZERO);
-        let b_block = &b.data[b.offset + block * kc * b.row_stride + col0..];
+    blocks: &'a [&'a [[T; R]]],
+    b: Columns<'a, S>,
+}
+
+impl<T: Float, S: Operand<T>, const R: usize> Job<'_, T, S, R> {
+    /// Depth block `block`'s sums over the columns `cols`: R rows of `cols.len()`, each a sum from zero
+    /// over the block's depth steps in order.
+    fn block_sums(&self, block: usize, cols: std::ops::Range<usize>) -> Vec<T> {
+        let Self { isa, params, blocks, b } = *self;
+        let width = cols.len();
+        #[cfg(target_arch = "x86_64")]
+        let simd = super::gemv_x86::span_for::<T, S, R>(params.path);
+        #[cfg(not(target_arch = "x86_64"))]
+        let simd: Option<(SpanFn<T, S, R>, usize)> = None;
+        // The SIMD pass takes whole vectors; the rest of the columns take the portable pass.
+        let vector_cols = simd.map_or(0, |(_, lanes)| width / lanes * lanes);
+        let mut acc = vec![T::ZERO; R * width];
+        let a_block = blocks[block];
+        let b_block = &b.data[b.offset + block * params.kc.max(1) * b.row_stride + cols.start..];
         if let Some((span, _)) = simd.filter(|_| vector_cols > 0) {
             // SAFETY: `span_for` returns a SIMD pass only for a path whose features this CPU has.
             unsafe { span(a_block, b_block, b.row_stride, &mut acc, width, vector_cols) };
         }
         if vector_cols < width {
+            let fused = params.path != KernelPath::Portable;
             let (b_rest, acc_rest) = (&b_block[vector_cols..], &mut acc[vector_cols..]);
             portable_span(isa, fused, a_block, b_rest, b.row_stride, acc_rest, width, width - vector_cols);
         }
+        acc
+    }
+
+    /// Combines depth block `block`'s sums into C's rows over their columns, as the micro-kernels do.
+    fn combine(&self, block: usize, acc: &[T], c_rows: &mut [&mut [T]]) {
+        let Params { path, alpha, beta, .. } = self.params;
         let update = match block {
-            0 if params.beta == T::ZERO => Update::Overwrite,
-            0 => Update::Scale(params.beta),
+            0 if beta == T::ZERO => Update::Overwrite,
+            0 => Update::Scale(beta),
             _ => Update::Accumulate,
         };
-        combine(isa, fused, params.alpha, update, &acc, &mut c_rows);
+        combine(self.isa, path != KernelPath::Portable, alpha, update, acc, c_rows);
     }
 }
 

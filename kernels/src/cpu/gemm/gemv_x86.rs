@@ -16,6 +16,8 @@ use half::bf16;
 use std::any::Any;
 use std::arch::x86_64::*;
 
+const AHEAD: usize = 8;
+
 macro_rules! gemv_span {
     (
         $(#[$doc:meta])*
@@ -101,6 +103,7 @@ macro_rules! gemv_span {
                     let mut b_v = [$zero(); U];
                     for (u, b_vu) in b_v.iter_mut().enumerate() {
                         *b_vu = $load_b(b.add(u * b_stride + j));
+                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((u + AHEAD) * b_stride + j).cast());
                     }
                     for i in 0..R {
                         let dst = acc.add(i * acc_stride + j);

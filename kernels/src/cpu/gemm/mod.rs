@@ -68,7 +68,7 @@ pub use bf16::{
 };
 pub use gemv::{gemv_bf16, FewRowsBf16Error, FEW_ROWS_MAX};
 pub use kernel::{KernelPath, PathUnavailable};
-pub use peak::fma_probe;
+pub use peak::{copy_bandwidth, fma_probe};
 
 /// Problem size: A is m x k, B is k x n, C is m x n.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

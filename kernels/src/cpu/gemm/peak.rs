@@ -1,7 +1,11 @@
-//! The ceiling a GEMM can approach on each path: independent f32 FMA chains in registers, no memory
-//! traffic. Benchmarks time [`fma_probe`] next to the GEMM (`cargo bench --bench gemm -- fma_peak`).
+//! The ceilings products can approach. A GEMM's: independent f32 FMA chains in registers, no memory
+//! traffic; benchmarks time [`fma_probe`] next to the GEMM (`cargo bench --bench gemm -- fma_peak`). A
+//! few-row product's (a decode step's), which reads every weight once: the machine's memory bandwidth,
+//! as [`copy_bandwidth`] measures it (`bench_gemm --few-rows`, `bench_inference`).
 use super::kernel::{KernelPath, PathUnavailable};
+use rayon::prelude::*;
 use std::hint::black_box;
+use std::time::Instant;
 
 /// Runs `steps` rounds of independent f32 multiply-add chains with the register shape of `path`'s
 /// micro-kernel (AVX2: 12 chains of 8 lanes; AVX-512: 24 of 16; portable: 12 of 4, plain multiply and
@@ -37,4 +41,30 @@ fn portable_probe(steps: usize, x: f32, y: f32) -> f32 {
         }
     }
     acc.iter().flatten().sum()
+}
+
+/// The machine's copy bandwidth in GB/s (10^9 bytes copied per second; each byte is read once and
+/// written once, so the memory bus carries twice that): a 512 MiB buffer copied into another, split in
+/// equal parts among the current rayon pool's threads (as a decode step's products are), the median of
+/// `repeats` timed copies after one that faults the target's pages in. Both buffers pass through
+/// `black_box` around every copy, so none can be elided.
+pub fn copy_bandwidth(repeats: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let source = vec![1u64; BYTES / 8];
+    let mut target = vec![0u64; BYTES / 8];
+    let part = source.len().div_ceil(rayon::current_num_threads());
+    let mut copy = || {
+        let began = Instant::now();
+        let source = black_box(&source);
+        target
+            .par_chunks_mut(part)
+            .zip(source.par_chunks(part))
+            .for_each(|(to, from)| to.copy_from_slice(from));
+        black_box(&mut target);
+        began.elapsed().as_secs_f64()
+    };
+    copy();
+    let mut seconds: Vec<f64> = (0..repeats.max(1)).map(|_| copy()).collect();
+    seconds.sort_by(f64::total_cmp);
+    BYTES as f64 / seconds[seconds.len() / 2] / 1e9
 }
