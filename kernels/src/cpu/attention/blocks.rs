@@ -135,7 +135,8 @@ pub(super) fn interleave<T: Float>(rows: &Rows, scores: &[T], keys: usize, coef:
 multiversion! {
     /// `out[r * keys + j] = sum_c a_t[c * ROWS + r] * t[c * keys + j]` (c ascending over the rows of `t`) for
     /// every key j below the block's longest row, rounded up to whole tiles: the dot products of the
-    /// block's rows with the rows of a matrix stored transposed (`t`, `[head_dim, keys]`).
+    /// block's rows with the rows of a matrix stored transposed (`t`, `[head_dim, keys]`). A block of one
+    /// row computes only that row (the others of `out` are left as they were), by the same sums.
     pub(super) fn scores[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
@@ -145,6 +146,19 @@ multiversion! {
         keys: usize,
         out: &mut [T],
     ) {
+        if rows.count == 1 {
+            // One query row (a decode step): each row of `t` is read once, in order, into the row of
+            // scores, instead of one tile's columns of every row at a time.
+            let n = rows.longest().next_multiple_of(W);
+            let out = &mut out[..n];
+            out.fill(T::ZERO);
+            for (a_c, t_c) in a_t.chunks_exact(ROWS).zip(t.chunks_exact(keys)) {
+                for (s, &x) in out.iter_mut().zip(&t_c[..n]) {
+                    *s = simd::fma(a_c[0], x, *s);
+                }
+            }
+            return;
+        }
         for j0 in (0..rows.longest()).step_by(W) {
             let mut acc = [[T::ZERO; W]; ROWS];
             for (a_c, t_c) in a_t.chunks_exact(ROWS).zip(t.chunks_exact(keys)) {
@@ -164,7 +178,7 @@ multiversion! {
 
 multiversion! {
     /// `out[row r] = sum_j coef[j * ROWS + r] * m[j]` over the keys row r sees (j ascending), for the
-    /// block's rows; `m` and `out` are `[_, width]`.
+    /// block's rows; `m` and `out` are `[_, width]`. A block of one row reads each row of `m` once.
     pub(super) fn weighted_rows[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
@@ -174,6 +188,18 @@ multiversion! {
         width: usize,
         out: &mut [T],
     ) {
+        if rows.count == 1 {
+            // One query row: the row of `out` is summed over the visible keys' rows of `m`, each read
+            // once, in order.
+            let out = &mut out[..width];
+            out.fill(T::ZERO);
+            for (coef_j, m_j) in coef.chunks_exact(ROWS).zip(m.chunks_exact(width)).take(rows.longest()) {
+                for (s, &x) in out.iter_mut().zip(m_j) {
+                    *s = simd::fma(coef_j[0], x, *s);
+                }
+            }
+            return;
+        }
         let (common, longest) = (rows.common(), rows.longest());
         for c0 in (0..width).step_by(W) {
             let mut acc = [[T::ZERO; W]; ROWS];
