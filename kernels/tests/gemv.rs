@@ -1,6 +1,6 @@
 //! The few-row path of the GEMM (`m <= FEW_ROWS_MAX`, B's columns contiguous): against a naive f64
 //! reference for every m up to one past the threshold (the last goes through the blocked GEMM), odd n
-//! and k (1, 7, 33, 1000: partial register tiles and chunks, depths across the KC blocks), alpha/beta
+//! and k (1, 7, 33, 1000: partial vectors and column runs, depths across the KC blocks), alpha/beta
 //! cases, strided and transposed A, padded B inside NaN-filled buffers (reading outside a view poisons
 //! C); bit for bit against the blocked GEMM on every micro-kernel path the CPU has (the few-row path
 //! follows its summation order exactly); every instruction-set level bit-identical to the portable one;

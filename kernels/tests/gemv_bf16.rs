@@ -1,10 +1,10 @@
 //! The few-row path for bf16 operands (`gemv_bf16`, what a bf16 decode step's projections and head run
 //! on), on every f32 micro-kernel path this CPU has (the others are skipped with a printed notice), for
-//! every row count up to `FEW_ROWS_MAX`, odd n (partial register tiles and chunks) and depths across
+//! every row count up to `FEW_ROWS_MAX`, odd n (partial vectors and column runs) and depths across
 //! KC = 256, with A and B inside NaN-filled buffers (reading outside a view poisons C):
 //!
 //! - bit for bit the f32 GEMM on the same path of the widened operands (`gemm_with_path`, which itself
-//!   takes the f32 few-row path): a bf16 widens to f32 exactly and the tiles run the f32 tiles' order;
+//!   takes the f32 few-row path): a bf16 widens to f32 exactly and the passes run the f32 passes' order;
 //! - every SIMD path bit for bit the portable path: the product of two bf16 has at most 16 significant
 //!   bits, so it is exact in f32, and `fma(a, b, acc)` then rounds exactly as `acc + a * b` does (the
 //!   combine with alpha = 1 is exact too), so fused and unfused sums agree;
@@ -12,8 +12,9 @@
 //!   most 2^-24 of a partial sum bounded by `sum |a b|`, so `|C - exact| <= k * 2^-24 * sum |a b|`
 //!   (the products are exact); the test allows `(k + 2) 2^-24 sum |a b|`, which catches any wrong or
 //!   missing term (one term is about 1/k of the magnitude);
-//! - the same bits in pools of 1, 2, 3 and 4 threads, for column counts that make a chunk per thread
-//!   narrower than the usual 256 columns (the CoLA down factors' 256) and ones that do not;
+//! - the same bits in pools of 1, 2, 3 and 4 threads, for column counts that make a run per thread
+//!   narrower than the usual `4096 / m` columns or split by depth (the CoLA down factors: 256 columns,
+//!   depth 1024) and ones that do not;
 //! - a batch of stacked items equals the one matrix they form; products that are not few-row ones (too
 //!   many rows, strided B columns, a B per item) are refused, computing nothing.
 //!

@@ -61,9 +61,10 @@ impl Operand<f32> for bf16 {
     }
 }
 
-/// The largest m this path takes. Measured with `bench_gemm --few-rows` (AVX-512, 2 threads): at m = 8
-/// on `[8, 1024] @ [1024, 32000]` it still runs near the copy bandwidth and well ahead of the blocked
-/// GEMM, so a decode step of 8 rows (their projections stack into one 8-row product) takes it.
+/// The largest m this path takes. Measured with `bench_gemm --few-rows` (2 threads): at m = 8 on
+/// `[8, 1024] @ [1024, 32000]` it runs well ahead of the blocked GEMM (AVX-512 near the copy bandwidth;
+/// AVX2 Zen 3 1.4-1.9x the blocked GEMM), so a decode step of 8 rows (their projections stack into one
+/// 8-row product) takes it.
 pub const FEW_ROWS_MAX: usize = 8;
 
 // `gemv_on` has one arm per row count up to FEW_ROWS_MAX.

@@ -31,7 +31,7 @@
 //! packing of a row-major f32 A on AVX2 and AVX-512), `kernel` (run-time choice of micro-kernel and block
 //! sizes), `portable` (the fallback micro-kernel, any target), `x86` (AVX2+FMA and AVX-512F
 //! micro-kernels, x86-64 only, chosen by CPU feature detection at run time), `gemv` and
-//! `gemv_x86` (the few-row path and its SIMD tiles), `peak` (the FMA ceiling benchmarks compare
+//! `gemv_x86` (the few-row path and its SIMD passes), `peak` (the FMA and copy ceilings benchmarks compare
 //! against), `bf16/` (the bf16 GEMM: bf16 operands, f32 accumulation, on the same loop nest with k-pair
 //! packing and a `VDPBF16PS` micro-kernel, or widening onto the f32 micro-kernels; its header states
 //! its paths and rounding models). The loop nest and packing are generic over the operands' element
