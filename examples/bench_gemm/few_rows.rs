@@ -95,11 +95,10 @@ fn layer_shapes(d: usize, f: usize, r: usize) -> Vec<(usize, usize)> {
 fn layers() {
     let spec = cola::nn::Size::M350.spec();
     let shapes = layer_shapes(spec.d_model, spec.ffn_dim, spec.rank);
-    let weights: Vec<Vec<f32>> = (0..spec.n_layers)
-        .flat_map(|layer| {
-            shapes.iter().enumerate().map(move |(i, &(k, n))| filled(k * n, (layer * 64 + i) as u64, 1.0))
-        })
-        .collect();
+    // `(k, n)` of every product of a step, layer after layer.
+    let products: Vec<(usize, usize)> = (0..spec.n_layers).flat_map(|_| shapes.iter().copied()).collect();
+    let weights: Vec<Vec<f32>> =
+        products.iter().enumerate().map(|(i, &(k, n))| filled(k * n, i as u64, 1.0)).collect();
     let weights16: Vec<Vec<bf16>> =
         weights.iter().map(|w| w.iter().map(|&x| bf16::from_f32(x)).collect()).collect();
     let widest = spec.d_model.max(spec.ffn_dim);
@@ -108,16 +107,15 @@ fn layers() {
         let a = filled(m * widest, 99, 1.0);
         let a16: Vec<bf16> = a.iter().map(|&x| bf16::from_f32(x)).collect();
         let mut c = vec![0.0f32; m * widest];
-        let products = || weights.iter().zip(std::iter::repeat(&shapes).flatten().copied());
         let f32_step = time(|| {
-            for (w, (k, n)) in products() {
+            for (w, &(k, n)) in weights.iter().zip(&products) {
                 let lhs = MatRef { data: &a, offset: 0, row_stride: k, col_stride: 1 };
                 let rhs = MatRef { data: w, offset: 0, row_stride: n, col_stride: 1 };
                 gemm(Dims { m, n, k }, 1.0, lhs, rhs, 0.0, &mut c[..m * n]);
             }
         });
         let bf16_step = time(|| {
-            for (w, (k, n)) in weights16.iter().zip(std::iter::repeat(&shapes).flatten().copied()) {
+            for (w, &(k, n)) in weights16.iter().zip(&products) {
                 let lhs = BatchRef { data: &a16, offsets: &[0], row_stride: k, col_stride: 1 };
                 let rhs = BatchRef { data: w, offsets: &[0], row_stride: n, col_stride: 1 };
                 gemv_bf16(path, Dims { m, n, k }, lhs, rhs, &mut c[..m * n]).expect("a few-row product");

@@ -232,11 +232,11 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
     let a_cols: Vec<[T; R]> = (0..k)
         .map(|p| std::array::from_fn(|i| a.data[a.offset + i * a.row_stride + p * a.col_stride].widen()))
         .collect();
-    let kc = params.kc.max(1);
-    let blocks: Vec<&[[T; R]]> = a_cols.chunks(kc).collect();
+    let job = Job::new(params, &a_cols, Columns { data: b.data, offset: b.offset, row_stride: b.row_stride });
+    let blocks = k.div_ceil(job.kc);
     let volume = n.saturating_mul(k).saturating_mul(R);
     let parallel = threads > 1 && volume >= PARALLEL_MIN_VOLUME;
-    let Split { width, groups } = split(n, blocks.len(), R, if parallel { threads } else { 1 });
+    let Split { width, groups } = split(n, blocks, R, if parallel { threads } else { 1 });
     // `runs[t][i]` is row i of C restricted to run t's columns.
     let mut runs: Vec<Vec<&mut [T]>> = (0..n.div_ceil(width)).map(|_| Vec::with_capacity(R)).collect();
     for row in c.chunks_mut(n) {
@@ -244,23 +244,24 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
             run.push(part);
         }
     }
-    let job = Job {
-        isa: Isa::active(),
-        params,
-        blocks: &blocks,
-        b: Columns { data: b.data, offset: b.offset, row_stride: b.row_stride },
-    };
+    let columns = |t: usize| t * width..(t * width + width).min(n);
     if groups > 1 {
         // Every (run, block range) computes its blocks' sums; then each run's are combined in block order.
-        let per_group = blocks.len().div_ceil(groups);
+        let per_group = blocks.div_ceil(groups);
         let tasks: Vec<(usize, usize)> =
             (0..runs.len()).flat_map(|t| (0..groups).map(move |g| (t, g))).collect();
         let sums: Vec<Vec<Vec<T>>> = tasks
             .into_par_iter()
             .map(|(t, g)| {
-                let cols = t * width..(t * width + width).min(n);
-                let range = g * per_group..(g * per_group + per_group).min(blocks.len());
-                range.map(|block| job.block_sums(block, cols.clone())).collect()
+                let cols = columns(t);
+                let range = g * per_group..(g * per_group + per_group).min(blocks);
+                range
+                    .map(|block| {
+                        let mut acc = vec![T::ZERO; R * cols.len()];
+                        job.block_sums(block, cols.clone(), &mut acc);
+                        acc
+                    })
+                    .collect()
             })
             .collect();
         let mut sums = sums.into_iter();
@@ -271,9 +272,10 @@ fn rows<T: Float, S: Operand<T>, const R: usize>(
         }
     } else {
         let run = |(t, mut c_rows): (usize, Vec<&mut [T]>)| {
-            let cols = t * width..(t * width + width).min(n);
-            for block in 0..blocks.len() {
-                let acc = job.block_sums(block, cols.clone());
+            let cols = columns(t);
+            let mut acc = vec![T::ZERO; R * cols.len()];
+            for block in 0..blocks {
+                job.block_sums(block, cols.clone(), &mut acc);
                 job.combine(block, &acc, &mut c_rows);
             }
         };
@@ -293,40 +295,46 @@ struct Columns<'a, T> {
     row_stride: usize,
 }
 
-/// What every task of one product shares: A's columns cut into depth blocks, and B.
+/// What every task of one product shares: A's columns (`[k][R]`), B, the depth block and the SIMD pass
+/// with its vector width (`None`: the portable pass for every column).
 #[derive(Clone, Copy)]
 struct Job<'a, T, S, const R: usize> {
     isa: Isa,
     params: Params<T>,
-    blocks: &'a [&'a [[T; R]]],
+    kc: usize,
+    simd: Option<(SpanFn<T, S, R>, usize)>,
+    a_cols: &'a [[T; R]],
     b: Columns<'a, S>,
 }
 
-impl<T: Float, S: Operand<T>, const R: usize> Job<'_, T, S, R> {
-    /// Depth block `block`'s sums over the columns `cols`: R rows of `cols.len()`, each a sum from zero
-    /// over the block's depth steps in order.
-    fn block_sums(&self, block: usize, cols: std::ops::Range<usize>) -> Vec<T> {
-        let Self { isa, params, blocks, b } = *self;
-        let width = cols.len();
+impl<'a, T: Float, S: Operand<T>, const R: usize> Job<'a, T, S, R> {
+    fn new(params: Params<T>, a_cols: &'a [[T; R]], b: Columns<'a, S>) -> Self {
         #[cfg(target_arch = "x86_64")]
         let simd = super::gemv_x86::span_for::<T, S, R>(params.path);
         #[cfg(not(target_arch = "x86_64"))]
-        let simd: Option<(SpanFn<T, S, R>, usize)> = None;
+        let simd = None;
+        Self { isa: Isa::active(), params, kc: params.kc.max(1), simd, a_cols, b }
+    }
+
+    /// Depth block `block`'s sums over the columns `cols` into `acc` (R rows of `cols.len()`, overwritten),
+    /// each a sum from zero over the block's depth steps in order.
+    fn block_sums(&self, block: usize, cols: std::ops::Range<usize>, acc: &mut [T]) {
+        let Self { isa, params, kc, simd, a_cols, b } = *self;
+        let width = cols.len();
+        acc.fill(T::ZERO);
+        let a_block = &a_cols[block * kc..((block + 1) * kc).min(a_cols.len())];
+        let b_block = &b.data[b.offset + block * kc * b.row_stride + cols.start..];
         // The SIMD pass takes whole vectors; the rest of the columns take the portable pass.
         let vector_cols = simd.map_or(0, |(_, lanes)| width / lanes * lanes);
-        let mut acc = vec![T::ZERO; R * width];
-        let a_block = blocks[block];
-        let b_block = &b.data[b.offset + block * params.kc.max(1) * b.row_stride + cols.start..];
         if let Some((span, _)) = simd.filter(|_| vector_cols > 0) {
             // SAFETY: `span_for` returns a SIMD pass only for a path whose features this CPU has.
-            unsafe { span(a_block, b_block, b.row_stride, &mut acc, width, vector_cols) };
+            unsafe { span(a_block, b_block, b.row_stride, acc, width, vector_cols) };
         }
         if vector_cols < width {
             let fused = params.path != KernelPath::Portable;
             let (b_rest, acc_rest) = (&b_block[vector_cols..], &mut acc[vector_cols..]);
             portable_span(isa, fused, a_block, b_rest, b.row_stride, acc_rest, width, width - vector_cols);
         }
-        acc
     }
 
     /// Combines depth block `block`'s sums into C's rows over their columns, as the micro-kernels do.
