@@ -502,7 +502,7 @@ fn missing_empty_and_unknown_corpora_are_clear_errors() {
 
 // ---------------------------------------------------------------------------------------------------
 // The real default corpus (network: run with
-// `cargo test --release --test suite data:: -- --ignored --nocapture`).
+// `cargo test --release -p cola --test suite data:: -- --ignored --nocapture`).
 // ---------------------------------------------------------------------------------------------------
 
 #[test]

@@ -1,7 +1,7 @@
 //! The root crate's integration tests, one binary: each file of this folder is the module of one group of
 //! tests (its header says what they prove), so that `cargo test` compiles and links the crate graph once
-//! for all of them rather than once per file. One file's tests: `cargo test --release --test suite
-//! forward::` (the module name filters the test names).
+//! for all of them rather than once per file. One file's tests:
+//! `cargo test --release -p cola --test suite forward::` (the module name filters the test names).
 //!
 //! Kept in their own binaries under `tests/`, because they cannot share a process with tests that run
 //! beside them:
