@@ -16,8 +16,6 @@ use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::float::PARALLEL_MIN_ELEMS;
 use half::bf16;
 
-// Only its generator is used here.
-#[allow(dead_code)]
 use crate::common;
 
 use common::Rng;
