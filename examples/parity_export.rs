@@ -1,6 +1,6 @@
 //! Exports the inputs of the PyTorch parity fixtures: seeded weights of the tiny models and fixed token
 //! batches, which `scripts/reference/parity.py` turns into reference logits, losses, gradients and
-//! training trajectories (and `tests/parity.rs` compares against them).
+//! training trajectories (and `tests/suite/parity.rs` compares against them).
 //!
 //! Usage: `cargo run --release --example parity_export -- OUT_DIR` (normally through
 //! `scripts/reference/run.sh`). For each variant it writes `OUT_DIR/<variant>/model.safetensors` (every

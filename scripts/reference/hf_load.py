@@ -6,7 +6,7 @@ A checkpoint folder (`checkpoint-<step>/` of a run) holds `model.safetensors` in
 layouts and a Hugging Face style `config.json`, so `LlamaForCausalLM.from_pretrained(folder)` must load it
 with no missing, unexpected or mis-shaped weight, and compute the same function: same RMSNorm, the same
 rotate-half RoPE, the same attention and MLP. LOGITS_JSON is written by the project's side (the checkpoint
-test `tests/checkpoints.rs`):
+test `tests/suite/checkpoints.rs`):
 
     {"input_ids": [[...], ...], "logits": [[[...vocab...], ...seq...], ...batch...]}
 

@@ -1,7 +1,7 @@
 //! `docs/AUDIT.md`: parameters, FLOPs and saved activation bytes of every preset, each closed form of
 //! `formulas.rs` printed with its value and compared with what the code gives (`checks.rs`): the model's
 //! shapes and allocated tensors, the profiler's counts and the tape's saved bytes on small models.
-//! `examples/audit_doc.rs` prints it; `tests/audit_doc.rs` fails when the committed file differs.
+//! `examples/audit_doc.rs` prints it; `tests/suite/audit_doc.rs` fails when the committed file differs.
 use super::checks::{agree, allocated_params, counted_or_error, AuditError};
 use super::formulas::{
     self, layer_slots, params, params_text, reconcile, saved_bytes, Batch, Dims, COUNTED_TEXT,
@@ -76,7 +76,7 @@ fn header(out: &mut String) {
     let _ = write!(
         out,
         "# Audit: parameters, FLOPs and saved activations of every preset\n\n\
-         Written by `{COMMAND}`; `tests/audit_doc.rs` writes it again and fails when this file differs.\n\n\
+         Written by `{COMMAND}`; `tests/suite/audit_doc.rs` writes it again and fails when this file differs.\n\n\
          Each formula below is evaluated by `src/audit/formulas.rs`, written apart from the code it \
          describes, and compared with what that code gives: parameter counts with \
          `LlamaConfig::param_counts` (the shapes the model is built with, what `--audit` prints) for all 12 \

@@ -1,7 +1,7 @@
 //! The guided tour's stops (`docs/TOUR.md`): one token walked through one whole training step, in order,
 //! each stop a small seeded piece of the stack whose printed values a reader can check by hand (the
 //! by-hand computation is printed next to the engine's value where it is short). `examples/tour.rs`
-//! prints a stop; `tests/tour.rs` runs every command of the document and compares the output with what
+//! prints a stop; `tests/suite/tour.rs` runs every command of the document and compares the output with what
 //! the document shows, so the text cannot drift from the code.
 //!
 //! Files, one per group of stops in the order of the walk: `prologue.rs` (the GEMM and views under

@@ -90,7 +90,7 @@ impl Progress {
 }
 
 /// The flags of the quick start (README.md): cola-60m for a few minutes on a CPU, a run whose loss
-/// visibly falls. Printed by [`long_run_hint`] and run by `tests/docs_commands.rs`, which also checks
+/// visibly falls. Printed by [`long_run_hint`] and run by `tests/suite/docs_commands.rs`, which also checks
 /// that the README shows this command.
 pub const QUICK_START_FLAGS: &str = "--model cola-60m --steps 100 --batch-size 4";
 

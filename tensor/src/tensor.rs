@@ -322,7 +322,7 @@ impl Tensor {
         }
         // bf16 <-> f32: the vectorised, multi-threaded conversion kernels (`cola_kernels::cpu::bf16`), on
         // the tensor's values in order (a view is gathered first). Widening is exact and rounding is to
-        // nearest even, as the element-wise path below gives (tested in tensor/tests/bf16_fused.rs).
+        // nearest even, as the element-wise path below gives (tested in tensor/tests/suite/bf16_fused.rs).
         match (self.dtype(), dtype) {
             (DType::BF16, DType::F32) => {
                 let src = self.contiguous_data::<bf16>()?;

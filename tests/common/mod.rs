@@ -15,6 +15,7 @@ use cola::autograd::{Policy, Result, Tape, Var};
 use cola::tensor::{DType, Rng, Tensor};
 use proptest::prelude::*;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Relative step of the finite differences: `h = STEP * max(1, |x|)`.
 pub const STEP: f64 = 1e-6;
@@ -324,13 +325,16 @@ pub fn elementwise_composite(t: &mut Tape, v: &[Var]) -> Result<Vec<Var>> {
     Ok(vec![out, e])
 }
 
-/// A fresh folder under the system temp dir (named after the test binary's process and `name`), removed
-/// when dropped.
+/// A fresh folder under the system temp dir (named after the test binary's process, a number unique within
+/// it, and `name`), removed when dropped. The number keeps apart the folders of tests that run at the same
+/// time under the same name (one binary holds the tests of many files: `tests/suite/main.rs`).
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("cola-test-{}-{name}", std::process::id()));
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let number = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("cola-test-{}-{number}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)

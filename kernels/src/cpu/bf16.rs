@@ -2,7 +2,7 @@
 //! on store" pattern that the bf16 paths of the element-wise kernels share.
 //!
 //! Widening is exact (a bf16 is the top half of an f32). Rounding is round-to-nearest-even with NaN kept
-//! quiet, bit for bit what `half::bf16::from_f32` returns (`kernels/tests/bf16_convert.rs` checks every
+//! quiet, bit for bit what `half::bf16::from_f32` returns (`kernels/tests/suite/bf16_cpu.rs` checks every
 //! class of input on every SIMD level), written without branches so that the loop vectorises: the
 //! whole-tensor conversions of a bf16 op ran scalar before, through f64.
 use super::simd::{multiversion, Isa};

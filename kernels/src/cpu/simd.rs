@@ -9,7 +9,7 @@
 //! into a fused multiply-add (kernels ask for one explicitly with [`fma`], which is exact on every
 //! path), the vectoriser never reassociates floating-point sums, and every reduction runs through
 //! accumulator arrays of a fixed length. So every level gives bit-identical results, only the vector
-//! width differs; `kernels/tests/fused.rs` checks this bit for bit on the levels the CPU has.
+//! width differs; `kernels/tests/suite/fused.rs` checks this bit for bit on the levels the CPU has.
 use crate::Float;
 use std::any::TypeId;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -174,7 +174,7 @@ pub fn fma<T: Float>(a: T, b: T, c: T) -> T {
 }
 
 /// `e^x` in f32, within 2 ulp of the correctly rounded result for `x >= -86.9` (results above
-/// `2^-125`; tested against f64 in `kernels/tests/fused.rs`); smaller results flush to 0 (an absolute
+/// `2^-125`; tested against f64 in `kernels/tests/suite/fused.rs`); smaller results flush to 0 (an absolute
 /// error below `2.4e-38`). Overflows to +inf, propagates NaN. Written with operations that have
 /// lane-wise SIMD forms, so loops calling it vectorise.
 ///

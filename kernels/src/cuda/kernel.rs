@@ -1,8 +1,8 @@
 //! Typed handles of every kernel in `kernels/cuda/*.cu`. A [`Kernel`] names one `extern "C" __global__`
 //! function: its source file ([`Module`]) and its symbol are `&'static str`s fixed at compile time, and its
 //! position in [`Kernel::ALL`] indexes the per-device table of loaded functions, so a launch neither formats
-//! a name nor hashes or locks anything (see `runtime.rs`). `kernels/tests/kernel_handles.rs` checks that the
-//! handles and the kernels declared in the sources are the same set.
+//! a name nor hashes or locks anything (see `runtime.rs`). `kernels/tests/suite/kernel_handles.rs` checks that
+//! the handles and the kernels declared in the sources are the same set.
 use super::compile::{self, KernelSource};
 
 /// One kernel source file, compiled (by NVRTC) and loaded as one CUDA module.

@@ -2,6 +2,17 @@
 //! buffers (reading anything outside a view poisons the product).
 use cola_kernels::cpu::gemm::MatRef;
 use cola_kernels::Float;
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by every test that caps the SIMD level (`simd::set_max_level`): the cap is process-wide and one
+/// binary holds all these tests (`tests/suite/main.rs`), so a test that runs kernels on the level it set
+/// must not have another lift or change the cap meanwhile. Tests that only run kernels need no lock: every
+/// level gives the same bits (`kernels/src/cpu/simd.rs`). A test that failed holding it does not block
+/// the others.
+pub fn level_lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// SplitMix64: cheap reproducible fill for large operands (proptest shrinking of big vectors is slow).
 pub struct Rng(pub u64);

@@ -9,7 +9,7 @@
 //! Here an append writes the new positions into that layout once (each key element to its place in its
 //! head's transposed rows) and [`AttentionCache::attention`] reads the buffers as they are. The result
 //! is [`Tensor::attention`]'s on the filled positions bit for bit: the kernel runs the same per-head
-//! code on the same values (`kernels/tests/fused.rs` holds it to that).
+//! code on the same values (`kernels/tests/suite/fused.rs` holds it to that).
 use super::{check_rank, match_float};
 use crate::error::{Result, TensorError};
 use crate::{DType, Device, Tensor};

@@ -12,7 +12,7 @@
 //! the two inputs. The pieces are the existing matmul and cross-entropy ops, so the fused op runs on every
 //! device they run on. bf16 operands on the CPU keep the logits and the gradient sums in f32 (the bf16
 //! GEMM's accumulator, `matmul::matmul_bf16_f32`) and round only the logits' gradient, which the two
-//! gradient products read as a bf16 operand (tests: `tensor/tests/bf16_head.rs`).
+//! gradient products read as a bf16 operand (tests: `tensor/tests/suite/bf16_head.rs`).
 //!
 //! The sums follow a fixed order (blocks in row order, rows in order inside a block, in f64), so results do
 //! not depend on timing; with a single block they are bit-identical to `matmul` then `cross_entropy`.

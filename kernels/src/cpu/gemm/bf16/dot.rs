@@ -21,9 +21,9 @@
 //! This is Intel's pseudo-code for the instruction (per lane: `srcdest += make_fp32(src1.bf16[2j+1]) *
 //! make_fp32(src2.bf16[2j+1])`, then the same for `2j+0`, "DAZ, FTZ, RNE, SAE"), with what the pseudo-code
 //! leaves open (the product is not rounded; tininess is detected after rounding) settled on an Intel Xeon
-//! with AVX512-BF16; the unit tests below hold those cases, and `kernels/tests/gemm_bf16.rs` compares the
-//! hardware with this model on random and edge-biased inputs. NaN results are NaN in both, their payloads
-//! may differ.
+//! with AVX512-BF16; the unit tests below hold those cases, and `kernels/tests/suite/gemm_bf16.rs` compares
+//! the hardware with this model on random and edge-biased inputs. NaN results are NaN in both, their
+//! payloads may differ.
 use super::super::kernel::Update;
 use half::bf16;
 

@@ -11,7 +11,7 @@
 //! The corpus cache lives in the target folder and is shared by every run of this test, so the BPE is
 //! trained and the corpus tokenized once; the archive is copied from `local/cache` when it was fetched
 //! there before, else the pipeline fetches it.
-mod common;
+use crate::common;
 
 use cola::data::shakespeare::{shakespeare_dir, SHAKESPEARE_ARCHIVE};
 use cola::data::tokenizer::MIN_BPE_VOCAB;

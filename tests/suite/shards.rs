@@ -10,7 +10,7 @@
 //! - a tokenizer larger than the model is accepted when no corpus id reaches the model's vocabulary, and
 //!   otherwise the error names the first offending id and its file;
 //! - glob patterns select files as C4's shard names need; a damaged shard is an error naming it.
-mod common;
+use crate::common;
 
 use cola::data::{
     prepare_shards, CorpusSource, DataConfig, DataError, DataState, Dataset, IdWidth, TokenizedData,

@@ -3,8 +3,8 @@
 //! Whole-graph properties (networks, accumulation, replay, `no_grad`) are in `composite.rs`.
 //!
 //! Tolerance: `|analytic - numeric| <= 1e-6 * max(1, |numeric|)`, justified at `common::TOLERANCE`.
+use crate::common;
 use cola::autograd::Graph;
-mod common;
 
 use cola::autograd::{Result, Tape, Var};
 use cola::tensor::{BinaryOp, GateActivation, Rng, Tensor};

@@ -16,9 +16,7 @@ use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::float::PARALLEL_MIN_ELEMS;
 use half::bf16;
 
-// Only its generator is used here.
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 use common::Rng;
 
@@ -68,6 +66,7 @@ fn edge_f32() -> Vec<f32> {
 
 #[test]
 fn rounding_is_half_from_f32_and_widening_is_exact_on_every_level() {
+    let _level = common::level_lock();
     let xs = edge_f32();
     let want: Vec<u16> = xs.iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
     let scalar: Vec<u16> = xs.iter().map(|&x| round_one(x).to_bits()).collect();

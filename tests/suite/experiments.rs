@@ -5,7 +5,7 @@
 //! losses equal plain CoLA's bit for bit (the retention policy changes memory, never numbers); the
 //! precision grid trains one model in f32, bf16-mixed and pure-bf16 under keys that leave f32 runs' keys
 //! as they were. About 15 s on 2 cores.
-mod common;
+use crate::common;
 
 use cola::experiments::runner::run_dir;
 use cola::experiments::{self, mean_std, Experiment, RunResult, Settings, RESULT_FILE};

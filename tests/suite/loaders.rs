@@ -15,7 +15,7 @@
 //!
 //! 64 cases per property (96 for the cheap ones) keep the file at a few seconds in release; a panic
 //! saves its input under `target/tmp/loader-failures/`. Adding a file kind is one more property: write a valid file, mutate it, call `run_loader`, state when `Ok` is allowed.
-mod common;
+use crate::common;
 
 use cola::data::{prepare_shards, CorpusSource, ShardSet, Tokenizer};
 use cola::generate::{self, LoadOptions};

@@ -21,7 +21,7 @@ use cola_kernels::cpu::simd::{self, Level};
 use cola_kernels::Float;
 use common::{Rng, Stored};
 
-mod common;
+use crate::common;
 
 /// One product's inputs: A (`a_layout`: row-major with a padded row, or transposed), B row-major with a
 /// padded row (the few-row layout), C random or NaN when beta is 0 (which must ignore it).
@@ -163,6 +163,7 @@ fn transposed_b_takes_the_blocked_gemm() {
 /// few-row loops gives the same bits as the portable level on each path.
 #[test]
 fn simd_paths_and_levels_match_portable() {
+    let _level = common::level_lock();
     for (dims, seed) in [(Dims { m: 3, n: 1000, k: 300 }, 11), (Dims { m: 8, n: 70, k: 1000 }, 12)] {
         let inputs = case::<f32>(dims, false, (1.5, 0.25), seed);
         for path in available_paths() {

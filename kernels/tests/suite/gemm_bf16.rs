@@ -24,9 +24,7 @@ use common::Rng;
 use half::bf16;
 use proptest::prelude::*;
 
-// Only its generator is used here (its strided matrices are f32/f64).
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 /// A bf16 `rows x cols` matrix inside a NaN-filled buffer: transposed or not, a leading dimension `pad`
 /// wider than the logical width, a start offset.

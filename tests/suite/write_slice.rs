@@ -4,7 +4,7 @@
 //! device errors as values; on a CUDA device, the same writes as on the CPU (skipped without one).
 use cola::{DType, Rng, Tensor};
 
-mod common;
+use crate::common;
 
 fn randn(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
     Tensor::randn(shape, 0.0, 1.0, dtype, &mut Rng::new(seed))

@@ -8,6 +8,7 @@
 //! through short sums). Each bound is relative to `|want| + max(1, max|want|)`: inputs are O(1), so
 //! rounding is bounded on that scale, and an entry that cancels to near zero is judged on the scale of
 //! the terms that cancelled, not on its own tiny magnitude.
+use crate::common;
 use cola_kernels::cpu::adamw::{adamw_step, AdamWStep};
 use cola_kernels::cpu::attention::{attention_backward, attention_forward, AttentionDims, AttentionGrads};
 use cola_kernels::cpu::attention::{
@@ -792,6 +793,7 @@ impl Drop for LevelCap {
 #[test]
 fn simd_levels_match_the_portable_path_bit_for_bit() {
     let pb = Problem::new();
+    let _level = common::level_lock();
     let _cap = LevelCap;
     simd::set_max_level(Some(Level::Portable));
     assert_eq!(Level::active(), Level::Portable);

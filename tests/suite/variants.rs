@@ -3,7 +3,7 @@
 //! bad variants are clear errors, and `--audit`'s parameter counts and FLOPs are exact for each variant
 //! (against the formulas of docs/METHOD.md section 8 written out here). Runs are 3 steps of cola-tiny on
 //! the 300-entry test BPE: about a second.
-mod common;
+use crate::common;
 
 use clap::Parser;
 use cola::audit::sizes;

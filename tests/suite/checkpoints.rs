@@ -3,7 +3,7 @@
 //! run directory to one process, and the Hugging Face `config.json` that lets `transformers` load a
 //! full-rank checkpoint unchanged. Retention and lock checks are exact (steps, pids, file contents); the
 //! logits comparison with `transformers` is within 1e-5 in f32 (see that test).
-mod common;
+use crate::common;
 
 use clap::Parser;
 use cola::autograd::Eager;

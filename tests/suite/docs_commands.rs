@@ -1,6 +1,6 @@
 //! The commands the pages show cannot drift from the programs: every `cargo run` and `scripts/` command
 //! of README.md and docs/*.md (in code blocks and in inline code) is found here, and each one is either
-//! run by this test, or covered by another test (`--example tour`: tests/tour.rs runs docs/TOUR.md), or
+//! run by this test, or covered by another test (`--example tour`: tests/suite/tour.rs runs docs/TOUR.md), or
 //! listed in [`NOT_RUN`] with the reason it is not run here (a GPU, MPI, PyTorch, a download, or minutes
 //! to hours of compute). A command in none of these fails the test, and so does a listed one that no page
 //! shows any more.
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-mod common;
+use crate::common;
 use common::TempDir;
 
 /// Commands this test does not run, each with why (their flags are still checked).
@@ -90,20 +90,20 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
     (
         "cargo run --release --example audit_doc > docs/AUDIT.md",
-        "tests/audit_doc.rs runs it and compares its output with the page",
+        "tests/suite/audit_doc.rs runs it and compares its output with the page",
     ),
     (
         "cargo run --release --example experiments -- activation",
-        "the default budget: about an hour (tests/experiments.rs runs the grids with --quick)",
+        "the default budget: about an hour (tests/suite/experiments.rs runs the grids with --quick)",
     ),
     (
         "cargo run --release --example experiments -- rank [--quick] [--out runs/rank] [--budget-minutes 3] \
          [--seeds 2]",
-        "the default budget, two seeds: about an hour (tests/experiments.rs runs the grids with --quick)",
+        "the default budget, two seeds: about an hour (tests/suite/experiments.rs runs the grids with --quick)",
     ),
     (
         "cargo run --release --example experiments -- precision --threads 2",
-        "six runs of cola-60m for 300 steps: hours on a 2-core CPU (tests/experiments.rs runs it with --quick)",
+        "six runs of cola-60m for 300 steps: hours on a 2-core CPU (tests/suite/experiments.rs runs it with --quick)",
     ),
 ];
 
@@ -118,7 +118,7 @@ const SMALL: &[(&str, &str)] = &[
     ("--threads", "1"),
 ];
 
-/// The programs whose commands this test runs unless [`NOT_RUN`] lists them (`tour`: tests/tour.rs).
+/// The programs whose commands this test runs unless [`NOT_RUN`] lists them (`tour`: tests/suite/tour.rs).
 const RUN: &[&str] = &["llama_cola_350m", "generate", "tour"];
 
 /// The clap programs, whose flags are checked by parsing them.
@@ -488,7 +488,7 @@ fn every_documented_command_is_run_or_listed_and_its_flags_parse() {
     for (i, command) in to_run.iter().enumerate() {
         let Invocation::Example { name, args } = invocation(command) else { unreachable!() };
         match name.as_str() {
-            "tour" => {} // tests/tour.rs runs every stop of docs/TOUR.md and checks its output
+            "tour" => {} // tests/suite/tour.rs runs every stop of docs/TOUR.md and checks its output
             "llama_cola_350m" if args.iter().any(|a| a == "--help") => {
                 let output = run(&trainer, &args);
                 assert!(String::from_utf8_lossy(&output.stdout).contains("--model"), "{command}");

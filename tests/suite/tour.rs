@@ -6,7 +6,7 @@
 //! followed by a `#` comment shows usage only and has no block.
 use cola::tour::{self, Stop};
 
-const TOUR: &str = include_str!("../docs/TOUR.md");
+const TOUR: &str = include_str!("../../docs/TOUR.md");
 const COMMAND: &str = "cargo run --release --example tour -- ";
 
 /// `(stop name, expected lines)` for every command of the document, in order.

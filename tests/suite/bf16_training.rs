@@ -3,7 +3,7 @@
 //! and a run stopped after 2 of 4 updates and resumed from its checkpoint continues bit for bit: the
 //! same train losses (compared as f64 bits, no tolerance: the runs are deterministic) and byte-identical
 //! model and optimizer files. Each run is 4 updates of 8 x 16 tokens; about 2 s in all.
-mod common;
+use crate::common;
 
 use cola::train::{self, checkpoint, Options, Precision};
 use common::training::{tiny_config, trained, write_corpus};

@@ -2,7 +2,7 @@
 //! trained on a small text each test writes into its own temp folder: bit-exact resume, learning,
 //! gradient accumulation, atomic checkpoints, every bad input as an error value, metrics, and
 //! `--eval-only`. Runs are a few dozen steps of 8 x 16 tokens, well under a second each.
-mod common;
+use crate::common;
 
 use cola::data::{BatchMode, DataConfig, Dataset, Tokenizer};
 use cola::train::{

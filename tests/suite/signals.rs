@@ -11,7 +11,7 @@
 //! - `--save-every-minutes` writes checkpoints by time alone (`--save-every 0`).
 //!
 //! About 10 s on 2 shared cores (four short runs, the data prepared once).
-mod common;
+use crate::common;
 
 use common::{training, TempDir};
 use std::path::{Path, PathBuf};

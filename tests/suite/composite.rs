@@ -9,8 +9,8 @@
 //!
 //! Tolerance: `|analytic - numeric| <= 1e-6 * max(1, |numeric|)` (see `common::TOLERANCE`; the loss is a
 //! mean cross-entropy of O(1), so the finite differences are as accurate as for the single ops).
+use crate::common;
 use cola::autograd::Graph;
-mod common;
 
 use cola::autograd::{GradStore, Parameter, Policy, Tape, Var};
 use cola::tensor::{DType, Rng, Tensor};

@@ -14,7 +14,7 @@ use cola::audit::formulas::{counted, params, saved_bytes, Batch, Dims};
 use cola::autograd::Policy;
 use cola::nn::{Family, Preset, Size};
 
-const COMMITTED: &str = include_str!("../docs/AUDIT.md");
+const COMMITTED: &str = include_str!("../../docs/AUDIT.md");
 
 #[test]
 fn the_committed_document_is_what_the_program_writes() {

@@ -16,7 +16,7 @@ use cola_kernels::Float;
 use common::{Rng, Stored};
 use proptest::prelude::*;
 
-mod common;
+use crate::common;
 
 /// How an operand sits in memory: column-major (the transpose of a row-major buffer) or row-major,
 /// a leading dimension `pad` wider than the logical width, and a start offset.
