@@ -102,6 +102,12 @@ const NOT_RUN: &[(&str, &str)] = &[
         "the default budget, two seeds: about an hour (tests/suite/experiments.rs runs the grids with --quick)",
     ),
     (
+        "cargo run --release --example llama_cola_350m -- --model cola-60m --precision f32 --steps 300 \
+         --warmup 30 --eval-every 30 --eval-tokens 13770 --save-every 50 --keep-every 50 --seed 0 --out DIR",
+        "300 steps of cola-60m: 40 minutes on a 2-core CPU",
+    ),
+    ("scripts/reference/attention_probe.py", "needs PyTorch and a checkpoint"),
+    (
         "cargo run --release --example experiments -- precision --threads 2",
         "six runs of cola-60m for 300 steps: hours on a 2-core CPU (tests/suite/experiments.rs runs it with --quick)",
     ),
