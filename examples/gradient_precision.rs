@@ -11,6 +11,7 @@
 //!
 //! Usage: `cargo run --release --example gradient_precision -- IDS_FILE [--checkpoint DIR] [--model P]`
 use clap::Parser;
+use cola::data::TokenStream;
 use cola::nn::module::Module;
 use cola::nn::{load_safetensors, Llama, Preset, WEIGHTS_FILE};
 use cola::{DType, Device, Rng, Tape};
@@ -60,10 +61,12 @@ fn gradients(model: &Llama, dtype: DType, ids: &[u32]) -> (f64, Vec<(String, Vec
 fn main() {
     let args = Args::parse();
     let config = args.model.config();
-    let bytes = std::fs::read(&args.ids).unwrap_or_else(|e| panic!("{}: {e}", args.ids.display()));
-    let ids: Vec<u32> =
-        bytes.chunks_exact(2).take(ROWS * SEQ).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect();
-    assert_eq!(ids.len(), ROWS * SEQ, "{}: fewer than {} token ids", args.ids.display(), ROWS * SEQ);
+    // A u16 shard file is laid out as a `.bin` corpus: read it the way the training program reads those.
+    let stream = TokenStream::map_bins(std::slice::from_ref(&args.ids)).expect("map the token file");
+    let wanted = (ROWS * SEQ) as u64;
+    assert!(stream.num_tokens() >= wanted, "{}: fewer than {wanted} token ids", args.ids.display());
+    let mut ids = Vec::new();
+    stream.extend(0, wanted, &mut ids);
     if let Some(id) = ids.iter().find(|&&id| id as usize >= config.vocab_size) {
         panic!("token id {id} is outside the vocabulary of {} ({})", args.model, config.vocab_size);
     }

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,24 +46,12 @@ def token_batch(path: str) -> torch.Tensor:
     return torch.tensor(ids[: ROWS * SEQ].astype(np.int64)).view(ROWS, SEQ)
 
 
-def rope_qkv(attn: parity.Attention, x: torch.Tensor):
-    """The attention's q, k (after RoPE) and v, [batch, heads, seq, head_dim], as parity.Attention forms them."""
-    b, t, _ = x.shape
-
-    def heads(y):
-        return y.view(b, t, attn.n_heads, attn.head_dim).transpose(1, 2)
-
-    q, k, v = heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x))
-    cos, sin = parity.rope_cos_sin(t, attn.head_dim, q.dtype, q.device)
-    return q * cos + parity.rotate_half(q) * sin, k * cos + parity.rotate_half(k) * sin, v
-
-
 def attention_stats(model: parity.LlamaForCausalLM, ids: torch.Tensor):
     """(loss, per layer (|q|, |k|, max|s|, p)) of the f64 model on the batch."""
     stats = []
 
     def hook(attn, inputs, _output):
-        q, k, _ = rope_qkv(attn, inputs[0])
+        q, k, _ = attn.rope_qkv(inputs[0])
         t = q.shape[2]
         causal = torch.ones(t, t, dtype=torch.bool).triu(1)
         s = ((q @ k.transpose(-1, -2)) / math.sqrt(attn.head_dim)).masked_fill(causal, float("-inf"))

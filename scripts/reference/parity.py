@@ -178,8 +178,9 @@ class Attention(nn.Module):
         self.v_proj = projection(cfg, cfg.d_model, cfg.d_model)
         self.o_proj = projection(cfg, cfg.d_model, cfg.d_model)
 
-    def forward(self, x):
-        b, t, d = x.shape
+    def rope_qkv(self, x):
+        """q and k after RoPE, and v, each [b, heads, t, head_dim]."""
+        b, t, _ = x.shape
 
         def heads(y):  # [b, t, d] -> [b, heads, t, head_dim]
             return y.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
@@ -187,8 +188,11 @@ class Attention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         # In the projections' dtype: the model's, or bf16 under autocast.
         cos, sin = rope_cos_sin(t, self.head_dim, q.dtype, q.device)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin, v
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.rope_qkv(x)
         if self.fused_attention:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
