@@ -1,6 +1,7 @@
 //! The paper's ablations as experiments (docs/EXPERIMENTS.md):
 //!
 //!     cargo run --release --example experiments -- NAME [--quick] [--out DIR] [--budget-minutes M] [--seeds S]
+//!         [--lr LR]
 //!
 //! NAME is `activation`, `rank`, `compute`, `colam` or `precision`. The logic is `cola::experiments`; this
 //! parses the command line and prints where the table and the plot are.
@@ -37,6 +38,10 @@ struct Args {
     /// Training tokens per run, overriding --budget-minutes
     #[arg(long)]
     tokens: Option<u64>,
+    /// Peak learning rate of every run [default: each preset's]; runs at another rate are kept apart
+    /// (their directories' names carry it)
+    #[arg(long)]
+    lr: Option<f64>,
     /// Runs per model, seeded 0..S
     #[arg(long, value_name = "S", default_value_t = 2)]
     seeds: u64,
@@ -71,7 +76,8 @@ fn run(args: Args) -> Result<(), ExperimentError> {
     if let Some(threads) = args.threads {
         train::set_threads(threads)?;
     }
-    let folder = if args.quick { format!("{}-quick", args.name) } else { args.name.to_string() };
+    let lr = args.lr.map_or(String::new(), |lr| format!("-lr{lr:e}"));
+    let folder = format!("{}{lr}{}", args.name, if args.quick { "-quick" } else { "" });
     let shared = args.out.is_none() && !args.quick;
     let out = args.out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(folder));
     let mut settings = Settings::new(args.name, args.quick, out, args.budget_minutes, args.seeds);
@@ -82,6 +88,12 @@ fn run(args: Args) -> Result<(), ExperimentError> {
     }
     if let Some(tokens) = args.tokens {
         settings.tokens = tokens;
+    }
+    if let Some(lr) = args.lr {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(ExperimentError::Config(format!("--lr must be a positive number, got {lr}")));
+        }
+        settings.lr = Some(lr);
     }
     settings.data = args.data;
     settings.cache_dir = args.cache_dir;

@@ -88,6 +88,9 @@ pub struct Settings {
     /// Validation tokens per evaluation.
     pub eval_tokens: usize,
     pub batch_size: usize,
+    /// Peak learning rate of every run, overriding the presets' (`None`: each preset's own). A run trained
+    /// at another rate is another run: its directory's name carries the rate ([`runner::run_dir`]).
+    pub lr: Option<f64>,
     /// Training progress on stderr.
     pub verbose: bool,
 }
@@ -122,6 +125,7 @@ impl Settings {
             vocab_size: None,
             eval_tokens,
             batch_size,
+            lr: None,
             verbose: false,
         }
     }
@@ -189,11 +193,12 @@ pub fn run(settings: &Settings) -> Result<Report, ExperimentError> {
         rows.push(Row { label: spec.label.clone(), runs });
     }
     let title = format!(
-        "experiment {}{}: {} training tokens per run, {} seed(s)",
+        "experiment {}{}: {} training tokens per run, {} seed(s), {}",
         settings.experiment,
         if settings.quick { " (--quick)" } else { "" },
         settings.tokens,
-        settings.seeds
+        settings.seeds,
+        settings.lr.map_or("each preset's peak lr".to_string(), |lr| format!("peak lr {lr:e}"))
     );
     let table = settings.out.join("results.md");
     std::fs::write(&table, report::table(&title, &rows)).map_err(ExperimentError::io(&table))?;

@@ -62,9 +62,11 @@ impl RunResult {
 }
 
 /// The run directory of `spec` with `seed` in the store `settings.runs`: named by what is trained (the
-/// model's [`RunSpec::key`], the token budget, the seed), not by the grid's row label.
+/// model's [`RunSpec::key`], the peak learning rate where `settings` overrides the preset's, the token
+/// budget, the seed), not by the grid's row label: `cola-60m-silu-r128-gated-lr1e-3-614400tok-seed0`.
 pub fn run_dir(settings: &Settings, spec: &RunSpec, seed: u64) -> PathBuf {
-    settings.runs.join(format!("{}-{}tok-seed{seed}", spec.key(), settings.tokens))
+    let lr = settings.lr.map_or(String::new(), |lr| format!("-lr{lr:e}"));
+    settings.runs.join(format!("{}{lr}-{}tok-seed{seed}", spec.key(), settings.tokens))
 }
 
 /// Trains `spec` with `seed` (or reads its finished result) and returns its metrics.
@@ -135,7 +137,8 @@ pub fn run_one(spec: &RunSpec, seed: u64, settings: &Settings) -> Result<(RunRes
     Ok((result, false))
 }
 
-/// The training config of one run: the preset's learning rate, `settings`' token budget in whole steps,
+/// The training config of one run: the preset's peak learning rate (or `settings.lr`), `settings`' token
+/// budget in whole steps,
 /// a tenth of them warmup, ten evaluations on the same validation tokens, one checkpoint at the end.
 fn train_config(spec: &RunSpec, seed: u64, settings: &Settings, dir: &Path) -> TrainConfig {
     let mut config = TrainConfig::new(spec.preset, dir);
@@ -159,6 +162,9 @@ fn train_config(spec: &RunSpec, seed: u64, settings: &Settings, dir: &Path) -> T
     let tokens_per_step = (config.batch_size * config.seq_len) as u64;
     config.steps = settings.tokens.div_ceil(tokens_per_step).max(1);
     config.warmup = config.steps / 10;
+    if let Some(lr) = settings.lr {
+        config.lr = lr;
+    }
     config.eval_every = (config.steps / 10).max(1);
     config.eval_tokens = settings.eval_tokens;
     config.save_every = 0;

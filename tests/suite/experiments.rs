@@ -4,7 +4,7 @@
 //! the runs are kept in a store that another grid reuses (under the same settings only), and CoLA-M's
 //! losses equal plain CoLA's bit for bit (the retention policy changes memory, never numbers); the
 //! precision grid trains one model in f32, bf16-mixed and pure-bf16 under keys that leave f32 runs' keys
-//! as they were. About 15 s on 2 cores.
+//! as they were; `--lr` runs at its own peak rate in runs of their own. About 15 s on 2 cores.
 use crate::common;
 
 use cola::experiments::runner::run_dir;
@@ -202,4 +202,36 @@ fn precision_grid_varies_precision_only_and_runs_quick() {
 /// The `--quick` precision grid's row `label`.
 fn grid_spec(label: &str) -> experiments::RunSpec {
     experiments::grid(Experiment::Precision, true).into_iter().find(|s| s.label == label).unwrap()
+}
+
+/// `--lr` (`Settings::lr`) trains every run at the given peak learning rate, and such a run is another
+/// run than the preset's: its own directory (named with the rate), never reused for the preset's rate.
+/// The schedule peaks at the end of the warmup, so the largest logged rate is the peak exactly.
+#[test]
+fn lr_override_sets_the_peak_and_keeps_its_runs_apart() {
+    use cola::experiments::runner::run_one;
+    use cola::train::{StepRecord, METRICS_FILE};
+    let dir = TempDir::new("experiments-lr");
+    write_corpus(&dir);
+    let spec = grid_spec("cola-tiny-f32");
+    let preset_peak = spec.preset.recipe().peak_lr;
+    let lr = preset_peak / 7.0;
+    let mut settings = quick(&dir, Experiment::Precision, 1);
+    let plain_dir = run_dir(&settings, &spec, 0);
+    settings.lr = Some(lr);
+    let lr_dir = run_dir(&settings, &spec, 0);
+    assert_ne!(lr_dir, plain_dir);
+    assert!(lr_dir.to_string_lossy().contains(&format!("-lr{lr:e}-")), "{}", lr_dir.display());
+
+    let (_, reused) = run_one(&spec, 0, &settings).unwrap();
+    assert!(!reused);
+    let metrics = std::fs::read_to_string(lr_dir.join(METRICS_FILE)).unwrap();
+    let peak = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<StepRecord>(l).ok())
+        .map(|r| r.lr)
+        .fold(0.0, f64::max);
+    assert_eq!(peak, lr);
+    assert!(!plain_dir.exists(), "the preset's run is not trained, nor taken for this one");
+    assert!(run_one(&spec, 0, &settings).unwrap().1, "a second call reads the finished run back");
 }
