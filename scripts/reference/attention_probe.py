@@ -20,7 +20,9 @@ with F.scaled_dot_product_attention (PyTorch's fused CPU kernel), and prints eac
     per group     the same ratio for the attention q and k factors of each layer (the most sensitive) and
                   for the embedding
 
-Usage: attention_probe.py [--gradients] [--preset cola-60m] IDS_FILE CHECKPOINT/model.safetensors...
+Usage: attention_probe.py [--gradients] [--preset NAME] IDS_FILE CHECKPOINT/model.safetensors...
+
+Without --preset each checkpoint's shape comes from the `config.json` beside its `model.safetensors`.
 """
 import argparse
 import dataclasses
@@ -85,14 +87,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ids_file")
     ap.add_argument("checkpoints", nargs="+")
-    ap.add_argument("--preset", default="cola-60m")
+    ap.add_argument("--preset", help="a preset of the parity fixtures [default: each checkpoint's config.json]")
     ap.add_argument("--gradients", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = parity.load_presets(FIXTURES)[args.preset]
+    preset = parity.load_presets(FIXTURES)[args.preset] if args.preset else None
     ids = token_batch(args.ids_file)
     for path in args.checkpoints:
+        cfg = preset or parity.config_of_checkpoint(Path(path).parent)
         weights = load_file(path)
         loss, stats = attention_stats(parity.load_model(cfg, weights, torch.float64), ids)
         print(f"{path}: f64 loss {loss:.4f}")

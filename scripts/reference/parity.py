@@ -89,6 +89,29 @@ class Config:
         return self.d_model // self.n_heads
 
 
+def config_of_checkpoint(folder: Path) -> Config:
+    """The Config of a checkpoint folder written by the Rust stack, from its Hugging Face style
+    `config.json` (the names `ColaForCausalLM` uses: `hidden_size`, `cola_rank`, `only_lr_act`, ...)."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise SystemExit(f"no {path}: pass --preset, or a checkpoint folder the training program wrote")
+    c = json.loads(path.read_text())
+    if (c["rope_theta"], c["rms_norm_eps"], c["pad_token_id"]) != (ROPE_THETA, NORM_EPS, PAD_ID):
+        raise SystemExit(f"{path}: other constants than this reference's: {c}")
+    if c.get("cola_rank") is not None and c.get("lr_act_type", "silu") != "silu":
+        raise SystemExit(f"{path}: this reference applies silu between the factors, not {c['lr_act_type']}")
+    return Config(
+        vocab_size=c["vocab_size"],
+        d_model=c["hidden_size"],
+        ffn_dim=c["intermediate_size"],
+        n_layers=c["num_hidden_layers"],
+        n_heads=c["num_attention_heads"],
+        rank=c.get("cola_rank"),
+        only_lr_act=bool(c.get("only_lr_act", False)),
+        max_seq_len=c["max_position_embeddings"],
+    )
+
+
 def load_presets(root: Path) -> dict:
     """Every preset of FIXTURE_DIR/presets.json as a Config, in the exporter's order.
 

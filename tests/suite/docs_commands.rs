@@ -106,6 +106,11 @@ const NOT_RUN: &[(&str, &str)] = &[
          --warmup 30 --eval-every 30 --eval-tokens 13770 --save-every 50 --keep-every 50 --seed 0 --out DIR",
         "300 steps of cola-60m: 40 minutes on a 2-core CPU",
     ),
+    (
+        "cargo run --release --example llama_cola_350m -- --model cola-small --precision f32 --steps 430 \
+         --warmup 43 --eval-every 43 --eval-tokens 16384 --save-every 50 --keep-every 50 --seed 0 --out DIR",
+        "430 steps of cola-small: minutes on a 2-core CPU",
+    ),
     ("scripts/reference/attention_probe.py", "needs PyTorch and a checkpoint"),
     (
         "cargo run --release --example experiments -- precision --threads 2",
