@@ -55,17 +55,3 @@ pub fn synchronize(device: Device) -> crate::Result<()> {
         }),
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_devices() {
-        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
-        assert_eq!("cuda".parse::<Device>(), Ok(Device::Cuda(0)));
-        assert_eq!("cuda:3".parse::<Device>(), Ok(Device::Cuda(3)));
-        assert!("cuda:x".parse::<Device>().is_err());
-        assert!("tpu".parse::<Device>().is_err());
-    }
-}

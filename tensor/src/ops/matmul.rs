@@ -78,7 +78,7 @@ fn matmul_bf16(a: &Tensor, b: &Tensor, batch_shape: &[usize], dims: Dims) -> Res
 /// head's logits, which the loss reads in f32, and its gradients, which are summed over blocks in f32).
 /// `acc` (f32 `[m, n]`) is updated in place (`beta = 1`) and returned. Same products, same order as
 /// [`Tensor::matmul`] on these operands, without its final rounding.
-pub(crate) fn matmul_bf16_f32(a: &Tensor, b: &Tensor, acc: Option<Tensor>) -> Result<Tensor> {
+pub fn matmul_bf16_f32(a: &Tensor, b: &Tensor, acc: Option<Tensor>) -> Result<Tensor> {
     let op = "matmul_bf16_f32";
     super::check_same(op, &[a, b])?;
     let (&[m, k], &[k2, n]) = (a.shape(), b.shape()) else {
@@ -159,46 +159,5 @@ impl Tensor {
             [a, b],
             |[a, b]| match_float!("matmul", a.dtype(), T => matmul_t::<T>(&a, &b, &batch_shape, dims)),
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Rng;
-
-    /// `matmul_bf16_f32` is the bf16 GEMM without its final rounding: rounding its result gives
-    /// `matmul`'s bits exactly (same products in the same order), on a transposed operand too, over two
-    /// GEMM depth blocks; with an accumulator and a depth within one depth block on every path (KC is 512
-    /// on the dot paths, 256 on the widening ones that CPUs without bf16 dot products run) the sum
-    /// `acc + a @ b` is rounded once, so it equals the f32 addition of the product to `acc` bit for bit.
-    /// (Over several blocks each block's sum is added to C in turn, which the f32 addition does not
-    /// reproduce.)
-    #[test]
-    fn f32_output_is_the_unrounded_bf16_product() {
-        let mut rng = Rng::new(5);
-        let (m, k, n) = (37, 300, 70);
-        let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
-        let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
-        let wide = matmul_bf16_f32(&a, &b, None).unwrap();
-        assert_eq!(wide.dtype(), DType::F32);
-        let rounded: Vec<u16> =
-            wide.to_vec::<f32>().unwrap().iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
-        let direct: Vec<u16> =
-            a.matmul(&b).unwrap().to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect();
-        assert_eq!(rounded, direct);
-
-        let k = 200;
-        let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
-        let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
-        let wide = matmul_bf16_f32(&a, &b, None).unwrap();
-        let acc = Tensor::randn(&[m, n], 0.0, 1.0, DType::F32, &mut rng);
-        let want: Vec<u32> =
-            acc.add(&wide).unwrap().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-        let got = matmul_bf16_f32(&a, &b, Some(acc)).unwrap();
-        let got: Vec<u32> = got.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
-        assert_eq!(got, want);
-        let bad = Tensor::zeros(&[m, n + 1], DType::F32);
-        assert!(matmul_bf16_f32(&a, &b, Some(bad)).is_err());
     }
 }

@@ -7,4 +7,5 @@
 mod attention_cache;
 mod bf16_fused;
 mod bf16_head;
+mod device;
 mod matmul_bf16;

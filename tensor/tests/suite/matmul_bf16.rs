@@ -9,10 +9,13 @@
 //!   is `s` rounded once to bf16, relative error at most 2^-8 (bf16 keeps 8 significant bits). Hence
 //!   `|out - r| <= 2^-8 |s| + k eps M <= 2^-8 |r| + (1 + 2^-8) k eps M`, the bound checked.
 //! - f32 and f64 matmuls keep their dtype and their GEMM (checked bit for bit against `gemm`).
+//! - `ops::matmul::matmul_bf16_f32` (f32 output, for the LM head) is the bf16 GEMM without its final
+//!   rounding, bit for bit (its test says why exact equality holds).
 //!
 //! Well under a second.
 use cola_kernels::cpu::gemm::{gemm, gemm_bf16, Dims, MatRef};
-use cola_tensor::{bf16, DType, Tensor};
+use cola_tensor::ops::matmul::matmul_bf16_f32;
+use cola_tensor::{bf16, DType, Rng, Tensor};
 
 /// Deterministic values in [-2, 2), rounded to bf16 by the tensor constructor's caller.
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -111,4 +114,39 @@ fn f32_and_f64_matmuls_keep_their_gemm() {
     let view = |data, cols| MatRef { data, offset: 0, row_stride: cols, col_stride: 1 };
     gemm(Dims { m, n, k }, 1.0, view(&a64, k), view(&b64, n), 0.0, &mut c);
     assert_eq!(out.to_vec::<f64>().unwrap(), c);
+}
+
+/// `matmul_bf16_f32` is the bf16 GEMM without its final rounding: rounding its result gives
+/// `matmul`'s bits exactly (same products in the same order), on a transposed operand too, over two
+/// GEMM depth blocks; with an accumulator and a depth within one depth block on every path (KC is 512
+/// on the dot paths, 256 on the widening ones that CPUs without bf16 dot products run) the sum
+/// `acc + a @ b` is rounded once, so it equals the f32 addition of the product to `acc` bit for bit.
+/// (Over several blocks each block's sum is added to C in turn, which the f32 addition does not
+/// reproduce.)
+#[test]
+fn f32_output_is_the_unrounded_bf16_product() {
+    let mut rng = Rng::new(5);
+    let (m, k, n) = (37, 300, 70);
+    let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
+    let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
+    let wide = matmul_bf16_f32(&a, &b, None).unwrap();
+    assert_eq!(wide.dtype(), DType::F32);
+    let rounded: Vec<u16> =
+        wide.to_vec::<f32>().unwrap().iter().map(|&x| bf16::from_f32(x).to_bits()).collect();
+    let direct: Vec<u16> =
+        a.matmul(&b).unwrap().to_vec::<bf16>().unwrap().iter().map(|x| x.to_bits()).collect();
+    assert_eq!(rounded, direct);
+
+    let k = 200;
+    let a = Tensor::randn(&[m, k], 0.0, 1.0, DType::BF16, &mut rng);
+    let b = Tensor::randn(&[n, k], 0.0, 1.0, DType::BF16, &mut rng).t().unwrap();
+    let wide = matmul_bf16_f32(&a, &b, None).unwrap();
+    let acc = Tensor::randn(&[m, n], 0.0, 1.0, DType::F32, &mut rng);
+    let want: Vec<u32> =
+        acc.add(&wide).unwrap().to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+    let got = matmul_bf16_f32(&a, &b, Some(acc)).unwrap();
+    let got: Vec<u32> = got.to_vec::<f32>().unwrap().iter().map(|x| x.to_bits()).collect();
+    assert_eq!(got, want);
+    let bad = Tensor::zeros(&[m, n + 1], DType::F32);
+    assert!(matmul_bf16_f32(&a, &b, Some(bad)).is_err());
 }
