@@ -56,18 +56,21 @@ impl Rows {
 }
 
 /// Per-block buffers: the block's rows of q or dO interleaved (`a_t`, `[width, ROWS]`), its scores then
-/// probabilities (`scores`, `[ROWS, keys]`) and the probabilities interleaved (`coef`, `[keys, ROWS]`).
+/// probabilities (`scores`, `[ROWS, keys]`), the probabilities interleaved (`coef`, `[keys, ROWS]`), and
+/// its rows of a weighted sum (`out`, `[ROWS, width]`: forward's output, backward's dQ before scaling).
 pub(super) struct Block<T> {
     pub(super) a_t: Vec<T>,
     pub(super) scores: Vec<T>,
     pub(super) coef: Vec<T>,
+    pub(super) out: Vec<T>,
 }
 
 impl<T: Float> Block<T> {
     #[inline(always)]
     pub(super) fn new(width: usize, keys: usize) -> Self {
         let a_t = vec![T::ZERO; width * ROWS];
-        Self { a_t, scores: vec![T::ZERO; ROWS * keys], coef: vec![T::ZERO; keys * ROWS] }
+        let (scores, coef) = (vec![T::ZERO; ROWS * keys], vec![T::ZERO; keys * ROWS]);
+        Self { a_t, scores, coef, out: vec![T::ZERO; ROWS * width] }
     }
 
     /// Softmax probabilities of the block's rows over their visible keys into `self.scores` (entries past
