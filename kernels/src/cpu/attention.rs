@@ -10,7 +10,7 @@
 //! Work is split over (batch, head) pairs. Their rows are interleaved in the `[batch, seq, heads, head_dim]`
 //! layout, so each pair gathers its rows into contiguous (and, for keys, transposed) buffers, which a task
 //! allocates once and reuses for every pair it runs, and writes its output rows in place (through the
-//! lists of [`rows_by_pair`], each row owned by one pair). Inside a pair, query rows go
+//! lists of `rows_by_pair`, each row owned by one pair). Inside a pair, query rows go
 //! in blocks whose products run as register-tiled micro-kernels (`blocks.rs`); every accumulation runs in
 //! a fixed order inside one pair, so the result does not depend on the number of threads or on the SIMD
 //! level.
@@ -25,7 +25,7 @@ mod blocks;
 use super::simd::{multiversion, Isa, Level};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
-use blocks::{accumulate_transposed, interleave, interleave_rows, score_gradients, scores, weighted_rows};
+use blocks::{accumulate_transposed, interleave_rows, score_gradients, scores, weighted_rows};
 use blocks::{Block, Rows, Tile, MAX_TILE, ROWS};
 use rayon::prelude::*;
 
@@ -243,7 +243,7 @@ multiversion! {
         HeadView::new(dims, head).gather(q, dims.q_len, &mut bufs.qs);
         let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
         let vs = &cache.values[head * capacity * width..][..capacity * width];
-        forward_head(isa, tile, [&bufs.qs, k_t, vs], capacity, dims, scale, &mut bufs.block, out);
+        forward_head(isa, tile, [&bufs.qs, k_t, vs], dims, scale, &mut bufs.block, out);
     }
 }
 
@@ -314,24 +314,24 @@ multiversion! {
         view.gather(v, dims.kv_len, &mut bufs.vs);
         view.transpose(&bufs.ks, &mut bufs.k_t);
         let inputs = [&bufs.qs[..], &bufs.k_t, &bufs.vs];
-        forward_head(isa, tile, inputs, view.keys, dims, scale, &mut bufs.block, out);
+        forward_head(isa, tile, inputs, dims, scale, &mut bufs.block, out);
     }
 }
 
 /// The forward of one head, every input laid out as the kernels read it: `qs` the query rows
 /// `[q_len, width]`, `k_t` the keys transposed `[head_dim, keys]` (row stride `keys`, a multiple of the
 /// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `out` holds the
-/// `q_len` output rows (`head_dim` each). Both [`attention_forward`] (on gathered copies, `keys = padded(kv_len)`) and
-/// [`attention_forward_cached`] (on the cache's buffers, `keys` its capacity) run this, so they compute
-/// every output element by the same operations on the same values: the key stride only places the
-/// scores, whose columns past a row's visible keys are never read.
+/// `q_len` output rows (`head_dim` each); `block` was made for `keys`. Both [`attention_forward`] (on
+/// gathered copies, `keys = padded(kv_len)`) and [`attention_forward_cached`] (on the cache's buffers,
+/// `keys` its capacity) run this, so they compute every output element by the same operations on the
+/// same values: the key stride only places the scores, whose columns past a row's visible keys are never
+/// read.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_head<T: Float, const W: usize>(
     isa: Isa,
     tile: Tile<W>,
     inputs: [&[T]; 3],
-    keys: usize,
     dims: AttentionDims,
     scale: T,
     block: &mut Block<T>,
@@ -342,7 +342,6 @@ fn forward_head<T: Float, const W: usize>(
     for (b, out) in out.chunks_mut(ROWS).enumerate() {
         let rows = Rows::new(b * ROWS, out.len(), dims.kv_len - dims.q_len);
         block.probabilities(isa, tile, &rows, qs, k_t, scale);
-        interleave(&rows, &block.scores, keys, &mut block.coef);
         weighted_rows(isa, tile, &rows, &block.coef, vs, width, &mut block.out);
         for (o, row) in out.iter_mut().zip(block.out.chunks_exact(width)) {
             o.copy_from_slice(&row[..dims.head_dim]);
@@ -391,7 +390,6 @@ multiversion! {
                     *o = x * scale;
                 }
             }
-            interleave(&rows, &block.scores, keys, &mut block.coef);
             accumulate_transposed(isa, tile, &rows, scaled_ds_t, qs, width, dk);
             accumulate_transposed(isa, tile, &rows, &block.coef, dos, width, dv);
         }
@@ -444,7 +442,7 @@ impl HeadView {
             let n = MAX_TILE.min(d.kv_len - j0);
             let rows: [&[T]; MAX_TILE] =
                 std::array::from_fn(|jj| &rows[(j0 + jj.min(n - 1)) * width..][..d.head_dim]);
-            for (c, t_c) in t.chunks_exact_mut(keys).enumerate() {
+            for (c, t_c) in (0..d.head_dim).zip(t.chunks_exact_mut(keys)) {
                 for (t_cj, row) in t_c[j0..j0 + n].iter_mut().zip(&rows) {
                     *t_cj = row[c];
                 }
