@@ -172,35 +172,47 @@ fn adamw(b: &mut Bench) {
     });
 }
 
+/// Forward and backward attention at the 350m sizes (batch 8 x seq 256, 16 heads of 64) and at the
+/// cola-60m training sizes (batch 8 x seq 256, 8 heads of 64; `attention_fwd_60m`, `attention_bwd_60m`).
 fn attention() {
-    let dims = AttentionDims { batch: 8, heads: HEADS, q_len: SEQ, kv_len: SEQ, head_dim: HEAD_DIM };
-    let n = dims.batch * SEQ * HEADS * HEAD_DIM;
-    let [q, k, v, g] = [12, 13, 14, 15].map(|seed| filled(n, seed, 1.0));
-    let (mut out, mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-    let scale = 1.0 / (HEAD_DIM as f32).sqrt();
-    let product = (dims.batch * HEADS * SEQ * (SEQ + 1) / 2 * HEAD_DIM * 2) as f64;
-    let time = seconds(|| attention_forward(&q, &k, &v, dims, scale, &mut out));
-    let line = |name: &str, flops: f64, time: f64| {
-        println!("fused {name} flops={flops:.0} ms={:.3} gflops={:.1}", time * 1e3, flops / time / 1e9)
-    };
-    line("attention_fwd", 2.0 * product, time);
-    let time = seconds(|| {
-        let grads = AttentionGrads { q: &mut dq, k: &mut dk, v: &mut dv };
-        attention_backward(&q, &k, &v, &g, dims, scale, grads)
-    });
-    line("attention_bwd", 5.0 * product, time);
+    let m60 = cola::nn::Size::M60.spec();
+    for (suffix, heads, head_dim) in [("", HEADS, HEAD_DIM), ("_60m", m60.n_heads, m60.d_model / m60.n_heads)]
+    {
+        let dims = AttentionDims { batch: 8, heads, q_len: SEQ, kv_len: SEQ, head_dim };
+        let n = dims.batch * SEQ * heads * head_dim;
+        let [q, k, v, g] = [12, 13, 14, 15].map(|seed| filled(n, seed, 1.0));
+        let (mut out, mut dq, mut dk, mut dv) = (vec![0.0f32; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        let product = (dims.batch * heads * SEQ * (SEQ + 1) / 2 * head_dim * 2) as f64;
+        let time = seconds(|| attention_forward(&q, &k, &v, dims, scale, &mut out));
+        let line = |name: &str, flops: f64, time: f64| {
+            println!(
+                "fused {name}{suffix} flops={flops:.0} ms={:.3} gflops={:.1}",
+                time * 1e3,
+                flops / time / 1e9
+            )
+        };
+        line("attention_fwd", 2.0 * product, time);
+        let time = seconds(|| {
+            let grads = AttentionGrads { q: &mut dq, k: &mut dk, v: &mut dv };
+            attention_backward(&q, &k, &v, &g, dims, scale, grads)
+        });
+        line("attention_bwd", 5.0 * product, time);
+    }
 }
 
 /// Runs every fused-kernel case and prints its table.
-pub fn run_all() {
+pub fn run_all(attention_only: bool) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(THREADS).build().expect("rayon pool");
     println!("fused: {THREADS} threads, f32, SIMD level {:?}", simd::Level::active());
     pool.install(|| {
-        let mut bench = Bench::new();
-        elementwise(&mut bench);
-        norm_and_rope(&mut bench);
-        loss_and_embedding(&mut bench);
-        adamw(&mut bench);
+        if !attention_only {
+            let mut bench = Bench::new();
+            elementwise(&mut bench);
+            norm_and_rope(&mut bench);
+            loss_and_embedding(&mut bench);
+            adamw(&mut bench);
+        }
         attention();
     });
 }

@@ -8,7 +8,8 @@
 //! `60m_head_dx` and the like, which the default list leaves out) and implies `--gemm-only`; `--cpu-time` divides
 //! the work of all timed repetitions by the CPU time the process's threads ran (Linux schedstat) instead of
 //! taking the median wall time, so time the scheduler gave to other jobs on a shared machine does not count
-//! (waiting threads that spin still do). `--few-rows` prints only the few-row
+//! (waiting threads that spin still do). `--attention` prints only the fused table's attention lines (350m and
+//! cola-60m sizes). `--few-rows` prints only the few-row
 //! table (`few_rows.rs`: decode-sized products on the few-row path against the blocked GEMM). `--bf16`
 //! times each case on the bf16 GEMM as well (`bf16.rs`: bf16 operands and output, f32 accumulation, the
 //! selected path, or the one `--bf16-path NAME` names, e.g. `widen-avx512f`), printing
@@ -133,6 +134,10 @@ fn main() {
         few_rows::run_all();
         return;
     }
+    if args.iter().any(|a| a == "--attention") {
+        fused::run_all(true);
+        return;
+    }
     let named_path = args.windows(2).find(|pair| pair[0] == "--bf16-path").map(|pair| pair[1].as_str());
     let bf16_path = match named_path {
         None => Bf16Path::selected(),
@@ -167,6 +172,6 @@ fn main() {
         }
     }
     if !list && !gemm_only {
-        fused::run_all();
+        fused::run_all(false);
     }
 }

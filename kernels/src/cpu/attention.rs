@@ -8,8 +8,9 @@
 //!     `dQ = scale dS K`,  `dK = scale dS^T Q`.
 //!
 //! Work is split over (batch, head) pairs. Their rows are interleaved in the `[batch, seq, heads, head_dim]`
-//! layout, so each pair gathers its rows into contiguous (and, for keys, transposed) buffers, computes into
-//! its own scratch block, and the blocks are scattered into place afterwards. Inside a pair, query rows go
+//! layout, so each pair gathers its rows into contiguous (and, for keys, transposed) buffers, which a task
+//! allocates once and reuses for every pair it runs, and writes its output rows in place (through the
+//! lists of `rows_by_pair`, each row owned by one pair). Inside a pair, query rows go
 //! in blocks whose products run as register-tiled micro-kernels (`blocks.rs`); every accumulation runs in
 //! a fixed order inside one pair, so the result does not depend on the number of threads or on the SIMD
 //! level.
@@ -24,7 +25,7 @@ mod blocks;
 use super::simd::{multiversion, Isa, Level};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
-use blocks::{accumulate_transposed, interleave, interleave_rows, score_gradients, scores, weighted_rows};
+use blocks::{accumulate_transposed, interleave_rows, score_gradients, scores, weighted_rows};
 use blocks::{Block, Rows, Tile, MAX_TILE, ROWS};
 use rayon::prelude::*;
 
@@ -61,19 +62,19 @@ pub fn attention_forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: AttentionDim
         return;
     }
     let isa = Isa::active();
-    let mut scratch = vec![T::ZERO; dims.batch * dims.heads * block];
     let inputs = [q, k, v];
+    let outs = rows_by_pair(out, dims.q_len, dims);
+    let buffers = || Buffers::new(dims, Pass::Forward);
     // Tiles of 16 fit AVX2's registers, 32 AVX-512's. The portable path (slow in any case) takes 32 too,
     // so that the tests, which compare every level with it bit for bit, also compare the two tilings.
     match isa.level() {
-        Level::Avx2 => for_each_head(&mut scratch, block, dims, |pair, o| {
-            forward_pair(isa, Tile::<16>, inputs, dims, pair, scale, o)
+        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, pair, mut o| {
+            forward_pair(isa, Tile::<16>, inputs, dims, pair, scale, bufs, &mut o)
         }),
-        _ => for_each_head(&mut scratch, block, dims, |pair, o| {
-            forward_pair(isa, Tile::<32>, inputs, dims, pair, scale, o)
+        _ => for_each_pair(outs, dims, buffers, |bufs, pair, mut o| {
+            forward_pair(isa, Tile::<32>, inputs, dims, pair, scale, bufs, &mut o)
         }),
     }
-    scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
 }
 
 /// The head-major layout of one sequence's cached keys and values, which [`attention_forward_cached`]
@@ -208,22 +209,23 @@ pub fn attention_forward_cached<T: Float>(
         return;
     }
     let isa = Isa::active();
-    let mut scratch = vec![T::ZERO; dims.heads * block];
+    let outs = rows_by_pair(out, dims.q_len, dims);
+    let buffers = || Buffers::new(AttentionDims { kv_len: layout.capacity, ..dims }, Pass::Cached);
     match isa.level() {
-        Level::Avx2 => for_each_head(&mut scratch, block, dims, |head, o| {
-            forward_cached_head(isa, Tile::<16>, q, cache, head, scale, o)
+        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, head, mut o| {
+            forward_cached_head(isa, Tile::<16>, q, cache, head, scale, bufs, &mut o)
         }),
-        _ => for_each_head(&mut scratch, block, dims, |head, o| {
-            forward_cached_head(isa, Tile::<32>, q, cache, head, scale, o)
+        _ => for_each_pair(outs, dims, buffers, |bufs, head, mut o| {
+            forward_cached_head(isa, Tile::<32>, q, cache, head, scale, bufs, &mut o)
         }),
     }
-    scatter_heads(&scratch, block, 0, dims.q_len, dims, out);
 }
 
 multiversion! {
-    /// Forward of one head against a cache into its `[q_len, padded(head_dim)]` block `out`: the query
-    /// rows gathered as [`forward_pair`] gathers them, the keys and values the head's slices of the
-    /// cache's buffers (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
+    /// Forward of one head against a cache into its `q_len` output rows `out`: the query rows gathered
+    /// as [`forward_pair`] gathers them, the keys and values the head's slices of the cache's buffers
+    /// (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
+    #[allow(clippy::too_many_arguments)]
     fn forward_cached_head[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
@@ -231,16 +233,17 @@ multiversion! {
         cache: CachedKeysValues<'_, T>,
         head: usize,
         scale: T,
-        out: &mut [T],
+        bufs: &mut Buffers<T>,
+        out: &mut [&mut [T]],
     ) {
         let CacheLayout { heads, head_dim, capacity } = cache.layout;
         let q_len = q.len() / (heads * head_dim);
         let dims = AttentionDims { batch: 1, heads, q_len, kv_len: cache.len, head_dim };
         let width = cache.layout.width();
-        let qs = HeadView::new(dims, head).rows(q, dims.q_len);
+        HeadView::new(dims, head).gather(q, dims.q_len, &mut bufs.qs);
         let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
         let vs = &cache.values[head * capacity * width..][..capacity * width];
-        forward_head(isa, tile, [&qs, k_t, vs], capacity, dims, scale, out);
+        forward_head(isa, tile, [&bufs.qs, k_t, vs], dims, scale, &mut bufs.block, out);
     }
 }
 
@@ -262,28 +265,23 @@ pub fn attention_backward<T: Float>(
     grads: AttentionGrads<'_, T>,
 ) {
     let AttentionDims { q_len, kv_len, head_dim, .. } = dims;
-    // Scratch block of one pair, rows padded to `width`: dQ `[q_len, width]`, then dK and dV
-    // `[kv_len, width]` each.
-    let width = padded(head_dim);
-    let (dk_at, dv_at) = (q_len * width, (q_len + kv_len) * width);
-    let block = (q_len + 2 * kv_len) * width;
-    if head_dim == 0 || block == 0 || dims.batch * dims.heads == 0 {
+    if head_dim == 0 || kv_len == 0 || dims.batch * dims.heads == 0 {
         return;
     }
     let isa = Isa::active();
-    let mut scratch = vec![T::ZERO; dims.batch * dims.heads * block];
     let inputs = [q, k, v, grad_out];
+    let (dq, dk) = (rows_by_pair(grads.q, q_len, dims), rows_by_pair(grads.k, kv_len, dims));
+    let dv = rows_by_pair(grads.v, kv_len, dims);
+    let outs: Vec<_> = dq.into_iter().zip(dk).zip(dv).map(|((dq, dk), dv)| [dq, dk, dv]).collect();
+    let buffers = || Buffers::new(dims, Pass::Backward);
     match isa.level() {
-        Level::Avx2 => for_each_head(&mut scratch, block, dims, |pair, grads| {
-            backward_pair(isa, Tile::<16>, inputs, dims, pair, scale, grads)
+        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, pair, mut grads| {
+            backward_pair(isa, Tile::<16>, inputs, dims, pair, scale, bufs, &mut grads)
         }),
-        _ => for_each_head(&mut scratch, block, dims, |pair, grads| {
-            backward_pair(isa, Tile::<32>, inputs, dims, pair, scale, grads)
+        _ => for_each_pair(outs, dims, buffers, |bufs, pair, mut grads| {
+            backward_pair(isa, Tile::<32>, inputs, dims, pair, scale, bufs, &mut grads)
         }),
     }
-    scatter_heads(&scratch, block, 0, q_len, dims, grads.q);
-    scatter_heads(&scratch, block, dk_at, kv_len, dims, grads.k);
-    scatter_heads(&scratch, block, dv_at, kv_len, dims, grads.v);
 }
 
 /// `n` rounded up to a whole number of tiles: the row stride of every per-pair buffer.
@@ -292,13 +290,13 @@ fn padded(n: usize) -> usize {
 }
 
 multiversion! {
-    /// Forward of one (batch, head) pair into its `[q_len, padded(head_dim)]` block `out`; `inputs` is
-    /// `[q, k, v]`.
+    /// Forward of one (batch, head) pair into its `q_len` output rows `out`; `inputs` is `[q, k, v]`.
     ///
     /// Query rows go in blocks of `ROWS`: their scores against all visible keys (tiles of `W` keys,
     /// summed over the head dim in order), the softmax of each row, then the weighted sum of value rows
     /// (summed over keys in order). Every output element is computed by the same sequence of operations
     /// a row-at-a-time loop would use; the blocking only decides which ones share a register load.
+    #[allow(clippy::too_many_arguments)]
     fn forward_pair[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
@@ -306,48 +304,57 @@ multiversion! {
         dims: AttentionDims,
         pair: usize,
         scale: T,
-        out: &mut [T],
+        bufs: &mut Buffers<T>,
+        out: &mut [&mut [T]],
     ) {
         let [q, k, v] = inputs;
         let view = HeadView::new(dims, pair);
-        let (qs, k_t, vs) = (view.rows(q, dims.q_len), view.transposed(k), view.rows(v, dims.kv_len));
-        forward_head(isa, tile, [&qs, &k_t, &vs], view.keys, dims, scale, out);
+        view.gather(q, dims.q_len, &mut bufs.qs);
+        view.gather(k, dims.kv_len, &mut bufs.ks);
+        view.gather(v, dims.kv_len, &mut bufs.vs);
+        view.transpose(&bufs.ks, &mut bufs.k_t);
+        let inputs = [&bufs.qs[..], &bufs.k_t, &bufs.vs];
+        forward_head(isa, tile, inputs, dims, scale, &mut bufs.block, out);
     }
 }
 
 /// The forward of one head, every input laid out as the kernels read it: `qs` the query rows
 /// `[q_len, width]`, `k_t` the keys transposed `[head_dim, keys]` (row stride `keys`, a multiple of the
-/// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `out` is
-/// `[q_len, width]`. Both [`attention_forward`] (on gathered copies, `keys = padded(kv_len)`) and
-/// [`attention_forward_cached`] (on the cache's buffers, `keys` its capacity) run this, so they compute
-/// every output element by the same operations on the same values: the key stride only places the
-/// scores, whose columns past a row's visible keys are never read.
+/// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `out` holds the
+/// `q_len` output rows (`head_dim` each); `block` was made for `keys`. Both [`attention_forward`] (on
+/// gathered copies, `keys = padded(kv_len)`) and [`attention_forward_cached`] (on the cache's buffers,
+/// `keys` its capacity) run this, so they compute every output element by the same operations on the
+/// same values: the key stride only places the scores, whose columns past a row's visible keys are never
+/// read.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn forward_head<T: Float, const W: usize>(
     isa: Isa,
     tile: Tile<W>,
     inputs: [&[T]; 3],
-    keys: usize,
     dims: AttentionDims,
     scale: T,
-    out: &mut [T],
+    block: &mut Block<T>,
+    out: &mut [&mut [T]],
 ) {
     let [qs, k_t, vs] = inputs;
     let width = padded(dims.head_dim);
-    let mut block = Block::new(width, keys);
-    for (b, out) in out.chunks_mut(ROWS * width).enumerate() {
-        let rows = Rows::new(b * ROWS, out.len() / width, dims.kv_len - dims.q_len);
+    for (b, out) in out.chunks_mut(ROWS).enumerate() {
+        let rows = Rows::new(b * ROWS, out.len(), dims.kv_len - dims.q_len);
         block.probabilities(isa, tile, &rows, qs, k_t, scale);
-        interleave(&rows, &block.scores, keys, &mut block.coef);
-        weighted_rows(isa, tile, &rows, &block.coef, vs, width, out);
+        weighted_rows(isa, tile, &rows, &block.coef, vs, width, &mut block.out);
+        for (o, row) in out.iter_mut().zip(block.out.chunks_exact(width)) {
+            o.copy_from_slice(&row[..dims.head_dim]);
+        }
     }
 }
 
 multiversion! {
-    /// Backward of one (batch, head) pair into its scratch block `dQ | dK | dV`; `inputs` is
+    /// Backward of one (batch, head) pair into its output rows of dQ, dK and dV (`grads`); `inputs` is
     /// `[q, k, v, grad_out]`. Per block of query rows: P recomputed, `dP = dO V^T`,
     /// `dS = P * (dP - rowsum(P * dP))`, then `dQ = scale dS K`, `dK += scale dS^T Q`, `dV += P^T dO`,
     /// every sum in the order of a row-at-a-time loop.
+    #[allow(clippy::too_many_arguments)]
     fn backward_pair[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
@@ -355,33 +362,41 @@ multiversion! {
         dims: AttentionDims,
         pair: usize,
         scale: T,
-        grads: &mut [T],
+        bufs: &mut Buffers<T>,
+        grads: &mut [Vec<&mut [T]>; 3],
     ) {
         let [q, k, v, grad_out] = inputs;
         let view = HeadView::new(dims, pair);
         let (head_dim, width, keys) = (dims.head_dim, view.width, view.keys);
-        let (qs, dos) = (view.rows(q, dims.q_len), view.rows(grad_out, dims.q_len));
-        let (ks, k_t, v_t) = (view.rows(k, dims.kv_len), view.transposed(k), view.transposed(v));
-        let (dq, dkv) = grads.split_at_mut(dims.q_len * width);
-        let (dk, dv) = dkv.split_at_mut(dims.kv_len * width);
+        view.gather(q, dims.q_len, &mut bufs.qs);
+        view.gather(grad_out, dims.q_len, &mut bufs.dos);
+        view.gather(k, dims.kv_len, &mut bufs.ks);
+        view.gather(v, dims.kv_len, &mut bufs.vs);
+        view.transpose(&bufs.ks, &mut bufs.k_t);
+        view.transpose(&bufs.vs, &mut bufs.v_t);
+        let Buffers { qs, dos, ks, k_t, v_t, block, dp, ds_t, scaled_ds_t, dk, dv, .. } = bufs;
+        let [dq_out, dk_out, dv_out] = grads;
         dk.fill(T::ZERO);
         dv.fill(T::ZERO);
-        let mut block = Block::new(width, keys);
-        let mut dp = vec![T::ZERO; ROWS * keys];
-        let [mut ds_t, mut scaled_ds_t] = [(); 2].map(|_| vec![T::ZERO; keys * ROWS]);
-        for (b, dq) in dq.chunks_mut(ROWS * width).enumerate() {
-            let rows = Rows::new(b * ROWS, dq.len() / width, dims.kv_len - dims.q_len);
-            block.probabilities(isa, tile, &rows, &qs, &k_t, scale);
-            interleave_rows(&rows, &dos, width, head_dim, &mut block.a_t);
-            scores(isa, tile, &rows, &block.a_t, &v_t, keys, &mut dp);
-            score_gradients(isa, &rows, &block.scores, &dp, keys, scale, [&mut ds_t, &mut scaled_ds_t]);
-            weighted_rows(isa, tile, &rows, &ds_t, &ks, width, dq);
-            for x in dq.iter_mut() {
-                *x *= scale;
+        for (b, dq_out) in dq_out.chunks_mut(ROWS).enumerate() {
+            let rows = Rows::new(b * ROWS, dq_out.len(), dims.kv_len - dims.q_len);
+            block.probabilities(isa, tile, &rows, qs, k_t, scale);
+            interleave_rows(&rows, dos, width, head_dim, &mut block.a_t);
+            scores(isa, tile, &rows, &block.a_t, v_t, keys, dp);
+            score_gradients(isa, &rows, &block.scores, dp, keys, scale, [ds_t, scaled_ds_t]);
+            weighted_rows(isa, tile, &rows, ds_t, ks, width, &mut block.out);
+            for (o, row) in dq_out.iter_mut().zip(block.out.chunks_exact(width)) {
+                for (o, &x) in o.iter_mut().zip(row) {
+                    *o = x * scale;
+                }
             }
-            interleave(&rows, &block.scores, keys, &mut block.coef);
-            accumulate_transposed(isa, tile, &rows, &scaled_ds_t, &qs, width, dk);
-            accumulate_transposed(isa, tile, &rows, &block.coef, &dos, width, dv);
+            accumulate_transposed(isa, tile, &rows, scaled_ds_t, qs, width, dk);
+            accumulate_transposed(isa, tile, &rows, &block.coef, dos, width, dv);
+        }
+        for (out, acc) in [(dk_out, &dk), (dv_out, &dv)] {
+            for (o, row) in out.iter_mut().zip(acc.chunks_exact(width)) {
+                o.copy_from_slice(&row[..head_dim]);
+            }
         }
     }
 }
@@ -404,85 +419,117 @@ impl HeadView {
         Self { batch: pair / dims.heads, head: pair % dims.heads, dims, width, keys }
     }
 
-    /// This pair's `len` rows of a `[batch, len, heads, head_dim]` tensor, gathered into `[len, width]`
-    /// with zero padding.
+    /// Copies this pair's `len` rows of a `[batch, len, heads, head_dim]` tensor into the first `len` rows
+    /// of `out` (`[_, width]`); the padding columns are left as they are.
     #[inline(always)]
-    fn rows<T: Float>(&self, x: &[T], len: usize) -> Vec<T> {
+    fn gather<T: Float>(&self, x: &[T], len: usize, out: &mut [T]) {
         let d = &self.dims;
-        let mut out = vec![T::ZERO; len * self.width];
-        for (i, row) in out.chunks_exact_mut(self.width).enumerate() {
+        for (i, row) in out.chunks_exact_mut(self.width).take(len).enumerate() {
             let start = ((self.batch * len + i) * d.heads + self.head) * d.head_dim;
             row[..d.head_dim].copy_from_slice(&x[start..start + d.head_dim]);
         }
-        out
     }
 
-    /// This pair's rows of a `[batch, kv_len, heads, head_dim]` tensor, transposed to `[head_dim, keys]`
-    /// (zero padding), so that the dot products of a query with a tile of keys are `head_dim`
-    /// contiguous multiply-adds over keys (vectorisable, no horizontal sums). Goes a tile of keys at a
-    /// time, so that every store fills a contiguous run of a row of the result.
+    /// The first `kv_len` rows of `rows` (`[_, width]`, as [`HeadView::gather`] writes them), transposed
+    /// into `t` (`[head_dim, keys]`), so that the dot products of a query with a tile of keys are
+    /// `head_dim` contiguous multiply-adds over keys (vectorisable, no horizontal sums); the padding keys
+    /// are left as they are. Goes a tile of keys at a time, so that every store fills a contiguous run of
+    /// a row of the result.
     #[inline(always)]
-    fn transposed<T: Float>(&self, x: &[T]) -> Vec<T> {
-        let (d, keys) = (&self.dims, self.keys);
-        let start = |j: usize| ((self.batch * d.kv_len + j) * d.heads + self.head) * d.head_dim;
-        let mut t = vec![T::ZERO; d.head_dim * keys];
+    fn transpose<T: Float>(&self, rows: &[T], t: &mut [T]) {
+        let (d, keys, width) = (&self.dims, self.keys, self.width);
         for j0 in (0..d.kv_len).step_by(MAX_TILE) {
             let n = MAX_TILE.min(d.kv_len - j0);
             let rows: [&[T]; MAX_TILE] =
-                std::array::from_fn(|jj| &x[start(j0 + jj.min(n - 1))..][..d.head_dim]);
-            for (c, t_c) in t.chunks_exact_mut(keys).enumerate() {
+                std::array::from_fn(|jj| &rows[(j0 + jj.min(n - 1)) * width..][..d.head_dim]);
+            for (c, t_c) in (0..d.head_dim).zip(t.chunks_exact_mut(keys)) {
                 for (t_cj, row) in t_c[j0..j0 + n].iter_mut().zip(&rows) {
                     *t_cj = row[c];
                 }
             }
         }
-        t
     }
 }
 
-/// Runs `f(pair, block)` for every (batch, head) pair over consecutive `block`-long chunks of `scratch`,
-/// in parallel when the attention is large enough to pay for it.
-fn for_each_head<T: Float>(
-    scratch: &mut [T],
-    block: usize,
+/// Which computation a task's [`Buffers`] serve.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    Forward,
+    /// Forward against a cache, whose keys and values are read in place.
+    Cached,
+    Backward,
+}
+
+/// A task's buffers, reused by each pair it runs: the pair's rows of q (and, in backward, dO), k and v
+/// gathered (`[len, width]`), the keys (and, in backward, the values) transposed (`[head_dim, keys]`),
+/// the per-block buffers, and backward's dK and dV sums. Allocated zeroed once; every pair overwrites
+/// the parts it reads, and the padding (columns past the head dim, keys past `kv_len`) is never written,
+/// so it stays zero.
+struct Buffers<T> {
+    qs: Vec<T>,
+    dos: Vec<T>,
+    ks: Vec<T>,
+    vs: Vec<T>,
+    k_t: Vec<T>,
+    v_t: Vec<T>,
+    block: Block<T>,
+    /// Backward's per-block `dP` (`[ROWS, keys]`) and `dS`, `scale * dS` (interleaved, `[keys, ROWS]`).
+    dp: Vec<T>,
+    ds_t: Vec<T>,
+    scaled_ds_t: Vec<T>,
+    /// Backward's dK and dV of the pair (`[kv_len, width]`), summed over the blocks of query rows.
+    dk: Vec<T>,
+    dv: Vec<T>,
+}
+
+impl<T: Float> Buffers<T> {
+    /// The buffers of a pair of `dims` in `pass` (for [`Pass::Cached`], `kv_len` is the capacity).
+    fn new(dims: AttentionDims, pass: Pass) -> Self {
+        let (width, keys) = (padded(dims.head_dim), padded(dims.kv_len));
+        let zeros = |n: usize| vec![T::ZERO; n];
+        let only = |on: bool, n: usize| if on { zeros(n) } else { Vec::new() };
+        let (gathered, backward) = (pass != Pass::Cached, pass == Pass::Backward);
+        Self {
+            qs: zeros(dims.q_len * width),
+            dos: only(backward, dims.q_len * width),
+            ks: only(gathered, dims.kv_len * width),
+            vs: only(gathered, dims.kv_len * width),
+            k_t: only(gathered, dims.head_dim * keys),
+            v_t: only(backward, dims.head_dim * keys),
+            block: Block::new(width, keys),
+            dp: only(backward, ROWS * keys),
+            ds_t: only(backward, keys * ROWS),
+            scaled_ds_t: only(backward, keys * ROWS),
+            dk: only(backward, dims.kv_len * width),
+            dv: only(backward, dims.kv_len * width),
+        }
+    }
+}
+
+/// The rows of a `[batch, len, heads, head_dim]` tensor grouped by (batch, head) pair: for each pair in
+/// order, its `len` rows (`head_dim` each), in order. Each pair's outputs are written through these, in
+/// place, by whichever thread runs the pair.
+fn rows_by_pair<T>(x: &mut [T], len: usize, dims: AttentionDims) -> Vec<Vec<&mut [T]>> {
+    let (heads, head_dim) = (dims.heads, dims.head_dim);
+    let mut pairs: Vec<Vec<&mut [T]>> = (0..dims.batch * heads).map(|_| Vec::with_capacity(len)).collect();
+    for (n, row) in x.chunks_exact_mut(head_dim).enumerate() {
+        pairs[n / (len * heads) * heads + n % heads].push(row);
+    }
+    pairs
+}
+
+/// Runs `f(buffers, pair, outputs)` for every (batch, head) pair with its outputs, in parallel when the
+/// attention is large enough to pay for it; each task makes its buffers once with `buffers`.
+fn for_each_pair<O: Send, B>(
+    outputs: Vec<O>,
     dims: AttentionDims,
-    f: impl Fn(usize, &mut [T]) + Sync,
+    buffers: impl Fn() -> B + Sync + Send,
+    f: impl Fn(&mut B, usize, O) + Sync,
 ) {
     if dims.work() < PARALLEL_MIN_ELEMS {
-        scratch.chunks_mut(block).enumerate().for_each(|(pair, b)| f(pair, b));
+        let mut bufs = buffers();
+        outputs.into_iter().enumerate().for_each(|(pair, o)| f(&mut bufs, pair, o));
     } else {
-        scratch.par_chunks_mut(block).enumerate().for_each(|(pair, b)| f(pair, b));
-    }
-}
-
-/// Copies `rows` rows per pair, found at `offset` inside each pair's `block` of `scratch` with row stride
-/// `padded(head_dim)`, into their interleaved places in `dst` (`[batch, rows, heads, head_dim]`).
-fn scatter_heads<T: Float>(
-    scratch: &[T],
-    block: usize,
-    offset: usize,
-    rows: usize,
-    dims: AttentionDims,
-    dst: &mut [T],
-) {
-    let (heads, head_dim, width) = (dims.heads, dims.head_dim, padded(dims.head_dim));
-    let per_batch = rows * heads * head_dim;
-    if per_batch == 0 {
-        return;
-    }
-    let copy = |b: usize, dst_b: &mut [T]| {
-        for h in 0..heads {
-            let start = (b * heads + h) * block + offset;
-            let src = &scratch[start..start + rows * width];
-            for (i, src_row) in src.chunks_exact(width).enumerate() {
-                let at = (i * heads + h) * head_dim;
-                dst_b[at..at + head_dim].copy_from_slice(&src_row[..head_dim]);
-            }
-        }
-    };
-    if dst.len() < PARALLEL_MIN_ELEMS {
-        dst.chunks_exact_mut(per_batch).enumerate().for_each(|(b, d)| copy(b, d));
-    } else {
-        dst.par_chunks_exact_mut(per_batch).enumerate().for_each(|(b, d)| copy(b, d));
+        outputs.into_par_iter().enumerate().for_each_init(buffers, |bufs, (pair, o)| f(bufs, pair, o));
     }
 }

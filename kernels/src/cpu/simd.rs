@@ -265,7 +265,9 @@ pub(crate) fn max<T: Float>(x: &[T]) -> T {
     tail.iter().fold(lanes, |m, &v| if v > m { v } else { m })
 }
 
-/// Replaces `x[j]` by `exp(x[j] - shift)` and returns their sum, accumulated like [`sum_map`].
+/// Replaces `x[j]` by `exp(x[j] - shift)` and returns their sum, accumulated like [`sum_map`]. In f32
+/// the exponentials of the tail are computed in a full `WIDE` array, so that they vectorise too (the
+/// unused lanes are dropped; each lane's value is the same as a scalar call's), and summed in order.
 #[inline(always)]
 pub(crate) fn exp_sum_in_place<T: Float>(x: &mut [T], shift: T) -> T {
     let mut acc = [T::ZERO; WIDE];
@@ -276,8 +278,18 @@ pub(crate) fn exp_sum_in_place<T: Float>(x: &mut [T], shift: T) -> T {
             *s += *v;
         }
     }
-    chunks.into_remainder().iter_mut().fold(combine(acc), |s, v| {
-        *v = exp(*v - shift);
-        s + *v
-    })
+    let tail = chunks.into_remainder();
+    if is_f32::<T>() {
+        let mut lanes = [T::ZERO; WIDE];
+        lanes[..tail.len()].copy_from_slice(tail);
+        for v in lanes.iter_mut() {
+            *v = exp(*v - shift);
+        }
+        tail.copy_from_slice(&lanes[..tail.len()]);
+    } else {
+        for v in tail.iter_mut() {
+            *v = exp(*v - shift);
+        }
+    }
+    tail.iter().fold(combine(acc), |s, &v| s + v)
 }

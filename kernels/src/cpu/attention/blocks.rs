@@ -56,23 +56,26 @@ impl Rows {
 }
 
 /// Per-block buffers: the block's rows of q or dO interleaved (`a_t`, `[width, ROWS]`), its scores then
-/// probabilities (`scores`, `[ROWS, keys]`) and the probabilities interleaved (`coef`, `[keys, ROWS]`).
+/// probabilities (`scores`, `[ROWS, keys]`), the probabilities interleaved (`coef`, `[keys, ROWS]`), and
+/// its rows of a weighted sum (`out`, `[ROWS, width]`: forward's output, backward's dQ before scaling).
 pub(super) struct Block<T> {
     pub(super) a_t: Vec<T>,
     pub(super) scores: Vec<T>,
     pub(super) coef: Vec<T>,
+    pub(super) out: Vec<T>,
 }
 
 impl<T: Float> Block<T> {
     #[inline(always)]
     pub(super) fn new(width: usize, keys: usize) -> Self {
         let a_t = vec![T::ZERO; width * ROWS];
-        Self { a_t, scores: vec![T::ZERO; ROWS * keys], coef: vec![T::ZERO; keys * ROWS] }
+        let (scores, coef) = (vec![T::ZERO; ROWS * keys], vec![T::ZERO; keys * ROWS]);
+        Self { a_t, scores, coef, out: vec![T::ZERO; ROWS * width] }
     }
 
-    /// Softmax probabilities of the block's rows over their visible keys into `self.scores` (entries past
-    /// a row's visible keys are unspecified); `qs` holds the query rows (`[q_len, width]`) and `k_t` the
-    /// keys transposed (`[head_dim, keys]`).
+    /// Softmax probabilities of the block's rows over their visible keys into `self.scores` and,
+    /// interleaved, into `self.coef` (entries past a row's visible keys are unspecified); `qs` holds the
+    /// query rows (`[q_len, width]`) and `k_t` the keys transposed (`[head_dim, keys]`).
     #[inline(always)]
     pub(super) fn probabilities<const W: usize>(
         &mut self,
@@ -86,22 +89,27 @@ impl<T: Float> Block<T> {
         let keys = self.scores.len() / ROWS;
         interleave_rows(rows, qs, self.a_t.len() / ROWS, k_t.len() / keys, &mut self.a_t);
         scores(isa, tile, rows, &self.a_t, k_t, keys, &mut self.scores);
-        softmax_rows(isa, rows, keys, scale, &mut self.scores);
+        softmax_rows(isa, rows, keys, scale, &mut self.scores, &mut self.coef);
     }
 }
 
 multiversion! {
-    /// `p_r = softmax(scale * s_r)` over the visible keys of each row of the block, in place.
-    fn softmax_rows[T: Float](isa: Isa, rows: &Rows, keys: usize, scale: T, scores: &mut [T]) {
-        for (p_r, &n) in scores.chunks_exact_mut(keys).zip(&rows.lens).take(rows.count) {
+    /// `p_r = softmax(scale * s_r)` over the visible keys of each row r of the block, in place in
+    /// `scores` (`[ROWS, keys]`) and interleaved into `coef` (`coef[j * ROWS + r] = p_rj`, `[keys, ROWS]`:
+    /// the layout in which [`weighted_rows`] and [`accumulate_transposed`] read one coefficient per row
+    /// for each key; they never read those of the keys a row does not see).
+    fn softmax_rows[T: Float](isa: Isa, rows: &Rows, keys: usize, scale: T, scores: &mut [T], coef: &mut [T]) {
+        let lens = rows.lens.iter().take(rows.count);
+        for (r, (p_r, &n)) in (0..ROWS).zip(scores.chunks_exact_mut(keys).zip(lens)) {
             let p_r = &mut p_r[..n];
             for s in p_r.iter_mut() {
                 *s *= scale;
             }
             let max = simd::max(p_r);
             let inv_sum = T::ONE / simd::exp_sum_in_place(p_r, max);
-            for s in p_r.iter_mut() {
+            for (s, coef_j) in p_r.iter_mut().zip(coef.chunks_exact_mut(ROWS)) {
                 *s *= inv_sum;
+                coef_j[r] = *s;
             }
         }
     }
@@ -111,23 +119,11 @@ multiversion! {
 /// slots of a short block repeat its last row (their results are never used).
 #[inline(always)]
 pub(super) fn interleave_rows<T: Float>(rows: &Rows, a: &[T], width: usize, head_dim: usize, a_t: &mut [T]) {
-    for (r, a_t_r) in (0..ROWS).map(|r| (r, (rows.first + r.min(rows.count - 1)) * width)) {
-        for (c, &x) in a[a_t_r..a_t_r + head_dim].iter().enumerate() {
-            a_t[c * ROWS + r] = x;
-        }
-    }
-}
-
-/// `coef[j * ROWS + r] = scores[r * keys + j]` for the keys row r sees, 0 for the others, j below the
-/// block's longest row: the layout in which [`weighted_rows`] and [`accumulate_transposed`] read one
-/// coefficient per row for each key.
-#[inline(always)]
-pub(super) fn interleave<T: Float>(rows: &Rows, scores: &[T], keys: usize, coef: &mut [T]) {
-    let longest = rows.longest().min(keys);
-    let rows_of_scores: [&[T]; ROWS] = std::array::from_fn(|r| &scores[r * keys..r * keys + longest]);
-    for (j, coef_j) in coef.chunks_exact_mut(ROWS).enumerate().take(longest) {
-        for ((c, s_r), &n) in coef_j.iter_mut().zip(&rows_of_scores).zip(&rows.lens) {
-            *c = if j < n { s_r[j] } else { T::ZERO };
+    let block_rows: [&[T]; ROWS] =
+        std::array::from_fn(|r| &a[(rows.first + r.min(rows.count - 1)) * width..][..head_dim]);
+    for (c, a_t_c) in (0..head_dim).zip(a_t.chunks_exact_mut(ROWS)) {
+        for (x, a_r) in a_t_c.iter_mut().zip(&block_rows) {
+            *x = a_r[c];
         }
     }
 }
