@@ -76,7 +76,7 @@ fn run(args: Args) -> Result<(), ExperimentError> {
     if let Some(threads) = args.threads {
         train::set_threads(threads)?;
     }
-    let lr = args.lr.map_or(String::new(), |lr| format!("-lr{lr:e}"));
+    let lr = experiments::lr_tag(args.lr);
     let folder = format!("{}{lr}{}", args.name, if args.quick { "-quick" } else { "" });
     let shared = args.out.is_none() && !args.quick;
     let out = args.out.unwrap_or_else(|| PathBuf::from("runs/experiments").join(folder));
@@ -89,12 +89,7 @@ fn run(args: Args) -> Result<(), ExperimentError> {
     if let Some(tokens) = args.tokens {
         settings.tokens = tokens;
     }
-    if let Some(lr) = args.lr {
-        if !(lr.is_finite() && lr > 0.0) {
-            return Err(ExperimentError::Config(format!("--lr must be a positive number, got {lr}")));
-        }
-        settings.lr = Some(lr);
-    }
+    settings.lr = args.lr;
     settings.data = args.data;
     settings.cache_dir = args.cache_dir;
     settings.device = args.device.unwrap_or(DeviceChoice::Auto);

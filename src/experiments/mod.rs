@@ -148,6 +148,12 @@ impl Settings {
     }
 }
 
+/// The name part that marks runs and folders trained at a peak learning rate other than the presets':
+/// `-lr1e-3` for `Some(0.001)`, empty for `None`.
+pub fn lr_tag(lr: Option<f64>) -> String {
+    lr.map_or(String::new(), |lr| format!("-lr{lr:e}"))
+}
+
 /// What [`run`] did.
 #[derive(Clone, Debug)]
 pub struct Report {
@@ -167,6 +173,9 @@ pub fn run(settings: &Settings) -> Result<Report, ExperimentError> {
             "--seeds ({}) and the token budget ({}) must be at least 1",
             settings.seeds, settings.tokens
         )));
+    }
+    if let Some(lr) = settings.lr.filter(|lr| !(lr.is_finite() && *lr > 0.0)) {
+        return Err(ExperimentError::Config(format!("--lr must be a positive number, got {lr}")));
     }
     std::fs::create_dir_all(&settings.out).map_err(ExperimentError::io(&settings.out))?;
     let specs = grid(settings.experiment, settings.quick);

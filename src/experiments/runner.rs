@@ -65,7 +65,7 @@ impl RunResult {
 /// model's [`RunSpec::key`], the peak learning rate where `settings` overrides the preset's, the token
 /// budget, the seed), not by the grid's row label: `cola-60m-silu-r128-gated-lr1e-3-614400tok-seed0`.
 pub fn run_dir(settings: &Settings, spec: &RunSpec, seed: u64) -> PathBuf {
-    let lr = settings.lr.map_or(String::new(), |lr| format!("-lr{lr:e}"));
+    let lr = super::lr_tag(settings.lr);
     settings.runs.join(format!("{}{lr}-{}tok-seed{seed}", spec.key(), settings.tokens))
 }
 
