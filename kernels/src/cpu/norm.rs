@@ -7,10 +7,12 @@
 //! outputs need its sums first; so that the loads of a row are not stalled behind that dependency (rows
 //! are a few KB, and hardware prefetchers do not cross 4 KB pages on their own), each row's output loop
 //! also computes the sums of the next row.
+use super::bf16::{round, widen};
 use super::elementwise::for_each_row_block;
 use super::simd::{self, multiversion, Isa, WIDE};
 use crate::float::PARALLEL_MIN_ELEMS;
 use crate::Float;
+use half::bf16;
 use rayon::prelude::*;
 
 /// Forward over rows of length `dim`: `x.len() == y.len()`, a multiple of `dim`; `weight.len() == dim`.
@@ -70,6 +72,58 @@ pub fn rms_norm_backward<T: Float>(
     grad_x: &mut [T],
     grad_weight: &mut [T],
 ) {
+    let isa = Isa::active();
+    backward_blocks(
+        dim,
+        grad_x,
+        grad_weight,
+        || (),
+        |(), start, gx, partial| {
+            let end = start + gx.len();
+            backward_rows(isa, &x[start..end], weight, &grad_y[start..end], eps, gx, partial);
+        },
+    );
+}
+
+/// [`rms_norm_backward`] of bf16 `x` and `grad_y` into a bf16 `grad_x`, with the weight (widened) and its
+/// gradient in f32. Each block of rows is widened into per-thread f32 buffers, runs the f32 kernel and is
+/// rounded once on store: the same blocks, the same f32 arithmetic, so the bits of widening the whole
+/// tensors, running [`rms_norm_backward`] and rounding its results (`tensor/tests/suite/bf16_fused.rs`),
+/// without the three whole-tensor f32 copies.
+pub fn rms_norm_backward_bf16(
+    x: &[bf16],
+    weight: &[f32],
+    grad_y: &[bf16],
+    dim: usize,
+    eps: f32,
+    grad_x: &mut [bf16],
+    grad_weight: &mut [f32],
+) {
+    let isa = Isa::active();
+    let buffers = || (Vec::new(), Vec::new(), Vec::new());
+    backward_blocks(dim, grad_x, grad_weight, buffers, |(xw, gw, gxw), start, gx, partial| {
+        let (len, end) = (gx.len(), start + gx.len());
+        for buf in [&mut *xw, &mut *gw, &mut *gxw] {
+            buf.resize(len, 0.0f32);
+        }
+        widen(&x[start..end], xw);
+        widen(&grad_y[start..end], gw);
+        backward_rows(isa, xw, weight, gw, eps, gxw, partial);
+        round(gxw, gx);
+    });
+}
+
+/// The row blocks of the backward pass: zeroes `grad_weight`, cuts `grad_x` into blocks of whole rows
+/// (their number fixed by `dim` alone) and runs `run(buffers, first element, block of grad_x, partial)` on
+/// each, in parallel over blocks with per-thread `buffers` from `init`; then adds the blocks' partials into
+/// `grad_weight` in block order. A single block writes `grad_weight` directly.
+fn backward_blocks<G: Send, T: Float, B>(
+    dim: usize,
+    grad_x: &mut [G],
+    grad_weight: &mut [T],
+    init: impl Fn() -> B + Sync + Send,
+    run: impl Fn(&mut B, usize, &mut [G], &mut [T]) + Sync + Send,
+) {
     grad_weight.fill(T::ZERO);
     if dim == 0 || grad_x.is_empty() {
         return;
@@ -78,14 +132,8 @@ pub fn rms_norm_backward<T: Float>(
     let rows_per_block = (PARALLEL_MIN_ELEMS / dim).max(1);
     let blocks = rows.div_ceil(rows_per_block);
     let block_len = rows_per_block * dim;
-    let isa = Isa::active();
-    let run_block = |block: usize, gx: &mut [T], partial: &mut [T]| {
-        let start = block * block_len;
-        let end = start + gx.len();
-        backward_rows(isa, &x[start..end], weight, &grad_y[start..end], eps, gx, partial);
-    };
     if blocks <= 1 {
-        run_block(0, grad_x, grad_weight);
+        run(&mut init(), 0, grad_x, grad_weight);
         return;
     }
     let mut partials = vec![T::ZERO; blocks * dim];
@@ -93,7 +141,7 @@ pub fn rms_norm_backward<T: Float>(
         .par_chunks_mut(block_len)
         .zip(partials.par_chunks_mut(dim))
         .enumerate()
-        .for_each(|(block, (gx, partial))| run_block(block, gx, partial));
+        .for_each_init(init, |bufs, (block, (gx, partial))| run(bufs, block * block_len, gx, partial));
     for partial in partials.chunks_exact(dim) {
         for (gw, &p) in grad_weight.iter_mut().zip(partial) {
             *gw += p;

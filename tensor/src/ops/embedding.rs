@@ -3,7 +3,7 @@ use super::{check_rank, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::layout::Shape;
 use crate::{DType, Device, Tensor};
-use cola_kernels::cpu::embedding::{embedding_backward, embedding_forward};
+use cola_kernels::cpu::embedding::{embedding_backward, embedding_backward_bf16, embedding_forward};
 use half::bf16;
 
 fn check_ids(op: &'static str, ids: &[u32], ids_shape: &[usize], vocab: usize) -> Result<()> {
@@ -67,6 +67,13 @@ impl Tensor {
         if grad_out.is_cuda() {
             super::check_same("embedding_backward", &[grad_out])?;
             return crate::cuda::embedding::embedding_backward(grad_out, ids, vocab, pad_id);
+        }
+        if grad_out.dtype() == DType::BF16 && grad_out.device() == Device::Cpu && super::fused_bf16() {
+            // Each row summed in f32 and rounded once; no f32 table.
+            let gd = grad_out.contiguous_data::<bf16>()?;
+            let mut gw = crate::pool::take_for_overwrite::<bf16>(vocab * dim); // every row written
+            embedding_backward_bf16(&gd, dim, ids, pad_id, &mut gw);
+            return Tensor::from_vec(gw, &[vocab, dim]);
         }
         in_compute_dtype1("embedding_backward", [grad_out], |[g]| {
             match_float!("embedding_backward", g.dtype(), T => {

@@ -5,9 +5,11 @@
 //! bf16 on the CPU takes one of two paths, with the same bits: element-wise ops (arithmetic, activations
 //! and their gradients, the gated product) run *fused* ([`fused_elementwise`]: a chunk of a few thousand
 //! elements at a time is widened, fed to the f32 kernel and rounded once on store, so no f32 copy of a
-//! tensor is ever made); the others run through [`in_compute_dtype`], the *upcast* path (whole inputs
-//! widened to f32, the f32 kernel, whole outputs rounded). [`set_fused_bf16`] turns the fused paths off
-//! on the calling thread, so tests compare the two bit for bit.
+//! tensor is ever made), and so, each in its own way, do RMSNorm and its backward, RoPE, the embedding
+//! and its gradient and the LM head with its loss; the others (attention, reductions, views) run through
+//! [`in_compute_dtype`], the *upcast* path (whole inputs widened to f32, the f32 kernel, whole outputs
+//! rounded). [`set_fused_bf16`] turns the fused paths off on the calling thread, so tests compare the two
+//! bit for bit (`tensor/tests/suite/bf16_fused.rs`).
 use crate::error::{Result, TensorError};
 use crate::layout::Layout;
 use crate::storage::Element;

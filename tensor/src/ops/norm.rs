@@ -2,8 +2,8 @@
 use super::{in_compute_dtype, in_compute_dtype1, match_float};
 use crate::error::{Result, TensorError};
 use crate::{DType, Device, Tensor};
-use cola_kernels::cpu::bf16::{map_rows_par, widen};
-use cola_kernels::cpu::norm::{rms_norm_backward, rms_norm_forward};
+use cola_kernels::cpu::bf16::{map_rows_par, round, widen};
+use cola_kernels::cpu::norm::{rms_norm_backward, rms_norm_backward_bf16, rms_norm_forward};
 use cola_kernels::Float;
 use half::bf16;
 
@@ -59,6 +59,19 @@ impl Tensor {
         if x.is_cuda() {
             super::check_same("rms_norm_backward", &[x, weight, grad_y])?;
             return crate::cuda::norm::rms_norm_backward(x, weight, grad_y, eps);
+        }
+        if x.dtype() == DType::BF16 && x.device() == Device::Cpu && super::fused_bf16() {
+            // Blocks of rows widened, the f32 kernel, one rounding; the weight's gradient summed in f32.
+            super::check_same("rms_norm_backward", &[x, weight, grad_y])?;
+            let (xd, gd) = (x.contiguous_data::<bf16>()?, grad_y.contiguous_data::<bf16>()?);
+            let mut wide_weight = vec![0.0f32; d];
+            widen(&weight.contiguous_data::<bf16>()?, &mut wide_weight);
+            let mut gx = crate::pool::take_for_overwrite::<bf16>(xd.len()); // written whole, block by block
+            let mut gw = vec![0.0f32; d];
+            rms_norm_backward_bf16(&xd, &wide_weight, &gd, d, f32::from_f64(eps), &mut gx, &mut gw);
+            let mut grad_weight = crate::pool::take_for_overwrite::<bf16>(d);
+            round(&gw, &mut grad_weight);
+            return Ok(vec![Tensor::from_vec(gx, x.shape())?, Tensor::from_vec(grad_weight, &[d])?]);
         }
         in_compute_dtype("rms_norm_backward", [x, weight, grad_y], |[x, w, g]| {
             match_float!("rms_norm_backward", x.dtype(), T => {

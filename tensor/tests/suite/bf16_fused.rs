@@ -3,9 +3,10 @@
 //! same f32 arithmetic and one rounding, so no tolerance. Covered: binary arithmetic (including a
 //! transposed, non-contiguous operand and a broadcast one, which takes the upcast path in both runs),
 //! every unary op, affine and its in-place form, the activation gradients, the gated product and its
-//! gradient, RMSNorm (rows shorter and longer than a chunk), RoPE and its backward (sequences up to and
+//! gradient, RMSNorm and its backward (rows shorter and longer than a chunk; the backward's row blocks, one
+//! and several, with the weight's gradient summed across them), RoPE and its backward (sequences up to and
 //! past the parallel grain, positions offset as in decoding), the LM head fused with its cross-entropy,
-//! the embedding gather; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
+//! the embedding gather and its gradient; shapes with odd sizes below, at and above the 1024-element chunk and the 32768-element
 //! parallel grain. Also bf16 <-> f32 conversion inside the upcast path against `Tensor::to_dtype`.
 //! Well under a second.
 use cola_tensor::ops::set_fused_bf16;
@@ -48,6 +49,9 @@ fn fused_elementwise_ops_give_the_upcast_bits() {
         }
         let w = Tensor::randn(&[shape[shape.len() - 1]], 1.0, 0.3, DType::BF16, &mut rng);
         same_both_ways(&format!("rms_norm {s}"), || vec![a.rms_norm(&w, 1e-6).unwrap()]);
+        same_both_ways(&format!("rms_norm_backward {s}"), || {
+            Tensor::rms_norm_backward(&a, &w, &c, 1e-6).unwrap()
+        });
         same_both_ways(&format!("affine {s}"), || vec![a.affine(0.3, -1.7).unwrap()]);
         same_both_ways(&format!("affine_in_place {s}"), || {
             let mut t = a.clone();
@@ -127,7 +131,6 @@ fn head_cross_entropy_gives_the_upcast_bits() {
     }
 }
 
-/// The bf16 embedding gathers rows as they are: the upcast path's bits (odd dim, repeated ids).
 #[test]
 fn rope_gives_the_upcast_bits() {
     let mut rng = Rng::new(17);
@@ -145,12 +148,27 @@ fn rope_gives_the_upcast_bits() {
     }
 }
 
+/// The bf16 embedding gathers rows as they are, and its gradient sums each row's positions in f32 in
+/// position order: the upcast path's bits. Odd dim, repeated ids, a pad id, rows no id selects (which
+/// must come out zero), and a batch small and large enough (ids x dim past the 32768-element parallel
+/// grain) for both of the f32 kernel's orders.
 #[test]
 fn embedding_gives_the_upcast_bits() {
     let mut rng = Rng::new(17);
     let table = Tensor::randn(&[301, 37], 0.0, 1.0, DType::BF16, &mut rng);
-    let ids: Vec<u32> = (0..2 * 129).map(|i| (i * 7919 % 301) as u32).collect();
-    same_both_ways("embedding", || vec![Tensor::embedding(&table, &ids, &[2, 129]).unwrap()]);
+    for (batch, seq) in [(2, 129), (4, 300)] {
+        let ids: Vec<u32> = (0..batch * seq).map(|i| (i * 7919 % 97) as u32).collect(); // rows 97.. unused
+        let shape = [batch, seq];
+        same_both_ways("embedding", || vec![Tensor::embedding(&table, &ids, &shape).unwrap()]);
+        let grad = Tensor::randn(&[batch, seq, 37], 0.0, 1.0, DType::BF16, &mut rng);
+        for pad in [None, Some(ids[3])] {
+            let what = format!("embedding_backward {shape:?} pad {pad:?}");
+            same_both_ways(&what, || vec![Tensor::embedding_backward(&grad, &ids, 301, pad).unwrap()]);
+        }
+        let empty = Tensor::embedding_backward(&grad, &ids, 301, None).unwrap().to_vec::<bf16>().unwrap();
+        let unused = (0..301u32).find(|r| !ids.contains(r)).expect("a row no id selects");
+        assert!(empty[unused as usize * 37..][..37].iter().all(|x| x.to_bits() == 0), "{shape:?}");
+    }
 }
 
 /// `to_dtype` between f32 and bf16 takes the vectorised conversion on a contiguous tensor and the
