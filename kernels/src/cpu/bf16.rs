@@ -46,6 +46,23 @@ multiversion! {
     }
 }
 
+multiversion! {
+    fn round_rows_block(isa: Isa, src: &[&mut [f32]], dst: &mut [&mut [bf16]], at: usize, len: usize) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            for (d, &s) in d[at..at + len].iter_mut().zip(&s[..len]) {
+                *d = round_one(s);
+            }
+        }
+    }
+}
+
+/// Row `i` of `src` (its first `cols.len()` elements) rounded into `dst[i][cols]`, for every row of
+/// `dst`: [`round`] of a GEMM tile in one call (one dispatch for the tile, not one per row).
+pub fn round_rows(src: &[&mut [f32]], dst: &mut [&mut [bf16]], cols: std::ops::Range<usize>) {
+    debug_assert!(src.len() >= dst.len());
+    round_rows_block(Isa::active(), src, dst, cols.start, cols.len());
+}
+
 /// `dst[i] = src[i]` widened to f32, on the calling thread (lengths must match).
 pub fn widen(src: &[bf16], dst: &mut [f32]) {
     debug_assert_eq!(src.len(), dst.len());

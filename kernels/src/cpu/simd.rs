@@ -50,9 +50,14 @@ impl Level {
         }
     }
 
-    /// The highest level this CPU supports.
+    /// The highest level this CPU supports, detected once: [`Isa::active`] runs before every
+    /// multiversioned call, some of them per row of a GEMM tile, where re-testing each feature flag took
+    /// 3% of a bf16 product's time.
     pub fn best() -> Level {
-        Level::ALL.into_iter().rev().find(|l| l.is_supported()).unwrap_or(Level::Portable)
+        static BEST: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| {
+            Level::ALL.into_iter().rev().find(|l| l.is_supported()).unwrap_or(Level::Portable)
+        })
     }
 
     /// The level kernels run with: the best supported one, lowered by [`set_max_level`].

@@ -71,6 +71,13 @@ pub(super) trait CElement<T>: Copy + Send + Sync {
     fn load(src: &[Self], dst: &mut [T]);
     /// `dst = src`, rounded when C is narrower than `T`.
     fn store(src: &[T], dst: &mut [Self]);
+    /// [`CElement::store`] of a tile: row `i` of `src` (its first `cols.len()` elements) into
+    /// `dst[i][cols]`, for every row of `dst`.
+    fn store_tile(src: &[&mut [T]], dst: &mut [&mut [Self]], cols: std::ops::Range<usize>) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            Self::store(&s[..cols.len()], &mut d[cols.clone()]);
+        }
+    }
     /// `C = beta * C` (zeros when `beta == 0`): the whole product when `k == 0` or `alpha == 0`.
     fn scale(beta: T, c: &mut [Self]);
 }
@@ -265,9 +272,7 @@ impl<T: Float, S: Copy, P: Copy + Default> BlockStep<'_, T, S, P> {
             }
         }
         self.kernel.tile(a_sliver, b_sliver, scratch, 0, self.alpha, self.update);
-        for (c_row, scratch_row) in c_tile.iter_mut().zip(scratch.iter()) {
-            C::store(&scratch_row[..cols_live], &mut c_row[local..local + cols_live]);
-        }
+        C::store_tile(scratch, c_tile, local..local + cols_live);
     }
 }
 
