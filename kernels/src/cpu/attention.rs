@@ -7,16 +7,18 @@
 //!     `dV = P^T dO`,  `dP = dO V^T`,  `dS = P * (dP - rowsum(P * dP))`,
 //!     `dQ = scale dS K`,  `dK = scale dS^T Q`.
 //!
-//! Work is split over (batch, head) pairs. Their rows are interleaved in the `[batch, seq, heads, head_dim]`
-//! layout, so each pair gathers its rows into contiguous (and, for keys, transposed) buffers, which a task
-//! allocates once and reuses for every pair it runs, and writes its output rows in place (through the
-//! lists of `rows_by_pair`, each row owned by one pair). Inside a pair, query rows go
-//! in blocks whose products run as register-tiled micro-kernels (`blocks.rs`); every accumulation runs in
-//! a fixed order inside one pair, so the result does not depend on the number of threads or on the SIMD
-//! level.
+//! Work is split over tasks, each a group of heads of one batch element (all its heads unless there are
+//! too few batch elements to keep the threads busy; [`Tasks`]). Their rows are interleaved in the
+//! `[batch, seq, heads, head_dim]` layout, so a task splits each input into its heads' contiguous
+//! buffers in one pass over its rows (reading each row's run of the group's heads once, instead of one
+//! strided gather per head), transposes one head's keys at a time, writes each head's outputs over its
+//! input rows and merges them into its output rows in one pass. Each thread keeps its buffers between
+//! calls ([`Kept`]). Inside a head, query rows go in blocks whose products run as register-tiled
+//! micro-kernels (`blocks.rs`); every accumulation runs in a fixed order inside one head, so the result
+//! does not depend on the number of threads, on the grouping of heads, or on the SIMD level.
 //!
 //! Decoding against a KV cache would gather (and transpose) the whole cache at every call that way. So a
-//! cache can instead hold one sequence's keys and values in the layout the per-pair code reads
+//! cache can instead hold one sequence's keys and values in the layout the per-head code reads
 //! ([`CacheLayout`]: each head's keys transposed, each head's value rows contiguous, written there once
 //! by [`write_cache`]), and [`attention_forward_cached`] runs the same per-head code on its buffers in
 //! place: the same operations on the same values, so its result is [`attention_forward`]'s bit for bit.
@@ -28,6 +30,8 @@ use crate::Float;
 use blocks::{accumulate_transposed, interleave_rows, score_gradients, scores, weighted_rows};
 use blocks::{Block, Rows, Tile, MAX_TILE, ROWS};
 use rayon::prelude::*;
+use std::any::Any;
+use std::cell::RefCell;
 
 /// Shapes: q is `[batch, q_len, heads, head_dim]`, k and v are `[batch, kv_len, heads, head_dim]`,
 /// all contiguous. Query i sits at absolute position `i + kv_len - q_len` and attends keys at positions
@@ -63,16 +67,17 @@ pub fn attention_forward<T: Float>(q: &[T], k: &[T], v: &[T], dims: AttentionDim
     }
     let isa = Isa::active();
     let inputs = [q, k, v];
-    let outs = rows_by_pair(out, dims.q_len, dims);
-    let buffers = || Buffers::new(dims, Pass::Forward);
+    let tasks = Tasks::new(dims);
+    let outs = tasks.segments(out, dims.q_len, dims);
+    let buffers = || Kept::take(dims, tasks.heads, Pass::Forward);
     // Tiles of 16 fit AVX2's registers, 32 AVX-512's. The portable path (slow in any case) takes 32 too,
     // so that the tests, which compare every level with it bit for bit, also compare the two tilings.
     match isa.level() {
-        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, pair, mut o| {
-            forward_pair(isa, Tile::<16>, inputs, dims, pair, scale, bufs, &mut o)
+        Level::Avx2 => tasks.run(outs, dims, buffers, |bufs, task, mut o| {
+            forward_task(isa, Tile::<16>, inputs, dims, task, scale, bufs, &mut o)
         }),
-        _ => for_each_pair(outs, dims, buffers, |bufs, pair, mut o| {
-            forward_pair(isa, Tile::<32>, inputs, dims, pair, scale, bufs, &mut o)
+        _ => tasks.run(outs, dims, buffers, |bufs, task, mut o| {
+            forward_task(isa, Tile::<32>, inputs, dims, task, scale, bufs, &mut o)
         }),
     }
 }
@@ -209,41 +214,47 @@ pub fn attention_forward_cached<T: Float>(
         return;
     }
     let isa = Isa::active();
-    let outs = rows_by_pair(out, dims.q_len, dims);
-    let buffers = || Buffers::new(AttentionDims { kv_len: layout.capacity, ..dims }, Pass::Cached);
+    let tasks = Tasks::new(dims);
+    let outs = tasks.segments(out, dims.q_len, dims);
+    let buffers = || Kept::take(AttentionDims { kv_len: layout.capacity, ..dims }, tasks.heads, Pass::Cached);
     match isa.level() {
-        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, head, mut o| {
-            forward_cached_head(isa, Tile::<16>, q, cache, head, scale, bufs, &mut o)
+        Level::Avx2 => tasks.run(outs, dims, buffers, |bufs, task, mut o| {
+            forward_cached_task(isa, Tile::<16>, q, cache, dims, task, scale, bufs, &mut o)
         }),
-        _ => for_each_pair(outs, dims, buffers, |bufs, head, mut o| {
-            forward_cached_head(isa, Tile::<32>, q, cache, head, scale, bufs, &mut o)
+        _ => tasks.run(outs, dims, buffers, |bufs, task, mut o| {
+            forward_cached_task(isa, Tile::<32>, q, cache, dims, task, scale, bufs, &mut o)
         }),
     }
 }
 
 multiversion! {
-    /// Forward of one head against a cache into its `q_len` output rows `out`: the query rows gathered
-    /// as [`forward_pair`] gathers them, the keys and values the head's slices of the cache's buffers
-    /// (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
+    /// Forward of one task's heads against a cache into the task's output segments `out`: the query
+    /// rows split as [`forward_task`] splits them, the keys and values each head's slices of the cache's
+    /// buffers (`q` is `[q_len, heads, head_dim]`, as [`attention_forward_cached`] checked).
     #[allow(clippy::too_many_arguments)]
-    fn forward_cached_head[T: Float, const W: usize](
+    fn forward_cached_task[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
         q: &[T],
         cache: CachedKeysValues<'_, T>,
-        head: usize,
+        dims: AttentionDims,
+        task: Task,
         scale: T,
         bufs: &mut Buffers<T>,
         out: &mut [&mut [T]],
     ) {
-        let CacheLayout { heads, head_dim, capacity } = cache.layout;
-        let q_len = q.len() / (heads * head_dim);
-        let dims = AttentionDims { batch: 1, heads, q_len, kv_len: cache.len, head_dim };
+        let CacheLayout { head_dim, capacity, .. } = cache.layout;
         let width = cache.layout.width();
-        HeadView::new(dims, head).gather(q, dims.q_len, &mut bufs.qs);
-        let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
-        let vs = &cache.values[head * capacity * width..][..capacity * width];
-        forward_head(isa, tile, [&bufs.qs, k_t, vs], dims, scale, &mut bufs.block, out);
+        let q_rows = dims.q_len * width;
+        task.split(q, dims.q_len, dims, &mut bufs.qs);
+        for h in 0..task.count {
+            let head = task.first + h;
+            let k_t = &cache.keys_t[head * head_dim * capacity..][..head_dim * capacity];
+            let vs = &cache.values[head * capacity * width..][..capacity * width];
+            let qs = &mut bufs.qs[h * q_rows..][..q_rows];
+            forward_head(isa, tile, qs, k_t, vs, dims, scale, &mut bufs.block);
+        }
+        task.merge(&bufs.qs, dims.q_len, dims, out);
     }
 }
 
@@ -270,182 +281,269 @@ pub fn attention_backward<T: Float>(
     }
     let isa = Isa::active();
     let inputs = [q, k, v, grad_out];
-    let (dq, dk) = (rows_by_pair(grads.q, q_len, dims), rows_by_pair(grads.k, kv_len, dims));
-    let dv = rows_by_pair(grads.v, kv_len, dims);
+    let tasks = Tasks::new(dims);
+    let (dq, dk) = (tasks.segments(grads.q, q_len, dims), tasks.segments(grads.k, kv_len, dims));
+    let dv = tasks.segments(grads.v, kv_len, dims);
     let outs: Vec<_> = dq.into_iter().zip(dk).zip(dv).map(|((dq, dk), dv)| [dq, dk, dv]).collect();
-    let buffers = || Buffers::new(dims, Pass::Backward);
+    let buffers = || Kept::take(dims, tasks.heads, Pass::Backward);
     match isa.level() {
-        Level::Avx2 => for_each_pair(outs, dims, buffers, |bufs, pair, mut grads| {
-            backward_pair(isa, Tile::<16>, inputs, dims, pair, scale, bufs, &mut grads)
+        Level::Avx2 => tasks.run(outs, dims, buffers, |bufs, task, mut grads| {
+            backward_task(isa, Tile::<16>, inputs, dims, task, scale, bufs, &mut grads)
         }),
-        _ => for_each_pair(outs, dims, buffers, |bufs, pair, mut grads| {
-            backward_pair(isa, Tile::<32>, inputs, dims, pair, scale, bufs, &mut grads)
+        _ => tasks.run(outs, dims, buffers, |bufs, task, mut grads| {
+            backward_task(isa, Tile::<32>, inputs, dims, task, scale, bufs, &mut grads)
         }),
     }
 }
 
-/// `n` rounded up to a whole number of tiles: the row stride of every per-pair buffer.
+/// `n` rounded up to a whole number of tiles: the row stride of every per-head buffer.
 fn padded(n: usize) -> usize {
     n.div_ceil(MAX_TILE) * MAX_TILE
 }
 
 multiversion! {
-    /// Forward of one (batch, head) pair into its `q_len` output rows `out`; `inputs` is `[q, k, v]`.
+    /// Forward of one task's heads into the task's output segments `out`; `inputs` is `[q, k, v]`.
     ///
-    /// Query rows go in blocks of `ROWS`: their scores against all visible keys (tiles of `W` keys,
-    /// summed over the head dim in order), the softmax of each row, then the weighted sum of value rows
-    /// (summed over keys in order). Every output element is computed by the same sequence of operations
-    /// a row-at-a-time loop would use; the blocking only decides which ones share a register load.
+    /// The task's rows of q, k and v are split into each head's contiguous rows (one pass over each
+    /// input), then each head's keys are transposed and [`forward_head`] writes its output rows over its
+    /// query rows, which are merged into `out` (one pass).
     #[allow(clippy::too_many_arguments)]
-    fn forward_pair[T: Float, const W: usize](
+    fn forward_task[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
         inputs: [&[T]; 3],
         dims: AttentionDims,
-        pair: usize,
+        task: Task,
         scale: T,
         bufs: &mut Buffers<T>,
         out: &mut [&mut [T]],
     ) {
         let [q, k, v] = inputs;
-        let view = HeadView::new(dims, pair);
-        view.gather(q, dims.q_len, &mut bufs.qs);
-        view.gather(k, dims.kv_len, &mut bufs.ks);
-        view.gather(v, dims.kv_len, &mut bufs.vs);
-        view.transpose(&bufs.ks, &mut bufs.k_t);
-        let inputs = [&bufs.qs[..], &bufs.k_t, &bufs.vs];
-        forward_head(isa, tile, inputs, dims, scale, &mut bufs.block, out);
+        let (q_len, kv_len, width) = (dims.q_len, dims.kv_len, padded(dims.head_dim));
+        let (q_rows, kv_rows) = (q_len * width, kv_len * width);
+        task.split(q, q_len, dims, &mut bufs.qs);
+        task.split(k, kv_len, dims, &mut bufs.ks);
+        task.split(v, kv_len, dims, &mut bufs.vs);
+        let Buffers { qs, ks, vs, k_t, block, .. } = bufs;
+        for h in 0..task.count {
+            let (ks, vs) = (&ks[h * kv_rows..][..kv_rows], &vs[h * kv_rows..][..kv_rows]);
+            transpose(dims, ks, k_t);
+            forward_head(isa, tile, &mut qs[h * q_rows..][..q_rows], k_t, vs, dims, scale, block);
+        }
+        task.merge(&bufs.qs, q_len, dims, out);
     }
 }
 
 /// The forward of one head, every input laid out as the kernels read it: `qs` the query rows
 /// `[q_len, width]`, `k_t` the keys transposed `[head_dim, keys]` (row stride `keys`, a multiple of the
-/// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `out` holds the
-/// `q_len` output rows (`head_dim` each); `block` was made for `keys`. Both [`attention_forward`] (on
-/// gathered copies, `keys = padded(kv_len)`) and [`attention_forward_cached`] (on the cache's buffers,
-/// `keys` its capacity) run this, so they compute every output element by the same operations on the
-/// same values: the key stride only places the scores, whose columns past a row's visible keys are never
-/// read.
+/// widest tile, at least `padded(kv_len)`), `vs` the value rows `[>= kv_len, width]`; `block` was made
+/// for `keys`. Each block's output rows are written over its query rows in `qs` (only the first
+/// `head_dim` columns), once its scores are computed: later blocks read only their own query rows.
+/// Both [`attention_forward`] (on split copies, `keys = padded(kv_len)`) and [`attention_forward_cached`]
+/// (on the cache's buffers, `keys` its capacity) run this, so they compute every output element by the
+/// same operations on the same values: the key stride only places the scores, whose columns past a
+/// row's visible keys are never read.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn forward_head<T: Float, const W: usize>(
     isa: Isa,
     tile: Tile<W>,
-    inputs: [&[T]; 3],
+    qs: &mut [T],
+    k_t: &[T],
+    vs: &[T],
     dims: AttentionDims,
     scale: T,
     block: &mut Block<T>,
-    out: &mut [&mut [T]],
 ) {
-    let [qs, k_t, vs] = inputs;
-    let width = padded(dims.head_dim);
-    for (b, out) in out.chunks_mut(ROWS).enumerate() {
-        let rows = Rows::new(b * ROWS, out.len(), dims.kv_len - dims.q_len);
+    let (head_dim, width) = (dims.head_dim, padded(dims.head_dim));
+    for b in 0..dims.q_len.div_ceil(ROWS) {
+        let rows = Rows::new(b * ROWS, ROWS.min(dims.q_len - b * ROWS), dims.kv_len - dims.q_len);
         block.probabilities(isa, tile, &rows, qs, k_t, scale);
         weighted_rows(isa, tile, &rows, &block.coef, vs, width, &mut block.out);
-        for (o, row) in out.iter_mut().zip(block.out.chunks_exact(width)) {
-            o.copy_from_slice(&row[..dims.head_dim]);
+        let outs = qs[b * ROWS * width..].chunks_mut(width).zip(block.out.chunks_exact(width));
+        for (o, row) in outs.take(rows.count()) {
+            o[..head_dim].copy_from_slice(&row[..head_dim]);
         }
     }
 }
 
 multiversion! {
-    /// Backward of one (batch, head) pair into its output rows of dQ, dK and dV (`grads`); `inputs` is
-    /// `[q, k, v, grad_out]`. Per block of query rows: P recomputed, `dP = dO V^T`,
-    /// `dS = P * (dP - rowsum(P * dP))`, then `dQ = scale dS K`, `dK += scale dS^T Q`, `dV += P^T dO`,
-    /// every sum in the order of a row-at-a-time loop.
+    /// Backward of one task's heads into the task's segments of dQ, dK and dV (`grads`); `inputs` is
+    /// `[q, k, v, grad_out]`, split into each head's rows as [`forward_task`] splits them. Per head, per
+    /// block of query rows: P recomputed, `dP = dO V^T`, `dS = P * (dP - rowsum(P * dP))`, then
+    /// `dQ = scale dS K`, `dK += scale dS^T Q`, `dV += P^T dO`, every sum in the order of a
+    /// row-at-a-time loop. A block's dQ rows are written over its query rows once the block has read
+    /// them, the head's dK and dV over its key and value rows once all blocks are done; the three are
+    /// then merged into `grads`.
     #[allow(clippy::too_many_arguments)]
-    fn backward_pair[T: Float, const W: usize](
+    fn backward_task[T: Float, const W: usize](
         isa: Isa,
         tile: Tile<W>,
         inputs: [&[T]; 4],
         dims: AttentionDims,
-        pair: usize,
+        task: Task,
         scale: T,
         bufs: &mut Buffers<T>,
         grads: &mut [Vec<&mut [T]>; 3],
     ) {
         let [q, k, v, grad_out] = inputs;
-        let view = HeadView::new(dims, pair);
-        let (head_dim, width, keys) = (dims.head_dim, view.width, view.keys);
-        view.gather(q, dims.q_len, &mut bufs.qs);
-        view.gather(grad_out, dims.q_len, &mut bufs.dos);
-        view.gather(k, dims.kv_len, &mut bufs.ks);
-        view.gather(v, dims.kv_len, &mut bufs.vs);
-        view.transpose(&bufs.ks, &mut bufs.k_t);
-        view.transpose(&bufs.vs, &mut bufs.v_t);
-        let Buffers { qs, dos, ks, k_t, v_t, block, dp, ds_t, scaled_ds_t, dk, dv, .. } = bufs;
+        let AttentionDims { q_len, kv_len, head_dim, .. } = dims;
+        let (width, keys) = (padded(head_dim), padded(kv_len));
+        task.split(q, q_len, dims, &mut bufs.qs);
+        task.split(grad_out, q_len, dims, &mut bufs.dos);
+        task.split(k, kv_len, dims, &mut bufs.ks);
+        task.split(v, kv_len, dims, &mut bufs.vs);
+        let Buffers { qs, dos, ks, vs, k_t, v_t, block, dp, ds_t, scaled_ds_t, dk, dv, .. } = bufs;
+        let (q_rows, kv_rows) = (q_len * width, kv_len * width);
+        for h in 0..task.count {
+            let (qs, dos) = (&mut qs[h * q_rows..][..q_rows], &dos[h * q_rows..][..q_rows]);
+            let (ks, vs) = (&mut ks[h * kv_rows..][..kv_rows], &mut vs[h * kv_rows..][..kv_rows]);
+            transpose(dims, ks, k_t);
+            transpose(dims, vs, v_t);
+            dk.fill(T::ZERO);
+            dv.fill(T::ZERO);
+            for b in 0..q_len.div_ceil(ROWS) {
+                let rows = Rows::new(b * ROWS, ROWS.min(q_len - b * ROWS), kv_len - q_len);
+                block.probabilities(isa, tile, &rows, qs, k_t, scale);
+                interleave_rows(&rows, dos, width, head_dim, &mut block.a_t);
+                scores(isa, tile, &rows, &block.a_t, v_t, keys, dp);
+                score_gradients(isa, &rows, &block.scores, dp, keys, scale, [ds_t, scaled_ds_t]);
+                weighted_rows(isa, tile, &rows, ds_t, ks, width, &mut block.out);
+                accumulate_transposed(isa, tile, &rows, scaled_ds_t, qs, width, dk);
+                accumulate_transposed(isa, tile, &rows, &block.coef, dos, width, dv);
+                let dq = qs[b * ROWS * width..].chunks_mut(width).zip(block.out.chunks_exact(width));
+                for (o, row) in dq.take(rows.count()) {
+                    for (o, &x) in o[..head_dim].iter_mut().zip(row) {
+                        *o = x * scale;
+                    }
+                }
+            }
+            for (rows, acc) in [(ks, &dk), (vs, &dv)] {
+                for (o, row) in rows.chunks_exact_mut(width).zip(acc.chunks_exact(width)) {
+                    o[..head_dim].copy_from_slice(&row[..head_dim]);
+                }
+            }
+        }
         let [dq_out, dk_out, dv_out] = grads;
-        dk.fill(T::ZERO);
-        dv.fill(T::ZERO);
-        for (b, dq_out) in dq_out.chunks_mut(ROWS).enumerate() {
-            let rows = Rows::new(b * ROWS, dq_out.len(), dims.kv_len - dims.q_len);
-            block.probabilities(isa, tile, &rows, qs, k_t, scale);
-            interleave_rows(&rows, dos, width, head_dim, &mut block.a_t);
-            scores(isa, tile, &rows, &block.a_t, v_t, keys, dp);
-            score_gradients(isa, &rows, &block.scores, dp, keys, scale, [ds_t, scaled_ds_t]);
-            weighted_rows(isa, tile, &rows, ds_t, ks, width, &mut block.out);
-            for (o, row) in dq_out.iter_mut().zip(block.out.chunks_exact(width)) {
-                for (o, &x) in o.iter_mut().zip(row) {
-                    *o = x * scale;
-                }
-            }
-            accumulate_transposed(isa, tile, &rows, scaled_ds_t, qs, width, dk);
-            accumulate_transposed(isa, tile, &rows, &block.coef, dos, width, dv);
-        }
-        for (out, acc) in [(dk_out, &dk), (dv_out, &dv)] {
-            for (o, row) in out.iter_mut().zip(acc.chunks_exact(width)) {
-                o.copy_from_slice(&row[..head_dim]);
+        task.merge(qs, q_len, dims, dq_out);
+        task.merge(ks, kv_len, dims, dk_out);
+        task.merge(vs, kv_len, dims, dv_out);
+    }
+}
+
+/// The first `kv_len` rows of `rows` (`[_, width]`, one head's rows as [`Task::split`] writes them),
+/// transposed into `t` (`[head_dim, keys]`, `keys = padded(kv_len)`), so that the dot products of a
+/// query with a tile of keys are `head_dim` contiguous multiply-adds over keys (vectorisable, no
+/// horizontal sums); the padding keys are left as they are. Goes a tile of keys at a time, so that every
+/// store fills a contiguous run of a row of the result.
+#[inline(always)]
+fn transpose<T: Float>(dims: AttentionDims, rows: &[T], t: &mut [T]) {
+    let (keys, width) = (padded(dims.kv_len), padded(dims.head_dim));
+    for j0 in (0..dims.kv_len).step_by(MAX_TILE) {
+        let n = MAX_TILE.min(dims.kv_len - j0);
+        let rows: [&[T]; MAX_TILE] =
+            std::array::from_fn(|jj| &rows[(j0 + jj.min(n - 1)) * width..][..dims.head_dim]);
+        for (c, t_c) in (0..dims.head_dim).zip(t.chunks_exact_mut(keys)) {
+            for (t_cj, row) in t_c[j0..j0 + n].iter_mut().zip(&rows) {
+                *t_cj = row[c];
             }
         }
     }
 }
 
-/// Row addressing of one (batch, head) pair inside the interleaved layout.
-struct HeadView {
+/// How the (batch, head) pairs are grouped into tasks: each task runs `heads` consecutive heads of one
+/// batch element (the last group of a batch element may have fewer), `groups` tasks per batch element.
+/// A task reads its rows of each `[batch, len, heads, head_dim]` input in one pass (each row's run of
+/// `heads * head_dim` contiguous values, split into the heads' buffers) and writes its outputs the same
+/// way, instead of one strided gather per pair. A batch element is split into groups only when there are
+/// fewer batch elements than twice the threads, to keep every thread busy; the grouping decides only
+/// which copies a task makes, never how a head's results are computed.
+#[derive(Clone, Copy)]
+struct Tasks {
+    heads: usize,
+    groups: usize,
+}
+
+/// One task: heads `first..first + count` of batch element `batch`.
+#[derive(Clone, Copy)]
+struct Task {
     batch: usize,
-    head: usize,
-    dims: AttentionDims,
-    /// `head_dim` rounded up to whole tiles: the row stride of gathered rows and outputs.
-    width: usize,
-    /// `kv_len` rounded up to whole tiles: the row stride of transposed and score buffers.
-    keys: usize,
+    first: usize,
+    count: usize,
 }
 
-impl HeadView {
-    #[inline(always)]
-    fn new(dims: AttentionDims, pair: usize) -> Self {
-        let (width, keys) = (padded(dims.head_dim), padded(dims.kv_len));
-        Self { batch: pair / dims.heads, head: pair % dims.heads, dims, width, keys }
+impl Tasks {
+    fn new(dims: AttentionDims) -> Self {
+        let groups = (2 * rayon::current_num_threads()).div_ceil(dims.batch).clamp(1, dims.heads);
+        let heads = dims.heads.div_ceil(groups);
+        Self { heads, groups: dims.heads.div_ceil(heads) }
     }
 
-    /// Copies this pair's `len` rows of a `[batch, len, heads, head_dim]` tensor into the first `len` rows
-    /// of `out` (`[_, width]`); the padding columns are left as they are.
+    fn task(&self, dims: AttentionDims, n: usize) -> Task {
+        let first = n % self.groups * self.heads;
+        Task { batch: n / self.groups, first, count: self.heads.min(dims.heads - first) }
+    }
+
+    /// The rows of a `[batch, len, heads, head_dim]` tensor grouped by task: for each task in order, its
+    /// `len` segments (its heads' `count * head_dim` contiguous values of one row), in order. Each task's
+    /// outputs are written through these, in place, by whichever thread runs the task.
+    fn segments<'a, T>(&self, x: &'a mut [T], len: usize, dims: AttentionDims) -> Vec<Vec<&'a mut [T]>> {
+        let n = dims.batch * self.groups;
+        let mut tasks: Vec<Vec<&mut [T]>> = (0..n).map(|_| Vec::with_capacity(len)).collect();
+        for (i, row) in x.chunks_exact_mut(dims.heads * dims.head_dim).enumerate() {
+            let at = i / len * self.groups;
+            for (task, s) in tasks[at..].iter_mut().zip(row.chunks_mut(self.heads * dims.head_dim)) {
+                task.push(s);
+            }
+        }
+        tasks
+    }
+
+    /// Runs `f(buffers, task, outputs)` for every task with its outputs, in parallel when the attention
+    /// is large enough to pay for it; each job (a run of tasks on one thread) gets its buffers from
+    /// `buffers`.
+    fn run<O: Send, B>(
+        &self,
+        outputs: Vec<O>,
+        dims: AttentionDims,
+        buffers: impl Fn() -> B + Sync + Send,
+        f: impl Fn(&mut B, Task, O) + Sync,
+    ) {
+        let task = |n| self.task(dims, n);
+        if dims.work() < PARALLEL_MIN_ELEMS {
+            let mut bufs = buffers();
+            outputs.into_iter().enumerate().for_each(|(n, o)| f(&mut bufs, task(n), o));
+        } else {
+            outputs.into_par_iter().enumerate().for_each_init(buffers, |bufs, (n, o)| f(bufs, task(n), o));
+        }
+    }
+}
+
+impl Task {
+    /// Copies the task's `len` rows of a `[batch, len, heads, head_dim]` tensor into `out` as each of
+    /// its heads' rows in turn (`[count, len, width]`, a head's row `i` at `(h * len + i) * width`),
+    /// reading each row's run of the task's heads once, in order; the padding columns are left as they
+    /// are.
     #[inline(always)]
-    fn gather<T: Float>(&self, x: &[T], len: usize, out: &mut [T]) {
-        let d = &self.dims;
-        for (i, row) in out.chunks_exact_mut(self.width).take(len).enumerate() {
-            let start = ((self.batch * len + i) * d.heads + self.head) * d.head_dim;
-            row[..d.head_dim].copy_from_slice(&x[start..start + d.head_dim]);
+    fn split<T: Float>(&self, x: &[T], len: usize, dims: AttentionDims, out: &mut [T]) {
+        let (head_dim, width) = (dims.head_dim, padded(dims.head_dim));
+        for i in 0..len {
+            let start = ((self.batch * len + i) * dims.heads + self.first) * head_dim;
+            let run = x[start..start + self.count * head_dim].chunks_exact(head_dim);
+            for (h, src) in run.enumerate() {
+                out[(h * len + i) * width..][..head_dim].copy_from_slice(src);
+            }
         }
     }
 
-    /// The first `kv_len` rows of `rows` (`[_, width]`, as [`HeadView::gather`] writes them), transposed
-    /// into `t` (`[head_dim, keys]`), so that the dot products of a query with a tile of keys are
-    /// `head_dim` contiguous multiply-adds over keys (vectorisable, no horizontal sums); the padding keys
-    /// are left as they are. Goes a tile of keys at a time, so that every store fills a contiguous run of
-    /// a row of the result.
+    /// The reverse of [`Task::split`]: each of the task's `len` output segments `out` (its heads'
+    /// `count * head_dim` values of one row) from the heads' rows in `rows` (`[count, len, width]`).
     #[inline(always)]
-    fn transpose<T: Float>(&self, rows: &[T], t: &mut [T]) {
-        let (d, keys, width) = (&self.dims, self.keys, self.width);
-        for j0 in (0..d.kv_len).step_by(MAX_TILE) {
-            let n = MAX_TILE.min(d.kv_len - j0);
-            let rows: [&[T]; MAX_TILE] =
-                std::array::from_fn(|jj| &rows[(j0 + jj.min(n - 1)) * width..][..d.head_dim]);
-            for (c, t_c) in (0..d.head_dim).zip(t.chunks_exact_mut(keys)) {
-                for (t_cj, row) in t_c[j0..j0 + n].iter_mut().zip(&rows) {
-                    *t_cj = row[c];
-                }
+    fn merge<T: Float>(&self, rows: &[T], len: usize, dims: AttentionDims, out: &mut [&mut [T]]) {
+        let (head_dim, width) = (dims.head_dim, padded(dims.head_dim));
+        for (i, segment) in out.iter_mut().enumerate() {
+            for (h, dst) in segment.chunks_exact_mut(head_dim).enumerate() {
+                dst.copy_from_slice(&rows[(h * len + i) * width..][..head_dim]);
             }
         }
     }
@@ -460,11 +558,11 @@ enum Pass {
     Backward,
 }
 
-/// A task's buffers, reused by each pair it runs: the pair's rows of q (and, in backward, dO), k and v
-/// gathered (`[len, width]`), the keys (and, in backward, the values) transposed (`[head_dim, keys]`),
-/// the per-block buffers, and backward's dK and dV sums. Allocated zeroed once; every pair overwrites
-/// the parts it reads, and the padding (columns past the head dim, keys past `kv_len`) is never written,
-/// so it stays zero.
+/// A task's buffers, reused by each task a thread runs: the task's heads' rows of q (and, in backward,
+/// dO), k and v split (`[heads, len, width]`), which then hold its outputs, one head's keys (and, in
+/// backward, values) transposed (`[head_dim, keys]`), the per-block buffers, and backward's dK and dV
+/// sums of one head. Allocated zeroed once; every task overwrites the parts it reads, and the padding
+/// (columns past the head dim, keys past `kv_len`) is never written, so it stays zero.
 struct Buffers<T> {
     qs: Vec<T>,
     dos: Vec<T>,
@@ -477,24 +575,27 @@ struct Buffers<T> {
     dp: Vec<T>,
     ds_t: Vec<T>,
     scaled_ds_t: Vec<T>,
-    /// Backward's dK and dV of the pair (`[kv_len, width]`), summed over the blocks of query rows.
+    /// Backward's dK and dV of one head (`[kv_len, width]`), summed over the blocks of query rows.
     dk: Vec<T>,
     dv: Vec<T>,
+    /// What the buffers were made for: `dims`, heads per task and pass.
+    shape: (AttentionDims, usize, Pass),
 }
 
 impl<T: Float> Buffers<T> {
-    /// The buffers of a pair of `dims` in `pass` (for [`Pass::Cached`], `kv_len` is the capacity).
-    fn new(dims: AttentionDims, pass: Pass) -> Self {
+    /// The buffers of a task of `heads` heads of `dims` in `pass` (for [`Pass::Cached`], `kv_len` is the
+    /// capacity).
+    fn new(dims: AttentionDims, heads: usize, pass: Pass) -> Self {
         let (width, keys) = (padded(dims.head_dim), padded(dims.kv_len));
         let zeros = |n: usize| vec![T::ZERO; n];
         let only = |on: bool, n: usize| if on { zeros(n) } else { Vec::new() };
-        let (gathered, backward) = (pass != Pass::Cached, pass == Pass::Backward);
+        let (split, backward) = (pass != Pass::Cached, pass == Pass::Backward);
         Self {
-            qs: zeros(dims.q_len * width),
-            dos: only(backward, dims.q_len * width),
-            ks: only(gathered, dims.kv_len * width),
-            vs: only(gathered, dims.kv_len * width),
-            k_t: only(gathered, dims.head_dim * keys),
+            qs: zeros(heads * dims.q_len * width),
+            dos: only(backward, heads * dims.q_len * width),
+            ks: only(split, heads * dims.kv_len * width),
+            vs: only(split, heads * dims.kv_len * width),
+            k_t: only(split, dims.head_dim * keys),
             v_t: only(backward, dims.head_dim * keys),
             block: Block::new(width, keys),
             dp: only(backward, ROWS * keys),
@@ -502,34 +603,56 @@ impl<T: Float> Buffers<T> {
             scaled_ds_t: only(backward, keys * ROWS),
             dk: only(backward, dims.kv_len * width),
             dv: only(backward, dims.kv_len * width),
+            shape: (dims, heads, pass),
         }
     }
 }
 
-/// The rows of a `[batch, len, heads, head_dim]` tensor grouped by (batch, head) pair: for each pair in
-/// order, its `len` rows (`head_dim` each), in order. Each pair's outputs are written through these, in
-/// place, by whichever thread runs the pair.
-fn rows_by_pair<T>(x: &mut [T], len: usize, dims: AttentionDims) -> Vec<Vec<&mut [T]>> {
-    let (heads, head_dim) = (dims.heads, dims.head_dim);
-    let mut pairs: Vec<Vec<&mut [T]>> = (0..dims.batch * heads).map(|_| Vec::with_capacity(len)).collect();
-    for (n, row) in x.chunks_exact_mut(head_dim).enumerate() {
-        pairs[n / (len * heads) * heads + n % heads].push(row);
-    }
-    pairs
+thread_local! {
+    /// Each thread's attention buffers, at most one set per element type and pass, kept between calls
+    /// so that a call neither allocates nor zero-fills them (a few MiB at training sizes) every time.
+    static KEPT: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f(buffers, pair, outputs)` for every (batch, head) pair with its outputs, in parallel when the
-/// attention is large enough to pay for it; each task makes its buffers once with `buffers`.
-fn for_each_pair<O: Send, B>(
-    outputs: Vec<O>,
-    dims: AttentionDims,
-    buffers: impl Fn() -> B + Sync + Send,
-    f: impl Fn(&mut B, usize, O) + Sync,
-) {
-    if dims.work() < PARALLEL_MIN_ELEMS {
-        let mut bufs = buffers();
-        outputs.into_iter().enumerate().for_each(|(pair, o)| f(&mut bufs, pair, o));
-    } else {
-        outputs.into_par_iter().enumerate().for_each_init(buffers, |bufs, (pair, o)| f(bufs, pair, o));
+/// A task's [`Buffers`], taken from this thread's kept ones when they were made for the same shape
+/// (so their padding is still zero: no call writes it), made afresh otherwise, and kept again when
+/// dropped, replacing those kept for the same element type and pass.
+struct Kept<T: Float>(Option<Buffers<T>>);
+
+impl<T: Float> Kept<T> {
+    fn take(dims: AttentionDims, heads: usize, pass: Pass) -> Self {
+        let shape = (dims, heads, pass);
+        let kept = KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let same = |b: &Box<dyn Any>| b.downcast_ref::<Buffers<T>>().is_some_and(|b| b.shape == shape);
+            let index = kept.iter().position(same)?;
+            kept.swap_remove(index).downcast::<Buffers<T>>().ok()
+        });
+        Self(Some(kept.map_or_else(|| Buffers::new(dims, heads, pass), |b| *b)))
+    }
+}
+
+impl<T: Float> Drop for Kept<T> {
+    fn drop(&mut self) {
+        if let Some(bufs) = self.0.take() {
+            KEPT.with(|kept| {
+                let mut kept = kept.borrow_mut();
+                kept.retain(|b| b.downcast_ref::<Buffers<T>>().is_none_or(|b| b.shape.2 != bufs.shape.2));
+                kept.push(Box::new(bufs));
+            });
+        }
+    }
+}
+
+impl<T: Float> std::ops::Deref for Kept<T> {
+    type Target = Buffers<T>;
+    fn deref(&self) -> &Buffers<T> {
+        self.0.as_ref().expect("buffers are present until dropped")
+    }
+}
+
+impl<T: Float> std::ops::DerefMut for Kept<T> {
+    fn deref_mut(&mut self) -> &mut Buffers<T> {
+        self.0.as_mut().expect("buffers are present until dropped")
     }
 }

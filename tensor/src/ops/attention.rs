@@ -157,7 +157,7 @@ impl Tensor {
                     v.contiguous_data::<T>()?,
                     g.contiguous_data::<T>()?,
                 );
-                // The kernel overwrites all three (each pair's block is scattered whole).
+                // The kernel overwrites all three (each task merges all its heads' rows into them).
                 let mut gq = crate::pool::take_for_overwrite::<T>(qd.len());
                 let mut gk = crate::pool::take_for_overwrite::<T>(kd.len());
                 let mut gv = crate::pool::take_for_overwrite::<T>(vd.len());

@@ -39,6 +39,12 @@ impl Rows {
         Self { first, count, lens }
     }
 
+    /// How many rows the block has.
+    #[inline(always)]
+    pub(super) fn count(&self) -> usize {
+        self.count
+    }
+
     /// Keys every slot of the block sees (all `ROWS` rows are real): loops below it need no mask.
     #[inline(always)]
     fn common(&self) -> usize {
