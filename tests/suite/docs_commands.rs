@@ -113,8 +113,8 @@ const NOT_RUN: &[(&str, &str)] = &[
     ),
     ("scripts/reference/attention_probe.py", "needs PyTorch and a checkpoint"),
     (
-        "cargo run --release --example experiments -- precision --threads 2 --seeds 1 --lr 1e-3",
-        "three runs of cola-60m for 300 steps: one to two hours on a 2-core CPU",
+        "cargo run --release --example experiments -- precision --threads 2 --seeds 2 --lr 1e-3",
+        "six runs of cola-60m for 300 steps: two to three hours on a 2-core CPU",
     ),
     (
         "cargo run --release --example experiments -- precision --threads 2",
