@@ -44,13 +44,11 @@ pub fn embedding_backward<T: Float>(
         return;
     }
     let rows = grad_weight.len() / dim;
-    let out_of_range = ids.iter().find(|&&id| Some(id) != pad_id && id as usize >= rows);
-    assert!(out_of_range.is_none(), "embedding id {out_of_range:?} out of range for {rows} rows");
-    let counted = || ids.iter().enumerate().filter(|(_, &id)| Some(id) != pad_id);
+    assert_in_range(ids, pad_id, rows);
     let isa = Isa::active();
 
     if ids.len().saturating_mul(dim) < PARALLEL_MIN_ELEMS {
-        for (i, &id) in counted() {
+        for (i, &id) in counted(ids, pad_id) {
             let dst = &mut grad_weight[id as usize * dim..(id as usize + 1) * dim];
             add_into(isa, dst, &grad_out[i * dim..(i + 1) * dim]);
         }
@@ -81,8 +79,7 @@ pub fn embedding_backward_bf16(
         return;
     }
     let rows = grad_weight.len() / dim;
-    let out_of_range = ids.iter().find(|&&id| Some(id) != pad_id && id as usize >= rows);
-    assert!(out_of_range.is_none(), "embedding id {out_of_range:?} out of range for {rows} rows");
+    assert_in_range(ids, pad_id, rows);
     let groups = Groups::new(ids, pad_id, rows);
     let isa = Isa::active();
     let sum = || vec![0.0f32; dim];
@@ -103,6 +100,17 @@ pub fn embedding_backward_bf16(
     );
 }
 
+/// The positions whose id is not the pad id, with their ids.
+fn counted(ids: &[u32], pad_id: Option<u32>) -> impl Iterator<Item = (usize, &u32)> {
+    ids.iter().enumerate().filter(move |(_, &id)| Some(id) != pad_id)
+}
+
+/// Panics if a non-pad id is `>= rows` (a caller bug: ids are checked before reaching here).
+fn assert_in_range(ids: &[u32], pad_id: Option<u32>, rows: usize) {
+    let out_of_range = ids.iter().find(|&&id| Some(id) != pad_id && id as usize >= rows);
+    assert!(out_of_range.is_none(), "embedding id {out_of_range:?} out of range for {rows} rows");
+}
+
 /// The counted positions (id not the pad id) grouped by id with a stable counting sort:
 /// `positions[starts[r]..starts[r + 1]]` are the positions of id r, ascending.
 struct Groups {
@@ -112,16 +120,15 @@ struct Groups {
 
 impl Groups {
     fn new(ids: &[u32], pad_id: Option<u32>, rows: usize) -> Groups {
-        let counted = || ids.iter().enumerate().filter(|(_, &id)| Some(id) != pad_id);
         let mut starts = vec![0usize; rows + 1];
-        for (_, &id) in counted() {
+        for (_, &id) in counted(ids, pad_id) {
             starts[id as usize + 1] += 1;
         }
         for r in 0..rows {
             starts[r + 1] += starts[r];
         }
         let (mut next, mut positions) = (starts.clone(), vec![0usize; starts[rows]]);
-        for (i, &id) in counted() {
+        for (i, &id) in counted(ids, pad_id) {
             positions[next[id as usize]] = i;
             next[id as usize] += 1;
         }

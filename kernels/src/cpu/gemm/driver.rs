@@ -69,15 +69,10 @@ pub(super) trait CElement<T>: Copy + Send + Sync {
     fn direct<'r, 'c>(rows: &'r mut [&'c mut [Self]]) -> Option<&'r mut [&'c mut [T]]>;
     /// `dst = src` as `T` (exact).
     fn load(src: &[Self], dst: &mut [T]);
-    /// `dst = src`, rounded when C is narrower than `T`.
-    fn store(src: &[T], dst: &mut [Self]);
-    /// [`CElement::store`] of a tile: row `i` of `src` (its first `cols.len()` elements) into
-    /// `dst[i][cols]`, for every row of `dst`.
-    fn store_tile(src: &[&mut [T]], dst: &mut [&mut [Self]], cols: std::ops::Range<usize>) {
-        for (d, s) in dst.iter_mut().zip(src) {
-            Self::store(&s[..cols.len()], &mut d[cols.clone()]);
-        }
-    }
+    /// A tile stored, rounded when C is narrower than `T`: row `i` of `src` (its first `cols.len()`
+    /// elements) into `dst[i][cols]`, for every row of `dst` (one call per tile, so a rounding C
+    /// dispatches its SIMD loop once per tile, not once per row).
+    fn store_tile(src: &[&mut [T]], dst: &mut [&mut [Self]], cols: std::ops::Range<usize>);
     /// `C = beta * C` (zeros when `beta == 0`): the whole product when `k == 0` or `alpha == 0`.
     fn scale(beta: T, c: &mut [Self]);
 }
@@ -93,8 +88,10 @@ impl<T: Float> CElement<T> for T {
         dst.copy_from_slice(src);
     }
 
-    fn store(src: &[T], dst: &mut [T]) {
-        dst.copy_from_slice(src);
+    fn store_tile(src: &[&mut [T]], dst: &mut [&mut [T]], cols: std::ops::Range<usize>) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            d[cols.clone()].copy_from_slice(&s[..cols.len()]);
+        }
     }
 
     fn scale(beta: T, c: &mut [T]) {

@@ -47,7 +47,7 @@ use super::driver::{gemm_on, CElement, Product, Workspace};
 use super::kernel::{Kernel, KernelPath, MicroKernelFn};
 use super::pack::{pack_into, PackFn};
 use super::{batched_on, with_workspace, BatchProduct, BatchRef, Dims, MatRef};
-use crate::cpu::bf16::{round, round_par, round_rows, widen, widen_par};
+use crate::cpu::bf16::{round_par, round_rows, widen, widen_par};
 use half::bf16;
 use std::fmt;
 
@@ -212,10 +212,6 @@ impl CElement<f32> for bf16 {
 
     fn load(src: &[bf16], dst: &mut [f32]) {
         widen(src, dst);
-    }
-
-    fn store(src: &[f32], dst: &mut [bf16]) {
-        round(src, dst);
     }
 
     fn store_tile(src: &[&mut [f32]], dst: &mut [&mut [bf16]], cols: std::ops::Range<usize>) {
